@@ -1,0 +1,71 @@
+"""Settings from the environment (and an optional ``.env``), validated once per process.
+
+Nothing here opens a connection: ``get_settings()`` is called by composition roots (the CLI,
+worker start-up, Alembic's env, test fixtures).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.lifecycle import GATE_BY_NAME
+
+
+class Settings(BaseSettings):
+    """Every knob of the pipeline; names match the environment variables in DESIGN.md §4."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    database_url: str | None = None
+    redis_url: str | None = None
+
+    db_pool_size: int = Field(10, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+    db_pool_recycle_s: int = Field(1800, ge=-1, alias="DB_POOL_RECYCLE_SECONDS")
+    db_pool_timeout_s: float = Field(30.0, gt=0, alias="DB_POOL_TIMEOUT_SECONDS")
+    db_statement_cache_size: int = Field(100, ge=0)
+    db_pgbouncer: bool = False
+
+    notion_token: str | None = Field(None, repr=False)
+    notion_data_source_id: str | None = None
+    notion_base_url: str | None = None
+    notion_prop_title: str = "Title"
+    notion_prop_topic: str = "Topic"
+    notion_prop_story_direction: str = "Story Direction"
+    notion_prop_channel: str = "Channel"
+    notion_prop_priority: str = "Priority"
+    notion_prop_status: str = "Status"
+
+    stage_handlers: str = "simulated"
+    auto_approve_gates: str = ""
+    lease_s: float = Field(30.0, gt=0, alias="LEASE_SECONDS")
+    sweep_interval_s: float = Field(5.0, gt=0, alias="SWEEP_INTERVAL_SECONDS")
+    stage_max_attempts: int = Field(3, ge=1)
+    retry_backoff_s: float = Field(5.0, ge=0, alias="RETRY_BACKOFF_SECONDS")
+    simulated_stage_s: float = Field(0.2, ge=0, alias="SIMULATED_STAGE_SECONDS")
+    worker_concurrency: int = Field(10, ge=1)
+
+    @field_validator("auto_approve_gates")
+    @classmethod
+    def _known_gates(cls, value: str) -> str:
+        names = {part.strip() for part in value.split(",") if part.strip()}
+        unknown = names - set(GATE_BY_NAME) - {"all"}
+        if unknown:
+            known = ", ".join([*GATE_BY_NAME, "all"])
+            raise ValueError(f"unknown gate(s) {', '.join(sorted(unknown))}; known: {known}")
+        return value
+
+    @property
+    def auto_approved(self) -> frozenset[str]:
+        """Gate names passed without a human."""
+        names = {part.strip() for part in self.auto_approve_gates.split(",") if part.strip()}
+        return frozenset(GATE_BY_NAME) if "all" in names else frozenset(names)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read on first use."""
+    return Settings()

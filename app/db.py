@@ -1,0 +1,97 @@
+"""Engine and session factories; the only place that turns settings into connections.
+
+Entry points (CLI commands, worker start-up, fixtures) build one engine each and open sessions
+with ``session_scope``; services take the session and never commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from app.config import Settings
+
+_LIBPQ_SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+
+
+def translate_url(dsn: str) -> tuple[URL, dict[str, Any]]:
+    """Accept libpq-style ``sslmode=…`` (which asyncpg rejects) and plain ``postgresql://``.
+
+    Returns the URL for SQLAlchemy and the ``connect_args`` carrying the SSL setting.
+    """
+    url = make_url(dsn)
+    if url.drivername in ("postgresql", "postgres", "postgresql+psycopg2"):
+        url = url.set(drivername="postgresql+asyncpg")
+    if not url.drivername.startswith("postgresql"):
+        return url, {}
+    query = dict(url.query)
+    mode = query.pop("sslmode", None)
+    root_cert = query.pop("sslrootcert", None)
+    args: dict[str, Any] = {}
+    if isinstance(mode, str):
+        if mode not in _LIBPQ_SSL_MODES:
+            raise ValueError(f"DATABASE_URL: unknown sslmode {mode!r}")
+        if mode in ("verify-ca", "verify-full"):
+            context = ssl.create_default_context(cafile=root_cert if isinstance(root_cert, str)
+                                                 else None)
+            context.check_hostname = mode == "verify-full"
+            args["ssl"] = context
+        else:
+            args["ssl"] = mode
+    return url.set(query=query), args
+
+
+def make_engine(settings: Settings, url: str, *, echo: bool = False) -> AsyncEngine:
+    """An async engine with the configured pool, SSL translation and PgBouncer-safe mode."""
+    sa_url, connect_args = translate_url(url)
+    if sa_url.get_backend_name() == "sqlite":
+        engine = create_async_engine(sa_url, echo=echo, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    connect_args["server_settings"] = {"jit": "off", "application_name": "pipeline"}
+    kwargs: dict[str, Any] = {}
+    if settings.db_pgbouncer or settings.db_statement_cache_size == 0:
+        # Transaction pooling: no statement may outlive its transaction on one backend.
+        sa_url = sa_url.update_query_dict({"prepared_statement_cache_size": "0"})
+        connect_args["statement_cache_size"] = 0
+        connect_args["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid.uuid4()}__"
+    else:
+        connect_args["statement_cache_size"] = settings.db_statement_cache_size
+    if settings.db_pgbouncer:
+        kwargs["poolclass"] = NullPool
+    else:
+        kwargs.update(pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
+                      pool_timeout=settings.db_pool_timeout_s)
+    return create_async_engine(
+        sa_url, echo=echo, pool_pre_ping=True, pool_recycle=settings.db_pool_recycle_s,
+        connect_args=connect_args, **kwargs)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """SQLite enforces foreign keys (RESTRICT, CASCADE) only when asked, per connection."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.close()
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded objects usable after commit (no implicit refresh I/O)."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.asynccontextmanager
+async def session_scope(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """One transaction: commit on success, roll back on any error (nothing half-written)."""
+    async with sessions() as session, session.begin():
+        yield session

@@ -1,0 +1,66 @@
+"""Typed errors of the service layer. Each leaves the database unchanged when raised.
+
+The base class's docstring is its default message; subclasses carry the data they are about.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from app.lifecycle import TaskStatus
+
+
+class PipelineError(Exception):
+    """The pipeline refused an operation."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class InvalidTransition(PipelineError):
+    """The task is not in a status from which the requested move is allowed."""
+
+    def __init__(
+        self, task_id: uuid.UUID, current: TaskStatus | None, target: TaskStatus,
+        *, reason: str | None = None,
+    ) -> None:
+        self.task_id, self.current, self.target = task_id, current, target
+        shown = current.value if current is not None else "?"
+        detail = reason or f"{shown} → {target.value} is not allowed"
+        super().__init__(f"task {task_id}: {detail}")
+
+
+class StaleClaim(InvalidTransition):
+    """The worker's claim token no longer matches: its lease was reaped and the task moved on."""
+
+
+class TaskNotFound(PipelineError):
+    """No task has this id."""
+
+    def __init__(self, task_id: uuid.UUID | str) -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id} not found")
+
+
+class ChannelNotFound(PipelineError):
+    """No channel has this YouTube channel id."""
+
+    def __init__(self, channel_id: str) -> None:
+        self.channel_id = channel_id
+        super().__init__(f"channel {channel_id!r} not found")
+
+
+class ChannelInactive(PipelineError):
+    """The channel is deactivated and takes no new tasks."""
+
+    def __init__(self, channel_id: str) -> None:
+        self.channel_id = channel_id
+        super().__init__(f"channel {channel_id!r} is inactive")
+
+
+class ChannelExists(PipelineError):
+    """A channel with this YouTube channel id already exists."""
+
+    def __init__(self, channel_id: str) -> None:
+        self.channel_id = channel_id
+        super().__init__(f"channel {channel_id!r} already exists")

@@ -1,0 +1,109 @@
+"""DDL for the database-side guarantees: the transition guard and ``updated_at`` triggers.
+
+Rendered from a list of legal ``(from, to)`` pairs, so the database refuses exactly what the
+service layer refuses. Migrations pass the pairs frozen in the revision that installs them (an
+edited table needs a new revision; ``tests/test_migrations.py`` checks they agree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+Pair = tuple[str, str]
+
+#: Objects created by ``postgres_install`` (names used by the downgrade and by tests).
+PG_FUNCTIONS = ("task_transition_allowed", "tasks_guard_transition", "set_updated_at")
+TABLES_WITH_UPDATED_AT = ("channels", "tasks")
+
+
+def _quoted(values: Iterable[str], cast: str) -> str:
+    return ", ".join(f"'{value}'{cast}" for value in values)
+
+
+def _case_expression(pairs: Iterable[Pair], old: str, new: str, *, cast: str = "") -> str:
+    """``CASE old WHEN 'a' THEN new IN ('b', …) … ELSE false END`` over the legal pairs."""
+    targets: dict[str, list[str]] = {}
+    for src, dst in pairs:
+        targets.setdefault(src, []).append(dst)
+    whens = "\n".join(
+        f"    WHEN '{src}'{cast} THEN {new} IN ({_quoted(dsts, cast)})"
+        for src, dsts in targets.items()
+    )
+    return f"CASE {old}\n{whens}\n    ELSE false\n  END"
+
+
+def postgres_install(pairs: Sequence[Pair]) -> list[str]:
+    """Functions and triggers: refuse illegal status moves; keep timestamps true."""
+    allowed = _case_expression(pairs, "from_status", "to_status", cast="::taskstatus")
+    statements = [
+        f"""CREATE OR REPLACE FUNCTION task_transition_allowed(from_status taskstatus,
+                                                   to_status taskstatus)
+RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+  SELECT {allowed}
+$$""",
+        """CREATE OR REPLACE FUNCTION tasks_guard_transition() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF NOT task_transition_allowed(OLD.status, NEW.status) THEN
+    RAISE EXCEPTION 'illegal task transition % -> % (task %)', OLD.status, NEW.status, OLD.id
+      USING ERRCODE = 'check_violation', CONSTRAINT = 'tasks_transition';
+  END IF;
+  RETURN NEW;
+END
+$$""",
+        # Only status changes are checked; heartbeats and bookkeeping updates pass untouched.
+        """CREATE TRIGGER tasks_guard_transition BEFORE UPDATE OF status ON tasks
+FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+EXECUTE FUNCTION tasks_guard_transition()""",
+        # created_at is pinned so a raw UPDATE can neither move it nor reorder the FIFO.
+        """CREATE OR REPLACE FUNCTION set_updated_at() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.updated_at := now();
+  NEW.created_at := OLD.created_at;
+  RETURN NEW;
+END
+$$""",
+    ]
+    statements += [
+        f"""CREATE TRIGGER {table}_set_updated_at BEFORE UPDATE ON {table}
+FOR EACH ROW EXECUTE FUNCTION set_updated_at()"""
+        for table in TABLES_WITH_UPDATED_AT
+    ]
+    return statements
+
+
+def postgres_uninstall() -> list[str]:
+    """Drop what ``postgres_install`` created (triggers go with their tables or explicitly)."""
+    statements = [f"DROP TRIGGER IF EXISTS {t}_set_updated_at ON {t}"
+                  for t in TABLES_WITH_UPDATED_AT]
+    statements.append("DROP TRIGGER IF EXISTS tasks_guard_transition ON tasks")
+    statements += [f"DROP FUNCTION IF EXISTS {name}" for name in PG_FUNCTIONS]
+    return statements
+
+
+def sqlite_install(pairs: Sequence[Pair]) -> list[str]:
+    """The same guarantees for SQLite: a RAISE(ABORT) guard and AFTER UPDATE timestamp fix-ups."""
+    allowed = _case_expression(pairs, "OLD.status", "NEW.status").replace("false", "0")
+    statements = [
+        f"""CREATE TRIGGER tasks_guard_transition BEFORE UPDATE OF status ON tasks
+FOR EACH ROW WHEN OLD.status IS NOT NEW.status AND NOT ({allowed})
+BEGIN
+  SELECT RAISE(ABORT, 'illegal task transition');
+END"""
+    ]
+    statements += [
+        f"""CREATE TRIGGER {table}_set_updated_at AFTER UPDATE ON {table}
+FOR EACH ROW WHEN NEW.updated_at IS OLD.updated_at
+BEGIN
+  UPDATE {table} SET updated_at = CURRENT_TIMESTAMP WHERE id = NEW.id;
+END"""
+        for table in TABLES_WITH_UPDATED_AT
+    ]
+    return statements
+
+
+def sqlite_uninstall() -> list[str]:
+    statements = [f"DROP TRIGGER IF EXISTS {t}_set_updated_at" for t in TABLES_WITH_UPDATED_AT]
+    statements.append("DROP TRIGGER IF EXISTS tasks_guard_transition")
+    return statements

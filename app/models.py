@@ -1,0 +1,170 @@
+"""ORM models for channels, tasks and their event history (the schema contract, DESIGN.md §3).
+
+One naming convention on the metadata names every constraint and index the same way on
+PostgreSQL and SQLite. Status writes never happen through these models directly: they go through
+``app.services.transitions`` (guarded ``UPDATE … WHERE status = :from``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from app.lifecycle import PriorityLevel, TaskStatus
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class random_uuid(FunctionElement[uuid.UUID]):  # noqa: N801 - reads like the SQL function
+    """Server-side random UUID: ``gen_random_uuid()`` on PostgreSQL, 32 hex chars on SQLite."""
+
+    type = sa.Uuid()
+    inherit_cache = True
+
+
+@compiles(random_uuid)
+def _random_uuid_default(element: random_uuid, compiler: SQLCompiler, **kw: Any) -> str:
+    return "gen_random_uuid()"
+
+
+@compiles(random_uuid, "sqlite")
+def _random_uuid_sqlite(element: random_uuid, compiler: SQLCompiler, **kw: Any) -> str:
+    return "(lower(hex(randomblob(16))))"
+
+
+def status_type() -> sa.Enum:
+    """The ``taskstatus`` enum: native on PostgreSQL, VARCHAR + CHECK on SQLite."""
+    return sa.Enum(TaskStatus, name="taskstatus", create_constraint=True,
+                   values_callable=lambda e: [m.value for m in e])
+
+
+def priority_type() -> sa.Enum:
+    """The ``prioritylevel`` enum, declared high → low so ORDER BY puts high first."""
+    return sa.Enum(PriorityLevel, name="prioritylevel", create_constraint=True,
+                   values_callable=lambda e: [m.value for m in e])
+
+
+Timestamp = sa.DateTime(timezone=True)
+Json = sa.JSON().with_variant(JSONB(), "postgresql")
+#: Identity BIGINT on PostgreSQL; SQLite needs INTEGER for its rowid alias (AUTOINCREMENT below).
+EventId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class TimestampMixin:
+    created_at: Mapped[datetime] = mapped_column(
+        Timestamp, nullable=False, server_default=sa.func.now())
+    #: Also kept true by a database trigger, so raw SQL updates move it too.
+    updated_at: Mapped[datetime] = mapped_column(
+        Timestamp, nullable=False, server_default=sa.func.now(), onupdate=sa.func.now())
+
+
+class Channel(TimestampMixin, Base):
+    """A YouTube channel; ``max_concurrent`` caps its tasks in active states (null = no cap)."""
+
+    __tablename__ = "channels"
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, primary_key=True, default=uuid.uuid4, server_default=random_uuid())
+    channel_id: Mapped[str] = mapped_column(sa.String(64), nullable=False, unique=True)
+    channel_name: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    is_active: Mapped[bool] = mapped_column(
+        sa.Boolean(create_constraint=True, name="is_active"), nullable=False,
+        server_default=sa.true(), default=True)
+    max_concurrent: Mapped[int | None] = mapped_column(sa.Integer)
+    #: When a worker last claimed one of its tasks: the round-robin order between channels.
+    last_claimed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        sa.CheckConstraint("max_concurrent IS NULL OR max_concurrent >= 1",
+                           name="max_concurrent_positive"),
+    )
+
+
+class Task(TimestampMixin, Base):
+    """One video moving through the pipeline, plus the queue bookkeeping of its current claim."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, primary_key=True, default=uuid.uuid4, server_default=random_uuid())
+    channel_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("channels.id", ondelete="RESTRICT"), nullable=False)
+    notion_page_id: Mapped[str] = mapped_column(sa.String(32), nullable=False, unique=True)
+    title: Mapped[str] = mapped_column(sa.String(255), nullable=False)
+    topic: Mapped[str | None] = mapped_column(sa.String(500))
+    story_direction: Mapped[str | None] = mapped_column(sa.Text)
+    status: Mapped[TaskStatus] = mapped_column(
+        status_type(), nullable=False, server_default=TaskStatus.draft.value,
+        default=TaskStatus.draft)
+    priority: Mapped[PriorityLevel] = mapped_column(
+        priority_type(), nullable=False, server_default=PriorityLevel.normal.value,
+        default=PriorityLevel.normal)
+    error_log: Mapped[str | None] = mapped_column(sa.Text)
+    youtube_url: Mapped[str | None] = mapped_column(sa.String(255))
+
+    #: Worker incarnation holding the current claim, and when it claimed.
+    claimed_by: Mapped[str | None] = mapped_column(sa.String(100))
+    claimed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: Fresh per claim; every later write by that worker must present it (fencing).
+    claim_token: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: Attempts of the current stage; reset when a stage succeeds or an operator requeues.
+    attempts: Mapped[int] = mapped_column(
+        sa.Integer, nullable=False, server_default="0", default=0)
+    #: When an errored task's automatic retry is due (null: waits for an operator).
+    retry_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    published_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: Stage outputs keyed by stage name.
+    artifacts: Mapped[dict[str, Any]] = mapped_column(
+        Json, nullable=False, server_default=sa.text("'{}'"), default=dict)
+
+    __table_args__ = (
+        sa.Index("ix_tasks_status", "status"),
+        sa.Index("ix_tasks_channel_id", "channel_id"),
+        sa.Index("ix_tasks_created_at", "created_at"),
+        sa.Index("ix_tasks_channel_id_status", "channel_id", "status"),
+        # The claim index: only queued rows, keyed for "per channel, by priority, then FIFO".
+        sa.Index("ix_tasks_queued", "channel_id", "priority", "created_at", "id",
+                 postgresql_where=sa.text("status = 'queued'"),
+                 sqlite_where=sa.text("status = 'queued'")),
+        sa.CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+    )
+
+
+class TaskEvent(Base):
+    """Append-only history: one row per transition and per operator action on a task."""
+
+    __tablename__ = "task_events"
+
+    id: Mapped[int] = mapped_column(EventId, sa.Identity(), primary_key=True)
+    task_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False, index=True)
+    from_status: Mapped[TaskStatus | None] = mapped_column(status_type())
+    to_status: Mapped[TaskStatus] = mapped_column(
+        status_type(), nullable=False)
+    actor: Mapped[str] = mapped_column(sa.String(100), nullable=False)
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(
+        Timestamp, nullable=False, server_default=sa.func.now())
+
+    __table_args__ = (
+        {"sqlite_autoincrement": True},
+    )
