@@ -1,0 +1,57 @@
+"""Running Alembic from code (the CLI, the demo, tests) on the project's own ``alembic.ini``.
+
+Alembic's env runs an event loop of its own; from inside a running loop we hand it a
+connection instead, so migrations run in the caller's loop and transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.db import translate_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def alembic_config() -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "alembic"))
+    config.attributes["configure_logging"] = False
+    return config
+
+
+async def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate the database at ``url`` to ``revision`` (a no-op when already there)."""
+    await _run(url, lambda config: command.upgrade(config, revision))
+
+
+async def downgrade(url: str, revision: str) -> None:
+    await _run(url, lambda config: command.downgrade(config, revision))
+
+
+async def check(url: str) -> None:
+    """Raise ``alembic.util.CommandError`` when the models and the migrations differ."""
+    await _run(url, command.check)
+
+
+async def _run(url: str, operation: Callable[[Config], object]) -> None:
+    sa_url, connect_args = translate_url(url)
+    engine = create_async_engine(sa_url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_with_connection, operation)
+    finally:
+        await engine.dispose()
+
+
+def _with_connection(connection: Connection, operation: Callable[[Config], object]) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    operation(config)

@@ -1,0 +1,107 @@
+"""Tasks: idempotent enqueue, look-ups and history. Never commits.
+
+Enqueue is one ``INSERT … ON CONFLICT (notion_page_id)``: the database decides between insert
+and update, and a re-sent page never moves its status backwards (only ``draft → queued``
+forwards, through ``transitions.transition``).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import queries
+from app.errors import TaskNotFound
+from app.lifecycle import TaskStatus
+from app.models import Channel, Task, TaskEvent
+from app.schemas import TaskCreate
+from app.services import channels, transitions
+
+
+class Outcome(enum.StrEnum):
+    created = "created"
+    updated = "updated"
+    unchanged = "unchanged"
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    task_id: uuid.UUID
+    status: TaskStatus
+    outcome: Outcome
+    #: True when this call made the task runnable (created queued, or draft → queued).
+    queued_now: bool
+
+
+async def enqueue(session: AsyncSession, data: TaskCreate, *, actor: str) -> EnqueueResult:
+    """Create the task for a Notion page, or update the page's fields if it exists.
+
+    A page sent as ``queued`` whose task is still ``draft`` is queued; any other status is left
+    as it is. Raises ``ChannelNotFound`` / ``ChannelInactive`` before writing anything.
+    """
+    channel = await channels.get_channel(session, data.channel, require_active=True)
+    new_id = uuid.uuid4()
+    fields = {"notion_page_id": data.notion_page_id, "channel_id": channel.id,
+              "title": data.title, "topic": data.topic,
+              "story_direction": data.story_direction, "priority": data.priority}
+    stmt = queries.upsert_task(session.bind.dialect.name, new_id=new_id, fields=fields,
+                               status=data.status)
+    row = (await session.execute(stmt)).one_or_none()
+    if row is not None and row.id == new_id:
+        session.add(TaskEvent(task_id=new_id, from_status=None, to_status=data.status,
+                              actor=actor, note="created"))
+        return EnqueueResult(new_id, data.status, Outcome.created,
+                             data.status is TaskStatus.queued)
+    outcome = Outcome.updated if row is not None else Outcome.unchanged
+    task_id, status = row if row is not None else await _id_and_status(session, data)
+    if status is TaskStatus.draft and data.status is TaskStatus.queued:
+        await transitions.transition(session, task_id, TaskStatus.queued, actor=actor,
+                                     note="queued", expected=TaskStatus.draft)
+        return EnqueueResult(task_id, TaskStatus.queued, Outcome.updated, True)
+    return EnqueueResult(task_id, status, outcome, False)
+
+
+async def _id_and_status(session: AsyncSession, data: TaskCreate) -> tuple[uuid.UUID, TaskStatus]:
+    row = (await session.execute(sa.select(Task.id, Task.status)
+                                 .where(Task.notion_page_id == data.notion_page_id))).one()
+    return row.id, row.status
+
+
+async def get_task(session: AsyncSession, task_id: uuid.UUID) -> Task:
+    task = await session.get(Task, task_id)
+    if task is None:
+        raise TaskNotFound(task_id)
+    return task
+
+
+async def list_tasks(
+    session: AsyncSession, *, statuses: list[TaskStatus] | None = None,
+    channel_id: str | None = None, limit: int | None = None,
+) -> list[Task]:
+    """Tasks oldest first, filtered by status and/or YouTube channel id."""
+    stmt = sa.select(Task).order_by(Task.created_at, Task.id)
+    if statuses:
+        stmt = stmt.where(Task.status.in_(statuses))
+    if channel_id is not None:
+        channel = await channels.get_channel(session, channel_id)
+        stmt = stmt.where(Task.channel_id == channel.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(await session.scalars(stmt))
+
+
+async def history(session: AsyncSession, task_id: uuid.UUID) -> list[TaskEvent]:
+    """The task's events in the order they happened."""
+    await get_task(session, task_id)
+    stmt = sa.select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.id)
+    return list(await session.scalars(stmt))
+
+
+async def channel_of(session: AsyncSession, task: Task) -> Channel:
+    channel = await session.get(Channel, task.channel_id)
+    assert channel is not None  # the FK guarantees it
+    return channel
