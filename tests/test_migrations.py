@@ -1,0 +1,163 @@
+"""Migrations: upgrade from empty, inspect what was built, no drift from the models, downgrade to
+nothing of ours, upgrade again; the same round trip on SQLite."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from app import guard, lifecycle, migrations
+from app.lifecycle import PriorityLevel, TaskStatus
+from tests import dbtools
+
+INITIAL = Path(__file__).resolve().parent.parent / "alembic" / "versions" / "0001_initial.py"
+
+
+def _initial_revision() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("rev_0001", INITIAL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_frozen_pairs_match_lifecycle() -> None:
+    """The guard installed by the migration is the table in ``app.lifecycle`` (edit one, add a
+    revision for the other)."""
+    revision = _initial_revision()
+    assert [(TaskStatus(a), TaskStatus(b)) for a, b in revision.PAIRS] == \
+        lifecycle.allowed_pairs()
+    assert revision.STATUSES == tuple(s.value for s in TaskStatus)
+    assert revision.PRIORITIES == tuple(p.value for p in PriorityLevel)
+
+
+@pytest.fixture
+async def empty_pg(pg_server_url: str) -> AsyncIterator[str]:
+    async with dbtools.scratch_database(pg_server_url, migrate=False) as url:
+        yield url
+
+
+async def _query(url: str, sql: str) -> list[sa.Row[tuple[object, ...]]]:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            return list(await conn.execute(sa.text(sql)))
+    finally:
+        await engine.dispose()
+
+
+OUR_OBJECTS = """
+SELECT 'type:' || typname FROM pg_type WHERE typname IN ('taskstatus', 'prioritylevel')
+UNION ALL SELECT 'class:' || relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE n.nspname = 'public' AND relname <> 'alembic_version'
+    AND relname NOT LIKE 'alembic_version%%'
+UNION ALL SELECT 'proc:' || proname FROM pg_proc WHERE proname IN ({procs})
+UNION ALL SELECT 'trigger:' || tgname FROM pg_trigger WHERE NOT tgisinternal
+""".format(procs=", ".join(f"'{p}'" for p in guard.PG_FUNCTIONS))
+
+
+async def test_round_trip_postgresql(empty_pg: str) -> None:
+    started = time.monotonic()
+    await migrations.upgrade(empty_pg)
+    elapsed = time.monotonic() - started
+    await _inspect(empty_pg)
+    await migrations.check(empty_pg)            # models == migrations
+    await migrations.upgrade(empty_pg)          # a second upgrade is a no-op
+    assert (await _query(empty_pg, "SELECT version_num FROM alembic_version"))[0][0] == "0001"
+    await migrations.downgrade(empty_pg, "base")
+    assert await _query(empty_pg, OUR_OBJECTS) == []
+    await migrations.upgrade(empty_pg)
+    await _inspect(empty_pg)
+    assert elapsed < 30, f"migration took {elapsed:.1f}s"
+
+
+async def _inspect(url: str) -> None:
+    engine = create_async_engine(url, poolclass=NullPool)
+    try:
+        async with engine.connect() as conn:
+            await conn.run_sync(lambda sync: _inspect_sync(sync))
+            await _inspect_catalog(conn)
+    finally:
+        await engine.dispose()
+
+
+def _inspect_sync(conn: sa.Connection) -> None:
+    insp = sa.inspect(conn)
+    tasks = {c["name"]: c for c in insp.get_columns("tasks")}
+    assert str(tasks["id"]["type"]) == "UUID" and not tasks["id"]["nullable"]
+    assert "gen_random_uuid()" in str(tasks["id"]["default"])
+    assert tasks["notion_page_id"]["type"].length == 32  # type: ignore[attr-defined]
+    assert tasks["title"]["type"].length == 255  # type: ignore[attr-defined]
+    assert tasks["topic"]["type"].length == 500  # type: ignore[attr-defined]
+    assert tasks["youtube_url"]["type"].length == 255  # type: ignore[attr-defined]
+    assert list(tasks["status"]["type"].enums) == [s.value for s in TaskStatus]  # type: ignore[attr-defined]
+    assert list(tasks["priority"]["type"].enums) == ["high", "normal", "low"]  # type: ignore[attr-defined]
+    assert "draft" in str(tasks["status"]["default"])
+    assert "normal" in str(tasks["priority"]["default"])
+    for name in ("created_at", "updated_at"):
+        assert tasks[name]["type"].timezone and not tasks[name]["nullable"]  # type: ignore[attr-defined]
+    assert str(tasks["artifacts"]["type"]) == "JSONB"
+    for name in ("channel_id", "notion_page_id", "status", "priority", "attempts"):
+        assert not tasks[name]["nullable"], name
+    for name in ("error_log", "youtube_url", "claim_token", "lease_expires_at", "retry_at"):
+        assert tasks[name]["nullable"], name
+    fks = {fk["referred_table"]: fk for fk in insp.get_foreign_keys("tasks")}
+    assert fks["channels"]["options"]["ondelete"] == "RESTRICT"
+    events_fk = insp.get_foreign_keys("task_events")[0]
+    assert events_fk["referred_table"] == "tasks" and events_fk["options"]["ondelete"] == "CASCADE"
+    assert {u["name"] for u in insp.get_unique_constraints("tasks")} == {"uq_tasks_notion_page_id"}
+    indexes = {ix["name"]: ix for ix in insp.get_indexes("tasks")
+               if not ix.get("duplicates_constraint")}
+    assert set(indexes) == {"ix_tasks_status", "ix_tasks_channel_id", "ix_tasks_created_at",
+                            "ix_tasks_channel_id_status", "ix_tasks_queued"}
+    queued = indexes["ix_tasks_queued"]
+    assert queued["column_names"] == ["channel_id", "priority", "created_at", "id"]
+    where = queued.get("dialect_options", {}).get("postgresql_where")
+    assert "status = 'queued'" in str(where)
+    events = {c["name"]: c for c in insp.get_columns("task_events")}
+    assert str(events["id"]["type"]) == "BIGINT" and events["id"].get("identity")
+    assert events["from_status"]["nullable"] and not events["to_status"]["nullable"]
+    assert not events["actor"]["nullable"]
+
+
+async def _inspect_catalog(conn: AsyncConnection) -> None:
+    triggers = set((await conn.execute(sa.text(
+        "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"))).scalars())
+    assert triggers == {"tasks_guard_transition", "tasks_set_updated_at",
+                        "channels_set_updated_at"}
+    options = (await conn.execute(sa.text(
+        "SELECT reloptions FROM pg_class WHERE relname = 'tasks'"))).scalar_one()
+    assert "fillfactor=85" in options
+    enum_order = (await conn.execute(sa.text(
+        "SELECT array_agg(enumlabel ORDER BY enumsortorder)::text FROM pg_enum"
+        " WHERE enumtypid = 'taskstatus'::regtype"))).scalar_one()
+    assert enum_order.strip("{}").split(",") == [s.value for s in TaskStatus]
+
+
+async def test_round_trip_sqlite() -> None:
+    path = Path(tempfile.mkdtemp(prefix="pqm-", dir="/tmp"))
+    url = f"sqlite+aiosqlite:///{path / 'm.sqlite'}"
+    try:
+        await migrations.upgrade(url)
+        await migrations.check(url)
+        await migrations.upgrade(url)
+        await migrations.downgrade(url, "base")
+        left = await _query(url, "SELECT type, name FROM sqlite_master"
+                                 " WHERE name NOT LIKE 'sqlite_%' AND name <> 'alembic_version'")
+        assert left == []
+        await migrations.upgrade(url)
+        names = {r[0] for r in await _query(url, "SELECT name FROM sqlite_master")}
+        assert {"tasks", "channels", "task_events", "ix_tasks_queued",
+                "tasks_guard_transition"} <= names
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
