@@ -96,7 +96,7 @@ END"""
         f"""CREATE TRIGGER {table}_set_updated_at AFTER UPDATE ON {table}
 FOR EACH ROW WHEN NEW.updated_at IS OLD.updated_at
 BEGIN
-  UPDATE {table} SET updated_at = CURRENT_TIMESTAMP WHERE id = NEW.id;
+  UPDATE {table} SET updated_at = strftime('%Y-%m-%d %H:%M:%f', 'now') WHERE id = NEW.id;
 END"""
         for table in TABLES_WITH_UPDATED_AT
     ]

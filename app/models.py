@@ -33,6 +33,9 @@ class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
 
+SQLITE_NOW = "(strftime('%Y-%m-%d %H:%M:%f', 'now'))"
+
+
 class random_uuid(FunctionElement[uuid.UUID]):  # noqa: N801 - reads like the SQL function
     """Server-side random UUID: ``gen_random_uuid()`` on PostgreSQL, 32 hex chars on SQLite."""
 
@@ -48,6 +51,24 @@ def _random_uuid_default(element: random_uuid, compiler: SQLCompiler, **kw: Any)
 @compiles(random_uuid, "sqlite")
 def _random_uuid_sqlite(element: random_uuid, compiler: SQLCompiler, **kw: Any) -> str:
     return "(lower(hex(randomblob(16))))"
+
+
+class utc_now(FunctionElement[datetime]):  # noqa: N801
+    """Server clock: ``now()`` on PostgreSQL; milliseconds on SQLite (CURRENT_TIMESTAMP has
+    whole seconds only, which would turn FIFO order into ties)."""
+
+    type = sa.DateTime(timezone=True)
+    inherit_cache = True
+
+
+@compiles(utc_now)
+def _utc_now_default(element: utc_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "now()"
+
+
+@compiles(utc_now, "sqlite")
+def _utc_now_sqlite(element: utc_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return SQLITE_NOW
 
 
 def status_type() -> sa.Enum:
@@ -70,10 +91,10 @@ EventId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 class TimestampMixin:
     created_at: Mapped[datetime] = mapped_column(
-        Timestamp, nullable=False, server_default=sa.func.now())
+        Timestamp, nullable=False, server_default=utc_now())
     #: Also kept true by a database trigger, so raw SQL updates move it too.
     updated_at: Mapped[datetime] = mapped_column(
-        Timestamp, nullable=False, server_default=sa.func.now(), onupdate=sa.func.now())
+        Timestamp, nullable=False, server_default=utc_now(), onupdate=utc_now())
 
 
 class Channel(TimestampMixin, Base):
@@ -163,7 +184,7 @@ class TaskEvent(Base):
     actor: Mapped[str] = mapped_column(sa.String(100), nullable=False)
     note: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(
-        Timestamp, nullable=False, server_default=sa.func.now())
+        Timestamp, nullable=False, server_default=utc_now())
 
     __table_args__ = (
         {"sqlite_autoincrement": True},

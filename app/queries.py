@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from app.lifecycle import TaskStatus
-from app.models import Task
+from app.models import Task, utc_now
 
 
 def guarded_update(
@@ -65,7 +65,7 @@ def upsert_task(
                        for f in _UPSERT_FIELDS))
     return stmt.on_conflict_do_update(
         index_elements=[Task.notion_page_id],
-        set_={f: getattr(excluded, f) for f in _UPSERT_FIELDS} | {"updated_at": sa.func.now()},
+        set_={f: getattr(excluded, f) for f in _UPSERT_FIELDS} | {"updated_at": utc_now()},
         where=changed,
     ).returning(Task.id, Task.status)
 

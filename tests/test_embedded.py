@@ -7,6 +7,7 @@ redis-server process for that dir is still alive afterwards (and kills it, so no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parent.parent
 SUN_PATH_MAX = 107
 PG_SOCKET = ".s.PGSQL.5432"
+SERVER_NAMES = {"postgres", "redis-server"}
 
 # Starts both servers, prints both URLs on one line, then waits until stdin is closed.
 OWNER_SCRIPT = """
@@ -59,16 +61,25 @@ sys.stdin.read()
 
 
 def _server_procs(data_dir: Path) -> list[psutil.Process]:
-    """Live (non-zombie) postgres / redis-server processes whose command line names data_dir."""
-    found = []
+    """Live (non-zombie) postgres / redis-server processes of data_dir.
+
+    Found by command line (postmaster: ``-D <pgdata>``, redis: its title names the socket) and
+    by the pid files left in the data dir, so a server that is titled differently still counts.
+    """
+    found = {}
     for proc in psutil.process_iter(["name", "cmdline", "status"]):
         if proc.info["status"] == psutil.STATUS_ZOMBIE:
             continue  # this machine's init does not reap daemons: zombies are dead servers
-        if proc.info["name"] not in {"postgres", "redis-server"}:
+        if proc.info["name"] not in SERVER_NAMES:
             continue
         if any(str(data_dir) in arg for arg in proc.info["cmdline"] or []):
-            found.append(proc)
-    return found
+            found[proc.pid] = proc
+    for pidfile in (*data_dir.glob("**/postmaster.pid"), *data_dir.glob("**/redis.pid")):
+        with contextlib.suppress(OSError, ValueError, psutil.Error):
+            proc = psutil.Process(int(pidfile.read_text().split("\n", 1)[0]))
+            if proc.status() != psutil.STATUS_ZOMBIE and proc.name() in SERVER_NAMES:
+                found[proc.pid] = proc
+    return list(found.values())
 
 
 def _gone(pid: int) -> bool:

@@ -92,12 +92,19 @@ def _uuid_default() -> sa.TextClause:
     return sa.text("(lower(hex(randomblob(16))))")
 
 
+def _now() -> sa.TextClause:
+    """Server clock; milliseconds on SQLite, whose CURRENT_TIMESTAMP has whole seconds."""
+    if op.get_bind().dialect.name == "postgresql":
+        return sa.text("now()")
+    return sa.text("(strftime('%Y-%m-%d %H:%M:%f', 'now'))")
+
+
 def _timestamps() -> list[sa.Column[object]]:
     return [
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.func.now()),
+                  server_default=_now()),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.func.now()),
+                  server_default=_now()),
     ]
 
 
@@ -170,7 +177,7 @@ def upgrade() -> None:
         sa.Column("actor", sa.String(100), nullable=False),
         sa.Column("note", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False,
-                  server_default=sa.func.now()),
+                  server_default=_now()),
         sa.ForeignKeyConstraint(["task_id"], ["tasks.id"], ondelete="CASCADE",
                                 name=op.f("fk_task_events_task_id_tasks")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_task_events")),
