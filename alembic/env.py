@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging.config
 
-from alembic import context
 from sqlalchemy.engine import Connection
 
+from alembic import context
 from app import servers
 from app.config import get_settings
 from app.db import make_engine

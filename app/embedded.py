@@ -419,6 +419,8 @@ def _launch_redis(executable: str, redis_dir: Path) -> None:
     except subprocess.CalledProcessError as err:
         detail = (err.stderr or err.stdout or "").strip().splitlines()[-1:] or [str(err)]
         raise EmbeddedError(f"redis-server failed to start: {detail[0]}") from err
+    except subprocess.TimeoutExpired as err:
+        raise EmbeddedError(f"redis-server did not daemonize within {err.timeout} s") from err
 
 
 def _redis_pid(redis_dir: Path) -> int | None:

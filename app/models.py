@@ -36,7 +36,7 @@ class Base(DeclarativeBase):
 SQLITE_NOW = "(strftime('%Y-%m-%d %H:%M:%f', 'now'))"
 
 
-class random_uuid(FunctionElement[uuid.UUID]):  # noqa: N801 - reads like the SQL function
+class random_uuid(FunctionElement[uuid.UUID]):
     """Server-side random UUID: ``gen_random_uuid()`` on PostgreSQL, 32 hex chars on SQLite."""
 
     type = sa.Uuid()
@@ -53,7 +53,7 @@ def _random_uuid_sqlite(element: random_uuid, compiler: SQLCompiler, **kw: Any) 
     return "(lower(hex(randomblob(16))))"
 
 
-class utc_now(FunctionElement[datetime]):  # noqa: N801
+class utc_now(FunctionElement[datetime]):
     """Server clock: ``now()`` on PostgreSQL; milliseconds on SQLite (CURRENT_TIMESTAMP has
     whole seconds only, which would turn FIFO order into ties)."""
 

@@ -8,7 +8,6 @@ in the services as ORM queries. ``now`` is always a parameter: tests and the rea
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,7 +21,7 @@ from app.models import Task, utc_now
 def guarded_update(
     task_id: uuid.UUID, *, expected: TaskStatus, values: dict[str, Any],
     claim_token: uuid.UUID | None = None,
-) -> ReturningUpdate[tuple[Task]]:
+) -> ReturningUpdate[Task]:
     """``UPDATE tasks … WHERE id = :id AND status = :expected [AND claim_token = :token]``.
 
     The expected status in the WHERE clause makes two concurrent movers of one task race on the
@@ -38,7 +37,7 @@ def guarded_update(
     )
 
 
-def append_error_line(line: str) -> sa.ColumnElement[str]:
+def append_error_line(line: str) -> sa.ColumnElement[str | None]:
     """``error_log`` grows by one line inside the UPDATE itself (no read-modify-write race)."""
     return sa.func.coalesce(Task.error_log + "\n", "") + line
 
@@ -70,6 +69,6 @@ def upsert_task(
     ).returning(Task.id, Task.status)
 
 
-def lock_task(task_id: uuid.UUID) -> sa.Select[tuple[Task]]:
+def lock_task(task_id: uuid.UUID) -> sa.Select[Task]:
     """``SELECT … FOR UPDATE`` of one task, for decisions that read then write it."""
     return sa.select(Task).where(Task.id == task_id).with_for_update()

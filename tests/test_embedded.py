@@ -266,6 +266,8 @@ async def test_sigkilled_owner_servers_are_reused_then_stopped(data_dir: Path) -
         stream.close()
     assert not _gone(pg_pid) and redis_ping(redis_url)  # the servers outlive their owner
     assert registered_pids(data_dir, "pg") == [owner.pid]  # the dead pid is still recorded
+    handles = data_dir / "pg" / ".handle_pids.json"  # the package's own list: would leak forever
+    assert json.loads(handles.read_text()) == [owner.pid]
 
     assert start_postgres(data_dir) == db_url
     assert start_redis(data_dir) == redis_url
@@ -276,6 +278,7 @@ async def test_sigkilled_owner_servers_are_reused_then_stopped(data_dir: Path) -
     stop_redis(data_dir)
     stop_postgres(data_dir)
     assert _wait_gone([pg_pid, rd_pid]) == []
+    assert not handles.exists()
 
 
 async def test_libpq_environment_does_not_leak_into_server(

@@ -6,7 +6,14 @@ from collections import deque
 
 from app import lifecycle
 from app.lifecycle import (
-    ACTIVE, ERROR, GATE_STATES, RUNNABLE, STAGES, TERMINAL, TRANSITIONS, PriorityLevel,
+    ACTIVE,
+    ERROR,
+    GATE_STATES,
+    RUNNABLE,
+    STAGES,
+    TERMINAL,
+    TRANSITIONS,
+    PriorityLevel,
     TaskStatus,
 )
 
@@ -34,7 +41,7 @@ def test_one_initial_one_terminal_everything_reachable() -> None:
                 seen.add(nxt)
                 todo.append(nxt)
     assert seen == set(TaskStatus)
-    assert TERMINAL == {TaskStatus.published}
+    assert {TaskStatus.published} == TERMINAL
 
 
 def test_no_traps_published_reachable_from_everywhere() -> None:
@@ -63,14 +70,14 @@ def test_stages_chain_and_every_retry_edge_is_a_stage_restart() -> None:
 
 def test_named_sets() -> None:
     assert len(ACTIVE) == 8 and TaskStatus.claimed in ACTIVE
-    assert ERROR == {TaskStatus.asset_error, TaskStatus.video_error, TaskStatus.audio_error,
-                     TaskStatus.upload_error}
-    assert GATE_STATES == {TaskStatus.assets_ready, TaskStatus.video_ready,
-                           TaskStatus.audio_ready, TaskStatus.final_review}
-    assert RUNNABLE == {TaskStatus.queued, TaskStatus.assets_approved,
+    assert {TaskStatus.asset_error, TaskStatus.video_error, TaskStatus.audio_error,
+                     TaskStatus.upload_error} == ERROR
+    assert {TaskStatus.assets_ready, TaskStatus.video_ready,
+                           TaskStatus.audio_ready, TaskStatus.final_review} == GATE_STATES
+    assert {TaskStatus.queued, TaskStatus.assets_approved,
                         TaskStatus.composites_ready, TaskStatus.video_approved,
                         TaskStatus.audio_approved, TaskStatus.sfx_ready,
-                        TaskStatus.assembly_ready, TaskStatus.approved}
+                        TaskStatus.assembly_ready, TaskStatus.approved} == RUNNABLE
     # Only workers enter active states: no gate, wait or error leads into one except retries.
     for src, dsts in TRANSITIONS.items():
         if dsts & ACTIVE:

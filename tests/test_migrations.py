@@ -37,8 +37,8 @@ def test_frozen_pairs_match_lifecycle() -> None:
     revision = _initial_revision()
     assert [(TaskStatus(a), TaskStatus(b)) for a, b in revision.PAIRS] == \
         lifecycle.allowed_pairs()
-    assert revision.STATUSES == tuple(s.value for s in TaskStatus)
-    assert revision.PRIORITIES == tuple(p.value for p in PriorityLevel)
+    assert tuple(s.value for s in TaskStatus) == revision.STATUSES
+    assert tuple(p.value for p in PriorityLevel) == revision.PRIORITIES
 
 
 @pytest.fixture

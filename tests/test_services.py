@@ -9,7 +9,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import (
-    ChannelExists, ChannelInactive, ChannelNotFound, InvalidTransition, TaskNotFound,
+    ChannelExists,
+    ChannelInactive,
+    ChannelNotFound,
+    InvalidTransition,
+    TaskNotFound,
 )
 from app.lifecycle import STAGE_BY_NAME, TaskStatus
 from app.models import Task, TaskEvent

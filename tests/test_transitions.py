@@ -1,4 +1,4 @@
-"""Every one of the 26×26 status pairs, through the service layer and through raw SQL, on
+"""Every one of the 26x26 status pairs, through the service layer and through raw SQL, on
 PostgreSQL and SQLite: legal moves succeed (with an event row), illegal ones are refused and the
 row is left unchanged."""
 

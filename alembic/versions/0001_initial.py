@@ -11,9 +11,9 @@ The transition pairs are frozen here: the guard this revision installs must not 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from alembic import op
 from app import guard
 
 revision: str = "0001"

@@ -13,7 +13,7 @@ from app.schemas import ChannelCreate
 
 async def create_channel(session: AsyncSession, data: ChannelCreate) -> Channel:
     """Insert a channel; ``ChannelExists`` if its YouTube id is taken (decided by the database)."""
-    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     stmt = (insert(Channel).values(**data.model_dump())
             .on_conflict_do_nothing(index_elements=[Channel.channel_id]).returning(Channel))
     channel = (await session.execute(stmt)).scalar_one_or_none()

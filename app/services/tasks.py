@@ -48,7 +48,7 @@ async def enqueue(session: AsyncSession, data: TaskCreate, *, actor: str) -> Enq
     fields = {"notion_page_id": data.notion_page_id, "channel_id": channel.id,
               "title": data.title, "topic": data.topic,
               "story_direction": data.story_direction, "priority": data.priority}
-    stmt = queries.upsert_task(session.bind.dialect.name, new_id=new_id, fields=fields,
+    stmt = queries.upsert_task(session.get_bind().dialect.name, new_id=new_id, fields=fields,
                                status=data.status)
     row = (await session.execute(stmt)).one_or_none()
     if row is not None and row.id == new_id:
