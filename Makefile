@@ -16,12 +16,12 @@ demo: $(STAMP)
 	$(BIN)/pipeline demo
 
 test: $(STAMP)
-	$(BIN)/ruff check app workers tests alembic bench
+	$(BIN)/ruff check app workers tests alembic
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app workers tests alembic bench
+	$(BIN)/ruff check app workers tests alembic
 	$(BIN)/mypy
 
 bench: $(STAMP)
