@@ -20,11 +20,11 @@ from app import guard, lifecycle, migrations
 from app.lifecycle import PriorityLevel, TaskStatus
 from tests import dbtools
 
-INITIAL = Path(__file__).resolve().parent.parent / "alembic" / "versions" / "0001_initial.py"
+VERSIONS = Path(__file__).resolve().parent.parent / "alembic" / "versions"
 
 
-def _initial_revision() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("rev_0001", INITIAL)
+def _revision(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"rev_{name}", VERSIONS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -34,11 +34,20 @@ def _initial_revision() -> ModuleType:
 def test_frozen_pairs_match_lifecycle() -> None:
     """The guard installed by the migration is the table in ``app.lifecycle`` (edit one, add a
     revision for the other)."""
-    revision = _initial_revision()
+    revision = _revision("0001_initial")
     assert [(TaskStatus(a), TaskStatus(b)) for a, b in revision.PAIRS] == \
         lifecycle.allowed_pairs()
     assert tuple(s.value for s in TaskStatus) == revision.STATUSES
     assert tuple(p.value for p in PriorityLevel) == revision.PRIORITIES
+
+
+def test_frozen_claim_data_matches_lifecycle() -> None:
+    claim = _revision("0002_claim_task")
+    starts = {st.start.value: st.active.value for st in lifecycle.STAGES
+              if st.start is not TaskStatus.claimed}
+    assert claim.STARTS == starts
+    assert set(claim.ACTIVE) == {s.value for s in lifecycle.ACTIVE}
+    assert set(claim.ERRORS) == {s.value for s in lifecycle.ERROR}
 
 
 @pytest.fixture
@@ -61,7 +70,7 @@ SELECT 'type:' || typname FROM pg_type WHERE typname IN ('taskstatus', 'priority
 UNION ALL SELECT 'class:' || relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   WHERE n.nspname = 'public' AND relname <> 'alembic_version'
     AND relname NOT LIKE 'alembic_version%%'
-UNION ALL SELECT 'proc:' || proname FROM pg_proc WHERE proname IN ({procs})
+UNION ALL SELECT 'proc:' || proname FROM pg_proc WHERE proname IN ({procs}, 'claim_task')
 UNION ALL SELECT 'trigger:' || tgname FROM pg_trigger WHERE NOT tgisinternal
 """.format(procs=", ".join(f"'{p}'" for p in guard.PG_FUNCTIONS))
 
@@ -73,7 +82,7 @@ async def test_round_trip_postgresql(empty_pg: str) -> None:
     await _inspect(empty_pg)
     await migrations.check(empty_pg)            # models == migrations
     await migrations.upgrade(empty_pg)          # a second upgrade is a no-op
-    assert (await _query(empty_pg, "SELECT version_num FROM alembic_version"))[0][0] == "0001"
+    assert (await _query(empty_pg, "SELECT version_num FROM alembic_version"))[0][0] == "0002"
     await migrations.downgrade(empty_pg, "base")
     assert await _query(empty_pg, OUR_OBJECTS) == []
     await migrations.upgrade(empty_pg)
