@@ -28,18 +28,19 @@ def _list(values: Iterable[str]) -> str:
     return ", ".join(f"'{value}'" for value in values)
 
 
-def _runnable_head(channel: str, starts: str, errors: str, *, lock: bool) -> str:
+def _runnable_head(channel: str, starts: str, errors: str) -> str:
     """The channel's best runnable task: queued (partial index), other runnable states, or an
-    error state whose retry is due. Each branch is a small index scan of one channel."""
-    suffix = " FOR UPDATE SKIP LOCKED" if lock else ""
+    error state whose retry is due. Each branch is a small index scan of one channel. No row
+    lock: claimers of a channel are serialised by its row, and the UPDATE re-checks status."""
     branch = ("(SELECT t.id, t.status, t.priority, t.created_at FROM tasks t"
               " WHERE t.channel_id = {c} AND {cond}"
-              " ORDER BY t.priority, t.created_at, t.id LIMIT 1{suffix})")
+              " ORDER BY t.priority, t.created_at, t.id LIMIT 1)")
     conds = ["t.status = 'queued'", f"t.status IN ({starts})",
              f"t.status IN ({errors}) AND t.retry_at <= p_now"]
     branches = "\n      UNION ALL ".join(
-        branch.format(c=channel, cond=cond, suffix=suffix) for cond in conds)
-    return f"SELECT * FROM (\n      {branches}\n    ) h ORDER BY h.priority, h.created_at, h.id LIMIT 1"
+        branch.format(c=channel, cond=cond) for cond in conds)
+    return (f"SELECT * FROM (\n      {branches}\n    ) h"
+            " ORDER BY h.priority, h.created_at, h.id LIMIT 1")
 
 
 def render(starts: Mapping[str, str], active: Iterable[str], errors: Iterable[str]) -> str:
@@ -60,7 +61,7 @@ BEGIN
   FOR cand IN
     SELECT c.id, c.max_concurrent
     FROM channels c
-    CROSS JOIN LATERAL ({_runnable_head('c.id', start_list, error_list, lock=False)}) best
+    CROSS JOIN LATERAL ({_runnable_head('c.id', start_list, error_list)}) best
     WHERE c.is_active
       AND (p_task IS NULL OR c.id = (SELECT channel_id FROM tasks WHERE id = p_task))
     ORDER BY best.priority, c.last_claimed_at NULLS FIRST, best.created_at, c.id
@@ -72,14 +73,13 @@ BEGIN
     CONTINUE WHEN cand.max_concurrent IS NOT NULL AND cand.max_concurrent <= (
       SELECT count(*) FROM tasks WHERE channel_id = cand.id AND status IN ({active_list}));
     IF p_task IS NULL THEN
-      {_runnable_head('cand.id', start_list, error_list, lock=True)} INTO head;
+      {_runnable_head('cand.id', start_list, error_list)} INTO head;
     ELSE
       SELECT t.id, t.status FROM tasks t WHERE t.id = p_task AND (t.status = 'queued'
         OR t.status IN ({start_list})
-        OR (t.status IN ({error_list}) AND t.retry_at <= p_now))
-        FOR UPDATE SKIP LOCKED INTO head;
+        OR (t.status IN ({error_list}) AND t.retry_at <= p_now)) INTO head;
     END IF;
-    CONTINUE WHEN head.id IS NULL;
+    CONTINUE WHEN NOT FOUND;
     target := CASE head.status::text
         WHEN 'queued' THEN 'claimed'
 {start_case}

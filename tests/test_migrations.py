@@ -45,7 +45,7 @@ def test_frozen_claim_data_matches_lifecycle() -> None:
     claim = _revision("0002_claim_task")
     starts = {st.start.value: st.active.value for st in lifecycle.STAGES
               if st.start is not TaskStatus.claimed}
-    assert claim.STARTS == starts
+    assert starts == claim.STARTS
     assert set(claim.ACTIVE) == {s.value for s in lifecycle.ACTIVE}
     assert set(claim.ERRORS) == {s.value for s in lifecycle.ERROR}
 
