@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from app import demo, servers
+from app import demo, servers, wakeups
 from app.config import get_settings
 from app.db import make_engine, make_sessionmaker
 from app.embedded import EmbeddedError
@@ -25,11 +26,28 @@ Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 async def _demo(args: argparse.Namespace) -> int:
     settings = get_settings()
     url = await servers.database_url(settings)
+    redis = servers.redis_url(settings)
     engine = make_engine(settings, url)
     try:
-        await demo.run(make_sessionmaker(engine), url)
+        return await demo.run(make_sessionmaker(engine), url=url, redis_url=redis,
+                              workers=args.workers, tasks=args.tasks)
     finally:
         await engine.dispose()
+
+
+async def _worker(args: argparse.Namespace) -> int:
+    from arq.worker import Worker
+
+    from workers.settings import worker_options
+
+    settings = get_settings()
+    await servers.database_url(settings)            # the embedded default, started if needed
+    options = worker_options(settings, burst=args.burst)
+    options["redis_settings"] = wakeups.redis_settings(servers.redis_url(settings))
+    if args.burst:   # no sweep cron in burst mode: wake enough jobs to drain what is runnable
+        await wakeups.wake_url(servers.redis_url(settings), settings.worker_concurrency,
+                               queue_name=settings.queue_name)
+    await Worker(**options).async_run()
     return 0
 
 
@@ -37,12 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo_cmd = sub.add_parser("demo", help="run the pipeline on the embedded default")
+    demo_cmd.add_argument("--workers", type=int, default=3, help="worker processes (3)")
+    demo_cmd.add_argument("--tasks", type=int, default=36, help="tasks to enqueue (36)")
     demo_cmd.set_defaults(run=_demo)
+    worker_cmd = sub.add_parser("worker", help="run an arq worker (same as the Procfile's)")
+    worker_cmd.add_argument("--burst", action="store_true",
+                            help="exit once nothing is runnable")
+    worker_cmd.set_defaults(run=_worker)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.command == "worker" else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     command: Command = args.run
     try:
         return asyncio.run(command(args))

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(5.0, ge=0, alias="RETRY_BACKOFF_SECONDS")
     simulated_stage_s: float = Field(0.2, ge=0, alias="SIMULATED_STAGE_SECONDS")
     worker_concurrency: int = Field(10, ge=1)
+    queue_name: str = "pipeline:queue"
+    shutdown_grace_s: int = Field(25, ge=0, alias="SHUTDOWN_GRACE_SECONDS")
+    job_timeout_s: int = Field(6 * 3600, ge=1, alias="JOB_TIMEOUT_SECONDS")
 
     @field_validator("auto_approve_gates")
     @classmethod

@@ -31,6 +31,7 @@ class StageInput:
     title: str
     topic: str | None
     story_direction: str | None
+    #: 1 for the stage's first run on this task, counting every retry and requeue.
     attempt: int
     artifacts: Mapping[str, Any]
 

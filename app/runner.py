@@ -88,8 +88,9 @@ class Runner:
         stage = STAGE_BY_ACTIVE[claim.status]
         async with session_scope(self.sessions) as session:
             task = await tasks.get_task(session, claim.task_id)
+            runs = await tasks.times_entered(session, task.id, stage.active)
             given = StageInput(task.id, stage.name, task.title, task.topic,
-                               task.story_direction, task.attempts, dict(task.artifacts))
+                               task.story_direction, runs, dict(task.artifacts))
         lease = _Lease()
         try:
             async with self._heartbeat(claim, lease):

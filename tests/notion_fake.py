@@ -577,9 +577,11 @@ class FakeNotion:
             edited = (self._stamp(self.clock.tick()) if last_edited_time is None
                       else self._stamp(parse_time(last_edited_time)))
             created = edited if created_time is None else self._stamp(parse_time(created_time))
+            new_id = normalize_id(page_id or str(uuid.uuid4()))
+            if new_id in self._pages:
+                raise ValueError(f"page {new_id} already exists")
             self._seq += 1
-            page = _Page(normalize_id(page_id or str(uuid.uuid4())), ds.id, self._seq,
-                         created, edited, values)
+            page = _Page(new_id, ds.id, self._seq, created, edited, values)
             self._pages[page.id] = page
             return self._render_page(page)
 
@@ -1129,6 +1131,7 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = False
     block_on_close = True
+    request_queue_size = 128  # socketserver's 5 drops SYNs under bursts: 1 s client stalls
 
     def __init__(self, fake: FakeNotion) -> None:
         self.fake = fake

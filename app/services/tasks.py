@@ -101,6 +101,13 @@ async def history(session: AsyncSession, task_id: uuid.UUID) -> list[TaskEvent]:
     return list(await session.scalars(stmt))
 
 
+async def times_entered(session: AsyncSession, task_id: uuid.UUID, status: TaskStatus) -> int:
+    """How many times the task entered ``status`` (a stage's runs over the task's life)."""
+    count = await session.scalar(sa.select(sa.func.count()).where(
+        TaskEvent.task_id == task_id, TaskEvent.to_status == status))
+    return int(count or 0)
+
+
 async def channel_of(session: AsyncSession, task: Task) -> Channel:
     channel = await session.get(Channel, task.channel_id)
     assert channel is not None  # the FK guarantees it
