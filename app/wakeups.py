@@ -7,9 +7,11 @@ are made up by the periodic sweep. Enqueue them after the commit that made work 
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import in_progress_key_prefix
 
 WORK_JOB = "work"
 
@@ -30,6 +32,21 @@ async def wake(redis: ArqRedis, count: int, *, queue_name: str) -> int:
                                       _queue_name=queue_name)
         enqueued += job is not None
     return enqueued
+
+
+async def pending(redis: ArqRedis, *, queue_name: str, limit: int = 1000) -> int:
+    """Wake-ups waiting to be picked up. Jobs still marked in progress are not counted: a job
+    whose worker was SIGKILLed keeps its in-progress key (and its queue entry) until arq's
+    largest job timeout passes, and must not hide runnable work from the sweep."""
+    now_ms = int(time.time() * 1000)     # deferred entries (cron jobs) are not wake-ups yet
+    ids = await redis.zrangebyscore(queue_name, "-inf", now_ms, start=0, num=limit)
+    if not ids:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.exists(in_progress_key_prefix + job_id.decode())
+        running = await pipe.execute()
+    return sum(1 for flag in running if not flag)
 
 
 async def wake_url(url: str, count: int, *, queue_name: str) -> int:

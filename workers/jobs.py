@@ -60,8 +60,8 @@ async def sweep(ctx: Ctx) -> dict[str, int]:
     async with session_scope(runner.sessions) as session:
         runnable = await claims.runnable_count(session, now=now)
     redis: ArqRedis = ctx["redis"]
-    queued = await redis.zcard(s.queue_name)
-    wanted = min(runnable, s.worker_concurrency * 4) - queued
+    waiting = await wakeups.pending(redis, queue_name=s.queue_name)
+    wanted = min(runnable, s.worker_concurrency * 4) - waiting
     woken = await wakeups.wake(redis, wanted, queue_name=s.queue_name) if wanted > 0 else 0
     if reaped or woken:
         log.info("sweep: reaped %d, runnable %d, woke %d", len(reaped), runnable, woken)

@@ -12,7 +12,6 @@ need PostgreSQL's row locks).
 from collections.abc import Sequence
 
 from alembic import op
-
 from app import claim_sql
 
 revision: str = "0002"
