@@ -24,6 +24,7 @@ from app.models import Channel, Task, TaskEvent
 from tests import dbtools
 
 Sessions = async_sessionmaker[AsyncSession]
+Spawn = Callable[..., subprocess.Popen[bytes]]
 FAST = {"AUTO_APPROVE_GATES": "all", "SIMULATED_STAGE_SECONDS": "0", "SWEEP_INTERVAL_SECONDS": "1",
         "RETRY_BACKOFF_SECONDS": "0", "WORKER_CONCURRENCY": "8"}
 
@@ -38,7 +39,7 @@ async def db(pg_server_url: str, settings: Settings) -> AsyncIterator[tuple[str,
 
 
 @pytest.fixture
-def spawn(db: tuple[str, Sessions], redis_url: str) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+def spawn(db: tuple[str, Sessions], redis_url: str) -> Iterator[Spawn]:
     url = db[0]
     queue = f"test:{uuid.uuid4().hex[:8]}"
     procs: list[subprocess.Popen[bytes]] = []
@@ -93,7 +94,7 @@ async def _wait_until_published(sessions: Sessions, count: int, *, timeout_s: fl
 
 
 async def test_four_workers_thousand_tasks_capacity_and_no_double_starts(
-    db: tuple[str, Sessions], spawn: Callable[..., subprocess.Popen[bytes]], redis_url: str,
+    db: tuple[str, Sessions], spawn: Spawn, redis_url: str,
 ) -> None:
     _, sessions = db
     limits: list[int | None] = [2, 2, None, None, None]
@@ -127,7 +128,7 @@ async def test_four_workers_thousand_tasks_capacity_and_no_double_starts(
 
 
 async def test_sigkill_mid_stage_recovered_after_lease(
-    db: tuple[str, Sessions], spawn: Callable[..., subprocess.Popen[bytes]], redis_url: str,
+    db: tuple[str, Sessions], spawn: Spawn, redis_url: str,
 ) -> None:
     _, sessions = db
     [task_id] = await _seed(sessions, [None], per_channel=1)
