@@ -43,9 +43,10 @@ async def _worker(args: argparse.Namespace) -> int:
     settings = get_settings()
     await servers.database_url(settings)            # the embedded default, started if needed
     options = worker_options(settings, burst=args.burst)
-    options["redis_settings"] = wakeups.redis_settings(servers.redis_url(settings))
+    redis_url = servers.redis_url(settings)
+    options["redis_settings"] = wakeups.redis_settings(redis_url)
     if args.burst:   # no sweep cron in burst mode: wake enough jobs to drain what is runnable
-        await wakeups.wake_url(servers.redis_url(settings), settings.worker_concurrency,
+        await wakeups.wake_url(redis_url, settings.worker_concurrency,
                                queue_name=settings.queue_name)
     await Worker(**options).async_run()
     return 0

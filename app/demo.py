@@ -60,7 +60,7 @@ async def run(sessions: Sessions, *, url: str, redis_url: str, workers: int, tas
         await asyncio.wait_for(_watch(sessions, task_ids, redis_url), DEADLINE_S)
         elapsed = time.monotonic() - began
     finally:
-        _stop_workers(procs)
+        stop_workers(procs)
     await _summary(sessions, task_ids, elapsed)
     return 0
 
@@ -100,14 +100,18 @@ def _start_workers(count: int, url: str, redis_url: str) -> list[subprocess.Pope
     return procs
 
 
-def _stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every live worker (they finish or hand back their stages), then wait; kill one
+    that outlives arq's grace period."""
     for proc in procs:
-        proc.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
     for proc in procs:
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 async def _watch(sessions: Sessions, task_ids: list[uuid.UUID], redis_url: str) -> None:

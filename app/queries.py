@@ -67,8 +67,3 @@ def upsert_task(
         set_={f: getattr(excluded, f) for f in _UPSERT_FIELDS} | {"updated_at": utc_now()},
         where=changed,
     ).returning(Task.id, Task.status)
-
-
-def lock_task(task_id: uuid.UUID) -> sa.Select[Task]:
-    """``SELECT … FOR UPDATE`` of one task, for decisions that read then write it."""
-    return sa.select(Task).where(Task.id == task_id).with_for_update()

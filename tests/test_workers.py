@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import lifecycle, wakeups
+from app import demo, lifecycle, wakeups
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from app.lifecycle import STAGE_BY_ACTIVE, PriorityLevel, TaskStatus
@@ -54,15 +54,7 @@ def spawn(db: tuple[str, Sessions], redis_url: str) -> Iterator[Spawn]:
 
     start.queue = queue  # type: ignore[attr-defined]
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    demo.stop_workers(procs)
 
 
 async def _seed(sessions: Sessions, limits: list[int | None], per_channel: int,

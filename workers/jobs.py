@@ -57,7 +57,6 @@ async def sweep(ctx: Ctx) -> dict[str, int]:
         reaped = await claims.reap_expired(session, now=now, actor=f"reaper:{runner.worker_id}",
                                            max_attempts=s.stage_max_attempts,
                                            backoff_s=s.retry_backoff_s)
-    async with session_scope(runner.sessions) as session:
         runnable = await claims.runnable_count(session, now=now)
     redis: ArqRedis = ctx["redis"]
     waiting = await wakeups.pending(redis, queue_name=s.queue_name)

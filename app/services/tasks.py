@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import queries
 from app.errors import TaskNotFound
 from app.lifecycle import TaskStatus
-from app.models import Channel, Task, TaskEvent
+from app.models import Task, TaskEvent
 from app.schemas import TaskCreate
 from app.services import channels, transitions
 
@@ -106,9 +106,3 @@ async def times_entered(session: AsyncSession, task_id: uuid.UUID, status: TaskS
     count = await session.scalar(sa.select(sa.func.count()).where(
         TaskEvent.task_id == task_id, TaskEvent.to_status == status))
     return int(count or 0)
-
-
-async def channel_of(session: AsyncSession, task: Task) -> Channel:
-    channel = await session.get(Channel, task.channel_id)
-    assert channel is not None  # the FK guarantees it
-    return channel
