@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from app import demo, servers, wakeups
+from app import demo, servers
 from app.config import get_settings
 from app.db import make_engine, make_sessionmaker
 from app.embedded import EmbeddedError
@@ -36,20 +36,9 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _worker(args: argparse.Namespace) -> int:
-    from arq.worker import Worker
+    from app import worker
 
-    from workers.settings import worker_options
-
-    settings = get_settings()
-    await servers.database_url(settings)            # the embedded default, started if needed
-    options = worker_options(settings, burst=args.burst)
-    redis_url = servers.redis_url(settings)
-    options["redis_settings"] = wakeups.redis_settings(redis_url)
-    if args.burst:   # no sweep cron in burst mode: wake enough jobs to drain what is runnable
-        await wakeups.wake_url(redis_url, settings.worker_concurrency,
-                               queue_name=settings.queue_name)
-    await Worker(**options).async_run()
-    return 0
+    return await worker.run(get_settings(), burst=args.burst)
 
 
 def build_parser() -> argparse.ArgumentParser:
