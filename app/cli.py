@@ -1,8 +1,8 @@
 """The ``pipeline`` command (also ``python -m app``).
 
 Each command is a composition root: it reads settings, finds the database (``DATABASE_URL`` or
-the embedded default), opens one engine, runs one service call per transaction and disposes.
-Expected errors print one line to stderr and exit 2; no traceback.
+the embedded default), opens one engine, runs each service call in its own transaction and
+disposes. Expected errors print one line to stderr and exit 2; no traceback.
 """
 
 from __future__ import annotations
@@ -11,16 +11,38 @@ import argparse
 import asyncio
 import logging
 import sys
+import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from app import demo, servers
+from app.commands import channels, enqueue, operations, tasks
+from app.commands.context import Context, open_context
 from app.config import get_settings
 from app.db import make_engine, make_sessionmaker
 from app.embedded import EmbeddedError
 from app.errors import PipelineError
+from app.lifecycle import ERROR, GATE_BY_NAME, TaskStatus
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+AdminCommand = Callable[[Context, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def task_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a task id (a UUID): {value!r}") from None
+
+
+def admin(command: AdminCommand) -> Command:
+    """Run ``command`` with the database context open."""
+    async def run(args: argparse.Namespace) -> int:
+        async with open_context(get_settings(), as_json=args.json) as ctx:
+            return await command(ctx, args)
+    return run
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -41,29 +63,115 @@ async def _worker(args: argparse.Namespace) -> int:
     return await worker.run(get_settings(), burst=args.burst)
 
 
+async def _sync(args: argparse.Namespace) -> int:
+    from app.notion import command
+
+    return await command.run(get_settings(), loop=args.loop, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo_cmd = sub.add_parser("demo", help="run the pipeline on the embedded default")
-    demo_cmd.add_argument("--workers", type=int, default=3, help="worker processes (3)")
-    demo_cmd.add_argument("--tasks", type=int, default=36, help="tasks to enqueue (36)")
-    demo_cmd.set_defaults(run=_demo)
+
+    channel = sub.add_parser("channel", help="add, list or deactivate YouTube channels")
+    channel_sub = channel.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = channel_sub.add_parser("add", parents=[data], help="add a channel")
+    add.add_argument("--channel-id", required=True, help="the YouTube channel id")
+    add.add_argument("--name", required=True, help="display name")
+    add.add_argument("--max-concurrent", type=int, metavar="N",
+                     help="at most N of its tasks in active states at once (default: no limit)")
+    add.set_defaults(run=admin(channels.add))
+    listing = channel_sub.add_parser("list", parents=[data], help="list channels")
+    listing.set_defaults(run=admin(channels.list_))
+    off = channel_sub.add_parser("deactivate", parents=[data],
+                                 help="stop claiming a channel's tasks")
+    off.add_argument("channel_id", metavar="ID", help="the YouTube channel id")
+    off.set_defaults(run=admin(channels.deactivate))
+
+    imp = sub.add_parser("enqueue", parents=[data], help="import tasks from a JSON or CSV file")
+    imp.add_argument("file", metavar="FILE", help="JSON array of objects, or CSV with a header")
+    imp.set_defaults(run=admin(enqueue.run))
+
+    sync = sub.add_parser("sync-notion", parents=[data],
+                          help="pull tasks from Notion, push their status back")
+    mode = sync.add_mutually_exclusive_group()
+    mode.add_argument("--once", dest="loop", action="store_false", help="one round (default)")
+    mode.add_argument("--loop", dest="loop", action="store_true",
+                      help="repeat every NOTION_SYNC_INTERVAL_SECONDS until stopped")
+    sync.set_defaults(run=_sync, loop=False)
+
+    approve = sub.add_parser("approve", parents=[data], help="pass the gate a task waits at")
+    approve.add_argument("task_id", type=task_id, metavar="TASK_ID")
+    approve.add_argument("--gate", choices=list(GATE_BY_NAME),
+                         help="refuse unless the task waits at this gate")
+    approve.add_argument("--note", help="recorded in the task's history")
+    approve.set_defaults(run=admin(operations.approve))
+
+    errors = [s.value for s in TaskStatus if s in ERROR]
+    requeue = sub.add_parser("requeue", parents=[data],
+                             help="retry errored tasks at the stage that failed")
+    requeue.add_argument("task_ids", type=task_id, nargs="*", metavar="TASK_ID")
+    requeue.add_argument("--status", nargs="+", choices=errors, metavar="S",
+                         help=f"every task in these error states ({', '.join(errors)})")
+    requeue.add_argument("--channel", metavar="C", help="with --status: only this channel")
+    requeue.add_argument("--reason", help="recorded with you as actor in each task's history")
+    requeue.add_argument("--dry-run", action="store_true",
+                         help="print the plan and change nothing")
+    requeue.set_defaults(run=admin(operations.requeue))
+
+    lst = sub.add_parser("list", parents=[data], help="list tasks, oldest first")
+    lst.add_argument("--status", nargs="+", choices=[s.value for s in TaskStatus], metavar="S")
+    lst.add_argument("--channel", metavar="C", help="YouTube channel id")
+    lst.add_argument("--limit", type=int, default=None, metavar="N")
+    lst.set_defaults(run=admin(tasks.list_))
+    show = sub.add_parser("show", parents=[data], help="one task with its event history")
+    show.add_argument("task_id", type=task_id, metavar="TASK_ID")
+    show.set_defaults(run=admin(tasks.show))
+    stats = sub.add_parser("stats", parents=[data],
+                           help="counts by status and channel, queue depth, oldest queued age")
+    stats.set_defaults(run=admin(tasks.stats_))
+
     worker_cmd = sub.add_parser("worker", help="run an arq worker (same as the Procfile's)")
     worker_cmd.add_argument("--burst", action="store_true",
                             help="exit once nothing is runnable")
     worker_cmd.set_defaults(run=_worker)
+    demo_cmd = sub.add_parser("demo", help="run the pipeline on the embedded default")
+    demo_cmd.add_argument("--workers", type=int, default=3, help="worker processes (3)")
+    demo_cmd.add_argument("--tasks", type=int, default=36, help="tasks to enqueue (36)")
+    demo_cmd.set_defaults(run=_demo)
     return parser
 
 
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Argument rules argparse cannot express."""
+    if args.command == "requeue":
+        if bool(args.task_ids) == bool(args.status):
+            parser.error("requeue: give TASK_IDs or --status S…, not both and not neither")
+        if args.channel and not args.status:
+            parser.error("requeue: --channel goes with --status")
+    if args.command == "list" and args.limit is not None and args.limit < 1:
+        parser.error("list: --limit must be at least 1")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.command == "worker" else logging.WARNING,
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    logging.basicConfig(level=logging.INFO if args.command in ("worker", "sync-notion")
+                        else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     command: Command = args.run
     try:
         return asyncio.run(command(args))
     except (PipelineError, EmbeddedError) as exc:
         print(f"pipeline: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:      # settings from the environment
+        problems = "; ".join(f"{e['loc'][0] if e['loc'] else '?'}: {e['msg']}"
+                             for e in exc.errors())
+        print(f"pipeline: configuration: {problems}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

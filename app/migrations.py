@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -55,3 +57,22 @@ def _with_connection(connection: Connection, operation: Callable[[Config], objec
     config = alembic_config()
     config.attributes["connection"] = connection
     operation(config)
+
+
+async def revisions(url: str) -> tuple[str | None, str | None]:
+    """``(current, head)``: the database's revision (None if never migrated) and the code's."""
+    found: dict[str, str | None] = {}
+
+    def read(connection: Connection) -> None:
+        config = alembic_config()
+        found["current"] = MigrationContext.configure(connection).get_current_revision()
+        found["head"] = ScriptDirectory.from_config(config).get_current_head()
+
+    sa_url, connect_args = translate_url(url)
+    engine = create_async_engine(sa_url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(read)
+    finally:
+        await engine.dispose()
+    return found["current"], found["head"]

@@ -11,7 +11,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from app.lifecycle import PriorityLevel, TaskStatus
 
@@ -135,3 +142,13 @@ class ChannelResponse(BaseModel):
     max_concurrent: int | None
     created_at: datetime
     updated_at: datetime
+
+
+def field_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    """``(field, message)`` pairs for people: the field's dotted name, pydantic's message
+    without its ``Value error,`` prefix."""
+    found = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "row"
+        found.append((field, error["msg"].removeprefix("Value error, ")))
+    return found

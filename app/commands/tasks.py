@@ -1,0 +1,91 @@
+"""``pipeline list``, ``show`` and ``stats``: read-only views of the queue."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime
+
+import sqlalchemy as sa
+
+from app import lifecycle, tables
+from app.commands.context import Context
+from app.db import session_scope
+from app.lifecycle import TaskStatus
+from app.models import Channel, Task, TaskEvent
+from app.schemas import TaskEventResponse, TaskInDB
+from app.services import stats, tasks, transitions
+
+LIST_HEADERS = ("id", "channel", "status", "priority", "attempts", "updated", "title")
+
+
+def _when(value: datetime | None) -> str | None:
+    return f"{value:%Y-%m-%d %H:%M:%S}" if value is not None else None
+
+
+async def list_(ctx: Context, args: argparse.Namespace) -> int:
+    statuses = [TaskStatus(s) for s in args.status or []]
+    async with session_scope(ctx.sessions) as session:
+        found = await tasks.list_tasks(session, statuses=statuses, channel_id=args.channel,
+                                       limit=args.limit)
+        names = dict((await session.execute(sa.select(Channel.id, Channel.channel_id))).tuples().all())
+    data = [{**TaskInDB.model_validate(t).model_dump(mode="json"), "channel": names[t.channel_id]}
+            for t in found]
+    rows = [(t.id, names[t.channel_id], t.status.value, t.priority.value, t.attempts,
+             _when(t.updated_at), t.title) for t in found]
+    ctx.emit(data, tables.render(LIST_HEADERS, rows) if rows else "no tasks match")
+    return 0
+
+
+async def show(ctx: Context, args: argparse.Namespace) -> int:
+    async with session_scope(ctx.sessions) as session:
+        task = await tasks.get_task(session, args.task_id)
+        events = await tasks.history(session, args.task_id)
+        channel = await session.get(Channel, task.channel_id)
+    assert channel is not None    # tasks.channel_id is a NOT NULL foreign key
+    detail = TaskInDB.model_validate(task).model_dump(mode="json")
+    history = [TaskEventResponse.model_validate(e).model_dump(mode="json") for e in events]
+    ctx.emit({**detail, "channel": channel.channel_id, "events": history},
+             _show_text(task, channel.channel_id, events))
+    return 0
+
+
+def _show_text(task: Task, channel: str, events: list[TaskEvent]) -> str:
+    fields = [("id", task.id), ("title", task.title), ("channel", channel),
+              ("notion page", task.notion_page_id),
+              ("status", f"{task.status.value} ({lifecycle.LABELS[task.status]})"),
+              ("priority", task.priority.value), ("attempts", task.attempts),
+              ("retry at", _when(task.retry_at)), ("claimed by", task.claimed_by),
+              ("lease until", _when(task.lease_expires_at)), ("youtube", task.youtube_url),
+              ("created", _when(task.created_at)), ("updated", _when(task.updated_at))]
+    width = max(len(name) for name, _ in fields)
+    lines = [f"{name.ljust(width)}  {'-' if value is None else value}" for name, value in fields]
+    if task.error_log:
+        lines += ["", "error log:", *(f"  {line}" for line in task.error_log.splitlines())]
+    rows = [(e.id, _when(e.created_at), e.from_status.value if e.from_status else None,
+             e.to_status.value, e.actor, e.note) for e in events]
+    lines += ["", tables.render(("event", "at", "from", "to", "actor", "note"), rows)]
+    return "\n".join(lines)
+
+
+async def stats_(ctx: Context, args: argparse.Namespace) -> int:
+    now = transitions.utcnow()
+    async with session_scope(ctx.sessions) as session:
+        found = await stats.collect(session, now=now)
+    oldest_s = (now - found.oldest_queued_at).total_seconds() if found.oldest_queued_at else None
+    channels = found.channels()
+    by_status = found.by_status()
+    data = {"by_status": {s.value: n for s, n in by_status.items()},
+            "by_channel": {c: {s.value: n for (ch, s), n in found.counts.items() if ch == c}
+                           for c in channels},
+            "runnable": found.runnable, "queued": found.queued,
+            "oldest_queued_age_seconds": oldest_s}
+    present = [s for s in TaskStatus if s in by_status]
+    rows = [(s.value, *(found.counts.get((c, s), 0) for c in channels), by_status[s])
+            for s in present]
+    age = f"{oldest_s:,.0f}s" if oldest_s is not None else "-"
+    human = "\n".join([
+        tables.render(("status", *channels, "total"), rows) if rows else "no tasks",
+        "", f"runnable now: {found.runnable}   queued: {found.queued}   "
+            f"oldest queued: {age}"])
+    ctx.emit(data, human)
+    return 0

@@ -1,0 +1,45 @@
+"""Queue statistics for operators: counts by status and channel, depth, oldest queued age."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.lifecycle import TaskStatus
+from app.models import Channel, Task
+from app.services import claims
+
+
+@dataclass(frozen=True)
+class Stats:
+    #: ``(channel_id, status) → count`` for every pair that has tasks.
+    counts: dict[tuple[str, TaskStatus], int]
+    #: Tasks a worker could claim now (queued, approved, continuing, errors with a due retry).
+    runnable: int
+    queued: int
+    oldest_queued_at: datetime | None
+
+    def by_status(self) -> dict[TaskStatus, int]:
+        totals: dict[TaskStatus, int] = {}
+        for (_, status), count in self.counts.items():
+            totals[status] = totals.get(status, 0) + count
+        return totals
+
+    def channels(self) -> list[str]:
+        return sorted({channel for channel, _ in self.counts})
+
+
+async def collect(session: AsyncSession, *, now: datetime) -> Stats:
+    rows = (await session.execute(
+        sa.select(Channel.channel_id, Task.status, sa.func.count())
+        .join(Channel, Channel.id == Task.channel_id)
+        .group_by(Channel.channel_id, Task.status))).all()
+    queued = (await session.execute(
+        sa.select(sa.func.count(), sa.func.min(Task.created_at))
+        .where(Task.status == TaskStatus.queued))).one()
+    return Stats(counts={(row[0], TaskStatus(row[1])): int(row[2]) for row in rows},
+                 runnable=await claims.runnable_count(session, now=now),
+                 queued=int(queued[0]), oldest_queued_at=queued[1])
