@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     notion_prop_channel: str = "Channel"
     notion_prop_priority: str = "Priority"
     notion_prop_status: str = "Status"
+    notion_prop_error: str = "Error"
+    notion_prop_youtube_url: str = "YouTube URL"
+    notion_sync_interval_s: float = Field(30.0, gt=0, alias="NOTION_SYNC_INTERVAL_SECONDS")
+    notion_sync_overlap_s: float = Field(120.0, ge=0, alias="NOTION_SYNC_OVERLAP_SECONDS")
+    notion_sync_in_worker: bool = False
+    notion_rate_per_s: float = Field(3.0, gt=0, alias="NOTION_RATE_PER_SECOND")
+    notion_timeout_s: float = Field(30.0, gt=0, alias="NOTION_TIMEOUT_SECONDS")
+    notion_push_batch: int = Field(25, ge=1)
+    notion_push_limit: int = Field(500, ge=1)
 
     stage_handlers: str = "simulated"
     auto_approve_gates: str = ""

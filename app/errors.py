@@ -64,3 +64,23 @@ class ChannelExists(PipelineError):
     def __init__(self, channel_id: str) -> None:
         self.channel_id = channel_id
         super().__init__(f"channel {channel_id!r} already exists")
+
+
+class NotionError(PipelineError):
+    """The Notion sync could not run."""
+
+
+class NotionConfigError(NotionError):
+    """The Notion sync is not configured correctly (a variable, the token or the data source)."""
+
+
+class NotionUnavailable(NotionError):
+    """Notion did not answer usably (timeout, 5xx, rate limit beyond the client's retries)."""
+
+
+class BadPage(PipelineError):
+    """A Notion page cannot become a task: one of its fields is missing or invalid."""
+
+    def __init__(self, page_id: str, field: str, reason: str) -> None:
+        self.page_id, self.field, self.reason = page_id, field, reason
+        super().__init__(f"page {page_id}: {field}: {reason}")

@@ -189,3 +189,34 @@ class TaskEvent(Base):
     __table_args__ = (
         {"sqlite_autoincrement": True},
     )
+
+
+class NotionSyncState(Base):
+    """Per Notion data source: the pull watermark, advanced only by a complete pull."""
+
+    __tablename__ = "notion_sync_state"
+
+    #: The data source id as 32 lowercase hex (no dashes).
+    data_source_id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    #: Notion's ``last_edited_time`` of the newest page the last complete pull saw.
+    watermark: Mapped[datetime] = mapped_column(Timestamp, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(
+        Timestamp, nullable=False, server_default=utc_now(), onupdate=utc_now())
+
+
+class NotionPage(Base):
+    """What a task's Notion page shows, as far as the sync knows: it tells a user's edit from a
+    page not yet updated, and which tasks need a push (see ``app.notion.sync``)."""
+
+    __tablename__ = "notion_pages"
+
+    task_id: Mapped[uuid.UUID] = mapped_column(
+        sa.Uuid, sa.ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    #: The status the page shows (null: empty or not one of ours).
+    status: Mapped[TaskStatus | None] = mapped_column(status_type())
+    #: Length of ``tasks.error_log`` when the page's error and YouTube URL last matched the task
+    #: (null: they do not, push them).
+    error_len: Mapped[int | None] = mapped_column(sa.Integer)
+    youtube_url: Mapped[str | None] = mapped_column(sa.String(255))
+    updated_at: Mapped[datetime] = mapped_column(
+        Timestamp, nullable=False, server_default=utc_now(), onupdate=utc_now())
