@@ -164,14 +164,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     command: Command = args.run
     try:
-        return asyncio.run(command(args))
-    except (PipelineError, EmbeddedError) as exc:
-        print(f"pipeline: {exc}", file=sys.stderr)
-        return 2
+        get_settings()
     except ValidationError as exc:      # settings from the environment
         problems = "; ".join(f"{e['loc'][0] if e['loc'] else '?'}: {e['msg']}"
                              for e in exc.errors())
         print(f"pipeline: configuration: {problems}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(command(args))
+    except (PipelineError, EmbeddedError) as exc:
+        print(f"pipeline: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -42,4 +42,5 @@ async def deactivate_channel(session: AsyncSession, channel_id: str) -> Channel:
     channel = await get_channel(session, channel_id)
     channel.is_active = False
     await session.flush()
+    await session.refresh(channel)      # updated_at is set by the database trigger
     return channel

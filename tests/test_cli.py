@@ -1,0 +1,354 @@
+"""The ``pipeline`` console script, run as a real subprocess against a database of its own.
+
+Each test reads the outcome back from PostgreSQL (and Redis for wake-ups), not only from the
+command's output; expected errors must be one line on stderr, exit code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.db import make_engine, make_sessionmaker
+from app.lifecycle import STAGE_BY_NAME, TaskStatus
+from app.models import Task, TaskEvent
+from app.services import transitions
+from tests import dbtools
+from tests.factories import make_channel, make_task, page_id
+
+Sessions = async_sessionmaker[AsyncSession]
+PIPELINE = Path(sys.executable).with_name("pipeline")
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+@dataclass
+class Cli:
+    url: str
+    redis_url: str
+    queue: str
+    sessions: Sessions
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        full = os.environ | {"DATABASE_URL": self.url, "REDIS_URL": self.redis_url,
+                             "QUEUE_NAME": self.queue} | (env or {})
+        done = subprocess.run([str(PIPELINE), *args], env=full, capture_output=True,
+                              text=True, timeout=120)
+        return Result(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.fixture(scope="module")
+async def cli(pg_server_url: str, redis_url: str, settings: Settings) -> AsyncIterator[Cli]:
+    async with dbtools.scratch_database(pg_server_url, migrate=True) as url:
+        engine = make_engine(settings, url)
+        yield Cli(url, redis_url, f"test:{uuid.uuid4().hex[:8]}", make_sessionmaker(engine))
+        await engine.dispose()
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> None:
+    assert result.code == 2, result
+    assert "Traceback" not in result.err
+    lines = result.err.strip().splitlines()
+    assert lines and lines[-1].startswith("pipeline"), result.err
+    for fragment in fragments:
+        assert fragment in result.err, result.err
+
+
+def channel_id() -> str:
+    return f"UC{uuid.uuid4().hex[:12]}"
+
+
+async def _tasks(cli: Cli, **where: Any) -> list[Task]:
+    async with cli.sessions() as session:
+        return list(await session.scalars(sa.select(Task).filter_by(**where)
+                                          .order_by(Task.created_at)))
+
+
+async def _events(cli: Cli, task_id: uuid.UUID) -> list[TaskEvent]:
+    async with cli.sessions() as session:
+        return list(await session.scalars(sa.select(TaskEvent).where(TaskEvent.task_id == task_id)
+                                          .order_by(TaskEvent.id)))
+
+
+# --- channels -----------------------------------------------------------------------------------
+
+
+def test_channel_add_list_deactivate(cli: Cli) -> None:
+    cid = channel_id()
+    added = cli("channel", "add", "--channel-id", cid, "--name", "Science", "--max-concurrent",
+                "2", "--json")
+    assert added.code == 0, added
+    assert added.json()["channel_id"] == cid and added.json()["max_concurrent"] == 2
+    listed = cli("channel", "list")
+    line = next(line for line in listed.out.splitlines() if line.startswith(cid))
+    assert "Science" in line and "yes" in line
+    assert_one_line_error(cli("channel", "add", "--channel-id", cid, "--name", "Again"),
+                          "already exists")
+    assert_one_line_error(cli("channel", "add", "--channel-id", channel_id(), "--name", "X",
+                              "--max-concurrent", "0"), "max_concurrent")
+    assert cli("channel", "deactivate", cid).code == 0
+    listing = {c["channel_id"]: c for c in cli("channel", "list", "--json").json()}
+    assert listing[cid]["is_active"] is False
+    assert_one_line_error(cli("channel", "deactivate", "UCnope"), "'UCnope' not found")
+
+
+# --- enqueue ------------------------------------------------------------------------------------
+
+
+def _write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
+    columns = ["notion_page_id", "title", "channel", "priority", "topic", "story_direction",
+               "status"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+async def test_enqueue_csv_reports_bad_rows_and_imports_the_rest(cli: Cli, tmp_path: Path,
+                                                               ) -> None:
+    cid, off = channel_id(), channel_id()
+    assert cli("channel", "add", "--channel-id", cid, "--name", "Good").code == 0
+    assert cli("channel", "add", "--channel-id", off, "--name", "Off").code == 0
+    assert cli("channel", "deactivate", off).code == 0
+    good = [page_id() for _ in range(3)]
+    rows = [
+        {"notion_page_id": good[0], "title": "One", "channel": cid, "priority": "High"},
+        {"notion_page_id": page_id(), "title": "", "channel": cid},                  # 2
+        {"notion_page_id": "not-a-page", "title": "Bad id", "channel": cid},         # 3
+        {"notion_page_id": page_id(), "title": "Who", "channel": "UCunknown"},       # 4
+        {"notion_page_id": page_id(), "title": "x" * 256, "channel": cid},           # 5
+        {"notion_page_id": page_id(), "title": "Urgent", "channel": cid,
+         "priority": "urgent"},                                                       # 6
+        {"notion_page_id": good[1], "title": "Two\nlines", "channel": cid,
+         "story_direction": "calm,\nslow"},
+        {"notion_page_id": page_id(), "title": "Off", "channel": off},               # 8
+        {"notion_page_id": good[2], "title": "Later", "channel": cid, "status": "draft"},
+    ]
+    path = _write_csv(tmp_path / "tasks.csv", rows)
+    first = cli("enqueue", str(path))
+    assert first.code == 2
+    assert "Traceback" not in first.err
+    for expected in ("row 2: title:", "row 3: notion_page_id:", "row 4: channel: unknown",
+                     "row 5: title:", "row 6: priority:", "row 8: channel:"):
+        assert expected in first.err, first.err
+    imported = {t.notion_page_id: t for t in await _tasks(cli)}
+    assert set(good) <= set(imported)
+    assert imported[good[0]].status is TaskStatus.queued
+    assert imported[good[0]].priority.value == "high"
+    assert imported[good[1]].story_direction == "calm,\nslow"
+    assert imported[good[2]].status is TaskStatus.draft
+    before = {t.id: len(await _events(cli, t.id)) for t in imported.values()}
+
+    again = cli("enqueue", str(path), "--json")
+    assert again.code == 2
+    summary = again.json()
+    assert (summary["created"], summary["updated"], summary["unchanged"], summary["bad"]) == (
+        0, 0, 3, 6)
+    assert {(e["row"], e["field"]) for e in summary["errors"]} >= {(2, "title"), (6, "priority")}
+    after = {t.id: len(await _events(cli, t.id)) for t in await _tasks(cli)
+             if t.id in before}
+    assert after == before                       # a re-run writes no history
+
+
+async def test_enqueue_json_queues_a_draft_and_wakes_workers(cli: Cli, tmp_path: Path) -> None:
+    cid = channel_id()
+    cli("channel", "add", "--channel-id", cid, "--name", "Json")
+    draft, fresh = page_id(), page_id()
+    path = tmp_path / "tasks.json"
+    path.write_text(json.dumps([
+        {"notion_page_id": draft, "title": "Draft first", "channel": cid, "status": "draft"},
+        {"notion_page_id": fresh, "title": "Fresh", "channel": cid, "topic": "Bees"}]))
+    assert cli("enqueue", str(path)).code == 0
+    redis = Redis.from_url(cli.redis_url)
+    try:
+        await redis.delete(cli.queue)
+        path.write_text(json.dumps([
+            {"notion_page_id": draft, "title": "Draft first", "channel": cid}]))
+        result = cli("enqueue", str(path), "--json")
+        assert result.code == 0, result
+        assert result.json()["queued"] == 1
+        assert await redis.zcard(cli.queue) == 1          # one wake-up, after the commit
+    finally:
+        await redis.aclose()
+    (task,) = await _tasks(cli, notion_page_id=draft)
+    assert task.status is TaskStatus.queued
+    assert [e.to_status for e in await _events(cli, task.id)] == [TaskStatus.draft,
+                                                                  TaskStatus.queued]
+
+
+def test_enqueue_refuses_unreadable_files(cli: Cli, tmp_path: Path) -> None:
+    assert_one_line_error(cli("enqueue", str(tmp_path / "missing.csv")), "missing.csv")
+    (tmp_path / "obj.json").write_text('{"title": "x"}')
+    assert_one_line_error(cli("enqueue", str(tmp_path / "obj.json")), "JSON array")
+    (tmp_path / "broken.json").write_text('[{"title": ')
+    assert_one_line_error(cli("enqueue", str(tmp_path / "broken.json")), "invalid JSON")
+    (tmp_path / "cols.csv").write_text("notion_page_id,title,channel,colour\n")
+    assert_one_line_error(cli("enqueue", str(tmp_path / "cols.csv")), "colour")
+
+
+async def test_enqueue_thousands_of_rows_shows_progress(cli: Cli, tmp_path: Path) -> None:
+    cid = channel_id()
+    cli("channel", "add", "--channel-id", cid, "--name", "Bulk")
+    rows = [{"notion_page_id": page_id(), "title": f"Bulk {n}", "channel": cid}
+            for n in range(2000)]
+    result = cli("enqueue", str(_write_csv(tmp_path / "bulk.csv", rows)), "--json")
+    assert result.code == 0, result.err
+    assert result.json()["created"] == 2000
+    progress = [line for line in result.err.splitlines() if line.startswith("enqueue [")]
+    assert len(progress) == 10 and progress[-1].split("]")[1].startswith(" 2000/2000")
+    stats = cli("stats", "--json").json()
+    assert stats["by_channel"][cid] == {"queued": 2000}
+
+
+# --- approve and requeue ------------------------------------------------------------------------
+
+
+async def _task_in(cli: Cli, channel: str | None, status: TaskStatus, **kw: Any) -> uuid.UUID:
+    async with cli.sessions() as session, session.begin():
+        owner = await make_channel(session, **({"channel_id": channel} if channel else {}))
+        task = await make_task(session, owner, status, **kw)
+    return task.id
+
+
+async def _failed(cli: Cli, stage: str, channel: str | None = None) -> uuid.UUID:
+    """A task whose ``stage`` failed, walked through the real edge so its history says so."""
+    st = STAGE_BY_NAME[stage]
+    task_id = await _task_in(cli, channel, st.active, attempts=3)
+    async with cli.sessions() as session, session.begin():
+        await transitions.transition(session, task_id, st.error, actor="worker-x", note="boom")
+    return task_id
+
+
+async def test_approve(cli: Cli) -> None:
+    task_id = await _task_in(cli, None, TaskStatus.video_ready)
+    wrong = cli("approve", str(task_id), "--gate", "assets")
+    assert_one_line_error(wrong, "not waiting at assets_ready")
+    ok = cli("approve", str(task_id), "--gate", "video", "--note", "looks good", "--json")
+    assert ok.code == 0, ok
+    assert ok.json() == {"task_id": str(task_id), "from": "video_ready", "to": "video_approved"}
+    last = (await _events(cli, task_id))[-1]
+    assert (last.to_status, last.note) == (TaskStatus.video_approved, "looks good")
+    assert last.actor.startswith("cli")
+    assert_one_line_error(cli("approve", str(task_id)), "not waiting at a review gate")
+    assert_one_line_error(cli("approve", str(uuid.uuid4())), "not found")
+    assert_one_line_error(cli("approve", "nonsense"), "not a task id")
+
+
+async def test_requeue_dry_run_changes_nothing_then_requeue_records_reason(cli: Cli) -> None:
+    video, sfx = await _failed(cli, "video"), await _failed(cli, "sfx")
+    before = [len(await _events(cli, t)) for t in (video, sfx)]
+    dry = cli("requeue", str(video), str(sfx), "--dry-run")
+    assert dry.code == 0, dry
+    rows = {line.split()[0]: line.split() for line in dry.out.splitlines()[2:4]}
+    assert rows[str(video)][1:4] == ["video_error", "video", "generating_video"]
+    assert rows[str(sfx)][1:4] == ["audio_error", "sfx", "generating_sfx"]
+    assert "nothing changed" in dry.out
+    assert [len(await _events(cli, t)) for t in (video, sfx)] == before
+
+    done = cli("requeue", str(video), str(sfx), "--reason", "voice model fixed", "--json")
+    assert done.code == 0, done
+    assert {t["resumes_at"] for t in done.json()["tasks"]} == {"generating_video",
+                                                               "generating_sfx"}
+    for task_id, status in ((video, TaskStatus.video_error), (sfx, TaskStatus.audio_error)):
+        (task,) = await _tasks(cli, id=task_id)
+        assert task.status is status and task.attempts == 0 and task.retry_at is not None
+        last = (await _events(cli, task_id))[-1]
+        assert (last.from_status, last.to_status) == (status, status)
+        assert last.actor.startswith("cli") and "voice model fixed" in (last.note or "")
+
+
+async def test_requeue_refuses_tasks_not_in_error_by_name_and_changes_nothing(cli: Cli) -> None:
+    failed = await _failed(cli, "upload")
+    queued = await _task_in(cli, None, TaskStatus.queued)
+    missing = uuid.uuid4()
+    result = cli("requeue", str(failed), str(queued), str(missing))
+    assert_one_line_error(result, f"task {queued}: is queued, not in an error state",
+                          f"task {missing} not found", "nothing requeued")
+    (task,) = await _tasks(cli, id=failed)
+    assert task.attempts == 3                               # untouched
+    assert_one_line_error(cli("requeue"), "TASK_IDs or --status")
+    assert_one_line_error(cli("requeue", "--status", "queued"), "invalid choice")
+
+
+async def test_bulk_requeue_by_status_and_channel(cli: Cli) -> None:
+    cid, other = channel_id(), channel_id()
+    async with cli.sessions() as session, session.begin():
+        mine = await make_channel(session, channel_id=cid)
+        await make_channel(session, channel_id=other)
+    async with cli.sessions() as session, session.begin():
+        for _ in range(250):
+            await make_task(session, mine, TaskStatus.asset_error, attempts=3)
+    elsewhere = await _failed(cli, "assets", channel=None)
+    result = cli("requeue", "--status", "asset_error", "video_error", "--channel", cid,
+                 "--reason", "bulk", "--json")
+    assert result.code == 0, result.err
+    assert result.json()["count"] == 250
+    assert sum(1 for line in result.err.splitlines() if line.startswith("requeue [")) == 10
+    requeued = await _tasks(cli, channel_id=mine.id)
+    assert all(t.attempts == 0 and t.retry_at is not None for t in requeued)
+    (untouched,) = await _tasks(cli, id=elsewhere)
+    assert untouched.attempts == 3
+
+
+# --- list, show, stats --------------------------------------------------------------------------
+
+
+async def test_list_show_stats(cli: Cli) -> None:
+    cid = channel_id()
+    queued = await _task_in(cli, cid, TaskStatus.queued, title="Queued one")
+    errored = await _failed(cli, "audio")
+    listed = cli("list", "--channel", cid, "--json").json()
+    assert [t["id"] for t in listed] == [str(queued)]
+    assert listed[0]["channel"] == cid
+    text = cli("list", "--status", "audio_error")
+    assert str(errored) in text.out and str(queued) not in text.out
+    shown = cli("show", str(errored))
+    assert shown.code == 0
+    assert "audio_error (Audio Error)" in shown.out and "worker-x" in shown.out
+    detail = cli("show", str(errored), "--json").json()
+    assert [e["to_status"] for e in detail["events"]] == ["audio_error"]
+    stats = cli("stats", "--json").json()
+    assert stats["by_channel"][cid] == {"queued": 1}
+    assert stats["queued"] >= 1 and stats["oldest_queued_age_seconds"] >= 0
+    assert stats["runnable"] >= stats["queued"]
+    human = cli("stats").out
+    assert cid in human and "oldest queued" in human
+    assert_one_line_error(cli("show", str(uuid.uuid4())), "not found")
+    assert_one_line_error(cli("list", "--channel", "UCnobody"), "not found")
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+async def test_unmigrated_database_is_refused_with_the_fix(cli: Cli, pg_server_url: str) -> None:
+    async with dbtools.scratch_database(pg_server_url, migrate=False) as empty:
+        result = cli("stats", env={"DATABASE_URL": empty})
+    assert_one_line_error(result, "alembic upgrade head")
+
+
+def test_bad_setting_is_one_line(cli: Cli) -> None:
+    assert_one_line_error(cli("stats", env={"LEASE_SECONDS": "soon"}), "LEASE_SECONDS")
+
