@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from app import demo, servers
 from app.commands import channels, enqueue, operations, tasks
@@ -175,8 +176,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PipelineError, EmbeddedError) as exc:
         print(f"pipeline: {exc}", file=sys.stderr)
         return 2
+    except (OSError, DBAPIError) as exc:    # a server that is down or refuses us
+        print(f"pipeline: {_unreachable(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _unreachable(exc: BaseException) -> str:
+    """One line about a connection failure (never the URL, which may hold a password)."""
+    if isinstance(exc, DBAPIError):
+        cause: BaseException = exc.orig if exc.orig is not None else exc
+        return f"database error: {(str(cause).strip().splitlines() or ['?'])[0]}"
+    return f"connection failed: {exc}"
 
 
 if __name__ == "__main__":

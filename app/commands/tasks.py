@@ -27,7 +27,8 @@ async def list_(ctx: Context, args: argparse.Namespace) -> int:
     async with session_scope(ctx.sessions) as session:
         found = await tasks.list_tasks(session, statuses=statuses, channel_id=args.channel,
                                        limit=args.limit)
-        names = dict((await session.execute(sa.select(Channel.id, Channel.channel_id))).tuples().all())
+        pairs = await session.execute(sa.select(Channel.id, Channel.channel_id))
+        names = dict(pairs.tuples().all())
     data = [{**TaskInDB.model_validate(t).model_dump(mode="json"), "channel": names[t.channel_id]}
             for t in found]
     rows = [(t.id, names[t.channel_id], t.status.value, t.priority.value, t.attempts,
