@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 
 def render(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Columns padded to their widest cell; numbers right-aligned."""
+    """Columns padded to their widest cell; numbers (and blanks among them) right-aligned."""
     cells = [[_text(value) for value in row] for row in rows]
     widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
-    numeric = [all(_is_number(row[i]) for row in rows) and bool(rows)
-               for i in range(len(headers))]
+    numeric = [all(_is_number(row[i]) or row[i] is None for row in rows)
+               and any(_is_number(row[i]) for row in rows) for i in range(len(headers))]
 
     def line(values: Sequence[str]) -> str:
         parts = [v.rjust(w) if num else v.ljust(w)
