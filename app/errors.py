@@ -84,3 +84,11 @@ class BadPage(PipelineError):
     def __init__(self, page_id: str, field: str, reason: str) -> None:
         self.page_id, self.field, self.reason = page_id, field, reason
         super().__init__(f"page {page_id}: {field}: {reason}")
+
+
+class PushRefused(NotionError):
+    """Notion refused to update one page (deleted, not shared, or a value it does not accept)."""
+
+    def __init__(self, page_id: str, detail: str) -> None:
+        self.page_id, self.detail = page_id, detail
+        super().__init__(f"page {page_id}: Notion refused the update: {detail}")

@@ -1,0 +1,123 @@
+"""``pipeline sync-notion --once | --loop``: the composition root of the Notion sync.
+
+Exit codes: 0 clean; 1 some page was bad or refused an update; 2 an outage or a configuration
+error (one line on stderr naming the cause). ``--loop`` logs an outage and tries again next
+round; SIGTERM or SIGINT stops it after the page or push batch in hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app import servers, tables, wakeups
+from app.config import Settings
+from app.db import make_engine, make_sessionmaker
+from app.errors import NotionConfigError, NotionError, NotionUnavailable
+from app.notion import client
+from app.notion.client import Notion
+from app.notion.sync import SyncSummary, Wake, sync_once
+
+log = logging.getLogger("app.notion")
+
+#: Redis is only an optimisation here (the workers' sweep finds runnable tasks anyway).
+WAKE_TIMEOUT_S = 5.0
+
+
+async def run(settings: Settings, *, loop: bool, as_json: bool) -> int:
+    """Run one round (``loop=False``) or rounds until SIGTERM/SIGINT; returns the exit code."""
+    try:
+        client.data_source_id(settings)
+    except NotionConfigError as exc:
+        return _fail(exc)
+    # httpx logs every request at INFO; the sync reports its own progress.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    engine = make_engine(settings, await servers.database_url(settings))
+    try:
+        sessions = make_sessionmaker(engine)
+        async with client.connect(settings) as notion:
+            if loop:
+                return await _loop(settings, sessions, notion)
+            return await _once(settings, sessions, notion, as_json=as_json)
+    finally:
+        await engine.dispose()
+
+
+async def _once(settings: Settings, sessions: async_sessionmaker[AsyncSession],
+                notion: Notion, *, as_json: bool) -> int:
+    try:
+        summary = await sync_once(sessions, notion, settings, wake=_waker(settings),
+                                  progress=_progress)
+    except NotionError as exc:
+        return _fail(exc)
+    print(json.dumps(summary.counts() | {"problems": summary.problems}) if as_json
+          else render(summary))
+    return 0 if summary.clean else 1
+
+
+async def _loop(settings: Settings, sessions: async_sessionmaker[AsyncSession],
+                notion: Notion) -> int:
+    stop = asyncio.Event()
+    running = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        running.add_signal_handler(sig, stop.set)
+    try:
+        while not stop.is_set():
+            try:
+                summary = await sync_once(sessions, notion, settings, wake=_waker(settings),
+                                          progress=_progress, stop=stop)
+                if _eventful(summary):
+                    _progress(_line(summary))
+            except NotionUnavailable as exc:
+                log.warning("notion sync: %s; next round in %gs", exc,
+                            settings.notion_sync_interval_s)
+            except NotionConfigError as exc:
+                return _fail(exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.notion_sync_interval_s)
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            running.remove_signal_handler(sig)
+
+
+def _waker(settings: Settings) -> Wake:
+    async def wake(count: int) -> None:
+        try:
+            async with asyncio.timeout(WAKE_TIMEOUT_S):
+                await wakeups.wake_url(servers.redis_url(settings), count,
+                                       queue_name=settings.queue_name)
+        except Exception as exc:  # whatever Redis did: the workers' sweep covers it
+            log.warning("notion sync: could not wake the workers (%s); their sweep will find "
+                        "the %d runnable task(s)", type(exc).__name__, count)
+    return wake
+
+
+def render(summary: SyncSummary) -> str:
+    """The summary as an aligned table, then one line per problem."""
+    table = tables.render(["result", "pages"], list(summary.counts().items()))
+    return "\n".join([table, *summary.problems])
+
+
+def _eventful(summary: SyncSummary) -> bool:
+    quiet = {"seen", "unchanged"}
+    return any(count for name, count in summary.counts().items() if name not in quiet)
+
+
+def _line(summary: SyncSummary) -> str:
+    return "notion sync: " + ", ".join(f"{k} {v}" for k, v in summary.counts().items())
+
+
+def _progress(message: str) -> None:
+    print(f"notion sync: {message}", file=sys.stderr, flush=True)
+
+
+def _fail(exc: NotionError) -> int:
+    print(f"pipeline sync-notion: {exc}", file=sys.stderr)
+    return 2
