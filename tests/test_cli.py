@@ -352,3 +352,24 @@ async def test_unmigrated_database_is_refused_with_the_fix(cli: Cli, pg_server_u
 def test_bad_setting_is_one_line(cli: Cli) -> None:
     assert_one_line_error(cli("stats", env={"LEASE_SECONDS": "soon"}), "LEASE_SECONDS")
 
+
+
+async def test_admin_commands_on_sqlite(cli: Cli, sqlite_url: str, tmp_path: Path) -> None:
+    """SQLite is the second dialect for local use: the admin commands work on it too."""
+    on_sqlite = {"DATABASE_URL": sqlite_url}
+    cid = channel_id()
+    assert cli("channel", "add", "--channel-id", cid, "--name", "Lite", env=on_sqlite).code == 0
+    page = page_id()
+    rows = [{"notion_page_id": page, "title": "Local", "channel": cid, "priority": "low"},
+            {"notion_page_id": page_id(), "title": "Nowhere", "channel": "UCnone"}]
+    result = cli("enqueue", str(_write_csv(tmp_path / "lite.csv", rows)), "--json", env=on_sqlite)
+    assert result.code == 2, result
+    assert result.json()["created"] == 1
+    (listed,) = cli("list", "--channel", cid, "--json", env=on_sqlite).json()
+    assert (listed["notion_page_id"], listed["status"], listed["priority"]) == (
+        page, "queued", "low")
+    shown = cli("show", listed["id"], "--json", env=on_sqlite).json()
+    assert [e["to_status"] for e in shown["events"]] == ["queued"]
+    assert cli("stats", "--json", env=on_sqlite).json()["by_channel"][cid] == {"queued": 1}
+    refused = cli("requeue", listed["id"], env=on_sqlite)
+    assert_one_line_error(refused, "not in an error state")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,6 +40,9 @@ async def collect(session: AsyncSession, *, now: datetime) -> Stats:
     queued = (await session.execute(
         sa.select(sa.func.count(), sa.func.min(Task.created_at))
         .where(Task.status == TaskStatus.queued))).one()
+    oldest = queued[1]
+    if oldest is not None and oldest.tzinfo is None:    # SQLite keeps UTC without an offset
+        oldest = oldest.replace(tzinfo=UTC)
     return Stats(counts={(row[0], TaskStatus(row[1])): int(row[2]) for row in rows},
                  runnable=await claims.runnable_count(session, now=now),
-                 queued=int(queued[0]), oldest_queued_at=queued[1])
+                 queued=int(queued[0]), oldest_queued_at=oldest)
