@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", parents=[data], help="list tasks, oldest first")
     lst.add_argument("--status", nargs="+", choices=[s.value for s in TaskStatus], metavar="S")
     lst.add_argument("--channel", metavar="C", help="YouTube channel id")
-    lst.add_argument("--limit", type=int, default=None, metavar="N")
+    lst.add_argument("--limit", type=int, default=100, metavar="N",
+                     help="show at most N tasks (100)")
     lst.set_defaults(run=admin(tasks.list_))
     show = sub.add_parser("show", parents=[data], help="one task with its event history")
     show.add_argument("task_id", type=task_id, metavar="TASK_ID")
@@ -152,7 +153,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error("requeue: give TASK_IDs or --status S…, not both and not neither")
         if args.channel and not args.status:
             parser.error("requeue: --channel goes with --status")
-    if args.command == "list" and args.limit is not None and args.limit < 1:
+    if args.command == "list" and args.limit < 1:
         parser.error("list: --limit must be at least 1")
 
 

@@ -221,6 +221,9 @@ async def test_enqueue_thousands_of_rows_shows_progress(cli: Cli, tmp_path: Path
     assert len(progress) == 10 and progress[-1].split("]")[1].startswith(" 2000/2000")
     stats = cli("stats", "--json").json()
     assert stats["by_channel"][cid] == {"queued": 2000}
+    listed = cli("list", "--channel", cid)
+    assert len(listed.out.splitlines()) == 2 + 100 + 1 and "--limit N for more" in listed.out
+    assert len(cli("list", "--channel", cid, "--limit", "5", "--json").json()) == 5
 
 
 # --- approve and requeue ------------------------------------------------------------------------

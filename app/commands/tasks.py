@@ -26,14 +26,19 @@ async def list_(ctx: Context, args: argparse.Namespace) -> int:
     statuses = [TaskStatus(s) for s in args.status or []]
     async with session_scope(ctx.sessions) as session:
         found = await tasks.list_tasks(session, statuses=statuses, channel_id=args.channel,
-                                       limit=args.limit)
+                                       limit=args.limit + 1)
         pairs = await session.execute(sa.select(Channel.id, Channel.channel_id))
         names = dict(pairs.tuples().all())
+    more = len(found) > args.limit
+    found = found[:args.limit]
     data = [{**TaskInDB.model_validate(t).model_dump(mode="json"), "channel": names[t.channel_id]}
             for t in found]
     rows = [(t.id, names[t.channel_id], t.status.value, t.priority.value, t.attempts,
              _when(t.updated_at), t.title) for t in found]
-    ctx.emit(data, tables.render(LIST_HEADERS, rows) if rows else "no tasks match")
+    human = tables.render(LIST_HEADERS, rows) if rows else "no tasks match"
+    if more:
+        human += f"\n(the first {args.limit} shown; --limit N for more)"
+    ctx.emit(data, human)
     return 0
 
 
