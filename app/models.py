@@ -212,6 +212,8 @@ class NotionPage(Base):
 
     task_id: Mapped[uuid.UUID] = mapped_column(
         sa.Uuid, sa.ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    #: The data source the page was pulled from (32 lowercase hex): pushes go to its pages.
+    data_source_id: Mapped[str] = mapped_column(sa.String(32), nullable=False)
     #: The status the page shows (null: empty or not one of ours).
     status: Mapped[TaskStatus | None] = mapped_column(status_type())
     #: Length of ``tasks.error_log`` when the page's error and YouTube URL last matched the task

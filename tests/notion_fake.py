@@ -23,9 +23,11 @@ Served (API version 2025-09-03, the one notion-client 3.x sends in ``Notion-Vers
   ``in_trash``/``archived``); ids with or without dashes.
 
 Errors use Notion's body ``{"object": "error", "status", "code", "message", "request_id"}``.
-Faults are scriptable: :meth:`FakeNotion.fail_next`, :meth:`FakeNotion.delay_next` and a token
-bucket rate limiter (``FakeNotion(rate_limit_per_s=3.0)``). Every request is recorded
-(:attr:`FakeNotion.requests`) without its ``Authorization`` header.
+Faults are scriptable: :meth:`FakeNotion.fail_next`, :meth:`FakeNotion.delay_next` (both can
+skip the first matching requests), :meth:`FakeNotion.on_request` (run code when a request
+arrives, e.g. a user's edit in the middle of a sync) and a token bucket rate limiter
+(``FakeNotion(rate_limit_per_s=3.0)``). Every request is recorded (:attr:`FakeNotion.requests`)
+without its ``Authorization`` header.
 
 Time comes from :attr:`FakeNotion.clock`, a :class:`FakeClock` starting at
 2026-11-22T10:00:00.000Z that advances 1 s on every write, so orderings are deterministic.
@@ -412,6 +414,7 @@ class _Fault:
     code: str | None = None
     retry_after: float | None = None
     delay: float = 0.0
+    skip: int = 0
 
     def matches(self, method: str, path: str) -> bool:
         return ((self.path_contains is None or self.path_contains in path)
@@ -490,6 +493,7 @@ class FakeNotion:
         self._requests: list[RecordedRequest] = []
         self._failures: list[_Fault] = []
         self._delays: list[_Fault] = []
+        self._hooks: list[tuple[_Fault, Callable[[], object]]] = []
         self._server_errors: list[str] = []
         self._seq = 0
         self._bucket = (None if rate_limit_per_s is None else
@@ -617,25 +621,37 @@ class FakeNotion:
 
     def fail_next(self, n: int = 1, status: int = 500, *, retry_after: float | None = None,
                   path_contains: str | None = None, method: str | None = None,
-                  code: str | None = None) -> None:
+                  code: str | None = None, skip: int = 0) -> None:
         """Answer the next ``n`` matching requests with an error ``status``.
 
         Codes follow Notion (429 rate_limited, 500 internal_server_error, 503
         service_unavailable, 504 gateway_timeout, 409 conflict_error, ...; ``code`` overrides).
         502 answers with a gateway's HTML page, as a proxy in front of Notion would. 429 always
         carries ``Retry-After`` (default 1 s); ``retry_after`` adds it to other statuses too.
-        Faults apply before authentication and routing.
+        Faults apply before authentication and routing. ``skip`` lets that many matching
+        requests through first (e.g. fail the second page of a query).
         """
         if status == 429 and retry_after is None:
             retry_after = 1.0
         with self._lock:
-            self._failures.append(_Fault(n, path_contains, method, status, code, retry_after))
+            self._failures.append(_Fault(n, path_contains, method, status, code, retry_after,
+                                         skip=skip))
 
     def delay_next(self, n: int, seconds: float, *, path_contains: str | None = None,
-                   method: str | None = None) -> None:
+                   method: str | None = None, skip: int = 0) -> None:
         """Hold the next ``n`` matching requests ``seconds`` before answering them."""
         with self._lock:
-            self._delays.append(_Fault(n, path_contains, method, delay=seconds))
+            self._delays.append(_Fault(n, path_contains, method, delay=seconds, skip=skip))
+
+    def on_request(self, callback: Callable[[], object], *, path_contains: str | None = None,
+                   method: str | None = None, skip: int = 0) -> None:
+        """Call ``callback`` once, when a matching request arrives, before it is answered.
+
+        ``skip`` lets that many matching requests through first; the callback runs in the
+        server thread (it may use the store methods, e.g. to edit a page mid-sync).
+        """
+        with self._lock:
+            self._hooks.append((_Fault(1, path_contains, method, skip=skip), callback))
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -664,6 +680,8 @@ class FakeNotion:
         """Answer one request; None means "drop the connection" (shutting down)."""
         parts = urlsplit(raw_path)
         record = self._record(method, parts.path, parse_qs(parts.query), headers, body)
+        for callback in self._due_hooks(method, parts.path):
+            callback()
         with self._lock:
             delay = self._take(self._delays, method, parts.path)
             failure = self._take(self._failures, method, parts.path)
@@ -698,10 +716,21 @@ class FakeNotion:
             self._requests.append(record)
         return record
 
+    def _due_hooks(self, method: str, path: str) -> list[Callable[[], object]]:
+        with self._lock:
+            due = [(hook, cb) for hook, cb in self._hooks
+                   if self._take([hook], method, path) is not None]
+            for entry in due:
+                self._hooks.remove(entry)
+            return [cb for _, cb in due]
+
     @staticmethod
     def _take(faults: list[_Fault], method: str, path: str) -> _Fault | None:
         for fault in faults:
             if fault.matches(method, path):
+                if fault.skip > 0:
+                    fault.skip -= 1
+                    continue
                 fault.remaining -= 1
                 if fault.remaining <= 0:
                     faults.remove(fault)

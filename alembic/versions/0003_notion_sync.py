@@ -53,6 +53,7 @@ def upgrade() -> None:
     op.create_table(
         "notion_pages",
         sa.Column("task_id", sa.Uuid(), nullable=False),
+        sa.Column("data_source_id", sa.String(32), nullable=False),
         sa.Column("status", _status(), nullable=True),
         sa.Column("error_len", sa.Integer(), nullable=True),
         sa.Column("youtube_url", sa.String(255), nullable=True),

@@ -117,7 +117,9 @@ def _mapped(exc: Exception, what: str) -> PipelineError:
 
 def make_client(settings: Settings) -> AsyncClient:
     """An ``AsyncClient`` for ``NOTION_BASE_URL`` with ``NOTION_TIMEOUT_SECONDS``."""
+    # log_level NOTSET: the client's logger follows the process's logging configuration.
     options: dict[str, Any] = {"auth": settings.notion_token, "logger": HTTP_LOG,
+                               "log_level": logging.NOTSET,
                                "timeout_ms": int(settings.notion_timeout_s * 1000)}
     if settings.notion_base_url:
         options["base_url"] = settings.notion_base_url.rstrip("/")

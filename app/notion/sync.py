@@ -180,7 +180,8 @@ class Round:
             moved, refusal = await self._status_edit(session, result.task_id, edit)
             if refusal:
                 status = await transitions.current_status(session, result.task_id)
-            await _record_page(session, result.task_id, view, self.names, linked)
+            await _record_page(session, result.task_id, view, self.names, linked,
+                               data_source_id=self.notion.data_source_id)
         self._count(result.outcome, moved)
         self.summary.queued += result.queued_now
         self._runnable += int(result.queued_now or (moved and edit.kind is Kind.approve))
@@ -225,7 +226,8 @@ class Round:
             size = min(self.settings.notion_push_batch,
                        limit - self.summary.pushed - self.summary.push_failed)
             async with session_scope(self.sessions) as session:
-                batch = await _push_candidates(session, after=after, limit=size)
+                batch = await _push_candidates(session, self.notion.data_source_id,
+                                               after=after, limit=size)
             if not batch:
                 return
             after, batches = batch[-1].id, batches + 1
@@ -308,7 +310,8 @@ async def _linked(session: AsyncSession, page_id: str) -> _Linked | None:
 
 
 async def _record_page(session: AsyncSession, task_id: uuid.UUID, view: PageView,
-                       names: PropertyNames, linked: _Linked | None) -> None:
+                       names: PropertyNames, linked: _Linked | None, *,
+                       data_source_id: str) -> None:
     """Record what the page shows; unchanged values write nothing."""
     error_log = linked.error_log if linked else None
     youtube_url = linked.youtube_url if linked else None
@@ -318,6 +321,7 @@ async def _record_page(session: AsyncSession, task_id: uuid.UUID, view: PageView
     if link is None:
         link = NotionPage(task_id=task_id)
         session.add(link)
+    link.data_source_id = data_source_id
     link.status = view.asked
     link.error_len = len(error_log or "") if error_ok and url_ok else None
     link.youtube_url = youtube_url
@@ -330,12 +334,13 @@ def _needs_push() -> sa.ColumnElement[bool]:
                   Task.youtube_url.is_distinct_from(NotionPage.youtube_url))
 
 
-async def _push_candidates(session: AsyncSession, *, after: uuid.UUID | None,
-                           limit: int) -> list[sa.Row[Any]]:
+async def _push_candidates(session: AsyncSession, data_source_id: str, *,
+                           after: uuid.UUID | None, limit: int) -> list[sa.Row[Any]]:
     stmt = (sa.select(Task.id, Task.notion_page_id, Task.status, Task.error_log,
                       Task.youtube_url)
             .join(NotionPage, NotionPage.task_id == Task.id)
-            .where(_needs_push()).order_by(Task.id).limit(limit))
+            .where(NotionPage.data_source_id == data_source_id, _needs_push())
+            .order_by(Task.id).limit(limit))
     if after is not None:
         stmt = stmt.where(Task.id > after)
     return cast(list[sa.Row[Any]], list((await session.execute(stmt)).all()))
