@@ -16,6 +16,7 @@ from app import servers, wakeups
 from app.config import get_settings
 from app.db import make_engine, make_sessionmaker, session_scope
 from app.handlers import load_registry
+from app.notion import cron as notion_cron
 from app.runner import Runner
 from app.services import claims, transitions
 
@@ -65,3 +66,9 @@ async def sweep(ctx: Ctx) -> dict[str, int]:
     if reaped or woken:
         log.info("sweep: reaped %d, runnable %d, woke %d", len(reaped), runnable, woken)
     return {"reaped": len(reaped), "runnable": runnable, "woken": woken}
+
+
+async def sync_notion(ctx: Ctx) -> dict[str, Any] | None:
+    """One Notion sync round (``NOTION_SYNC_IN_WORKER``); skipped while another runs."""
+    runner: Runner = ctx["runner"]
+    return await notion_cron.sync_round(runner.settings, runner.sessions, ctx["redis"])

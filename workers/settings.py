@@ -15,6 +15,7 @@ from arq.worker import func
 
 from app import embedded, wakeups
 from app.config import Settings, get_settings
+from app.notion import cron as notion_cron
 from workers import jobs
 
 
@@ -48,6 +49,12 @@ def worker_options(settings: Settings, *, burst: bool = False) -> dict[str, Any]
         # Cron jobs keep a burst worker alive, so a burst worker sweeps once at start instead.
         options["cron_jobs"] = [cron(jobs.sweep, second=_sweep_seconds(settings.sweep_interval_s),
                                      run_at_startup=True, timeout=60)]
+        if settings.notion_sync_in_worker:
+            # One worker per tick (arq's cron job ids are unique per run time), one round at
+            # a time (a Redis lock in the job).
+            options["cron_jobs"].append(cron(
+                jobs.sync_notion, second=_sweep_seconds(settings.notion_sync_interval_s),
+                run_at_startup=True, timeout=notion_cron.ROUND_TIMEOUT_S))
     return options
 
 

@@ -102,7 +102,7 @@ def _mapped(exc: Exception, what: str) -> PipelineError:
     if isinstance(exc, httpx.TransportError):
         return NotionUnavailable(f"Notion unreachable {what} ({type(exc).__name__})")
     assert isinstance(exc, HTTPResponseError)
-    detail = f"{exc.status} {exc.code}"
+    detail = f"{exc.status} {getattr(exc.code, 'value', exc.code)}"
     if exc.status == 401:
         return NotionConfigError(f"Notion refused NOTION_TOKEN ({detail})")
     if exc.status == 429 or exc.status >= 500:
@@ -117,9 +117,10 @@ def _mapped(exc: Exception, what: str) -> PipelineError:
 
 def make_client(settings: Settings) -> AsyncClient:
     """An ``AsyncClient`` for ``NOTION_BASE_URL`` with ``NOTION_TIMEOUT_SECONDS``."""
-    # log_level NOTSET: the client's logger follows the process's logging configuration.
+    # The client sets its logger's level: keep whatever the process configured (by default
+    # NOTSET, i.e. follow the parent loggers).
     options: dict[str, Any] = {"auth": settings.notion_token, "logger": HTTP_LOG,
-                               "log_level": logging.NOTSET,
+                               "log_level": HTTP_LOG.level,
                                "timeout_ms": int(settings.notion_timeout_s * 1000)}
     if settings.notion_base_url:
         options["base_url"] = settings.notion_base_url.rstrip("/")

@@ -36,8 +36,9 @@ async def run(settings: Settings, *, loop: bool, as_json: bool) -> int:
         client.data_source_id(settings)
     except NotionConfigError as exc:
         return _fail(exc)
-    # httpx logs every request at INFO; the sync reports its own progress.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # httpx and notion-client log every request at INFO; the sync reports its own progress.
+    for name in ("httpx", client.HTTP_LOG.name):
+        logging.getLogger(name).setLevel(logging.WARNING)
     engine = make_engine(settings, await servers.database_url(settings))
     try:
         sessions = make_sessionmaker(engine)
