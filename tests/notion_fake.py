@@ -606,6 +606,11 @@ class FakeNotion:
             page.edited = self._stamp(self.clock.tick())
             return self._render_page(page)
 
+    def data_source(self, data_source_id: str) -> Json:
+        """The data source object, as ``GET /v1/data_sources/{id}`` serves it."""
+        with self._lock:
+            return self._source(data_source_id).to_json()
+
     def get_page(self, page_id: str) -> Json:
         with self._lock:
             return self._render_page(self._page(page_id))
