@@ -4,6 +4,7 @@ back, bad pages, outages, the watermark and its overlap, pushes and their rate."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Iterator, Mapping
@@ -376,6 +377,23 @@ async def test_a_page_edited_during_the_pull_is_not_skipped_and_is_caught_next_r
     assert first.created == 150 and (await world.task(edited)).status is TaskStatus.draft
     second = await world.sync()
     assert second.queued == 1 and (await world.task(edited)).status is TaskStatus.queued
+
+
+async def test_a_stop_request_ends_the_round_without_moving_the_watermark(
+        world: World) -> None:
+    for i in range(150):
+        world.page(f"Video {i}")
+    stop = asyncio.Event()
+    running = asyncio.get_running_loop()
+    world.notion.on_request(lambda: running.call_soon_threadsafe(stop.set),
+                            path_contains="/query", skip=1)
+
+    async with client.connect(world.settings) as notion:
+        stopped = await sync_once(world.sessions, notion, world.settings, stop=stop)
+
+    assert (stopped.seen, stopped.created) == (100, 100)
+    assert await watermark(world) is None
+    assert (await world.sync()).created == 50
 
 
 @pytest.mark.parametrize("overlap_s", [120.0, 0.0])

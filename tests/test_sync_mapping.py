@@ -134,6 +134,7 @@ S = TaskStatus
     ("Someday", None, None, False, Kind.refuse),
     ("Queued", S.draft, S.draft, True, Kind.queue),
     ("Draft", S.queued, S.queued, True, Kind.unqueue),
+    ("Draft", S.queued, None, False, Kind.none),        # an imported task, an older page
     ("Queued", S.generating_assets, S.queued, True, Kind.none),  # page not yet updated
     ("Queued", S.queued, None, False, Kind.none),       # already there
     ("Someday", S.draft, None, True, Kind.none),        # refused before, not pushed yet

@@ -57,7 +57,10 @@ def read_edit(*, label: str | None, asked: TaskStatus | None, current: TaskStatu
         if asked is TaskStatus.draft:
             return NOTHING
         return _refuse("a new task starts as Draft or Queued")
-    return _existing(asked, current)
+    edit = _existing(asked, current)
+    # A task met for the first time (e.g. imported with ``pipeline enqueue``): its page may
+    # simply be older than the task, so only forward moves count as asked for.
+    return NOTHING if edit.kind is Kind.unqueue and not linked else edit
 
 
 def _existing(asked: TaskStatus, current: TaskStatus) -> StatusEdit:

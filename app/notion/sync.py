@@ -144,6 +144,8 @@ class Round:
                 body["start_cursor"] = cursor
             response = await self.notion.query(**body)
             for page in response.get("results", []):
+                if self._stopping():
+                    return
                 edited = mapping.last_edited(page)
                 newest = edited if newest is None or (edited and edited > newest) else newest
                 await self.apply(page)
