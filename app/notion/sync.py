@@ -147,7 +147,8 @@ class Round:
                 if self._stopping():
                     return
                 edited = mapping.last_edited(page)
-                newest = edited if newest is None or (edited and edited > newest) else newest
+                if edited is not None and (newest is None or edited > newest):
+                    newest = edited
                 await self.apply(page)
             self._report(f"pulled {self.summary.seen} pages", self.summary.seen > PAGE_SIZE)
             cursor = response.get("next_cursor") if response.get("has_more") else None
@@ -184,9 +185,11 @@ class Round:
                 status = await transitions.current_status(session, result.task_id)
             await _record_page(session, result.task_id, view, self.names, linked,
                                data_source_id=self.notion.data_source_id)
+        approved = moved and edit.kind is Kind.approve
         self._count(result.outcome, moved)
         self.summary.queued += result.queued_now
-        self._runnable += int(result.queued_now or (moved and edit.kind is Kind.approve))
+        self.summary.approved += approved
+        self._runnable += int(result.queued_now or approved)
         if refusal:
             self._problem("refused", f"page {view.page_id}: status {view.status_label!r} "
                           f"refused: {refusal}; set back to {LABELS[status]!r}")
@@ -198,7 +201,6 @@ class Round:
             if edit.kind is Kind.approve:
                 await transitions.approve(session, task_id, actor=ACTOR, gate=edit.gate,
                                           note=f"{edit.gate} approved in Notion")
-                self.summary.approved += 1
                 return True, ""
             if edit.kind is Kind.unqueue:
                 await transitions.transition(session, task_id, TaskStatus.draft, actor=ACTOR,
