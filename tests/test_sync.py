@@ -23,7 +23,7 @@ from app.errors import NotionConfigError, NotionUnavailable
 from app.lifecycle import GATES, LABELS, Gate, PriorityLevel, TaskStatus
 from app.models import Channel, NotionSyncState, Task, TaskEvent
 from app.notion import client
-from app.notion.sync import SyncSummary, Wake, sync_once
+from app.notion.sync import SyncSummary, Wake, sync_loop, sync_once
 from app.services import transitions
 from tests import factories
 from tests.notion_fake import (
@@ -394,6 +394,31 @@ async def test_a_stop_request_ends_the_round_without_moving_the_watermark(
     assert (stopped.seen, stopped.created) == (100, 100)
     assert await watermark(world) is None
     assert (await world.sync()).created == 50
+
+
+async def test_loop_rides_out_an_outage_and_ends_on_a_configuration_error(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    world.page("One", "Queued")
+    world.notion.fail_next(1, 500, path_contains="/query")
+    settings = world.settings.model_copy(update={"notion_sync_interval_s": 0.05})
+    stop, rounds = asyncio.Event(), []
+
+    def on_round(summary: SyncSummary) -> None:
+        rounds.append(summary)
+        stop.set()
+
+    async with client.connect(settings) as notion:
+        await asyncio.wait_for(sync_loop(world.sessions, notion, settings, stop=stop,
+                                         on_round=on_round), 30)
+    assert [r.status for r in world.queries()] == [500, 200]
+    assert len(rounds) == 1 and rounds[0].created == 1
+    assert "500 internal_server_error; next round in 0.05s" in caplog.text
+
+    wrong = settings.model_copy(update={"notion_token": "ntn_wrong"})
+    async with client.connect(wrong) as notion:
+        with pytest.raises(NotionConfigError, match="401"):
+            await asyncio.wait_for(sync_loop(world.sessions, notion, wrong,
+                                             stop=asyncio.Event()), 30)
 
 
 @pytest.mark.parametrize("overlap_s", [120.0, 0.0])

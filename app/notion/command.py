@@ -8,7 +8,6 @@ round; SIGTERM or SIGINT stops it after the page or push batch in hand.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import signal
@@ -19,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import servers, tables, wakeups
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
-from app.errors import NotionConfigError, NotionError, NotionUnavailable
+from app.errors import NotionConfigError, NotionError
 from app.notion import client
 from app.notion.client import Notion
-from app.notion.sync import SyncSummary, Wake, sync_once
+from app.notion.sync import SyncSummary, Wake, sync_loop, sync_once
 
 log = logging.getLogger("app.notion")
 
@@ -69,23 +68,14 @@ async def _loop(settings: Settings, sessions: async_sessionmaker[AsyncSession],
     for sig in (signal.SIGTERM, signal.SIGINT):
         running.add_signal_handler(sig, stop.set)
     try:
-        while not stop.is_set():
-            try:
-                summary = await sync_once(sessions, notion, settings, wake=_waker(settings),
-                                          progress=_progress, stop=stop)
-                if _eventful(summary):
-                    _progress(_line(summary))
-            except NotionUnavailable as exc:
-                log.warning("notion sync: %s; next round in %gs", exc,
-                            settings.notion_sync_interval_s)
-            except NotionConfigError as exc:
-                return _fail(exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), settings.notion_sync_interval_s)
-        return 0
+        await sync_loop(sessions, notion, settings, stop=stop, wake=_waker(settings),
+                        progress=_progress, on_round=_round_line)
+    except NotionConfigError as exc:
+        return _fail(exc)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             running.remove_signal_handler(sig)
+    return 0
 
 
 def _waker(settings: Settings) -> Wake:
@@ -106,13 +96,11 @@ def render(summary: SyncSummary) -> str:
     return "\n".join([table, *summary.problems])
 
 
-def _eventful(summary: SyncSummary) -> bool:
-    quiet = {"seen", "unchanged"}
-    return any(count for name, count in summary.counts().items() if name not in quiet)
-
-
-def _line(summary: SyncSummary) -> str:
-    return "notion sync: " + ", ".join(f"{k} {v}" for k, v in summary.counts().items())
+def _round_line(summary: SyncSummary) -> None:
+    """One stderr line per round that changed something (re-reading the overlap does not)."""
+    counts = summary.counts()
+    if any(count for name, count in counts.items() if name not in ("seen", "unchanged")):
+        _progress(", ".join(f"{name} {count}" for name, count in counts.items()))
 
 
 def _progress(message: str) -> None:

@@ -29,6 +29,7 @@ No transaction is open across a Notion request or a Redis call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,7 @@ from app.errors import (
     ChannelNotFound,
     InvalidTransition,
     NotionConfigError,
+    NotionUnavailable,
     PushRefused,
 )
 from app.lifecycle import LABELS, TaskStatus
@@ -363,3 +365,23 @@ async def sync_once(sessions: async_sessionmaker[AsyncSession], notion: Notion,
     so far stay applied, the watermark stays) and ``NotionConfigError`` when misconfigured."""
     return await Round(sessions, notion, settings, wake=wake, progress=progress,
                        stop=stop).run()
+
+
+async def sync_loop(sessions: async_sessionmaker[AsyncSession], notion: Notion,
+                    settings: Settings, *, stop: asyncio.Event, wake: Wake | None = None,
+                    progress: Progress | None = None,
+                    on_round: Callable[[SyncSummary], None] | None = None) -> None:
+    """Rounds every ``NOTION_SYNC_INTERVAL_SECONDS`` until ``stop`` is set. An outage is logged
+    and the next round tries again; ``NotionConfigError`` ends the loop (it will not heal)."""
+    while not stop.is_set():
+        try:
+            summary = await sync_once(sessions, notion, settings, wake=wake,
+                                      progress=progress, stop=stop)
+        except NotionUnavailable as exc:
+            log.warning("notion sync: %s; next round in %gs", exc,
+                        settings.notion_sync_interval_s)
+        else:
+            if on_round is not None:
+                on_round(summary)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.notion_sync_interval_s)
