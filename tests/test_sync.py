@@ -21,7 +21,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.errors import NotionConfigError, NotionUnavailable
 from app.lifecycle import GATES, LABELS, Gate, PriorityLevel, TaskStatus
-from app.models import Channel, NotionSyncState, Task, TaskEvent
+from app.models import Channel, NotionPage, NotionSyncState, Task, TaskEvent
 from app.notion import client
 from app.notion.sync import SyncSummary, Wake, sync_loop, sync_once
 from app.services import transitions
@@ -139,6 +139,14 @@ def with_options(name: str, *extra: str) -> dict[str, PropertySpec | str]:
     return {**DEFAULT_SCHEMA, name: PropertySpec(spec.type, (*spec.options, *extra))}
 
 
+async def link_rows(world: World) -> list[tuple[Any, ...]]:
+    async with world.sessions() as session:
+        rows = await session.execute(sa.select(NotionPage).join(Task).where(
+            Task.channel_id == world.channel.id).order_by(NotionPage.task_id))
+        return [(p.task_id, p.status, p.error_len, p.youtube_url, p.updated_at)
+                for p in rows.scalars()]
+
+
 # --- pull -----------------------------------------------------------------------------------
 
 
@@ -166,9 +174,11 @@ async def test_250_pages_over_three_pages_of_results_then_a_rerun_is_a_no_op(
     assert len(events) == 250 and {e.actor for e in events} == {"notion-sync"}
     assert world.patches() == []
 
+    links_before = await link_rows(world)
     world.notion.clear_requests()
     second = await world.sync()
 
+    assert await link_rows(world) == links_before  # not even a bookkeeping write
     queries = world.queries()
     assert len(queries) == 2
     since = queries[0].json["filter"]["last_edited_time"]["on_or_after"]
