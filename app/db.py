@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -25,6 +26,9 @@ from sqlalchemy.pool import NullPool
 from app.config import Settings
 
 _LIBPQ_SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+# SQLSTATEs of a server going away: admin_shutdown, crash_shutdown, cannot_connect_now
+# (restart, failover); class 08 (connection_exception) is matched by prefix.
+_SHUTDOWN_STATES = {"57P01", "57P02", "57P03"}
 
 
 def translate_url(dsn: str) -> tuple[URL, dict[str, Any]]:
@@ -86,6 +90,22 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.execute("PRAGMA busy_timeout = 30000")
     cursor.close()
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database could not be reached or dropped the connection
+    (restart, failover, network): the same statement may well succeed a moment later.
+
+    asyncpg raises a bare ``OSError`` when it cannot connect at all (refused, socket gone,
+    timed out); a connection lost mid-statement arrives as a ``DBAPIError`` that SQLAlchemy
+    marks ``connection_invalidated``. Anything else (constraint, syntax, guard) is not retried.
+    """
+    if isinstance(exc, OSError):
+        return True
+    if isinstance(exc, DBAPIError):
+        state = str(getattr(exc.orig, "sqlstate", None) or "")
+        return exc.connection_invalidated or state.startswith("08") or state in _SHUTDOWN_STATES
+    return False
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

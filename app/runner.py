@@ -4,6 +4,12 @@ transaction (claim → commit → run with no transaction open → record → co
 A runner continues a task into its next stage only through a fresh claim of that task (same
 capacity rule as any claim), and stops at a gate, an error, ``published``, or when the claim
 cannot be had now (the task then waits, runnable, for the next claim in queue order).
+
+Every write a runner makes to its task carries the claim token, so a runner whose lease was
+reaped is refused (``StaleClaim``) and stops. A runner also never runs a stage past the moment
+its lease may have expired: when the heartbeat cannot renew the lease in time (the database is
+unreachable) the stage is stopped, so the reaper never hands a stage to a second worker while
+the first one still runs it.
 """
 
 from __future__ import annotations
@@ -12,16 +18,17 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import lifecycle
+from app import db, lifecycle
 from app.config import Settings
 from app.db import session_scope
-from app.errors import InvalidTransition, StaleClaim
+from app.errors import InvalidTransition, PipelineError, StaleClaim
 from app.handlers import Registry, StageInput
 from app.lifecycle import GATE_BY_WAITING, STAGE_BY_ACTIVE, TaskStatus
 from app.models import Task
@@ -30,10 +37,26 @@ from app.services.claims import Claim
 
 log = logging.getLogger(__name__)
 
+#: Pause between attempts to write to a database that is unavailable.
+RETRY_PAUSE_S = 0.5
+
+
+class LeaseNotRenewed(PipelineError):
+    """The stage was stopped: its lease could not be renewed before it might expire."""
+
 
 @dataclass
-class _Lease:
-    lost: bool = False
+class Lease:
+    """A claim and what this process knows of its lease.
+
+    ``expires`` is on the event loop's clock and measured from before the write that set the
+    lease, so it is never later than the database's ``lease_expires_at``: until then no reaper
+    can have taken the task. ``lost`` is set when the claim is gone or about to be.
+    """
+
+    claim: Claim
+    expires: float
+    lost: PipelineError | None = None
 
 
 @dataclass
@@ -48,89 +71,96 @@ class Runner:
     def now(self) -> datetime:
         return transitions.utcnow()
 
-    async def claim(self, task_id: uuid.UUID | None = None) -> Claim | None:
+    async def claim(self, task_id: uuid.UUID | None = None) -> Lease | None:
+        started = asyncio.get_running_loop().time()
         async with session_scope(self.sessions) as session:
-            return await claims.claim_next(session, worker_id=self.worker_id,
-                                           lease_s=self.settings.lease_s, now=self.now(),
-                                           task_id=task_id)
+            claim = await claims.claim_next(session, worker_id=self.worker_id,
+                                            lease_s=self.settings.lease_s, now=self.now(),
+                                            task_id=task_id)
+        return None if claim is None else Lease(claim, started + self.settings.lease_s)
 
     async def run_next(self) -> uuid.UUID | None:
         """Claim the next task in queue order and run it as far as it goes; its id or None."""
-        claim = await self.claim()
-        if claim is None:
+        lease = await self.claim()
+        if lease is None:
             return None
-        await self.run(claim)
-        return claim.task_id
+        await self.run(lease)
+        return lease.claim.task_id
 
-    async def run(self, claim: Claim | None) -> None:
-        """Run stages back to back while the task can continue."""
-        while claim is not None:
+    async def run(self, lease: Lease | None) -> None:
+        """Run stages back to back while the task can continue.
+
+        A refused write (the lease was reaped, the task moved on) or a stage stopped for want
+        of a lease ends the run with a warning. An unavailable database propagates: the lease
+        then expires and the reaper hands the stage on.
+        """
+        while lease is not None:
+            task_id = lease.claim.task_id
             try:
-                claim = await self._start_stage(claim)
-                next_status = await self._run_stage(claim)
-            except InvalidTransition as exc:      # fenced out (lease lost) or moved meanwhile
-                log.warning("%s: %s", self.worker_id, exc)
+                lease = await self._start_stage(lease)
+                next_status = await self._run_stage(lease)
+                lease = await self._continue(task_id, next_status)
+            except PipelineError as exc:
+                log.warning("%s: %s: %s", self.worker_id, type(exc).__name__, exc)
                 return
-            claim = await self._continue(claim.task_id, next_status)
 
-    async def _start_stage(self, claim: Claim) -> Claim:
+    async def _start_stage(self, lease: Lease) -> Lease:
         """``claimed`` is not a stage yet: the same claim moves on into ``generating_assets``."""
+        claim = lease.claim
         if claim.status is not TaskStatus.claimed:
-            return claim
+            return lease
         target = TaskStatus.generating_assets
-        async with session_scope(self.sessions) as session:
-            await transitions.transition(
-                session, claim.task_id, target, actor=self.worker_id, expected=claim.status,
-                claim_token=claim.token, now=self.now(), values={"attempts": Task.attempts + 1})
-        return Claim(claim.task_id, claim.status, target, claim.token)
+        await self._record(lease, lambda session: transitions.transition(
+            session, claim.task_id, target, actor=self.worker_id, expected=claim.status,
+            claim_token=claim.token, now=self.now(), values={"attempts": Task.attempts + 1}))
+        return Lease(Claim(claim.task_id, claim.status, target, claim.token), lease.expires)
 
-    async def _run_stage(self, claim: Claim) -> TaskStatus:
+    async def _run_stage(self, lease: Lease) -> TaskStatus:
+        claim = lease.claim
         stage = STAGE_BY_ACTIVE[claim.status]
         async with session_scope(self.sessions) as session:
             task = await tasks.get_task(session, claim.task_id)
             runs = await tasks.times_entered(session, task.id, stage.active)
             given = StageInput(task.id, stage.name, task.title, task.topic,
                                task.story_direction, runs, dict(task.artifacts))
-        lease = _Lease()
         try:
-            async with self._heartbeat(claim, lease):
+            async with self._heartbeat(lease):
                 artefacts = await self.handlers[stage.name](given)
         except asyncio.CancelledError:
-            if lease.lost and (me := asyncio.current_task()) is not None and me.uncancel() == 0:
-                raise StaleClaim(claim.task_id, claim.status, stage.done,
-                                 reason="lease lost during the stage; outcome discarded") from None
+            me = asyncio.current_task()
+            if lease.lost is not None and me is not None and me.uncancel() == 0:
+                raise lease.lost from None
             await asyncio.shield(self._interrupted(claim, given.attempt))
             raise
         except Exception as exc:
-            return await self._failed(claim, given.attempt, f"{type(exc).__name__}: {exc}")
-        return await self._succeeded(claim, artefacts, dict(task.artifacts))
+            return await self._failed(lease, given.attempt, f"{type(exc).__name__}: {exc}")
+        return await self._succeeded(lease, artefacts, dict(task.artifacts))
 
-    async def _succeeded(self, claim: Claim, artefacts: dict[str, object],
+    async def _succeeded(self, lease: Lease, artefacts: dict[str, object],
                          previous: dict[str, object]) -> TaskStatus:
+        claim = lease.claim
         stage = STAGE_BY_ACTIVE[claim.status]
         values: dict[str, object] = {"artifacts": previous | {stage.name: artefacts},
                                      "attempts": 0}
         url = artefacts.get("youtube_url")
         if stage.done is TaskStatus.published and isinstance(url, str):
             values["youtube_url"] = url
-        async with session_scope(self.sessions) as session:
-            await transitions.transition(session, claim.task_id, stage.done, actor=self.worker_id,
-                                         expected=claim.status, claim_token=claim.token,
-                                         values=values, now=self.now())
+        await self._record(lease, lambda session: transitions.transition(
+            session, claim.task_id, stage.done, actor=self.worker_id, expected=claim.status,
+            claim_token=claim.token, values=values, now=self.now()))
         return stage.done
 
-    async def _failed(self, claim: Claim, attempt: int, message: str) -> TaskStatus:
+    async def _failed(self, lease: Lease, attempt: int, message: str) -> TaskStatus:
         s = self.settings
-        async with session_scope(self.sessions) as session:
-            task = await claims.fail_stage(
-                session, claim, actor=self.worker_id, note=message, now=self.now(),
-                attempts=attempt, max_attempts=s.stage_max_attempts,
-                backoff_s=s.retry_backoff_s)
-        log.info("%s: task %s %s", self.worker_id, claim.task_id, message)
+        task = await self._record(lease, lambda session: claims.fail_stage(
+            session, lease.claim, actor=self.worker_id, note=message, now=self.now(),
+            attempts=attempt, max_attempts=s.stage_max_attempts, backoff_s=s.retry_backoff_s))
+        log.info("%s: task %s %s", self.worker_id, lease.claim.task_id, message)
         return task.status
 
     async def _interrupted(self, claim: Claim, attempt: int) -> None:
-        """Shut down mid-stage: hand the task back (retry due now, the attempt not counted)."""
+        """Shut down mid-stage: hand the task back (retry due now, the attempt not counted).
+        One try: if it cannot be written, the lease expires and the reaper does the same."""
         s = self.settings
         with contextlib.suppress(InvalidTransition):
             async with session_scope(self.sessions) as session:
@@ -139,7 +169,36 @@ class Runner:
                     now=self.now(), attempts=attempt, max_attempts=s.stage_max_attempts,
                     backoff_s=0, count_attempt=False)
 
-    async def _continue(self, task_id: uuid.UUID, status: TaskStatus) -> Claim | None:
+    async def _record(self, lease: Lease,
+                      write: Callable[[AsyncSession], Awaitable[Task]]) -> Task:
+        """Write a move of the claimed task in its own transaction.
+
+        The write is fenced by the claim token, so trying it again is safe: it lands once or
+        is refused. While the database is unavailable it is retried until the lease may expire
+        (after that the reaper hands the stage on). A refusal because the task moved on raises
+        ``StaleClaim``.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with session_scope(self.sessions) as session:
+                    return await write(session)
+            except StaleClaim:
+                raise
+            except InvalidTransition as exc:
+                if exc.current is lease.claim.status or exc.current is None:
+                    raise                     # an illegal move: a bug, not a lost claim
+                raise StaleClaim(exc.task_id, exc.current, exc.target, reason=(
+                    f"write refused: the task is {exc.current.value} now, the claim is no"
+                    " longer held")) from exc
+            except Exception as exc:
+                if not db.is_unavailable(exc) or loop.time() + RETRY_PAUSE_S >= lease.expires:
+                    raise
+                log.warning("%s: task %s: database unavailable (%s: %s); retrying",
+                            self.worker_id, lease.claim.task_id, type(exc).__name__, exc)
+            await asyncio.sleep(RETRY_PAUSE_S)
+
+    async def _continue(self, task_id: uuid.UUID, status: TaskStatus) -> Lease | None:
         """After a stage: pass auto-approved gates and automatic moves, then claim the task's
         next stage if it can be had now."""
         async with session_scope(self.sessions) as session:
@@ -165,24 +224,66 @@ class Runner:
             else:
                 return status
 
+    async def advance_stranded(self, session: AsyncSession, *, now: datetime,
+                               limit: int = 100) -> int:
+        """Move on tasks left at an automatic move or an auto-approved gate for a lease
+        length: their runner stopped between recording a stage and moving on (killed, or the
+        database went away). Returns how many tasks were moved."""
+        waiting = set(lifecycle.AUTOMATIC) | {gate.waiting for gate in lifecycle.GATES
+                                              if gate.name in self.settings.auto_approved}
+        rows = (await session.execute(
+            sa.select(Task.id, Task.status)
+            .where(Task.status.in_(waiting),
+                   Task.updated_at < now - timedelta(seconds=self.settings.lease_s))
+            .order_by(Task.updated_at).limit(limit)
+            .with_for_update(skip_locked=True))).all()
+        for row in rows:
+            await self._advance(session, row.id, row.status)
+        return len(rows)
+
+    async def _renew(self, claim: Claim) -> bool:
+        async with session_scope(self.sessions) as session:
+            return await claims.renew_lease(session, claim, lease_s=self.settings.lease_s,
+                                            now=self.now())
+
     @contextlib.asynccontextmanager
-    async def _heartbeat(self, claim: Claim, lease: _Lease) -> AsyncIterator[None]:
-        """Renew the lease every third of it while the stage runs; if the claim is lost,
-        cancel the stage (its outcome could not be written anyway)."""
+    async def _heartbeat(self, lease: Lease) -> AsyncIterator[None]:
+        """Renew the lease every third of it while the stage runs. Cancel the stage when the
+        claim is lost (renewal refused) or when the lease cannot be renewed a third of a lease
+        before it may expire: its outcome could not be written, and the reaper must not hand
+        the stage to another worker while this one still runs it."""
         stage_task = asyncio.current_task()
         assert stage_task is not None
+        loop = asyncio.get_running_loop()
+        every_s = self.settings.lease_s / 3
 
         async def beat() -> None:
+            claim = lease.claim
             while True:
-                await asyncio.sleep(self.settings.lease_s / 3)
-                async with session_scope(self.sessions) as session:
-                    kept = await claims.renew_lease(session, claim, lease_s=self.settings.lease_s,
-                                                    now=self.now())
-                if not kept:
-                    log.warning("%s: lost the lease of %s", self.worker_id, claim.task_id)
-                    lease.lost = True
-                    stage_task.cancel()
-                    return
+                await asyncio.sleep(every_s)
+                started = loop.time()
+                try:
+                    async with asyncio.timeout_at(lease.expires - every_s):
+                        kept = await self._renew(claim)
+                except Exception as exc:
+                    if loop.time() < lease.expires - every_s:
+                        log.warning("%s: task %s: lease not renewed (%s: %s); retrying",
+                                    self.worker_id, claim.task_id, type(exc).__name__, exc)
+                        continue
+                    lease.lost = LeaseNotRenewed(
+                        f"task {claim.task_id}: lease could not be renewed before it may expire"
+                        f" ({type(exc).__name__}: {exc}); stage stopped, outcome discarded")
+                else:
+                    if kept:
+                        lease.expires = started + self.settings.lease_s
+                        continue
+                    lease.lost = StaleClaim(claim.task_id, claim.status, claim.status, reason=(
+                        "lease renewal refused: the claim is no longer held; write refused,"
+                        " stage stopped, outcome discarded"))
+                log.warning("%s: lost the lease of %s; stopping the stage", self.worker_id,
+                            claim.task_id)
+                stage_task.cancel()
+                return
 
         beater = asyncio.create_task(beat())
         try:

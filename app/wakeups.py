@@ -12,15 +12,31 @@ import uuid
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import in_progress_key_prefix
+from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 WORK_JOB = "work"
+#: Errors of a Redis that went away (restart, failover, network). redis-py raises WatchError
+#: for a connection lost inside a WATCH block and ReadOnlyError while a failover demotes the
+#: server it talks to.
+REDIS_GONE = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.WatchError,
+              redis_errors.ReadOnlyError, OSError)
 
 
 def redis_settings(url: str) -> RedisSettings:
-    """arq settings for ``redis://``, ``rediss://`` or ``unix://`` URLs, retrying blips."""
+    """arq settings for ``redis://``, ``rediss://`` or ``unix://`` URLs, retrying blips.
+
+    Every command is retried on a lost connection, including one that cannot be re-opened
+    (``OSError``: refused, socket gone), so a Redis restart of up to about three seconds goes
+    unnoticed, by the arq CLI's worker too. A longer outage ends an arq worker's main loop;
+    ``pipeline worker`` then starts a new one (``app.worker``).
+    """
     settings = RedisSettings.from_dsn(url)
     settings.conn_retries = 10
     settings.retry_on_timeout = True
+    settings.retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)
+    settings.retry_on_error = [redis_errors.ConnectionError, redis_errors.TimeoutError, OSError]
     return settings
 
 

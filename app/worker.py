@@ -1,6 +1,22 @@
-"""``pipeline worker``: one arq worker process on our settings (the Procfile's twin)."""
+"""``pipeline worker``: one arq worker process on our settings (the Procfile's twin) that
+outlives Redis outages.
+
+arq's Worker dies when a Redis command fails for good (its main loop catches no connection
+error, python-arq/arq#498); the command retries of ``wakeups.redis_settings`` only bridge a few
+seconds. Here a Worker that died of a Redis error is replaced by a new one after a backoff:
+its running jobs finish first (their stages write to PostgreSQL, not Redis), and the new
+Worker's start-up sweep re-creates whatever wake-ups Redis lost. SIGINT and SIGTERM stop the
+process cleanly at any point: arq's handler while a Worker runs (running stages get
+``SHUTDOWN_GRACE_SECONDS``), ours in between.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
 
 from arq.worker import Worker
 
@@ -8,15 +24,102 @@ from app import servers, wakeups
 from app.config import Settings
 from workers.settings import worker_options
 
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST_S = 0.5
+BACKOFF_MAX_S = 10.0
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 async def run(settings: Settings, *, burst: bool) -> int:
-    """Run an arq worker until it is stopped (or, with ``burst``, until nothing is runnable)."""
+    """Run arq workers until stopped (or, with ``burst``, until nothing is runnable)."""
     await servers.database_url(settings)            # the embedded default, started if needed
-    options = worker_options(settings, burst=burst)
     redis_url = servers.redis_url(settings)
+    options = worker_options(settings, burst=burst)
     options["redis_settings"] = wakeups.redis_settings(redis_url)
-    if burst:   # no sweep cron in burst mode: wake enough jobs to drain what is runnable
-        await wakeups.wake_url(redis_url, settings.worker_concurrency,
-                               queue_name=settings.queue_name)
-    await Worker(**options).async_run()
-    return 0
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    pause_s = BACKOFF_FIRST_S
+    try:
+        while True:
+            _handle_signals(stop)
+            started = loop.time()
+            error = await _run_once(options, stop, redis_url=redis_url, settings=settings)
+            if error is None or stop.is_set():
+                return 0
+            if loop.time() - started > BACKOFF_MAX_S:
+                pause_s = BACKOFF_FIRST_S            # it ran a while: a new outage
+            log.warning("worker lost Redis (%s: %s); starting a new worker in %.1f s",
+                        type(error).__name__, error, pause_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause_s)
+            if stop.is_set():
+                return 0
+            pause_s = min(pause_s * 2, BACKOFF_MAX_S)
+    finally:
+        for signum in _SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
+def _handle_signals(stop: asyncio.Event) -> None:
+    """Between Workers (and after one died) a signal just asks the loop to stop; a running
+    Worker installs arq's own handlers over these."""
+    loop = asyncio.get_running_loop()
+    for signum in _SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+
+
+async def _run_once(options: dict[str, Any], stop: asyncio.Event, *, redis_url: str,
+                    settings: Settings) -> BaseException | None:
+    """Run one arq Worker until it ends; return the Redis error that ended it, or None when
+    it was stopped (or a burst is done). Any other error propagates."""
+    if options["burst"]:
+        # No sweep cron in burst mode: wake enough jobs to drain what is runnable.
+        try:
+            await wakeups.wake_url(redis_url, settings.worker_concurrency,
+                                   queue_name=settings.queue_name)
+        except wakeups.REDIS_GONE as exc:
+            return exc
+    worker = Worker(**options)
+    worker.on_stop = lambda _signum: stop.set()
+    worker.main_task = main = asyncio.create_task(worker.main())
+    await asyncio.wait([main])
+    _handle_signals(stop)                         # arq's handlers would act on a dead Worker
+    error = None if main.cancelled() else main.exception()
+    try:
+        if error is not None and not isinstance(error, wakeups.REDIS_GONE):
+            raise error
+        return error
+    finally:
+        await _finish_jobs(worker, stop, grace_s=settings.shutdown_grace_s)
+        await _close(worker, redis_alive=error is None)
+
+
+async def _finish_jobs(worker: Worker, stop: asyncio.Event, *, grace_s: float) -> None:
+    """Let the Worker's running jobs finish. Once a stop is asked for, they get ``grace_s``
+    more and are then cancelled (the runner hands their stages back)."""
+    jobs = [job for job in worker.tasks.values() if not job.done()]
+    if not jobs:
+        return
+    finished: asyncio.Future[Any] = asyncio.gather(*jobs, return_exceptions=True)
+    stopping: asyncio.Future[Any] = asyncio.create_task(stop.wait())
+    await asyncio.wait([finished, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not finished.done():
+        await asyncio.wait([finished], timeout=grace_s)
+        for job in jobs:
+            job.cancel()
+    await finished
+
+
+async def _close(worker: Worker, *, redis_alive: bool) -> None:
+    """What ``Worker.close`` does, without waiting on a Redis that is gone."""
+    if worker.on_shutdown is not None:
+        await worker.on_shutdown(worker.ctx)
+    pool = worker.ctx.get("redis")
+    if pool is None:
+        return
+    if redis_alive:
+        with contextlib.suppress(*wakeups.REDIS_GONE):
+            await pool.delete(worker.health_check_key)
+    await pool.aclose(close_connection_pool=True)

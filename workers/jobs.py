@@ -2,7 +2,9 @@
 
 ``work`` claims one task and runs it as far as it goes, then wakes the next ``work`` job; every
 start of a stage is a guarded transition, so duplicated, lost or re-run jobs change nothing.
-``sweep`` reaps expired leases and wakes workers for runnable tasks whose wake-up was lost.
+``sweep`` reaps expired leases, moves on tasks a stopped runner left at an automatic step, and
+wakes workers for runnable tasks whose wake-up was lost. While PostgreSQL is unavailable both
+log one line and return: leases and the next sweep make up for whatever was not written.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from arq.connections import ArqRedis
 
 from app import servers, wakeups
 from app.config import get_settings
-from app.db import make_engine, make_sessionmaker, session_scope
+from app.db import is_unavailable, make_engine, make_sessionmaker, session_scope
 from app.handlers import load_registry
 from app.notion import cron as notion_cron
 from app.runner import Runner
@@ -41,31 +43,50 @@ async def shutdown(ctx: Ctx) -> None:
 async def work(ctx: Ctx) -> str | None:
     """Claim and run one task; if one was claimed, more may be waiting: wake the next job."""
     runner: Runner = ctx["runner"]
-    task_id = await runner.run_next()
+    try:
+        task_id = await runner.run_next()
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        log.warning("work: database unavailable (%s: %s)", type(exc).__name__, exc)
+        return None
     if task_id is None:
         return None
     redis: ArqRedis = ctx["redis"]
-    await wakeups.wake(redis, 1, queue_name=runner.settings.queue_name)
+    try:
+        await wakeups.wake(redis, 1, queue_name=runner.settings.queue_name)
+    except wakeups.REDIS_GONE as exc:         # an optimisation: the sweep makes up for it
+        log.warning("work: next wake-up not sent (%s: %s)", type(exc).__name__, exc)
     return str(task_id)
 
 
 async def sweep(ctx: Ctx) -> dict[str, int]:
-    """Reap expired leases; top the queue up to one wake-up per runnable task (bounded)."""
+    """Reap expired leases, move on stranded tasks; top the queue up to one wake-up per
+    runnable task (bounded)."""
     runner: Runner = ctx["runner"]
     s = runner.settings
     now = transitions.utcnow()
-    async with session_scope(runner.sessions) as session:
-        reaped = await claims.reap_expired(session, now=now, actor=f"reaper:{runner.worker_id}",
-                                           max_attempts=s.stage_max_attempts,
-                                           backoff_s=s.retry_backoff_s)
-        runnable = await claims.runnable_count(session, now=now)
+    try:
+        async with session_scope(runner.sessions) as session:
+            reaped = await claims.reap_expired(session, now=now,
+                                               actor=f"reaper:{runner.worker_id}",
+                                               max_attempts=s.stage_max_attempts,
+                                               backoff_s=s.retry_backoff_s)
+            moved = await runner.advance_stranded(session, now=now)
+            runnable = await claims.runnable_count(session, now=now)
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        log.warning("sweep: database unavailable (%s: %s)", type(exc).__name__, exc)
+        return {"reaped": 0, "moved": 0, "runnable": 0, "woken": 0}
     redis: ArqRedis = ctx["redis"]
     waiting = await wakeups.pending(redis, queue_name=s.queue_name)
     wanted = min(runnable, s.worker_concurrency * 4) - waiting
     woken = await wakeups.wake(redis, wanted, queue_name=s.queue_name) if wanted > 0 else 0
-    if reaped or woken:
-        log.info("sweep: reaped %d, runnable %d, woke %d", len(reaped), runnable, woken)
-    return {"reaped": len(reaped), "runnable": runnable, "woken": woken}
+    if reaped or moved or woken:
+        log.info("sweep: reaped %d, moved %d, runnable %d, woke %d", len(reaped), moved,
+                 runnable, woken)
+    return {"reaped": len(reaped), "moved": moved, "runnable": runnable, "woken": woken}
 
 
 async def sync_notion(ctx: Ctx) -> dict[str, Any] | None:
