@@ -16,16 +16,19 @@ demo: $(STAMP)
 	$(BIN)/pipeline demo
 
 test: $(STAMP)
-	$(BIN)/ruff check app workers tests alembic
+	$(BIN)/ruff check app workers tests alembic bench
 	$(BIN)/mypy
+	$(BIN)/mypy -p bench
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check app workers tests alembic
+	$(BIN)/ruff check app workers tests alembic bench
 	$(BIN)/mypy
+	$(BIN)/mypy -p bench
 
+# `make bench BENCH_ARGS=--quick` for a smoke run; the full run takes about 15 minutes.
 bench: $(STAMP)
-	$(BIN)/python -m bench.claims
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

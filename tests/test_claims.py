@@ -145,3 +145,75 @@ async def test_reaper_returns_claimed_and_fails_active(pg_sessions: Sessions) ->
     assert errored is not None and errored.retry_at is not None
     assert "lease expired" in (errored.error_log or "")
     assert untouched is not None and untouched.status is TaskStatus.uploading
+
+
+async def _batch(sessions: Sessions, limit: int, worker: str = "w") -> list[claims.Claim]:
+    async with sessions() as session, session.begin():
+        return await claims.claim_batch(session, worker_id=worker, lease_s=30,
+                                        now=transitions.utcnow(), limit=limit)
+
+
+async def test_batch_returns_nothing_when_nothing_is_runnable(pg_sessions: Sessions) -> None:
+    await _isolate(pg_sessions)
+    async with pg_sessions() as session, session.begin():
+        channel = await make_channel(session)
+        await make_task(session, channel, TaskStatus.draft)
+        await make_task(session, channel, TaskStatus.assets_ready)
+    assert await _batch(pg_sessions, 5) == []
+
+
+async def test_batch_respects_capacity(pg_sessions: Sessions) -> None:
+    await _isolate(pg_sessions)
+    async with pg_sessions() as session, session.begin():
+        limited = await make_channel(session, max_concurrent=2)
+        other = await make_channel(session)
+        await make_task(session, limited, TaskStatus.generating_video, claim_token=uuid.uuid4(),
+                        lease_expires_at=transitions.utcnow() + timedelta(minutes=5))
+        limited_ids = {(await make_task(session, limited)).id for _ in range(4)}
+        other_ids = {(await make_task(session, other)).id for _ in range(3)}
+    batch = await _batch(pg_sessions, 10)
+    taken = {c.task_id for c in batch}
+    assert len(taken & limited_ids) == 1              # one slot left beside the running task
+    assert other_ids <= taken and len(batch) == 4
+    assert await _batch(pg_sessions, 10) == []
+
+
+async def test_batch_priority_order_and_fairness(pg_sessions: Sessions) -> None:
+    await _isolate(pg_sessions)
+    base = transitions.utcnow() - timedelta(hours=1)
+    async with pg_sessions() as session, session.begin():
+        mixed = await make_channel(session)
+        low = await make_task(session, mixed, priority=PriorityLevel.low, created_at=base)
+        normal = await make_task(session, mixed, created_at=base + timedelta(seconds=1))
+        high = await make_task(session, mixed, priority=PriorityLevel.high,
+                               created_at=base + timedelta(seconds=2))
+    assert [c.task_id for c in await _batch(pg_sessions, 5)] == [high.id, normal.id, low.id]
+
+    async with pg_sessions() as session, session.begin():
+        flood = await make_channel(session)
+        for i in range(100):
+            await make_task(session, flood, created_at=base + timedelta(milliseconds=i))
+        small = [await make_task(session, await make_channel(session),
+                                 created_at=base + timedelta(minutes=10)) for _ in range(5)]
+    order = [c.task_id for c in await _batch(pg_sessions, 8)]
+    small_positions = [order.index(t.id) for t in small]
+    flood_positions = [i for i, t in enumerate(order) if t not in {s.id for s in small}]
+    assert len(flood_positions) == 3 and flood_positions[2] > max(small_positions)
+
+
+async def test_concurrent_batches_never_share_a_task(pg_sessions: Sessions) -> None:
+    await _isolate(pg_sessions)
+    async with pg_sessions() as session, session.begin():
+        channels_ = [await make_channel(session) for _ in range(4)]
+        ids = {(await make_task(session, c)).id for c in channels_ for _ in range(10)}
+    first, second = await asyncio.gather(_batch(pg_sessions, 15, "A"),
+                                         _batch(pg_sessions, 15, "B"))
+    a, b = {c.task_id for c in first}, {c.task_id for c in second}
+    assert not a & b and len(a) == len(first) and len(b) == len(second)
+    assert len(a) + len(b) >= 15
+    async with pg_sessions() as session:
+        claimed = dict((await session.execute(
+            sa.select(Task.id, Task.claimed_by).where(Task.id.in_(ids),
+                                                      Task.status == TaskStatus.claimed))).all())
+    assert set(claimed) == a | b
+    assert all(claimed[t] == "A" for t in a) and all(claimed[t] == "B" for t in b)

@@ -47,6 +47,30 @@ async def claim_next(
                  row.claim_token)
 
 
+async def claim_batch(
+    session: AsyncSession, *, worker_id: str, lease_s: float, now: datetime, limit: int,
+) -> list[Claim]:
+    """Claim up to ``limit`` tasks in one transaction, in the order single claims would take
+    them; stops at the first miss. [] when nothing can be claimed now.
+
+    Each claim is one ``claim_task`` call in the caller's transaction, so fairness and capacity
+    are exactly those of a single claim: capacity is counted after the channel lock, and the
+    transaction sees its own earlier claims. The i-th claim runs at ``now`` plus i
+    microseconds so that each claim's channel turn is later than the last and the batch
+    rotates through channels as successive single claims would (with one ``now`` every
+    channel's turn would tie). The channel rows stay locked until the caller commits, which is
+    what keeps a concurrent claimer out of those channels' capacity: commit promptly.
+    """
+    batch: list[Claim] = []
+    for i in range(limit):
+        claim = await claim_next(session, worker_id=worker_id, lease_s=lease_s,
+                                 now=now + timedelta(microseconds=i))
+        if claim is None:
+            break
+        batch.append(claim)
+    return batch
+
+
 async def renew_lease(
     session: AsyncSession, claim: Claim, *, lease_s: float, now: datetime,
 ) -> bool:

@@ -1,0 +1,62 @@
+"""``python -m bench``: run the benchmark and print the table (progress goes to stderr).
+
+Uses ``DATABASE_URL`` / ``REDIS_URL`` when set, else the embedded servers; all work happens in
+scratch databases created and dropped by the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from app.config import get_settings
+from bench import data, report
+from bench.run import Dataset, Options, run
+
+FULL_SIZES = (10_000, 100_000, 1_000_000)
+QUICK_SIZES = (10_000, 100_000)
+
+
+def _count(text: str) -> int:
+    """``10k``, ``1M`` or a plain number."""
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:].lower(), 1)
+    return int(float(text[:-1] if scale > 1 else text) * scale)
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    return tuple(_count(part) for part in text.split(",") if part.strip())
+
+
+def parse(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="10k and 100k queued only, fewer claims and worker samples")
+    parser.add_argument("--sizes", type=_counts, help="queued tasks per data set (10k,100k,1M)")
+    parser.add_argument("--finished", type=_count,
+                        help="published tasks beside 10k queued (default 1M; quick: none)")
+    parser.add_argument("--claimers", type=_counts, default=(1, 2, 4, 8),
+                        help="concurrent claimers per cell (1,2,4,8)")
+    parser.add_argument("--claims", type=int, help="claims per cell (2000; quick: 500)")
+    parser.add_argument("--procs", type=int, default=1,
+                        help="spread the claimers over this many processes (1)")
+    parser.add_argument("--no-workers", dest="workers", action="store_false",
+                        help="skip pickup, rescue and pipeline (worker processes)")
+    args = parser.parse_args(argv)
+    sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
+    finished = args.finished if args.finished is not None else (0 if args.quick else 1_000_000)
+    datasets = tuple(Dataset(n) for n in sizes) + ((Dataset(10_000, finished),) if finished
+                                                    else ())
+    if args.quick:
+        return Options(datasets, args.claimers, args.claims or 500, args.procs, args.workers,
+                       pickup_tasks=15, sweep_tasks=8, rescue_trials=2, pipeline_tasks=100)
+    return Options(datasets, args.claimers, args.claims or 2000, args.procs, args.workers)
+
+
+async def main(options: Options) -> int:
+    server_url, redis_url = await data.server_urls(get_settings())
+    print(report.render(await run(options, server_url, redis_url)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main(parse())))

@@ -1,0 +1,215 @@
+"""Claim + start, concurrently: the project's claim path against a plain SKIP LOCKED claimer.
+
+Both do the same work per task, in two short transactions each with one status update:
+``queued → claimed`` (the claim), then ``claimed → generating_assets`` (the worker starts the
+first stage). Ours goes through the service layer exactly as a worker does (``claims.claim_next``
+— the fair, capacity-checked ``claim_task`` function, which also writes a ``task_events`` row
+and the channel's turn — then ``transitions.transition`` with the claim token); the baseline is
+two hand-written statements on a raw asyncpg connection. Claim latency is the claim
+transaction, commit included. Each claimer owns one connection; claimers run as asyncio tasks
+in one process, or spread over several processes (``procs``) so that one client's GIL does not
+cap the measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.synchronize import Barrier
+
+import asyncpg  # type: ignore[import-untyped]  # ships no type information
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.db import make_engine, make_sessionmaker, session_scope
+from app.lifecycle import TaskStatus
+from app.models import Task
+from app.services import claims, transitions
+from bench import data
+
+LEASE_S = 30.0
+#: ``ours``: the service layer as a worker calls it; ``ours-sql``: the same database work
+#: (``claim_task``, then the guarded, token-fenced start and its event row) from raw asyncpg,
+#: which separates the database's cost from the Python client's; ``baseline``: see above.
+KINDS = ("ours", "ours-sql", "baseline")
+
+#: The baseline: the textbook claim (its own partial index, see ``BASELINE_INDEX``) …
+BASELINE_CLAIM = """
+UPDATE tasks SET status = 'claimed', claimed_by = $1, claimed_at = now(),
+       claim_token = gen_random_uuid(), lease_expires_at = now() + interval '30 seconds'
+WHERE id = (SELECT id FROM tasks WHERE status = 'queued'
+            ORDER BY priority, created_at FOR UPDATE SKIP LOCKED LIMIT 1)
+RETURNING id"""
+#: … and its second status update.
+BASELINE_START = ("UPDATE tasks SET status = 'generating_assets', attempts = attempts + 1"
+                  " WHERE id = $1 AND status = 'claimed'")
+#: ``ours-sql``: the claim function, then the start exactly as ``transitions.transition`` writes
+#: it (guarded by status and claim token, with its ``task_events`` row), in one statement.
+FUNCTION_CLAIM = "SELECT task_id, claim_token FROM claim_task($1, $2, now(), NULL)"
+FUNCTION_START = """
+WITH started AS (
+  UPDATE tasks SET status = 'generating_assets', attempts = attempts + 1
+  WHERE id = $1 AND status = 'claimed' AND claim_token = $2 RETURNING id)
+INSERT INTO task_events (task_id, from_status, to_status, actor, created_at)
+SELECT id, 'claimed', 'generating_assets', $3, now() FROM started"""
+#: The project's claim index leads with channel_id (per-channel fairness), which the
+#: baseline's global ORDER BY cannot use; the baseline gets the index it needs. Rows leaving
+#: ``queued`` add no entry to a partial index, so it costs the project's path nothing.
+BASELINE_INDEX = ("CREATE INDEX IF NOT EXISTS bench_baseline_queued ON tasks (priority, created_at)"
+                  " WHERE status = 'queued'")
+
+
+@dataclass
+class Cell:
+    """One measurement: ``claims`` claim+start cycles by ``claimers`` concurrent claimers."""
+
+    kind: str
+    claimers: int
+    claims: int = 0
+    seconds: float = 0.0
+    cpu_s: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.claims / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: int) -> float:
+        return percentile(self.latencies_ms, q)
+
+    @property
+    def client_cpu(self) -> float:
+        """Client CPU time over wall time (1.0 = one core busy)."""
+        return self.cpu_s / self.seconds if self.seconds else 0.0
+
+
+def percentile(values: Sequence[float], q: int) -> float:
+    """The q-th percentile (inclusive method); 0 for no values."""
+    if len(values) < 2:
+        return values[0] if values else 0.0
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+Loop = Callable[[int, list[float]], Awaitable[int]]
+
+
+async def _ours(url: str, claimers: int) -> tuple[list[Loop], Callable[[], Awaitable[None]]]:
+    settings = Settings(_env_file=None, database_url=url, db_pool_size=claimers,
+                        db_max_overflow=0)
+    engine = make_engine(settings, url)
+    sessions = make_sessionmaker(engine)
+    async with asyncio.TaskGroup() as warm:   # open every connection before the clock starts
+        for _ in range(claimers):
+            warm.create_task(_hold_connection(sessions))
+
+    def loop_for(worker_id: str) -> Loop:
+        async def loop(quota: int, latencies: list[float]) -> int:
+            done = 0
+            for _ in range(quota):
+                started = time.perf_counter()
+                async with session_scope(sessions) as session:
+                    claim = await claims.claim_next(session, worker_id=worker_id,
+                                                    lease_s=LEASE_S, now=transitions.utcnow())
+                latencies.append((time.perf_counter() - started) * 1000)
+                if claim is None:
+                    break
+                async with session_scope(sessions) as session:
+                    await transitions.transition(
+                        session, claim.task_id, TaskStatus.generating_assets, actor=worker_id,
+                        expected=claim.status, claim_token=claim.token,
+                        values={"attempts": Task.attempts + 1})
+                done += 1
+            return done
+        return loop
+
+    return [loop_for(f"bench-{i}") for i in range(claimers)], engine.dispose
+
+
+async def _hold_connection(sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with sessions() as session:
+        await session.connection()
+        await asyncio.sleep(0.05)                     # held, so each task opens its own
+
+
+async def _raw(url: str, claimers: int,
+               sql: bool) -> tuple[list[Loop], Callable[[], Awaitable[None]]]:
+    """One raw asyncpg connection per claimer, each statement its own transaction."""
+    conns = [await data.connect(url) for _ in range(claimers)]
+
+    def loop_for(conn: asyncpg.Connection, worker_id: str) -> Loop:
+        async def loop(quota: int, latencies: list[float]) -> int:
+            claim = await conn.prepare(FUNCTION_CLAIM if sql else BASELINE_CLAIM)
+            start = await conn.prepare(FUNCTION_START if sql else BASELINE_START)
+            claim_args = (worker_id, LEASE_S) if sql else (worker_id,)
+            done = 0
+            for _ in range(quota):
+                began = time.perf_counter()
+                row = await claim.fetchrow(*claim_args)
+                latencies.append((time.perf_counter() - began) * 1000)
+                if row is None:
+                    break
+                await start.fetch(*(row[0], row[1], worker_id) if sql else (row[0],))
+                done += 1
+            return done
+        return loop
+
+    async def close() -> None:
+        for conn in conns:
+            await conn.close()
+
+    return [loop_for(c, f"raw-{i}") for i, c in enumerate(conns)], close
+
+
+async def _measure(url: str, kind: str, claimers: int, claims_total: int,
+                   barrier: Barrier | None = None) -> Cell:
+    if kind == "ours":
+        loops, close = await _ours(url, claimers)
+    else:
+        loops, close = await _raw(url, claimers, sql=kind == "ours-sql")
+    cell = Cell(kind, claimers)
+    quotas = [claims_total // claimers + (i < claims_total % claimers) for i in range(claimers)]
+    if barrier is not None:                       # every process connected: start together
+        await asyncio.get_running_loop().run_in_executor(None, barrier.wait)
+    cpu, began = time.process_time(), time.perf_counter()
+    try:
+        done = await asyncio.gather(*(loop(q, cell.latencies_ms)
+                                      for loop, q in zip(loops, quotas, strict=True)))
+    finally:
+        cell.seconds = time.perf_counter() - began
+        cell.cpu_s = time.process_time() - cpu
+        await close()
+    cell.claims = sum(done)
+    return cell
+
+
+def _child(url: str, kind: str, claimers: int, claims_total: int, barrier: Barrier,
+           results: multiprocessing.SimpleQueue[Cell]) -> None:
+    results.put(asyncio.run(_measure(url, kind, claimers, claims_total, barrier)))
+
+
+async def run_cell(url: str, kind: str, claimers: int, claims_total: int, *,
+                   procs: int = 1) -> Cell:
+    """Measure one cell; with ``procs`` > 1 the claimers are spread over that many processes
+    (each with its share of the claims), started together after all have connected."""
+    procs = max(1, min(procs, claimers))
+    if procs == 1:
+        return await _measure(url, kind, claimers, claims_total)
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(procs)
+    results: multiprocessing.SimpleQueue[Cell] = ctx.SimpleQueue()
+    split = [claimers // procs + (i < claimers % procs) for i in range(procs)]
+    workers = [ctx.Process(target=_child, args=(url, kind, n, claims_total * n // claimers,
+                                                barrier, results)) for n in split]
+    for proc in workers:
+        proc.start()
+    loop = asyncio.get_running_loop()
+    parts = [await loop.run_in_executor(None, results.get) for _ in workers]
+    for proc in workers:
+        await loop.run_in_executor(None, proc.join)
+    return Cell(kind, claimers, claims=sum(p.claims for p in parts),
+                seconds=max(p.seconds for p in parts), cpu_s=sum(p.cpu_s for p in parts),
+                latencies_ms=[x for p in parts for x in p.latencies_ms])

@@ -1,0 +1,176 @@
+"""The printed result: a header, the claim table, the worker table, the targets, footnotes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from app import tables
+from bench import data
+from bench.claimers import Cell, percentile
+from bench.run import Dataset, Report
+
+RATIO_TARGET = 0.8
+P99_GROWTH_TARGET = 1.5
+P99_CEILING_MS = 10.0
+PICKUP_TARGET_MS = 50.0
+
+
+def render(report: Report) -> str:
+    parts = [_header(report), _claims_table(report)]
+    if report.options.workers:
+        parts.append(_workers_table(report))
+    parts += [tables.render(["target", "measured", "result"], targets(report)), FOOTNOTES]
+    return "\n\n".join(parts)
+
+
+def _header(report: Report) -> str:
+    o = report.options
+    return (f"Claim benchmark, {report.started:%Y-%m-%d %H:%M} UTC, {report.seconds:.0f} s\n"
+            f"{report.server}\n"
+            f"machine: {report.cores} cores ({report.machine}), shared with other work;"
+            f" absolute figures are from this 2-core box, compare ratios within the run\n"
+            f"{o.claims} claims per cell, {data.CHANNELS} channels without a capacity"
+            f" limit, claimers as asyncio tasks in {o.procs} process(es)")
+
+
+def _cell(report: Report, dataset: Dataset, n: int, kind: str) -> Cell | None:
+    return report.cells.get((dataset, n, kind))
+
+
+def _claims_table(report: Report) -> str:
+    headers = ["queue", "claimers", "ours/s", "ours-sql/s", "baseline/s", "ours÷base",
+               "sql÷base", "ours p50", "ours p99", "sql p50", "sql p99", "base p50", "base p99",
+               "ours CPU", "index used (ours / baseline)"]
+    rows: list[list[object]] = []
+    for dataset in report.options.datasets:
+        for i, n in enumerate(report.options.claimers):
+            ours, sql, base = (_cell(report, dataset, n, k) for k in ("ours", "ours-sql",
+                                                                      "baseline"))
+            if ours is None or sql is None or base is None:
+                continue
+            rows.append([dataset.label if i == 0 else "", n, round(ours.rate), round(sql.rate),
+                         round(base.rate), _ratio(ours, base), _ratio(sql, base),
+                         ours.percentile(50), ours.percentile(99), sql.percentile(50),
+                         sql.percentile(99), base.percentile(50), base.percentile(99),
+                         f"{ours.client_cpu:.0%}", _indexes(report, dataset) if i == 0 else ""])
+    return tables.render(headers, rows)
+
+
+def _ratio(a: Cell, b: Cell) -> float:
+    return a.rate / b.rate if b.rate else 0.0
+
+
+def _indexes(report: Report, dataset: Dataset) -> str:
+    ours, base = report.plans[(dataset, "ours")], report.plans[(dataset, "baseline")]
+    mark = "" if ours.uses_claim_index else " (NOT the claim index)"
+    queued = "ix_tasks_queued" if "ix_tasks_queued" in ours.indexes else "-"
+    base_ix = next((i for i in base.indexes if i != "pk_tasks"), "seq scan")
+    return f"{queued}{mark} / {base_ix}"
+
+
+def _workers_table(report: Report) -> str:
+    o = report.options
+    rows: list[list[object]] = []
+
+    def latency(name: str, setting: str, values: Sequence[float]) -> None:
+        rows.append([name, setting, len(values), percentile(values, 50),
+                     percentile(values, 99), max(values, default=0.0), None])
+
+    latency("pickup, wake-ups", "1 idle worker, sweep 5 s", report.pickup_wake_ms)
+    latency("pickup, sweep alone", f"1 idle worker, sweep {o.sweep_s:g} s",
+            report.pickup_sweep_ms)
+    bound = f"lease {o.lease_s:g} s + sweep {o.rescue_sweep_s:g} s"
+    latency("SIGKILL → reaped", bound, [r.reaped_ms for r in report.rescues])
+    latency("SIGKILL → claimed again", bound, [r.rescue_ms for r in report.rescues])
+    for n, rate in report.pipeline.items():
+        rows.append([f"pipeline, {n} worker process(es)",
+                     f"{o.pipeline_tasks} tasks, 8 stages, 0 s each", o.pipeline_tasks,
+                     None, None, None, rate])
+    return tables.render(["measure", "setting", "n", "p50 ms", "p99 ms", "max ms", "tasks/s"],
+                         rows)
+
+
+@dataclass(frozen=True)
+class _Check:
+    name: str
+    measured: str
+    ok: bool | None      # None: not measured in this run
+
+    def row(self) -> list[object]:
+        result = "not measured" if self.ok is None else ("PASS" if self.ok else "FAIL")
+        return [self.name, self.measured, result]
+
+
+def targets(report: Report) -> list[list[object]]:
+    checks = [*_ratio_checks(report), *_p99_checks(report), _plan_check(report)]
+    if report.options.workers:
+        checks += _worker_checks(report)
+    return [c.row() for c in checks]
+
+
+def _ratio_checks(report: Report) -> list[_Check]:
+    checks = []
+    for kind, name in (("ours", "service path"), ("ours-sql", "claim function")):
+        ratios = [(_ratio(c, report.cells[(d, n, "baseline")]), d, n)
+                  for (d, n, k), c in report.cells.items() if k == kind]
+        if not ratios:
+            continue
+        low, d, n = min(ratios, key=lambda r: r[0])
+        checks.append(_Check(f"{name} ≥ {RATIO_TARGET}x baseline (every cell)",
+                             f"lowest {low:.2f}x ({d.label}, {n} claimers)",
+                             low >= RATIO_TARGET))
+    return checks
+
+
+def _p99_checks(report: Report) -> list[_Check]:
+    small = next((d for d in report.options.datasets if d.queued == 10_000 and not d.finished),
+                 None)
+    big = next((d for d in report.options.datasets if d.queued == 1_000_000), None)
+    if small is None or big is None:
+        return [_Check("ours p99 at 1M ≤ 1.5x 10k and < 10 ms", "needs 10k and 1M", None)]
+    checks = []
+    for n in report.options.claimers:
+        a, b = report.cells[(small, n, "ours")], report.cells[(big, n, "ours")]
+        p_small, p_big = a.percentile(99), b.percentile(99)
+        ok = p_big <= P99_GROWTH_TARGET * p_small and p_big < P99_CEILING_MS
+        checks.append(_Check(f"ours p99 1M ≤ {P99_GROWTH_TARGET}x 10k, < {P99_CEILING_MS:g} ms"
+                             f" ({n} claimers)",
+                             f"{p_small:.2f} → {p_big:.2f} ms ({p_big / p_small:.2f}x)", ok))
+    return checks
+
+
+def _plan_check(report: Report) -> _Check:
+    used = [report.plans[(d, "ours")].uses_claim_index for d in report.options.datasets]
+    return _Check("claim uses ix_tasks_queued at every size (no seq scan on tasks)",
+                  f"{sum(used)}/{len(used)} data sets", all(used))
+
+
+def _worker_checks(report: Report) -> list[_Check]:
+    o = report.options
+    p50 = percentile(report.pickup_wake_ms, 50)
+    worst = max((r.rescue_ms for r in report.rescues), default=0.0)
+    bound_ms = (o.lease_s + o.rescue_sweep_s) * 1000
+    return [_Check(f"pickup p50 < {PICKUP_TARGET_MS:g} ms with wake-ups", f"{p50:.1f} ms",
+                   p50 < PICKUP_TARGET_MS),
+            _Check("rescue ≤ lease + one sweep interval",
+                   f"max {worst:.0f} ms vs {bound_ms:.0f} ms", worst <= bound_ms)]
+
+
+FOOTNOTES = """\
+ours: a worker's path through the service layer: claims.claim_next (claim_task: fair channel
+  ranking, channel row lock, capacity, guarded update, task_events row, channel turn) in one
+  transaction, then transitions.transition claimed → generating_assets with the claim token
+  (guarded update + task_events row) in a second; SQLAlchemy AsyncSession, pool pre-ping on.
+ours-sql: the same two transactions' database work from raw asyncpg (claim_task, then the
+  token-fenced start and its event in one statement): the database's share of ours.
+baseline: plain asyncpg, UPDATE … WHERE id = (SELECT … ORDER BY priority, created_at FOR UPDATE
+  SKIP LOCKED LIMIT 1), then UPDATE … SET status = 'generating_assets'; each autocommitted; no
+  events, no fairness, no capacity. It gets its own partial index (priority, created_at) WHERE
+  status = 'queued' (the claim index leads with channel_id, which its ORDER BY cannot use);
+  rows leaving 'queued' add no entry to a partial index, so it costs the other paths nothing.
+Same two status updates and two commits per task on every path; claims/s = claim+start cycles
+  per second; p50/p99 = the claim transaction in ms, commit included; ours CPU = the client
+  process's CPU time over wall time (100% = one core). Every cell starts from the same queue
+  depth, VACUUM ANALYZEd. Fairness costs the ranking of every channel's best runnable task
+  (three index probes per channel) plus the channel row lock and turn update per claim."""
