@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
@@ -76,18 +75,16 @@ UNION ALL SELECT 'trigger:' || tgname FROM pg_trigger WHERE NOT tgisinternal
 
 
 async def test_round_trip_postgresql(empty_pg: str) -> None:
-    started = time.monotonic()
     await migrations.upgrade(empty_pg)
-    elapsed = time.monotonic() - started
     await _inspect(empty_pg)
     await migrations.check(empty_pg)            # models == migrations
     await migrations.upgrade(empty_pg)          # a second upgrade is a no-op
-    assert (await _query(empty_pg, "SELECT version_num FROM alembic_version"))[0][0] == "0002"
+    current, head = await migrations.revisions(empty_pg)
+    assert current == head and head is not None
     await migrations.downgrade(empty_pg, "base")
     assert await _query(empty_pg, OUR_OBJECTS) == []
     await migrations.upgrade(empty_pg)
     await _inspect(empty_pg)
-    assert elapsed < 30, f"migration took {elapsed:.1f}s"
 
 
 async def _inspect(url: str) -> None:
