@@ -108,6 +108,13 @@ def is_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def describe(exc: BaseException) -> str:
+    """One line for a log: the error's type and the first line of its message (SQLAlchemy
+    appends the statement, its parameters and a link)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded objects usable after commit (no implicit refresh I/O)."""
     return async_sessionmaker(engine, expire_on_commit=False)

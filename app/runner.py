@@ -194,8 +194,8 @@ class Runner:
             except Exception as exc:
                 if not db.is_unavailable(exc) or loop.time() + RETRY_PAUSE_S >= lease.expires:
                     raise
-                log.warning("%s: task %s: database unavailable (%s: %s); retrying",
-                            self.worker_id, lease.claim.task_id, type(exc).__name__, exc)
+                log.warning("%s: task %s: database unavailable (%s); retrying",
+                            self.worker_id, lease.claim.task_id, db.describe(exc))
             await asyncio.sleep(RETRY_PAUSE_S)
 
     async def _continue(self, task_id: uuid.UUID, status: TaskStatus) -> Lease | None:
@@ -262,17 +262,20 @@ class Runner:
             while True:
                 await asyncio.sleep(every_s)
                 started = loop.time()
+                # Renew while a third of the lease is left; past that (the process was paused
+                # or its loop blocked) one short try, which may still find the claim held.
+                safe_s = max(lease.expires - every_s - started, every_s / 4)
                 try:
-                    async with asyncio.timeout_at(lease.expires - every_s):
+                    async with asyncio.timeout(safe_s):
                         kept = await self._renew(claim)
                 except Exception as exc:
                     if loop.time() < lease.expires - every_s:
-                        log.warning("%s: task %s: lease not renewed (%s: %s); retrying",
-                                    self.worker_id, claim.task_id, type(exc).__name__, exc)
+                        log.warning("%s: task %s: lease not renewed (%s); retrying",
+                                    self.worker_id, claim.task_id, db.describe(exc))
                         continue
                     lease.lost = LeaseNotRenewed(
                         f"task {claim.task_id}: lease could not be renewed before it may expire"
-                        f" ({type(exc).__name__}: {exc}); stage stopped, outcome discarded")
+                        f" ({db.describe(exc)}); stage stopped, outcome discarded")
                 else:
                     if kept:
                         lease.expires = started + self.settings.lease_s

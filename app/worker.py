@@ -22,6 +22,7 @@ from arq.worker import Worker
 
 from app import servers, wakeups
 from app.config import Settings
+from app.db import describe
 from workers.settings import worker_options
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,8 @@ async def run(settings: Settings, *, burst: bool) -> int:
                 return 0
             if loop.time() - started > BACKOFF_MAX_S:
                 pause_s = BACKOFF_FIRST_S            # it ran a while: a new outage
-            log.warning("worker lost Redis (%s: %s); starting a new worker in %.1f s",
-                        type(error).__name__, error, pause_s)
+            log.warning("worker lost Redis (%s); starting a new worker in %.1f s",
+                        describe(error), pause_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), pause_s)
             if stop.is_set():

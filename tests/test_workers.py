@@ -15,10 +15,19 @@ import sqlalchemy as sa
 from arq.constants import in_progress_key_prefix
 
 from app import lifecycle, wakeups
-from app.lifecycle import STAGE_BY_ACTIVE, TaskStatus
+from app.lifecycle import STAGE_BY_ACTIVE, PriorityLevel, TaskStatus
 from app.models import Channel, Task, TaskEvent
 from tests import workerprocs
-from tests.workerprocs import Sessions, Workers, events, eventually, seed, status_of, wait_published
+from tests.workerprocs import (
+    Sessions,
+    Workers,
+    count,
+    events,
+    eventually,
+    seed,
+    status_of,
+    wait_published,
+)
 
 db, queue, workers = workerprocs.db, workerprocs.queue, workerprocs.workers   # fixtures
 
@@ -98,6 +107,27 @@ async def test_sigkill_mid_stage_recovered_by_the_lease_long_before_arq_would(
     reaped = next(e for e in history if e.to_status is TaskStatus.asset_error)
     assert "lease expired" in (reaped.note or "") and reaped.actor.startswith("reaper:")
     assert path[-1] == (TaskStatus.uploading, TaskStatus.published)
+
+
+async def test_one_worker_claims_by_priority_then_fifo(
+    db: tuple[str, Sessions], workers: Workers,
+) -> None:
+    """Through a real worker (one job at a time, gates left to humans): every high task is
+    claimed before any normal one, every normal before any low, each band oldest first."""
+    _, sessions = db
+    task_ids = await seed(sessions, [None], per_channel=24, spaced=True)
+    workers.start(WORKER_CONCURRENCY="1", AUTO_APPROVE_GATES="")
+
+    async def all_at_gate() -> bool:
+        return await count(sessions, TaskStatus.assets_ready) == len(task_ids)
+
+    await eventually(all_at_gate, timeout_s=60, what="every task at its first gate")
+    claimed = [e.task_id for e in await events(sessions) if e.to_status is TaskStatus.claimed]
+    rank = {priority: n for n, priority in enumerate(PriorityLevel)}
+    async with sessions() as session:
+        order = (await session.execute(sa.select(Task.id, Task.priority, Task.created_at))).all()
+    expected = [row.id for row in sorted(order, key=lambda r: (rank[r.priority], r.created_at))]
+    assert claimed == expected
 
 
 async def _jobs_in_progress(redis: aioredis.Redis, queue: str) -> set[str]:

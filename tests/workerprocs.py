@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -26,7 +28,7 @@ import sqlalchemy as sa
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import demo
+from app import demo, embedded
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from app.lifecycle import PriorityLevel, TaskStatus
@@ -75,7 +77,45 @@ def workers(db: tuple[str, Sessions], redis_url: str, queue: str,
     procs.stop()
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], *, timeout_s: float, what: str,
+class OwnServer:
+    """A PostgreSQL or redis-server of the test's own (unix socket in a short temporary
+    directory), which the test may flush, stop and restart without touching shared ones."""
+
+    def __init__(self, kind: str) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix=f"pq{kind[0]}-", dir="/tmp"))
+        self._start, self._stop = ((embedded.start_postgres, embedded.stop_postgres)
+                                   if kind == "postgres"
+                                   else (embedded.start_redis, embedded.stop_redis))
+        self.url = self.start()
+
+    def start(self) -> str:
+        return self._start(self.directory)
+
+    def stop(self) -> None:
+        self._stop(self.directory)
+
+    def remove(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnServer]:
+    server = OwnServer("redis")
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnServer]:
+    server = OwnServer("postgres")
+    yield server
+    server.remove()
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout_s: float, what: str,
                      every_s: float = 0.1) -> T:
     """Poll ``probe`` until it returns something truthy and return that; fail the test,
     naming ``what``, once ``timeout_s`` has passed."""
@@ -206,14 +246,15 @@ async def seed(sessions: Sessions, limits: Sequence[int | None], per_channel: in
                             max_concurrent=limit) for i, limit in enumerate(limits)]
         session.add_all(channels)
         await session.flush()
-        rows = [{"id": uuid.uuid4(), "channel_id": c.id, "notion_page_id": uuid.uuid4().hex,
-                 "title": title, "status": TaskStatus.queued, "priority": priorities[n % 3]}
-                for c in channels for n in range(per_channel)]
+        rows: list[dict[str, Any]] = [
+            {"id": uuid.uuid4(), "channel_id": c.id, "notion_page_id": uuid.uuid4().hex,
+             "title": title, "status": TaskStatus.queued, "priority": priorities[n % 3]}
+            for c in channels for n in range(per_channel)]
         if spaced:
             for n, row in enumerate(rows):
                 row["created_at"] = base + timedelta(milliseconds=n)
         await session.execute(sa.insert(Task), rows)
-    return [r["id"] for r in rows]
+    return [row["id"] for row in rows]
 
 
 async def count(sessions: Sessions, *statuses: TaskStatus) -> int:

@@ -16,7 +16,7 @@ from arq.connections import ArqRedis
 
 from app import servers, wakeups
 from app.config import get_settings
-from app.db import is_unavailable, make_engine, make_sessionmaker, session_scope
+from app.db import describe, is_unavailable, make_engine, make_sessionmaker, session_scope
 from app.handlers import load_registry
 from app.notion import cron as notion_cron
 from app.runner import Runner
@@ -48,7 +48,7 @@ async def work(ctx: Ctx) -> str | None:
     except Exception as exc:
         if not is_unavailable(exc):
             raise
-        log.warning("work: database unavailable (%s: %s)", type(exc).__name__, exc)
+        log.warning("work: database unavailable (%s)", describe(exc))
         return None
     if task_id is None:
         return None
@@ -56,7 +56,7 @@ async def work(ctx: Ctx) -> str | None:
     try:
         await wakeups.wake(redis, 1, queue_name=runner.settings.queue_name)
     except wakeups.REDIS_GONE as exc:         # an optimisation: the sweep makes up for it
-        log.warning("work: next wake-up not sent (%s: %s)", type(exc).__name__, exc)
+        log.warning("work: next wake-up not sent (%s)", describe(exc))
     return str(task_id)
 
 
@@ -77,7 +77,7 @@ async def sweep(ctx: Ctx) -> dict[str, int]:
     except Exception as exc:
         if not is_unavailable(exc):
             raise
-        log.warning("sweep: database unavailable (%s: %s)", type(exc).__name__, exc)
+        log.warning("sweep: database unavailable (%s)", describe(exc))
         return {"reaped": 0, "moved": 0, "runnable": 0, "woken": 0}
     redis: ArqRedis = ctx["redis"]
     waiting = await wakeups.pending(redis, queue_name=s.queue_name)

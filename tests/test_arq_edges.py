@@ -1,0 +1,146 @@
+"""arq's sharp edges, each shown harmless with real worker processes: a dropped or duplicated
+wake-up, a queue head held in progress (``queue_read_limit``), and a Redis restart (arq's
+Worker dies of it, python-arq/arq#498). The SIGKILLed job that arq re-runs only after its
+largest job timeout is in ``test_workers.py``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from arq.connections import ArqRedis, create_pool
+from arq.constants import in_progress_key_prefix, result_key_prefix
+
+from app import wakeups
+from app.lifecycle import STAGE_BY_ACTIVE, TaskStatus
+from tests import workerprocs
+from tests.workerprocs import (
+    ARQ_WORKER,
+    OwnServer,
+    Sessions,
+    Workers,
+    events,
+    seed,
+    wait_published,
+)
+
+db, own_redis = workerprocs.db, workerprocs.own_redis
+queue, workers = workerprocs.queue, workerprocs.workers                          # fixtures
+
+
+@pytest.fixture
+async def arq_pool(redis_url: str) -> AsyncIterator[ArqRedis]:
+    pool = await create_pool(wakeups.redis_settings(redis_url))
+    yield pool
+    await pool.aclose()
+
+
+async def test_dropped_and_duplicated_wake_ups_change_nothing(
+    db: tuple[str, Sessions], workers: Workers, arq_pool: ArqRedis, queue: str,
+) -> None:
+    """arq silently drops an enqueue whose job id is queued, running or still has a result
+    (``keep_result``). Our wake-ups never reuse an id, and were one lost anyway, the sweep
+    finds the runnable work in PostgreSQL; extra wake-ups only cost an empty claim."""
+    _, sessions = db
+    await seed(sessions, [None], per_channel=3)
+    reused = f"wake:{uuid.uuid4().hex}"
+    await arq_pool.set(result_key_prefix + reused, b"kept", ex=60)     # a result still kept
+    assert await arq_pool.enqueue_job(wakeups.WORK_JOB, _job_id=reused,
+                                      _queue_name=queue) is None      # dropped, silently
+    worker = workers.start(WORKER_CONCURRENCY="4")
+    await worker.wait_for_line("sweep:", "runnable 3", "woke 3")     # the sweep saw them
+    await wait_published(sessions, 3, timeout_s=60)
+
+    await seed(sessions, [None], per_channel=3)
+    assert await wakeups.wake(arq_pool, 40, queue_name=queue) == 40  # fresh ids: all kept
+    twice = f"wake:{uuid.uuid4().hex}"
+    assert await arq_pool.enqueue_job(wakeups.WORK_JOB, _job_id=twice,
+                                      _queue_name=queue) is not None
+    assert await arq_pool.enqueue_job(wakeups.WORK_JOB, _job_id=twice,
+                                      _queue_name=queue) is None       # a duplicate: dropped
+    await wait_published(sessions, 6, timeout_s=60)
+    entries = Counter((e.task_id, e.to_status) for e in await events(sessions)
+                      if e.to_status in STAGE_BY_ACTIVE)
+    assert set(entries.values()) == {1}, "a stage was started twice"
+    assert worker.alive
+
+
+async def test_free_workers_are_not_starved_by_a_queue_head_held_in_progress(
+    db: tuple[str, Sessions], workers: Workers, arq_pool: ArqRedis, queue: str,
+) -> None:
+    """arq reads the ``queue_read_limit`` oldest jobs per poll and skips those held in
+    progress: when all of them are held (by busy workers, or by SIGKILLed ones until arq's job
+    timeout) a free worker starts nothing. arq's default limit is max(5 * max_jobs, 100); ours
+    is max(1000, 10 * concurrency), so 120 held entries at the head starve no one."""
+    _, sessions = db
+    held = [f"wake:{uuid.uuid4().hex}" for _ in range(120)]
+    an_hour_ago_ms = int((time.time() - 3600) * 1000)
+    await arq_pool.zadd(queue, {job_id: an_hour_ago_ms + n for n, job_id in enumerate(held)})
+    async with arq_pool.pipeline(transaction=False) as pipe:
+        for job_id in held:
+            pipe.set(in_progress_key_prefix + job_id, b"1", ex=300)
+        await pipe.execute()
+    procs = [workers.start(WORKER_CONCURRENCY="2", SIMULATED_STAGE_SECONDS="0.1")
+             for _ in range(3)]
+    ids = {await proc.started() for proc in procs}
+    await seed(sessions, [None, None, None], per_channel=4)
+    await wait_published(sessions, 12, timeout_s=90)
+    claimers = {e.actor for e in await events(sessions) if e.to_status is TaskStatus.claimed}
+    assert claimers == ids                                 # every worker took its share
+
+
+# --- Redis restarted -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def workers_on_own_redis(db: tuple[str, Sessions], own_redis: OwnServer,
+                         tmp_path: Path) -> Iterator[Workers]:
+    procs = Workers(tmp_path, {"DATABASE_URL": db[0], "REDIS_URL": own_redis.url,
+                               "QUEUE_NAME": "pipeline:test",
+                               "SIMULATED_STAGE_SECONDS": "0.05", "WORKER_CONCURRENCY": "2"})
+    yield procs
+    procs.stop()
+
+
+async def test_redis_restarts_survived_by_pipeline_worker(
+    db: tuple[str, Sessions], own_redis: OwnServer, workers_on_own_redis: Workers,
+) -> None:
+    """A quick Redis restart is bridged by command retries, by ``pipeline worker`` and by
+    the Procfile's ``arq workers.settings.WorkerSettings`` alike. A longer outage ends arq's
+    Worker: the arq CLI process exits, while ``pipeline worker`` starts a new Worker once
+    Redis is back (and still stops cleanly on SIGTERM while Redis is gone). Redis comes back
+    empty each time; the sweep re-creates the wake-ups."""
+    _, sessions = db
+    procs = workers_on_own_redis
+    pipeline = procs.start()
+    procfile = procs.start(ARQ_WORKER)
+    stopped = procs.start()
+    await pipeline.started()
+    await stopped.started()
+    await procfile.wait_for_line("Starting worker for")
+    await seed(sessions, [None], per_channel=4)
+    await wait_published(sessions, 4, timeout_s=60)
+
+    own_redis.stop()
+    own_redis.start()                                   # quick: bridged by command retries
+    await seed(sessions, [None], per_channel=4)
+    await wait_published(sessions, 8, timeout_s=60)
+    assert pipeline.alive and procfile.alive and stopped.alive
+
+    own_redis.stop()                                    # long: until the Workers died of it
+    await pipeline.wait_for_line("worker lost Redis", timeout_s=60)
+    await stopped.wait_for_line("worker lost Redis", timeout_s=60)
+    stopped.proc.terminate()
+    assert await stopped.exited(timeout_s=10) == 0
+    assert await procfile.exited(timeout_s=60) != 0
+    own_redis.start()
+    await seed(sessions, [None], per_channel=4)
+    await wait_published(sessions, 12, timeout_s=90)
+    assert pipeline.alive
+    assert len(pipeline.worker_ids()) == 2              # a new Worker, same process
+    pipeline.proc.terminate()
+    assert await pipeline.exited(timeout_s=30) == 0
