@@ -37,6 +37,8 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--claimers", type=_counts, default=(1, 2, 4, 8),
                         help="concurrent claimers per cell (1,2,4,8)")
     parser.add_argument("--claims", type=int, help="claims per cell (2000; quick: 500)")
+    parser.add_argument("--channels", type=int, default=data.CHANNELS,
+                        help=f"channels the queued tasks are spread over ({data.CHANNELS})")
     parser.add_argument("--procs", type=int, default=1,
                         help="spread the claimers over this many processes (1)")
     parser.add_argument("--no-workers", dest="workers", action="store_false",
@@ -47,9 +49,11 @@ def parse(argv: list[str] | None = None) -> Options:
     datasets = tuple(Dataset(n) for n in sizes) + ((Dataset(10_000, finished),) if finished
                                                     else ())
     if args.quick:
-        return Options(datasets, args.claimers, args.claims or 500, args.procs, args.workers,
-                       pickup_tasks=15, sweep_tasks=8, rescue_trials=2, pipeline_tasks=100)
-    return Options(datasets, args.claimers, args.claims or 2000, args.procs, args.workers)
+        return Options(datasets, args.claimers, args.claims or 500, args.channels, args.procs,
+                       args.workers, pickup_tasks=15, sweep_tasks=8, rescue_trials=2,
+                       pipeline_tasks=100)
+    return Options(datasets, args.claimers, args.claims or 2000, args.channels, args.procs,
+                   args.workers)
 
 
 async def main(options: Options) -> int:

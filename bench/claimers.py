@@ -72,6 +72,8 @@ class Cell:
     claims: int = 0
     seconds: float = 0.0
     cpu_s: float = 0.0
+    #: Claims that found nothing (every channel with work locked by other claimers): retried.
+    misses: int = 0
     latencies_ms: list[float] = field(default_factory=list)
 
     @property
@@ -94,7 +96,10 @@ def percentile(values: Sequence[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
+#: A claimer: makes ``quota`` claims, appending each claim's latency; returns its misses.
 Loop = Callable[[int, list[float]], Awaitable[int]]
+#: A claimer gives up after this many empty claims (a queue that ran dry).
+MAX_MISSES = 10_000
 
 
 async def _ours(url: str, claimers: int) -> tuple[list[Loop], Callable[[], Awaitable[None]]]:
@@ -108,22 +113,22 @@ async def _ours(url: str, claimers: int) -> tuple[list[Loop], Callable[[], Await
 
     def loop_for(worker_id: str) -> Loop:
         async def loop(quota: int, latencies: list[float]) -> int:
-            done = 0
-            for _ in range(quota):
+            misses = 0
+            while len(latencies) < quota and misses < MAX_MISSES:
                 started = time.perf_counter()
                 async with session_scope(sessions) as session:
                     claim = await claims.claim_next(session, worker_id=worker_id,
                                                     lease_s=LEASE_S, now=transitions.utcnow())
-                latencies.append((time.perf_counter() - started) * 1000)
                 if claim is None:
-                    break
+                    misses += 1
+                    continue
+                latencies.append((time.perf_counter() - started) * 1000)
                 async with session_scope(sessions) as session:
                     await transitions.transition(
                         session, claim.task_id, TaskStatus.generating_assets, actor=worker_id,
                         expected=claim.status, claim_token=claim.token,
                         values={"attempts": Task.attempts + 1})
-                done += 1
-            return done
+            return misses
         return loop
 
     return [loop_for(f"bench-{i}") for i in range(claimers)], engine.dispose
@@ -145,16 +150,16 @@ async def _raw(url: str, claimers: int,
             claim = await conn.prepare(FUNCTION_CLAIM if sql else BASELINE_CLAIM)
             start = await conn.prepare(FUNCTION_START if sql else BASELINE_START)
             claim_args = (worker_id, LEASE_S) if sql else (worker_id,)
-            done = 0
-            for _ in range(quota):
+            misses = 0
+            while len(latencies) < quota and misses < MAX_MISSES:
                 began = time.perf_counter()
                 row = await claim.fetchrow(*claim_args)
-                latencies.append((time.perf_counter() - began) * 1000)
                 if row is None:
-                    break
+                    misses += 1
+                    continue
+                latencies.append((time.perf_counter() - began) * 1000)
                 await start.fetch(*(row[0], row[1], worker_id) if sql else (row[0],))
-                done += 1
-            return done
+            return misses
         return loop
 
     async def close() -> None:
@@ -174,15 +179,17 @@ async def _measure(url: str, kind: str, claimers: int, claims_total: int,
     quotas = [claims_total // claimers + (i < claims_total % claimers) for i in range(claimers)]
     if barrier is not None:                       # every process connected: start together
         await asyncio.get_running_loop().run_in_executor(None, barrier.wait)
+    latencies: list[list[float]] = [[] for _ in loops]
     cpu, began = time.process_time(), time.perf_counter()
     try:
-        done = await asyncio.gather(*(loop(q, cell.latencies_ms)
-                                      for loop, q in zip(loops, quotas, strict=True)))
+        misses = await asyncio.gather(*(loop(q, mine) for loop, q, mine in
+                                        zip(loops, quotas, latencies, strict=True)))
     finally:
         cell.seconds = time.perf_counter() - began
         cell.cpu_s = time.process_time() - cpu
         await close()
-    cell.claims = sum(done)
+    cell.latencies_ms = [x for mine in latencies for x in mine]
+    cell.claims, cell.misses = len(cell.latencies_ms), sum(misses)
     return cell
 
 
@@ -212,4 +219,5 @@ async def run_cell(url: str, kind: str, claimers: int, claims_total: int, *,
         await loop.run_in_executor(None, proc.join)
     return Cell(kind, claimers, claims=sum(p.claims for p in parts),
                 seconds=max(p.seconds for p in parts), cpu_s=sum(p.cpu_s for p in parts),
+                misses=sum(p.misses for p in parts),
                 latencies_ms=[x for p in parts for x in p.latencies_ms])

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from app import tables
-from bench import data
 from bench.claimers import Cell, percentile
 from bench.run import Dataset, Report
 
@@ -30,7 +29,7 @@ def _header(report: Report) -> str:
             f"{report.server}\n"
             f"machine: {report.cores} cores ({report.machine}), shared with other work;"
             f" absolute figures are from this 2-core box, compare ratios within the run\n"
-            f"{o.claims} claims per cell, {data.CHANNELS} channels without a capacity"
+            f"{o.claims} claims per cell, {o.channels} channels without a capacity"
             f" limit, claimers as asyncio tasks in {o.procs} process(es)")
 
 
@@ -41,7 +40,7 @@ def _cell(report: Report, dataset: Dataset, n: int, kind: str) -> Cell | None:
 def _claims_table(report: Report) -> str:
     headers = ["queue", "claimers", "ours/s", "ours-sql/s", "baseline/s", "ours÷base",
                "sql÷base", "ours p50", "ours p99", "sql p50", "sql p99", "base p50", "base p99",
-               "ours CPU", "index used (ours / baseline)"]
+               "ours CPU", "misses", "index used (ours / baseline)"]
     rows: list[list[object]] = []
     for dataset in report.options.datasets:
         for i, n in enumerate(report.options.claimers):
@@ -53,7 +52,8 @@ def _claims_table(report: Report) -> str:
                          round(base.rate), _ratio(ours, base), _ratio(sql, base),
                          ours.percentile(50), ours.percentile(99), sql.percentile(50),
                          sql.percentile(99), base.percentile(50), base.percentile(99),
-                         f"{ours.client_cpu:.0%}", _indexes(report, dataset) if i == 0 else ""])
+                         f"{ours.client_cpu:.0%}", ours.misses + sql.misses + base.misses,
+                         _indexes(report, dataset) if i == 0 else ""])
     return tables.render(headers, rows)
 
 
@@ -169,8 +169,10 @@ baseline: plain asyncpg, UPDATE … WHERE id = (SELECT … ORDER BY priority, cr
   events, no fairness, no capacity. It gets its own partial index (priority, created_at) WHERE
   status = 'queued' (the claim index leads with channel_id, which its ORDER BY cannot use);
   rows leaving 'queued' add no entry to a partial index, so it costs the other paths nothing.
-Same two status updates and two commits per task on every path; claims/s = claim+start cycles
-  per second; p50/p99 = the claim transaction in ms, commit included; ours CPU = the client
-  process's CPU time over wall time (100% = one core). Every cell starts from the same queue
-  depth, VACUUM ANALYZEd. Fairness costs the ranking of every channel's best runnable task
-  (three index probes per channel) plus the channel row lock and turn update per claim."""
+Every path: two status updates and two commits per task; claims/s = claim+start cycles per
+  second; p50/p99 = the claim transaction in ms, commit included; ours CPU = the client
+  process's CPU time over wall time (100% = one core); misses = claims that found every
+  channel with work locked by other claimers (retried, not counted). Every cell starts from
+  the same queue depth, VACUUM ANALYZEd. Fairness costs a ranking of every channel's best
+  runnable task (three index probes per channel) plus a channel row lock and turn update per
+  claim; claimers of one channel take turns on its row (one channel: claims serialise)."""

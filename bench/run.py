@@ -37,6 +37,7 @@ class Options:
     datasets: tuple[Dataset, ...]
     claimers: tuple[int, ...] = (1, 2, 4, 8)
     claims: int = 2000
+    channels: int = data.CHANNELS
     procs: int = 1
     workers: bool = True
     pickup_tasks: int = 30
@@ -45,7 +46,7 @@ class Options:
     rescue_trials: int = 5
     lease_s: float = 2.0
     rescue_sweep_s: float = 1.0
-    pipeline_tasks: int = 300
+    pipeline_tasks: int = 200
     pipeline_workers: tuple[int, ...] = (1, 2, 4)
 
 
@@ -89,7 +90,7 @@ async def _claims(report: Report, dataset: Dataset, url: str) -> None:
     conn = await data.connect(url)
     try:
         loader = data.Loader(conn)
-        await loader.add_channels()
+        await loader.add_channels(options.channels)
         if dataset.finished:
             await loader.add_tasks(dataset.finished, "published", label="loading published")
         await loader.add_tasks(dataset.queued, label="loading queued")
