@@ -164,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.command in ("worker", "sync-notion")
                         else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("alembic").setLevel(logging.WARNING)   # no chatter on every start
     command: Command = args.run
     try:
         get_settings()

@@ -81,18 +81,24 @@ def operator() -> str:
         return "cli"
 
 
-@contextlib.asynccontextmanager
-async def open_context(settings: Settings, *, as_json: bool) -> AsyncIterator[Context]:
-    """The database (embedded default migrated on the spot; a configured one must be current)."""
+async def ready_database(settings: Settings) -> str:
+    """The database URL, at the latest migration: the embedded default is migrated on the
+    spot, a configured database must have been (``alembic upgrade head``, the release step)."""
     url = await servers.database_url(settings)
     if settings.database_url is None:
         await migrations.upgrade(url)
-    else:
-        current, head = await migrations.revisions(url)
-        if current != head:
-            raise NotMigrated(f"database is at migration {current or 'none'}, the code needs "
-                              f"{head}: run `alembic upgrade head`")
-    engine = make_engine(settings, url)
+        return url
+    current, head = await migrations.revisions(url)
+    if current != head:
+        raise NotMigrated(f"database is at migration {current or 'none'}, the code needs "
+                          f"{head}: run `alembic upgrade head`")
+    return url
+
+
+@contextlib.asynccontextmanager
+async def open_context(settings: Settings, *, as_json: bool) -> AsyncIterator[Context]:
+    """One engine on the ready database, disposed at the end."""
+    engine = make_engine(settings, await ready_database(settings))
     try:
         yield Context(settings, make_sessionmaker(engine), as_json, operator())
     finally:

@@ -16,6 +16,7 @@ import sys
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import servers, tables, wakeups
+from app.commands.context import ready_database
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from app.errors import NotionConfigError, NotionError
@@ -38,7 +39,7 @@ async def run(settings: Settings, *, loop: bool, as_json: bool) -> int:
     # httpx and notion-client log every request at INFO; the sync reports its own progress.
     for name in ("httpx", client.HTTP_LOG.name):
         logging.getLogger(name).setLevel(logging.WARNING)
-    engine = make_engine(settings, await servers.database_url(settings))
+    engine = make_engine(settings, await ready_database(settings))
     try:
         sessions = make_sessionmaker(engine)
         async with client.connect(settings) as notion:
