@@ -19,6 +19,7 @@ from app.lifecycle import STAGE_BY_ACTIVE, PriorityLevel, TaskStatus
 from app.models import Channel, Task, TaskEvent
 from tests import workerprocs
 from tests.workerprocs import (
+    PIPELINE_WORKER,
     Sessions,
     Workers,
     count,
@@ -128,6 +129,17 @@ async def test_one_worker_claims_by_priority_then_fifo(
         order = (await session.execute(sa.select(Task.id, Task.priority, Task.created_at))).all()
     expected = [row.id for row in sorted(order, key=lambda r: (rank[r.priority], r.created_at))]
     assert claimed == expected
+
+
+async def test_burst_worker_drains_what_is_runnable_then_exits(
+    db: tuple[str, Sessions], workers: Workers,
+) -> None:
+    _, sessions = db
+    await seed(sessions, [None, None], per_channel=5)
+    await seed(sessions, [None], per_channel=2, title="Retried [fail:video:1]")
+    burst = workers.start((*PIPELINE_WORKER, "--burst"), WORKER_CONCURRENCY="2")
+    assert await burst.exited(timeout_s=120) == 0
+    assert await count(sessions, TaskStatus.published) == 12
 
 
 async def _jobs_in_progress(redis: aioredis.Redis, queue: str) -> set[str]:
