@@ -36,6 +36,10 @@ LEASE_S = 30.0
 #: (``claim_task``, then the guarded, token-fenced start and its event row) from raw asyncpg,
 #: which separates the database's cost from the Python client's; ``baseline``: see above.
 KINDS = ("ours", "ours-sql", "baseline")
+#: ``ours-batch10``: ``claims.claim_batch`` takes 10 tasks per claim transaction, then each is
+#: started as in ``ours`` (measured on the first data set only).
+BATCH = 10
+BATCH_KIND = f"ours-batch{BATCH}"
 
 #: The baseline: the textbook claim (its own partial index, see ``BASELINE_INDEX``) …
 BASELINE_CLAIM = """
@@ -96,13 +100,15 @@ def percentile(values: Sequence[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-#: A claimer: makes ``quota`` claims, appending each claim's latency; returns its misses.
-Loop = Callable[[int, list[float]], Awaitable[int]]
+#: A claimer: claims and starts ``quota`` tasks, appending each claim transaction's latency;
+#: returns (tasks started, empty claims).
+Loop = Callable[[int, list[float]], Awaitable[tuple[int, int]]]
 #: A claimer gives up after this many empty claims (a queue that ran dry).
 MAX_MISSES = 10_000
 
 
-async def _ours(url: str, claimers: int) -> tuple[list[Loop], Callable[[], Awaitable[None]]]:
+async def _ours(url: str, claimers: int,
+                batch: int) -> tuple[list[Loop], Callable[[], Awaitable[None]]]:
     settings = Settings(_env_file=None, database_url=url, db_pool_size=claimers,
                         db_max_overflow=0)
     engine = make_engine(settings, url)
@@ -111,24 +117,34 @@ async def _ours(url: str, claimers: int) -> tuple[list[Loop], Callable[[], Await
         for _ in range(claimers):
             warm.create_task(_hold_connection(sessions))
 
+    async def claim(worker_id: str, limit: int) -> list[claims.Claim]:
+        async with session_scope(sessions) as session:
+            now = transitions.utcnow()
+            if batch == 1:        # a worker's own call
+                one = await claims.claim_next(session, worker_id=worker_id, lease_s=LEASE_S,
+                                              now=now)
+                return [one] if one else []
+            return await claims.claim_batch(session, worker_id=worker_id, lease_s=LEASE_S,
+                                            now=now, limit=limit)
+
     def loop_for(worker_id: str) -> Loop:
-        async def loop(quota: int, latencies: list[float]) -> int:
-            misses = 0
-            while len(latencies) < quota and misses < MAX_MISSES:
+        async def loop(quota: int, latencies: list[float]) -> tuple[int, int]:
+            done = misses = 0
+            while done < quota and misses < MAX_MISSES:
                 started = time.perf_counter()
-                async with session_scope(sessions) as session:
-                    claim = await claims.claim_next(session, worker_id=worker_id,
-                                                    lease_s=LEASE_S, now=transitions.utcnow())
-                if claim is None:
+                taken = await claim(worker_id, min(batch, quota - done))
+                if not taken:
                     misses += 1
                     continue
                 latencies.append((time.perf_counter() - started) * 1000)
-                async with session_scope(sessions) as session:
-                    await transitions.transition(
-                        session, claim.task_id, TaskStatus.generating_assets, actor=worker_id,
-                        expected=claim.status, claim_token=claim.token,
-                        values={"attempts": Task.attempts + 1})
-            return misses
+                for task in taken:
+                    async with session_scope(sessions) as session:
+                        await transitions.transition(
+                            session, task.task_id, TaskStatus.generating_assets,
+                            actor=worker_id, expected=task.status, claim_token=task.token,
+                            values={"attempts": Task.attempts + 1})
+                done += len(taken)
+            return done, misses
         return loop
 
     return [loop_for(f"bench-{i}") for i in range(claimers)], engine.dispose
@@ -146,7 +162,7 @@ async def _raw(url: str, claimers: int,
     conns = [await data.connect(url) for _ in range(claimers)]
 
     def loop_for(conn: asyncpg.Connection, worker_id: str) -> Loop:
-        async def loop(quota: int, latencies: list[float]) -> int:
+        async def loop(quota: int, latencies: list[float]) -> tuple[int, int]:
             claim = await conn.prepare(FUNCTION_CLAIM if sql else BASELINE_CLAIM)
             start = await conn.prepare(FUNCTION_START if sql else BASELINE_START)
             claim_args = (worker_id, LEASE_S) if sql else (worker_id,)
@@ -159,7 +175,7 @@ async def _raw(url: str, claimers: int,
                     continue
                 latencies.append((time.perf_counter() - began) * 1000)
                 await start.fetch(*(row[0], row[1], worker_id) if sql else (row[0],))
-            return misses
+            return len(latencies), misses
         return loop
 
     async def close() -> None:
@@ -171,8 +187,10 @@ async def _raw(url: str, claimers: int,
 
 async def _measure(url: str, kind: str, claimers: int, claims_total: int,
                    barrier: Barrier | None = None) -> Cell:
-    if kind == "ours":
-        loops, close = await _ours(url, claimers)
+    if kind.startswith("ours-batch"):
+        loops, close = await _ours(url, claimers, BATCH)
+    elif kind == "ours":
+        loops, close = await _ours(url, claimers, 1)
     else:
         loops, close = await _raw(url, claimers, sql=kind == "ours-sql")
     cell = Cell(kind, claimers)
@@ -182,14 +200,14 @@ async def _measure(url: str, kind: str, claimers: int, claims_total: int,
     latencies: list[list[float]] = [[] for _ in loops]
     cpu, began = time.process_time(), time.perf_counter()
     try:
-        misses = await asyncio.gather(*(loop(q, mine) for loop, q, mine in
+        counts = await asyncio.gather(*(loop(q, mine) for loop, q, mine in
                                         zip(loops, quotas, latencies, strict=True)))
     finally:
         cell.seconds = time.perf_counter() - began
         cell.cpu_s = time.process_time() - cpu
         await close()
     cell.latencies_ms = [x for mine in latencies for x in mine]
-    cell.claims, cell.misses = len(cell.latencies_ms), sum(misses)
+    cell.claims, cell.misses = sum(c[0] for c in counts), sum(c[1] for c in counts)
     return cell
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from app import tables
-from bench.claimers import Cell, percentile
+from bench.claimers import BATCH_KIND, Cell, percentile
 from bench.run import Dataset, Report
 
 RATIO_TARGET = 0.8
@@ -38,7 +38,7 @@ def _cell(report: Report, dataset: Dataset, n: int, kind: str) -> Cell | None:
 
 
 def _claims_table(report: Report) -> str:
-    headers = ["queue", "claimers", "ours/s", "ours-sql/s", "baseline/s", "ours÷base",
+    headers = ["queue", "claimers", "ours/s", "batch10/s", "ours-sql/s", "baseline/s", "ours÷base",
                "sql÷base", "ours p50", "ours p99", "sql p50", "sql p99", "base p50", "base p99",
                "ours CPU", "misses", "index used (ours / baseline)"]
     rows: list[list[object]] = []
@@ -48,7 +48,9 @@ def _claims_table(report: Report) -> str:
                                                                       "baseline"))
             if ours is None or sql is None or base is None:
                 continue
-            rows.append([dataset.label if i == 0 else "", n, round(ours.rate), round(sql.rate),
+            batch = _cell(report, dataset, n, BATCH_KIND)
+            rows.append([dataset.label if i == 0 else "", n, round(ours.rate),
+                         round(batch.rate) if batch else None, round(sql.rate),
                          round(base.rate), _ratio(ours, base), _ratio(sql, base),
                          ours.percentile(50), ours.percentile(99), sql.percentile(50),
                          sql.percentile(99), base.percentile(50), base.percentile(99),
@@ -162,6 +164,7 @@ ours: a worker's path through the service layer: claims.claim_next (claim_task: 
   ranking, channel row lock, capacity, guarded update, task_events row, channel turn) in one
   transaction, then transitions.transition claimed → generating_assets with the claim token
   (guarded update + task_events row) in a second; SQLAlchemy AsyncSession, pool pre-ping on.
+batch10: ours, but claims.claim_batch takes 10 tasks per claim transaction (first data set).
 ours-sql: the same two transactions' database work from raw asyncpg (claim_task, then the
   token-fenced start and its event in one statement): the database's share of ours.
 baseline: plain asyncpg, UPDATE … WHERE id = (SELECT … ORDER BY priority, created_at FOR UPDATE

@@ -99,8 +99,10 @@ async def _claims(report: Report, dataset: Dataset, url: str) -> None:
         await data.checkpoint(conn)
         report.plans[(dataset, "ours")] = await plans.ours(url)
         report.plans[(dataset, "baseline")] = await plans.baseline(url)
+        first = dataset == options.datasets[0]
+        kinds = (*claimers.KINDS, claimers.BATCH_KIND) if first else claimers.KINDS
         for n in options.claimers:
-            for kind in claimers.KINDS:
+            for kind in kinds:
                 data.progress(f"{dataset.label}: {kind}, {n} claimer(s), {options.claims} claims")
                 cell = await claimers.run_cell(url, kind, n, options.claims, procs=options.procs)
                 report.cells[(dataset, n, kind)] = cell
