@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from app.db import make_engine, make_sessionmaker
 from app.lifecycle import ACTIVE, STAGE_BY_ACTIVE, TaskStatus
 from app.models import Task, TaskEvent
 from app.services import transitions
-from tests import workerprocs
+from tests import factories, workerprocs
 from tests.workerprocs import (
     OwnServer,
     Sessions,
@@ -227,6 +227,36 @@ async def test_postgres_restart_mid_run_strands_no_task_and_kills_no_worker(
                                  if e.to_status is TaskStatus.published}
     finally:
         procs.stop()
+
+
+# --- stranded at an automatic step ----------------------------------------------------------
+
+
+async def test_sweep_moves_on_tasks_stranded_at_an_automatic_step(
+    db: tuple[str, Sessions], workers: Workers,
+) -> None:
+    """A worker that stops between recording a stage and moving on (killed, or the database
+    went away) leaves its task at an auto-approved gate or at ``assembly_ready``, where no
+    claim takes it. The sweep moves such tasks on; a gate left to humans stays put."""
+    _, sessions = db
+    minute_ago = transitions.utcnow() - timedelta(minutes=1)
+    async with sessions() as session, session.begin():
+        channel = await factories.make_channel(session)
+        tasks = {status: (await factories.make_task(session, channel, status,
+                                                    updated_at=minute_ago)).id
+                 for status in (TaskStatus.assets_ready, TaskStatus.assembly_ready,
+                                TaskStatus.video_ready)}
+    workers.start(AUTO_APPROVE_GATES="assets")
+    expected = {TaskStatus.assets_ready: TaskStatus.video_ready,     # on to the next gate
+                TaskStatus.assembly_ready: TaskStatus.final_review,  # a human's gate
+                TaskStatus.video_ready: TaskStatus.video_ready}      # untouched
+
+    async def settled() -> bool:
+        return all([(await status_of(sessions, task_id))[0] is expected[status]
+                    for status, task_id in tasks.items()])
+
+    await eventually(settled, timeout_s=60, what="stranded tasks moved on")
+    assert await events(sessions, tasks[TaskStatus.video_ready]) == []
 
 
 # --- requeue ---------------------------------------------------------------------------------
