@@ -72,6 +72,8 @@ class Runner:
         return transitions.utcnow()
 
     async def claim(self, task_id: uuid.UUID | None = None) -> Lease | None:
+        """Claim the next runnable task in fair order (or ``task_id`` only); None if none can
+        be had now. The lease's local expiry counts from before the claim was sent."""
         started = asyncio.get_running_loop().time()
         async with session_scope(self.sessions) as session:
             claim = await claims.claim_next(session, worker_id=self.worker_id,
