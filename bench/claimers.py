@@ -6,9 +6,10 @@ first stage). Ours goes through the service layer exactly as a worker does (``cl
 — the fair, capacity-checked ``claim_task`` function, which also writes a ``task_events`` row
 and the channel's turn — then ``transitions.transition`` with the claim token); the baseline is
 two hand-written statements on a raw asyncpg connection. Claim latency is the claim
-transaction, commit included. Each claimer owns one connection; claimers run as asyncio tasks
-in one process, or spread over several processes (``procs``) so that one client's GIL does not
-cap the measurement.
+transaction, commit included. Each claimer owns one connection. Claimers run as asyncio tasks
+in one process by default: that process stays under one core, and on a 2-core machine extra
+client processes only compete with the server for CPU (measured: slower on every path).
+``procs`` spreads them over processes where cores are plentiful.
 """
 
 from __future__ import annotations
