@@ -42,7 +42,7 @@ class Env:
     redis_url: str
     conn: asyncpg.Connection
     redis: ArqRedis
-    channel: uuid.UUID
+    channels: list[uuid.UUID]
 
 
 @asynccontextmanager
@@ -50,9 +50,12 @@ async def environment(url: str, redis_url: str) -> AsyncIterator[Env]:
     conn = await data.connect(url)
     redis = await create_pool(wakeups.redis_settings(redis_url))
     try:
-        channel = await conn.fetchval("INSERT INTO channels (channel_id, channel_name)"
-                                      " VALUES ('UCbench-workers', 'Workers') RETURNING id")
-        yield Env(url, redis_url, conn, redis, channel)
+        # Several channels: claims of one channel take turns on its row, and a worker's
+        # continuation claim that finds the row taken leaves the task to the next wake-up.
+        rows = await conn.fetch("INSERT INTO channels (channel_id, channel_name)"
+                                " SELECT 'UCbench-workers-' || g, 'Workers ' || g"
+                                " FROM generate_series(1, $1) g RETURNING id", data.CHANNELS)
+        yield Env(url, redis_url, conn, redis, [r["id"] for r in rows])
     finally:
         await redis.aclose()
         await conn.close()
@@ -90,8 +93,9 @@ async def queue_tasks(env: Env, count: int) -> tuple[list[uuid.UUID], datetime]:
     """Insert ``count`` queued tasks in one committed statement; their ids and the time."""
     rows = await env.conn.fetch(
         "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
-        " SELECT $1, md5(random()::text || g), 'Bench video ' || g, 'queued'"
-        " FROM generate_series(1, $2) g RETURNING id", env.channel, count)
+        " SELECT ($1::uuid[])[1 + g % cardinality($1::uuid[])], md5(random()::text || g),"
+        " 'Bench video ' || g, 'queued' FROM generate_series(1, $2) g RETURNING id",
+        env.channels, count)
     return [r["id"] for r in rows], datetime.now(UTC)
 
 
