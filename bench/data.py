@@ -152,4 +152,6 @@ async def server_info(conn: asyncpg.Connection) -> str:
     version = await conn.fetchval("SHOW server_version")
     buffers = await conn.fetchval("SHOW shared_buffers")
     sync = await conn.fetchval("SHOW synchronous_commit")
-    return f"PostgreSQL {version} (shared_buffers {buffers}, synchronous_commit {sync})"
+    autovacuum = await conn.fetchval("SHOW autovacuum")
+    return (f"PostgreSQL {version} (shared_buffers {buffers}, synchronous_commit {sync},"
+            f" autovacuum {autovacuum})")
