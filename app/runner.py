@@ -266,7 +266,7 @@ class Runner:
                 started = loop.time()
                 # Renew while a third of the lease is left; past that (the process was paused
                 # or its loop blocked) one short try, which may still find the claim held.
-                safe_s = max(lease.expires - every_s - started, every_s / 4)
+                safe_s = max(lease.expires - every_s - started, min(every_s, 1.0))
                 try:
                     async with asyncio.timeout(safe_s):
                         kept = await self._renew(claim)

@@ -8,8 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 from arq.connections import ArqRedis, create_pool
@@ -30,6 +29,7 @@ from tests.workerprocs import (
 
 db, own_redis = workerprocs.db, workerprocs.own_redis
 queue, workers = workerprocs.queue, workerprocs.workers                          # fixtures
+workers_on_own_redis = workerprocs.workers_on_own_redis
 
 
 @pytest.fixture
@@ -96,16 +96,6 @@ async def test_free_workers_are_not_starved_by_a_queue_head_held_in_progress(
 # --- Redis restarted -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def workers_on_own_redis(db: tuple[str, Sessions], own_redis: OwnServer,
-                         tmp_path: Path) -> Iterator[Workers]:
-    procs = Workers(tmp_path, {"DATABASE_URL": db[0], "REDIS_URL": own_redis.url,
-                               "QUEUE_NAME": "pipeline:test",
-                               "SIMULATED_STAGE_SECONDS": "0.05", "WORKER_CONCURRENCY": "2"})
-    yield procs
-    procs.stop()
-
-
 async def test_redis_restarts_survived_by_pipeline_worker(
     db: tuple[str, Sessions], own_redis: OwnServer, workers_on_own_redis: Workers,
 ) -> None:
@@ -116,9 +106,10 @@ async def test_redis_restarts_survived_by_pipeline_worker(
     empty each time; the sweep re-creates the wake-ups."""
     _, sessions = db
     procs = workers_on_own_redis
-    pipeline = procs.start()
-    procfile = procs.start(ARQ_WORKER)
-    stopped = procs.start()
+    env = {"SIMULATED_STAGE_SECONDS": "0.05", "WORKER_CONCURRENCY": "2"}
+    pipeline = procs.start(**env)
+    procfile = procs.start(ARQ_WORKER, **env)
+    stopped = procs.start(**env)
     await pipeline.started()
     await stopped.started()
     await procfile.wait_for_line("Starting worker for")

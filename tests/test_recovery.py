@@ -1,12 +1,13 @@
 """Real worker processes through the failures DESIGN.md §6 names: a worker paused past its
 lease is fenced out, a flushed Redis loses no task, a PostgreSQL restart strands no task and
-kills no worker, and an operator's requeue resumes a task at the stage that failed."""
+kills no worker, a task left at an automatic step is moved on, and an operator's requeue
+resumes a task at the stage that failed."""
 
 from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -36,19 +37,7 @@ from tests.workerprocs import (
 
 db, own_postgres, own_redis = workerprocs.db, workerprocs.own_postgres, workerprocs.own_redis
 queue, workers = workerprocs.queue, workerprocs.workers                          # fixtures
-
-QUEUE = "pipeline:test"
-
-
-@pytest.fixture
-def workers_on_own_redis(db: tuple[str, Sessions], own_redis: OwnServer,
-                         tmp_path: Path) -> Iterator[Workers]:
-    """Workers on the test's database and a redis-server of its own (stopped before it)."""
-    procs = Workers(tmp_path, {"DATABASE_URL": db[0], "REDIS_URL": own_redis.url,
-                               "QUEUE_NAME": QUEUE})
-    yield procs
-    procs.stop()
-
+workers_on_own_redis = workerprocs.workers_on_own_redis
 
 # --- fencing ---------------------------------------------------------------------------------
 
@@ -96,7 +85,7 @@ async def test_worker_paused_past_its_lease_is_fenced_out(
     ``finishing`` runs stages shorter than its heartbeat period: its outcome write is
     refused. Neither appears in the history after the reap, and no output of theirs lands."""
     _, sessions = db
-    renewing = workers.start(SIMULATED_STAGE_SECONDS="60", LEASE_SECONDS="1.5",
+    renewing = workers.start(SIMULATED_STAGE_SECONDS="60", LEASE_SECONDS="2",
                              WORKER_CONCURRENCY="1")
     finishing = workers.start(SIMULATED_STAGE_SECONDS="1.2", LEASE_SECONDS="4.5",
                               WORKER_CONCURRENCY="1")
@@ -188,7 +177,7 @@ async def test_postgres_restart_mid_run_strands_no_task_and_kills_no_worker(
     total = 24
     task_ids = await seed(sessions, [None, None, None], per_channel=total // 3)
     procs = Workers(tmp_path, {"DATABASE_URL": own_postgres.url, "REDIS_URL": redis_url,
-                               "QUEUE_NAME": queue, "LEASE_SECONDS": "1.5",
+                               "QUEUE_NAME": queue, "LEASE_SECONDS": "3",
                                "STAGE_MAX_ATTEMPTS": "10"})
     try:
         holder = procs.start(SIMULATED_STAGE_SECONDS="30", WORKER_CONCURRENCY="1")

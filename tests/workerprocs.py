@@ -44,6 +44,7 @@ ARQ_WORKER = (sys.executable, "-m", "arq", "workers.settings.WorkerSettings")   
 #: Fast stages, every gate passed, short sweeps, immediate retries, a short stop.
 FAST = {"AUTO_APPROVE_GATES": "all", "SIMULATED_STAGE_SECONDS": "0", "SWEEP_INTERVAL_SECONDS": "1",
         "RETRY_BACKOFF_SECONDS": "0", "WORKER_CONCURRENCY": "8", "SHUTDOWN_GRACE_SECONDS": "2"}
+OWN_QUEUE = "pipeline:test"          # the queue on a test's own redis-server
 _STARTED = re.compile(r"worker (worker-[0-9a-f]{12}) started")
 
 
@@ -113,6 +114,17 @@ def own_postgres() -> Iterator[OwnServer]:
     server = OwnServer("postgres")
     yield server
     server.remove()
+
+
+@pytest.fixture
+def workers_on_own_redis(db: tuple[str, Sessions], own_redis: OwnServer,
+                         tmp_path: Path) -> Iterator[Workers]:
+    """Worker processes on the test's database and a redis-server of its own (stopped
+    before that server)."""
+    procs = Workers(tmp_path, {"DATABASE_URL": db[0], "REDIS_URL": own_redis.url,
+                               "QUEUE_NAME": OWN_QUEUE})
+    yield procs
+    procs.stop()
 
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout_s: float, what: str,
