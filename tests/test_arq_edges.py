@@ -132,6 +132,6 @@ async def test_redis_restarts_survived_by_pipeline_worker(
     await seed(sessions, [None], per_channel=4)
     await wait_published(sessions, 12, timeout_s=90)
     assert pipeline.alive
-    assert len(pipeline.worker_ids()) == 2              # a new Worker, same process
+    assert len(pipeline.worker_ids()) >= 2              # a new Worker, same process
     pipeline.proc.terminate()
     assert await pipeline.exited(timeout_s=30) == 0
