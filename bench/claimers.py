@@ -49,9 +49,9 @@ UPDATE tasks SET status = 'claimed', claimed_by = $1, claimed_at = now(),
 WHERE id = (SELECT id FROM tasks WHERE status = 'queued'
             ORDER BY priority, created_at FOR UPDATE SKIP LOCKED LIMIT 1)
 RETURNING id"""
-#: … and its second status update.
+#: … and its second status update, by primary key as such claimers write it.
 BASELINE_START = ("UPDATE tasks SET status = 'generating_assets', attempts = attempts + 1"
-                  " WHERE id = $1 AND status = 'claimed'")
+                  " WHERE id = $1")
 #: ``ours-sql``: the claim function, then the start exactly as ``transitions.transition`` writes
 #: it (guarded by status and claim token, with its ``task_events`` row), in one statement.
 FUNCTION_CLAIM = "SELECT task_id, claim_token FROM claim_task($1, $2, now(), NULL)"

@@ -19,7 +19,9 @@ def render(report: Report) -> str:
     parts = [_header(report), _claims_table(report)]
     if report.options.workers:
         parts.append(_workers_table(report))
-    parts += [tables.render(["target", "measured", "result"], targets(report)), FOOTNOTES]
+    heading = f"targets (p99: ≤ {P99_GROWTH_TARGET}x the 10k value and < {P99_CEILING_MS:g} ms)"
+    parts += [heading + "\n" + tables.render(["target", "measured", "result"], targets(report)),
+              FOOTNOTES]
     return "\n\n".join(parts)
 
 
@@ -120,25 +122,29 @@ def _ratio_checks(report: Report) -> list[_Check]:
             continue
         low, d, n = min(ratios, key=lambda r: r[0])
         checks.append(_Check(f"{name} ≥ {RATIO_TARGET}x baseline (every cell)",
-                             f"lowest {low:.2f}x ({d.label}, {n} claimers)",
+                             f"lowest {low:.2f}x ({d.label}, {n} claimer(s))",
                              low >= RATIO_TARGET))
     return checks
 
 
 def _p99_checks(report: Report) -> list[_Check]:
-    small = next((d for d in report.options.datasets if d.queued == 10_000 and not d.finished),
-                 None)
-    big = next((d for d in report.options.datasets if d.queued == 1_000_000), None)
-    if small is None or big is None:
-        return [_Check("ours p99 at 1M ≤ 1.5x 10k and < 10 ms", "needs 10k and 1M", None)]
+    """p99 of the claim at 1M queued, and at 10k queued beside 1M+ published, against 10k:
+    for the service path and for the claim function alone (ours-sql)."""
+    sets = report.options.datasets
+    small = next((d for d in sets if d.queued == 10_000 and not d.finished), None)
+    big = [d for d in sets if d.queued >= 1_000_000 or (d.queued == 10_000 and d.finished)]
+    if small is None or not big:
+        return [_Check("p99 at 1M ≤ 1.5x 10k and < 10 ms", "needs 10k and 1M", None)]
     checks = []
-    for n in report.options.claimers:
-        a, b = report.cells[(small, n, "ours")], report.cells[(big, n, "ours")]
-        p_small, p_big = a.percentile(99), b.percentile(99)
-        ok = p_big <= P99_GROWTH_TARGET * p_small and p_big < P99_CEILING_MS
-        checks.append(_Check(f"ours p99 1M ≤ {P99_GROWTH_TARGET}x 10k, < {P99_CEILING_MS:g} ms"
-                             f" ({n} claimers)",
-                             f"{p_small:.2f} → {p_big:.2f} ms ({p_big / p_small:.2f}x)", ok))
+    for dataset in big:
+        for kind, name in (("ours", "service path"), ("ours-sql", "claim function")):
+            for n in report.options.claimers:
+                p_small = report.cells[(small, n, kind)].percentile(99)
+                p_big = report.cells[(dataset, n, kind)].percentile(99)
+                ok = p_big <= P99_GROWTH_TARGET * p_small and p_big < P99_CEILING_MS
+                checks.append(_Check(
+                    f"{name} p99, {dataset.label} vs 10k, {n} claimer(s)",
+                    f"{p_small:.2f} → {p_big:.2f} ms ({p_big / p_small:.2f}x)", ok))
     return checks
 
 
