@@ -116,6 +116,11 @@ async def test_claim_token_fences_writes(sessions: Sessions) -> None:
                                             expected=TaskStatus.generating_video,
                                             claim_token=token)
     assert done.claim_token is None and done.lease_expires_at is None
+    with pytest.raises(StaleClaim, match="the task is video_ready now"):    # a late duplicate
+        async with sessions() as session, session.begin():
+            await transitions.transition(session, task.id, TaskStatus.video_error, actor="w",
+                                         expected=TaskStatus.generating_video,
+                                         claim_token=token)
 
 
 async def test_unknown_task(sessions: Sessions) -> None:

@@ -87,9 +87,10 @@ async def _explain_miss(
     if row is None:
         raise TaskNotFound(task_id)
     status, token = row
-    if status is expected and claim_token is not None and token != claim_token:
-        return StaleClaim(task_id, status, target, reason="claim token no longer valid "
-                          "(lease lost); write refused")
+    if claim_token is not None and (status is not expected or token != claim_token):
+        held = "lease lost" if status is expected else f"the task is {status.value} now"
+        return StaleClaim(task_id, status, target,
+                          reason=f"claim no longer held ({held}); write refused")
     return InvalidTransition(task_id, status, target,
                              reason=f"expected {expected.value}, found {status.value}")
 
