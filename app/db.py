@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from app.config import Settings
+from app.errors import NeedsPostgreSQL
 
 _LIBPQ_SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
 # SQLSTATEs of a server going away: admin_shutdown, crash_shutdown, cannot_connect_now
@@ -56,6 +57,15 @@ def translate_url(dsn: str) -> tuple[URL, dict[str, Any]]:
         else:
             args["ssl"] = mode
     return url.set(query=query), args
+
+
+def require_postgresql(url: str) -> str:
+    """Workers claim with row locks and a PL/pgSQL function: SQLite cannot serve them."""
+    if not translate_url(url)[0].drivername.startswith("postgresql"):
+        raise NeedsPostgreSQL(f"workers need PostgreSQL; DATABASE_URL is "
+                              f"{make_url(url).get_backend_name()} (SQLite serves the admin "
+                              "commands and the sync only)")
+    return url
 
 
 def make_engine(settings: Settings, url: str, *, echo: bool = False) -> AsyncEngine:

@@ -34,6 +34,10 @@ class StaleClaim(InvalidTransition):
     """The worker's claim token no longer matches: its lease was reaped and the task moved on."""
 
 
+class NeedsPostgreSQL(PipelineError):
+    """This needs PostgreSQL (workers claim with row locks and a PL/pgSQL function)."""
+
+
 class TaskNotFound(PipelineError):
     """No task has this id."""
 

@@ -22,7 +22,7 @@ from arq.worker import Worker
 
 from app import servers, wakeups
 from app.config import Settings
-from app.db import describe
+from app.db import describe, require_postgresql
 from workers.settings import worker_options
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 async def run(settings: Settings, *, burst: bool) -> int:
     """Run arq workers until stopped (or, with ``burst``, until nothing is runnable)."""
-    await servers.database_url(settings)            # the embedded default, started if needed
+    require_postgresql(await servers.database_url(settings))  # embedded default: started
     redis_url = servers.redis_url(settings)
     options = worker_options(settings, burst=burst)
     options["redis_settings"] = wakeups.redis_settings(redis_url)

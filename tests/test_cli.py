@@ -376,3 +376,8 @@ async def test_admin_commands_on_sqlite(cli: Cli, sqlite_url: str, tmp_path: Pat
     assert cli("stats", "--json", env=on_sqlite).json()["by_channel"][cid] == {"queued": 1}
     refused = cli("requeue", listed["id"], env=on_sqlite)
     assert_one_line_error(refused, "not in an error state")
+
+
+def test_worker_on_sqlite_is_refused_in_one_line(cli: Cli, sqlite_url: str) -> None:
+    assert_one_line_error(cli("worker", "--burst", env={"DATABASE_URL": sqlite_url}),
+                          "workers need PostgreSQL")

@@ -16,7 +16,14 @@ from arq.connections import ArqRedis
 
 from app import servers, wakeups
 from app.config import get_settings
-from app.db import describe, is_unavailable, make_engine, make_sessionmaker, session_scope
+from app.db import (
+    describe,
+    is_unavailable,
+    make_engine,
+    make_sessionmaker,
+    require_postgresql,
+    session_scope,
+)
 from app.handlers import load_registry
 from app.notion import cron as notion_cron
 from app.runner import Runner
@@ -28,7 +35,7 @@ Ctx = dict[str, Any]
 
 async def startup(ctx: Ctx) -> None:
     settings = get_settings()
-    engine = make_engine(settings, await servers.database_url(settings))
+    engine = make_engine(settings, require_postgresql(await servers.database_url(settings)))
     handlers = load_registry(settings.stage_handlers, simulated_s=settings.simulated_stage_s)
     ctx["engine"] = engine
     ctx["runner"] = Runner(settings, make_sessionmaker(engine), handlers)
