@@ -169,8 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         get_settings()
     except ValidationError as exc:      # settings from the environment
-        problems = "; ".join(f"{e['loc'][0] if e['loc'] else '?'}: {e['msg']}"
-                             for e in exc.errors())
+        problems = "; ".join(
+            f"{str(e['loc'][0]).upper() if e['loc'] else '?'}: "
+            f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
         print(f"pipeline: configuration: {problems}", file=sys.stderr)
         return 2
     try:

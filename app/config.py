@@ -11,7 +11,7 @@ from functools import lru_cache
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.lifecycle import GATE_BY_NAME
+from app.lifecycle import GATE_BY_NAME, STAGE_BY_ACTIVE, STAGE_BY_NAME, TaskStatus
 
 
 class Settings(BaseSettings):
@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     stage_handlers: str = "simulated"
     auto_approve_gates: str = ""
     lease_s: float = Field(30.0, gt=0, alias="LEASE_SECONDS")
+    #: Per-stage lease overrides, ``stage=seconds`` comma list (e.g. ``upload=300,video=120``).
+    stage_lease_seconds: str = ""
     sweep_interval_s: float = Field(5.0, gt=0, alias="SWEEP_INTERVAL_SECONDS")
     stage_max_attempts: int = Field(3, ge=1)
     retry_backoff_s: float = Field(5.0, ge=0, alias="RETRY_BACKOFF_SECONDS")
@@ -70,11 +72,41 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown gate(s) {', '.join(sorted(unknown))}; known: {known}")
         return value
 
+    @field_validator("stage_lease_seconds")
+    @classmethod
+    def _stage_leases(cls, value: str) -> str:
+        _parse_stage_leases(value)
+        return value
+
+    def lease_for(self, status: TaskStatus) -> float:
+        """The lease of a task in ``status``: its stage's override, else ``LEASE_SECONDS``."""
+        stage = STAGE_BY_ACTIVE.get(status)
+        overrides = _parse_stage_leases(self.stage_lease_seconds)
+        return overrides.get(stage.name, self.lease_s) if stage else self.lease_s
+
     @property
     def auto_approved(self) -> frozenset[str]:
         """Gate names passed without a human."""
         names = {part.strip() for part in self.auto_approve_gates.split(",") if part.strip()}
         return frozenset(GATE_BY_NAME) if "all" in names else frozenset(names)
+
+
+@lru_cache(maxsize=16)
+def _parse_stage_leases(value: str) -> dict[str, float]:
+    leases: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, sep, seconds = part.partition("=")
+        name = name.strip()
+        if not sep or name not in STAGE_BY_NAME:
+            raise ValueError(f"{part!r}: expected stage=seconds with a stage among "
+                             f"{', '.join(STAGE_BY_NAME)}")
+        try:
+            leases[name] = float(seconds)
+        except ValueError:
+            raise ValueError(f"{part!r}: {seconds.strip()!r} is not a number of seconds") from None
+        if leases[name] <= 0:
+            raise ValueError(f"{part!r}: a lease must be longer than 0 seconds")
+    return leases
 
 
 @lru_cache(maxsize=1)

@@ -79,7 +79,12 @@ class Runner:
             claim = await claims.claim_next(session, worker_id=self.worker_id,
                                             lease_s=self.settings.lease_s, now=self.now(),
                                             task_id=task_id)
-        return None if claim is None else Lease(claim, started + self.settings.lease_s)
+            if claim is None:
+                return None
+            lease_s = self.settings.lease_for(claim.status)
+            if lease_s != self.settings.lease_s:     # a stage with its own lease length
+                await claims.renew_lease(session, claim, lease_s=lease_s, now=self.now())
+        return Lease(claim, started + lease_s)
 
     async def run_next(self) -> uuid.UUID | None:
         """Claim the next task in queue order and run it as far as it goes; its id or None."""
@@ -112,10 +117,14 @@ class Runner:
         if claim.status is not TaskStatus.claimed:
             return lease
         target = TaskStatus.generating_assets
+        lease_s = self.settings.lease_for(target)
+        started = asyncio.get_running_loop().time()
         await self._record(lease, lambda session: transitions.transition(
             session, claim.task_id, target, actor=self.worker_id, expected=claim.status,
-            claim_token=claim.token, now=self.now(), values={"attempts": Task.attempts + 1}))
-        return Lease(Claim(claim.task_id, claim.status, target, claim.token), lease.expires)
+            claim_token=claim.token, now=self.now(),
+            values={"attempts": Task.attempts + 1,
+                    "lease_expires_at": self.now() + timedelta(seconds=lease_s)}))
+        return Lease(Claim(claim.task_id, claim.status, target, claim.token), started + lease_s)
 
     async def _run_stage(self, lease: Lease) -> TaskStatus:
         claim = lease.claim
@@ -245,7 +254,8 @@ class Runner:
 
     async def _renew(self, claim: Claim) -> bool:
         async with session_scope(self.sessions) as session:
-            return await claims.renew_lease(session, claim, lease_s=self.settings.lease_s,
+            return await claims.renew_lease(session, claim,
+                                            lease_s=self.settings.lease_for(claim.status),
                                             now=self.now())
 
     @contextlib.asynccontextmanager
@@ -257,7 +267,8 @@ class Runner:
         stage_task = asyncio.current_task()
         assert stage_task is not None
         loop = asyncio.get_running_loop()
-        every_s = self.settings.lease_s / 3
+        lease_s = self.settings.lease_for(lease.claim.status)
+        every_s = lease_s / 3
 
         async def beat() -> None:
             claim = lease.claim
@@ -280,7 +291,7 @@ class Runner:
                         f" ({db.describe(exc)}); stage stopped, outcome discarded")
                 else:
                     if kept:
-                        lease.expires = started + self.settings.lease_s
+                        lease.expires = started + lease_s
                         continue
                     lease.lost = StaleClaim(claim.task_id, claim.status, claim.status, reason=(
                         "lease renewal refused: the claim is no longer held; write refused,"

@@ -1,0 +1,62 @@
+"""The runner in-process, with handlers of the test's own: per-stage lease lengths."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.handlers import StageInput
+from app.lifecycle import STAGE_BY_NAME, TaskStatus
+from app.models import Task
+from app.runner import Runner
+from app.services import transitions
+from tests.factories import make_channel, make_task
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+def test_stage_lease_overrides_are_validated() -> None:
+    settings = Settings(_env_file=None, LEASE_SECONDS=20,  # type: ignore[call-arg]
+                        stage_lease_seconds="upload=300, video=90")
+    assert settings.lease_for(TaskStatus.uploading) == 300
+    assert settings.lease_for(TaskStatus.generating_video) == 90
+    assert settings.lease_for(TaskStatus.generating_assets) == 20
+    assert settings.lease_for(TaskStatus.claimed) == 20
+    for bad, reason in (("vid=3", "stage among"), ("upload=soon", "not a number"),
+                        ("upload=0", "longer than 0"), ("upload", "stage=seconds")):
+        with pytest.raises(ValueError, match=reason):
+            Settings(_env_file=None, stage_lease_seconds=bad)  # type: ignore[call-arg]
+
+
+async def test_each_stage_runs_under_its_own_lease(pg_sessions: Sessions) -> None:
+    """Leases seen from inside the stages: the override for assets and upload (one reached
+    from ``claimed``, one claimed straight into its stage), the default for the others."""
+    settings = Settings(_env_file=None, LEASE_SECONDS=7,  # type: ignore[call-arg]
+                        stage_lease_seconds="assets=300,upload=120", AUTO_APPROVE_GATES="all")
+    seen: dict[str, float] = {}
+
+    async def lease_left(task: StageInput) -> dict[str, Any]:
+        async with pg_sessions() as session:
+            row = (await session.execute(sa.select(Task.lease_expires_at, sa.func.now())
+                                         .where(Task.id == task.task_id))).one()
+        expires, now = row
+        assert isinstance(expires, datetime)
+        seen[task.stage] = (expires - now).total_seconds()
+        return {"youtube_url": "https://youtu.be/x"} if task.stage == "upload" else {}
+
+    runner = Runner(settings, pg_sessions, {name: lease_left for name in STAGE_BY_NAME})
+    async with pg_sessions() as session, session.begin():
+        task = await make_task(session, await make_channel(session), TaskStatus.queued)
+    lease = await runner.claim(task.id)
+    assert lease is not None
+    await runner.run(lease)
+    async with pg_sessions() as session:
+        assert await transitions.current_status(session, task.id) is TaskStatus.published
+    assert 250 < seen["assets"] <= 300 and 100 < seen["upload"] <= 120
+    assert all(0 < seen[name] <= 7 for name in ("composites", "video", "audio", "sfx",
+                                                 "assembly"))
