@@ -29,8 +29,9 @@ def _header(report: Report) -> str:
     o = report.options
     return (f"Claim benchmark, {report.started:%Y-%m-%d %H:%M} UTC, {report.seconds:.0f} s\n"
             f"{report.server}\n"
-            f"machine: {report.cores} cores ({report.machine}), shared with other work;"
-            f" absolute figures are from this 2-core box, compare ratios within the run\n"
+            f"machine: {report.cores} cores ({report.machine}), shared with other work (load"
+            f" average {report.load[0]:.1f} at the start, {report.load[1]:.1f} at the end):"
+            f" compare ratios within the run, not absolute figures\n"
             f"{o.claims} claims per cell, {o.channels} channels without a capacity"
             f" limit, claimers as asyncio tasks in {o.procs} process(es)")
 

@@ -64,6 +64,8 @@ class Report:
     rescues: list[workers.Rescue] = field(default_factory=list)
     pipeline: dict[int, float] = field(default_factory=dict)
     seconds: float = 0.0
+    #: 1-minute load average at the start and at the end (other work on the machine).
+    load: tuple[float, float] = (0.0, 0.0)
 
 
 async def run(options: Options, server_url: str, redis_url: str) -> Report:
@@ -75,6 +77,7 @@ async def run(options: Options, server_url: str, redis_url: str) -> Report:
         await conn.close()
     report = Report(server, datetime.now(UTC), os.cpu_count(),
                     f"{platform.machine()} {platform.system()} {platform.release()}", options)
+    load_at_start = os.getloadavg()[0]
     for dataset in options.datasets:
         async with data.scratch_database(server_url) as url:
             await _claims(report, dataset, url)
@@ -82,6 +85,7 @@ async def run(options: Options, server_url: str, redis_url: str) -> Report:
         async with data.scratch_database(server_url) as url:
             await _workers(report, url, redis_url)
     report.seconds = time.monotonic() - began
+    report.load = (load_at_start, os.getloadavg()[0])
     return report
 
 
