@@ -23,6 +23,7 @@ from app import embedded, migrations
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from tests import dbtools
+from tests.notion_fake import FakeNotion
 
 
 @pytest.fixture(scope="session")
@@ -107,6 +108,14 @@ def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 @pytest.fixture
 def pg_sessions(pg_engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return make_sessionmaker(pg_engine)
+
+
+@pytest.fixture
+def notion() -> Iterator[FakeNotion]:
+    """A fake Notion API on a local port; a test fails if the fake itself raised."""
+    with FakeNotion() as fake:
+        yield fake
+        assert fake.server_errors == []
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -58,13 +57,6 @@ DASHED_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9
 FAST_RETRY = RetryOptions(max_retries=2, initial_retry_delay_ms=10, max_retry_delay_ms=50)
 # notion-client adds a StreamHandler to the "notion_client" logger per client unless given one.
 CLIENT_LOGGER = logging.getLogger("tests.notion_client")
-
-
-@pytest.fixture
-def notion() -> Iterator[FakeNotion]:
-    with FakeNotion() as fake:
-        yield fake
-        assert fake.server_errors == []
 
 
 def client_for(notion: FakeNotion, **options: Any) -> AsyncClient:

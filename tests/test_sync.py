@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,13 +39,6 @@ from tests.notion_fake import (
     title,
     value_of,
 )
-
-
-@pytest.fixture
-def notion() -> Iterator[FakeNotion]:
-    with FakeNotion() as fake:
-        yield fake
-        assert fake.server_errors == []
 
 
 def sync_settings(notion: FakeNotion, data_source_id: str, **overrides: Any) -> Settings:

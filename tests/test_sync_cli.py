@@ -10,7 +10,6 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,6 @@ from tests import factories
 from tests.notion_fake import FakeNotion, rich_text, status, title
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def notion() -> Iterator[FakeNotion]:
-    with FakeNotion() as fake:
-        yield fake
-        assert fake.server_errors == []
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from arq.connections import ArqRedis, create_pool
@@ -18,13 +18,6 @@ from app.notion import cron as notion_cron
 from tests import factories
 from tests.notion_fake import FakeNotion, rich_text, status, title
 from workers.settings import worker_options
-
-
-@pytest.fixture
-def notion() -> Iterator[FakeNotion]:
-    with FakeNotion() as fake:
-        yield fake
-        assert fake.server_errors == []
 
 
 @pytest.fixture
