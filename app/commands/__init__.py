@@ -1,0 +1,1 @@
+"""The admin commands of ``pipeline``: one module per group, sharing ``context``."""
