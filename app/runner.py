@@ -67,6 +67,8 @@ class Runner:
     sessions: async_sessionmaker[AsyncSession]
     handlers: Registry
     worker_id: str = field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:12]}")
+    #: Set when the process is asked to stop: running stages finish, no further one is claimed.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def now(self) -> datetime:
         return transitions.utcnow()
@@ -88,6 +90,8 @@ class Runner:
 
     async def run_next(self) -> uuid.UUID | None:
         """Claim the next task in queue order and run it as far as it goes; its id or None."""
+        if self.stopping.is_set():
+            return None
         lease = await self.claim()
         if lease is None:
             return None
@@ -214,8 +218,8 @@ class Runner:
         next stage if it can be had now."""
         async with session_scope(self.sessions) as session:
             status = await self._advance(session, task_id, status)
-        if status not in lifecycle.RUNNABLE:
-            return None
+        if status not in lifecycle.RUNNABLE or self.stopping.is_set():
+            return None           # a stopping worker leaves the next stage to the others
         return await self.claim(task_id)
 
     async def _advance(self, session: AsyncSession, task_id: uuid.UUID,

@@ -82,6 +82,7 @@ async def _run_once(options: dict[str, Any], stop: asyncio.Event, *, redis_url: 
         except wakeups.REDIS_GONE as exc:
             return exc
     worker = Worker(**options)
+    _stop_claiming_on_signals(worker, grace_s=options["job_completion_wait"])
     worker.on_stop = lambda _signum: stop.set()
     worker.main_task = main = asyncio.create_task(worker.main())
     await asyncio.wait([main])
@@ -94,6 +95,23 @@ async def _run_once(options: dict[str, Any], stop: asyncio.Event, *, redis_url: 
     finally:
         await _finish_jobs(worker, stop, grace_s=settings.shutdown_grace_s)
         await _close(worker, redis_alive=error is None)
+
+
+def _stop_claiming_on_signals(worker: Worker, *, grace_s: float) -> None:
+    """On SIGINT/SIGTERM the runner first stops claiming (its running stages finish, the next
+    stage is left to other workers), then arq's own handler stops picking jobs, waits up to
+    ``grace_s`` and cancels what is still running (the runner hands those stages back)."""
+    loop = asyncio.get_running_loop()
+    arq_handler = worker.handle_sig_wait_for_completion if grace_s else worker.handle_sig
+
+    def handle(signum: signal.Signals) -> None:
+        runner = worker.ctx.get("runner")
+        if runner is not None:
+            runner.stopping.set()
+        arq_handler(signum)
+
+    for signum in _SIGNALS:
+        loop.add_signal_handler(signum, handle, signum)
 
 
 async def _finish_jobs(worker: Worker, stop: asyncio.Event, *, grace_s: float) -> None:

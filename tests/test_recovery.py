@@ -5,6 +5,7 @@ resumes a task at the stage that failed."""
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -287,3 +288,59 @@ async def test_requeued_task_waits_in_its_error_state_then_resumes_at_the_failed
     assert entered.count(TaskStatus.generating_assets) == 1     # not restarted from the top
     assert entered.count(TaskStatus.generating_video) == 3
     assert history[-1].to_status is TaskStatus.published
+
+
+# --- SIGTERM ---------------------------------------------------------------------------------
+
+
+async def test_sigterm_finishes_the_running_stage_claims_no_more_and_hands_back_the_rest(
+    db: tuple[str, Sessions], workers: Workers, redis_url: str, queue: str,
+) -> None:
+    """Told to stop (SIGTERM) mid-stage, a worker stops claiming: ``finishing`` completes its
+    stage within the grace period and leaves the next stage to others; ``cut`` cannot finish
+    within the grace period and hands its stage back (error state, retry due now, the attempt
+    not counted, the lease released). Both exit 0; a new worker completes both tasks."""
+    _, sessions = db
+    finishing = workers.start(SIMULATED_STAGE_SECONDS="1.5", SHUTDOWN_GRACE_SECONDS="20",
+                              LEASE_SECONDS="30", WORKER_CONCURRENCY="1")
+    cut = workers.start(SIMULATED_STAGE_SECONDS="600", SHUTDOWN_GRACE_SECONDS="1",
+                        LEASE_SECONDS="30", WORKER_CONCURRENCY="1")
+    ids = {await finishing.started(): finishing, await cut.started(): cut}
+    await seed(sessions, [None, None], per_channel=1)
+    await wakeups.wake_url(redis_url, 2, queue_name=queue)
+
+    async def both_in_assets() -> dict[str, uuid.UUID] | None:
+        async with sessions() as session:
+            rows = (await session.execute(
+                sa.select(Task.claimed_by, Task.id)
+                .where(Task.status == TaskStatus.generating_assets))).all()
+        held = {row.claimed_by: row.id for row in rows}
+        return held if set(held) == set(ids) else None
+
+    held = await eventually(both_in_assets, timeout_s=60, what="both workers in a stage",
+                            every_s=0.02)
+    for proc in ids.values():
+        proc.proc.send_signal(signal.SIGTERM)
+    for proc in ids.values():
+        assert await proc.exited(timeout_s=30) == 0
+
+    for worker_id, proc in ids.items():
+        mine = [(e.from_status, e.to_status, e.note) for e in await events(sessions)
+                if e.actor == worker_id]
+        async with sessions() as session:
+            task = await session.get(Task, held[worker_id])
+        assert task is not None
+        assert task.claim_token is None and task.lease_expires_at is None     # nothing held
+        assert all(to is not TaskStatus.generating_composites for _, to, _ in mine)
+        if proc is finishing:
+            assert (TaskStatus.generating_assets, TaskStatus.assets_ready) in {
+                (frm, to) for frm, to, _ in mine}
+            assert task.status is TaskStatus.assets_approved      # runnable, for the others
+        else:
+            assert mine[-1][:2] == (TaskStatus.generating_assets, TaskStatus.asset_error)
+            assert "worker stopped mid-stage" in (mine[-1][2] or "")
+            assert task.status is TaskStatus.asset_error
+            assert task.attempts == 0 and task.retry_at is not None  # due now, not counted
+    workers.start()
+    await wakeups.wake_url(redis_url, 2, queue_name=queue)
+    await wait_published(sessions, 2, timeout_s=60)
