@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     db_pool_timeout_s: float = Field(30.0, gt=0, alias="DB_POOL_TIMEOUT_SECONDS")
     db_statement_cache_size: int = Field(100, ge=0)
     db_pgbouncer: bool = False
+    #: Test each pooled connection with a round trip before use. Off by default: every
+    #: transaction would pay a round trip, and a connection lost to a restart fails its first
+    #: statement instead, which workers retry (the pool then reconnects).
+    db_pool_pre_ping: bool = False
 
     notion_token: str | None = Field(None, repr=False)
     notion_data_source_id: str | None = None

@@ -90,7 +90,8 @@ def make_engine(settings: Settings, url: str, *, echo: bool = False) -> AsyncEng
         kwargs.update(pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow,
                       pool_timeout=settings.db_pool_timeout_s)
     return create_async_engine(
-        sa_url, echo=echo, pool_pre_ping=True, pool_recycle=settings.db_pool_recycle_s,
+        sa_url, echo=echo, pool_pre_ping=settings.db_pool_pre_ping,
+        pool_recycle=settings.db_pool_recycle_s,
         connect_args=connect_args, **kwargs)
 
 

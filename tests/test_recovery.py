@@ -161,7 +161,9 @@ async def test_redis_flushall_mid_run_loses_no_task(
 @pytest.fixture
 async def own_db(own_postgres: OwnServer, settings: Settings) -> AsyncIterator[Sessions]:
     await migrations.upgrade(own_postgres.url)
-    engine = make_engine(settings, own_postgres.url)
+    # The test's own reads span the restart: test each pooled connection before use.
+    engine = make_engine(settings.model_copy(update={"db_pool_pre_ping": True}),
+                         own_postgres.url)
     yield make_sessionmaker(engine)
     await engine.dispose()
 
