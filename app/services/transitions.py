@@ -72,8 +72,9 @@ async def transition(
     task = (await session.execute(stmt)).scalar_one_or_none()
     if task is None:
         raise await _explain_miss(session, task_id, current, target, claim_token)
-    session.add(TaskEvent(task_id=task_id, from_status=current, to_status=target, actor=actor,
-                          note=note, created_at=now))
+    await session.execute(sa.insert(TaskEvent).values(   # Core: no unit-of-work flush
+        task_id=task_id, from_status=current, to_status=target, actor=actor, note=note,
+        created_at=now))
     return task
 
 
