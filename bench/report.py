@@ -170,7 +170,7 @@ FOOTNOTES = """\
 ours: a worker's path through the service layer: claims.claim_next (claim_task: fair channel
   ranking, channel row lock, capacity, guarded update, task_events row, channel turn) in one
   transaction, then transitions.transition claimed → generating_assets with the claim token
-  (guarded update + task_events row) in a second; SQLAlchemy AsyncSession (pool pre-ping as configured).
+  (guarded update + task_events row) in a second; SQLAlchemy AsyncSession.
 batch10: ours, but claims.claim_batch takes 10 tasks per claim transaction (first data set).
 ours-sql: the same two transactions' database work from raw asyncpg (claim_task, then the
   token-fenced start and its event in one statement): the database's share of ours.
