@@ -341,6 +341,18 @@ def _option_value(option: Mapping[str, Any]) -> Json:
     return {"id": option["id"], "name": option["name"], "color": option["color"]}
 
 
+def _object_head(kind: str, object_id: str, created: datetime, edited: datetime) -> Json:
+    """The leading fields every Notion object shares (type, id, timestamps, authors)."""
+    return {
+        "object": kind,
+        "id": object_id,
+        "created_time": iso(created),
+        "last_edited_time": iso(edited),
+        "created_by": {"object": "user", "id": BOT_USER_ID},
+        "last_edited_by": {"object": "user", "id": BOT_USER_ID},
+    }
+
+
 @dataclass
 class _DataSource:
     id: str
@@ -358,12 +370,7 @@ class _DataSource:
 
     def to_json(self) -> Json:
         return {
-            "object": "data_source",
-            "id": self.id,
-            "created_time": iso(self.created),
-            "last_edited_time": iso(self.created),
-            "created_by": {"object": "user", "id": BOT_USER_ID},
-            "last_edited_by": {"object": "user", "id": BOT_USER_ID},
+            **_object_head("data_source", self.id, self.created, self.created),
             "title": _text_items(self.title),
             "description": [],
             "icon": None,
@@ -888,12 +895,7 @@ class FakeNotion:
         slug = re.sub(r"[^A-Za-z0-9]+", "-",
                       "".join(i["plain_text"] for i in page.values[title_prop.name])).strip("-")
         return {
-            "object": "page",
-            "id": page.id,
-            "created_time": iso(page.created),
-            "last_edited_time": iso(page.edited),
-            "created_by": {"object": "user", "id": BOT_USER_ID},
-            "last_edited_by": {"object": "user", "id": BOT_USER_ID},
+            **_object_head("page", page.id, page.created, page.edited),
             "cover": None,
             "icon": None,
             "parent": {"type": "data_source_id", "data_source_id": ds.id,

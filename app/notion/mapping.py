@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from app.config import Settings
 from app.errors import BadPage
 from app.lifecycle import LABELS, TaskStatus
-from app.schemas import TaskCreate, normalize_page_id
+from app.schemas import TaskCreate, field_errors, normalize_page_id
 
 #: Notion's limit for one rich-text item: a longer error line is cut to it.
 MAX_TEXT = 2000
@@ -119,9 +119,8 @@ def _task(page_id: str, values: dict[str, str | None], names: PropertyNames) -> 
     try:
         return TaskCreate.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "?"
-        raise BadPage(page_id, _fields(names).get(field, field), error["msg"]) from None
+        field, message = field_errors(exc)[0]
+        raise BadPage(page_id, _fields(names).get(field, field), message) from None
 
 
 def _value(page: dict[str, Any], page_id: str, name: str) -> str | None:

@@ -135,15 +135,14 @@ class Round:
         """Apply every page edited since the watermark; store the new one if all went well."""
         since = await self._watermark()
         newest = since
+        query: dict[str, Any] = {"sorts": NEWEST_FIRST, "page_size": PAGE_SIZE}
+        if since is not None:
+            start = since - timedelta(seconds=self.settings.notion_sync_overlap_s)
+            query["filter"] = {"timestamp": "last_edited_time",
+                               "last_edited_time": {"on_or_after": _iso(start)}}
         cursor: str | None = None
         while not self._stopping():
-            body: dict[str, Any] = {"sorts": NEWEST_FIRST, "page_size": PAGE_SIZE}
-            if since is not None:
-                start = since - timedelta(seconds=self.settings.notion_sync_overlap_s)
-                body["filter"] = {"timestamp": "last_edited_time",
-                                  "last_edited_time": {"on_or_after": _iso(start)}}
-            if cursor:
-                body["start_cursor"] = cursor
+            body = query | {"start_cursor": cursor} if cursor else query
             response = await self.notion.query(**body)
             for page in response.get("results", []):
                 if self._stopping():
