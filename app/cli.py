@@ -26,6 +26,7 @@ from app.db import make_engine, make_sessionmaker
 from app.embedded import EmbeddedError
 from app.errors import PipelineError
 from app.lifecycle import ERROR, GATE_BY_NAME, TaskStatus
+from app.schemas import field_errors
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 AdminCommand = Callable[[Context, argparse.Namespace], Coroutine[Any, Any, int]]
@@ -169,9 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         get_settings()
     except ValidationError as exc:      # settings from the environment
-        problems = "; ".join(
-            f"{str(e['loc'][0]).upper() if e['loc'] else '?'}: "
-            f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        problems = "; ".join(f"{field.upper()}: {message}"
+                             for field, message in field_errors(exc))
         print(f"pipeline: configuration: {problems}", file=sys.stderr)
         return 2
     try:

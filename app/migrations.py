@@ -63,16 +63,10 @@ async def revisions(url: str) -> tuple[str | None, str | None]:
     """``(current, head)``: the database's revision (None if never migrated) and the code's."""
     found: dict[str, str | None] = {}
 
-    def read(connection: Connection) -> None:
-        config = alembic_config()
-        found["current"] = MigrationContext.configure(connection).get_current_revision()
+    def read(config: Config) -> None:
+        context = MigrationContext.configure(config.attributes["connection"])
+        found["current"] = context.get_current_revision()
         found["head"] = ScriptDirectory.from_config(config).get_current_head()
 
-    sa_url, connect_args = translate_url(url)
-    engine = create_async_engine(sa_url, poolclass=NullPool, connect_args=connect_args)
-    try:
-        async with engine.connect() as connection:
-            await connection.run_sync(read)
-    finally:
-        await engine.dispose()
+    await _run(url, read)
     return found["current"], found["head"]

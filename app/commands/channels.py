@@ -12,7 +12,7 @@ from app.commands.context import Context
 from app.db import session_scope
 from app.errors import PipelineError
 from app.models import Channel
-from app.schemas import ChannelCreate, ChannelResponse
+from app.schemas import ChannelCreate, ChannelResponse, field_errors
 from app.services import channels
 
 HEADERS = ("channel_id", "name", "active", "max_concurrent", "created")
@@ -36,9 +36,8 @@ async def add(ctx: Context, args: argparse.Namespace) -> int:
         data = ChannelCreate(channel_id=args.channel_id, channel_name=args.name,
                              max_concurrent=args.max_concurrent)
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        field = ".".join(str(part) for part in problem["loc"])
-        raise BadChannel(f"channel {args.channel_id!r}: {field}: {problem['msg']}") from None
+        field, message = field_errors(exc)[0]
+        raise BadChannel(f"channel {args.channel_id!r}: {field}: {message}") from None
     async with session_scope(ctx.sessions) as session:
         channel = await channels.create_channel(session, data)
     ctx.emit(_json([channel])[0], tables.render(HEADERS, _rows([channel])))

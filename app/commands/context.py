@@ -10,18 +10,22 @@ import contextlib
 import getpass
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from arq.connections import RedisSettings, create_pool
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import embedded, migrations, servers, wakeups
+from app.commands.progress import Progress
 from app.config import Settings
-from app.db import make_engine, make_sessionmaker
+from app.db import make_engine, make_sessionmaker, session_scope
 from app.errors import PipelineError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class NotMigrated(PipelineError):
@@ -63,6 +67,26 @@ class Context:
                 await redis.aclose()
         except (OSError, ConnectionError) as exc:
             warn(f"workers not woken ({exc}); their sweep will find the tasks")
+
+
+    async def each(self, items: Sequence[T], step: Callable[[AsyncSession, T], Awaitable[R]],
+                   *, label: str, chunk: int) -> list[tuple[T, R | PipelineError]]:
+        """Run ``step`` on every item with a progress bar: ``chunk`` items per transaction,
+        each in a savepoint, so a refused item (``PipelineError``) is rolled back alone and
+        returned in place of its result while the others go on."""
+        outcomes: list[tuple[T, R | PipelineError]] = []
+        progress = Progress(label, len(items))
+        for start in range(0, len(items), chunk):
+            async with session_scope(self.sessions) as session:
+                for item in items[start:start + chunk]:
+                    try:
+                        async with session.begin_nested():
+                            outcomes.append((item, await step(session, item)))
+                    except PipelineError as exc:
+                        outcomes.append((item, exc))
+                    progress.advance()
+        progress.close()
+        return outcomes
 
 
 def warn(message: str) -> None:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import tables
 from app.commands import rows
 from app.commands.context import Context
-from app.commands.progress import Progress
 from app.db import session_scope
 from app.errors import PipelineError
 from app.models import Channel
@@ -68,23 +68,17 @@ async def run(ctx: Context, args: argparse.Namespace) -> int:
             sa.select(Channel.channel_id, Channel.is_active))).tuples().all())
     good, bad = validate(found, active)
     results: list[dict[str, object]] = []
-    progress = Progress("enqueue", len(good))
-    for start in range(0, len(good), CHUNK):
-        async with session_scope(ctx.sessions) as session:
-            for number, data in good[start:start + CHUNK]:
-                try:
-                    async with session.begin_nested():
-                        result = await tasks.enqueue(session, data, actor=ctx.actor)
-                except PipelineError as exc:      # e.g. the channel deactivated meanwhile
-                    bad.append(RowError(number, "channel", str(exc)))
-                else:
-                    results.append({"row": number, "task_id": str(result.task_id),
-                                    "notion_page_id": data.notion_page_id,
-                                    "status": result.status.value,
-                                    "outcome": result.outcome.value,
-                                    "queued_now": result.queued_now})
-                progress.advance()
-    progress.close()
+
+    async def step(session: AsyncSession, row: tuple[int, TaskCreate]) -> tasks.EnqueueResult:
+        return await tasks.enqueue(session, row[1], actor=ctx.actor)
+
+    for (number, data), result in await ctx.each(good, step, label="enqueue", chunk=CHUNK):
+        if isinstance(result, PipelineError):      # e.g. the channel deactivated meanwhile
+            bad.append(RowError(number, "channel", str(result)))
+            continue
+        results.append({"row": number, "task_id": str(result.task_id),
+                        "notion_page_id": data.notion_page_id, "status": result.status.value,
+                        "outcome": result.outcome.value, "queued_now": result.queued_now})
     await ctx.wake(sum(1 for r in results if r["queued_now"]))
     bad.sort(key=lambda e: e.row)
     _report(ctx, len(found), results, bad)

@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import tables
 from app.commands.context import Context
-from app.commands.progress import Progress
 from app.db import session_scope
 from app.errors import PipelineError
 from app.lifecycle import TaskStatus
@@ -81,21 +80,12 @@ async def _ids_by_status(session: AsyncSession, statuses: list[str],
 async def _apply(ctx: Context, plans: list[RequeuePlan], *, reason: str | None) -> tuple[
         list[RequeuePlan], list[str]]:
     """Requeue in short transactions; a task a worker took meanwhile is skipped, not forced."""
-    done: list[RequeuePlan] = []
-    skipped: list[str] = []
-    progress = Progress("requeue", len(plans))
-    for start in range(0, len(plans), CHUNK):
-        async with session_scope(ctx.sessions) as session:
-            for plan in plans[start:start + CHUNK]:
-                try:
-                    async with session.begin_nested():
-                        done.append(await transitions.requeue(session, plan.task_id,
-                                                              actor=ctx.actor, reason=reason))
-                except PipelineError as exc:
-                    skipped.append(str(exc))
-                progress.advance()
-    progress.close()
-    return done, skipped
+    async def step(session: AsyncSession, plan: RequeuePlan) -> RequeuePlan:
+        return await transitions.requeue(session, plan.task_id, actor=ctx.actor, reason=reason)
+
+    outcomes = await ctx.each(plans, step, label="requeue", chunk=CHUNK)
+    return ([done for _, done in outcomes if not isinstance(done, PipelineError)],
+            [str(exc) for _, exc in outcomes if isinstance(exc, PipelineError)])
 
 
 def _print_plans(ctx: Context, plans: list[RequeuePlan], *, done: bool) -> None:
