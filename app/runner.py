@@ -256,11 +256,9 @@ class Runner:
             await self._advance(session, row.id, row.status)
         return len(rows)
 
-    async def _renew(self, claim: Claim) -> bool:
+    async def _renew(self, claim: Claim, lease_s: float) -> bool:
         async with session_scope(self.sessions) as session:
-            return await claims.renew_lease(session, claim,
-                                            lease_s=self.settings.lease_for(claim.status),
-                                            now=self.now())
+            return await claims.renew_lease(session, claim, lease_s=lease_s, now=self.now())
 
     @contextlib.asynccontextmanager
     async def _heartbeat(self, lease: Lease) -> AsyncIterator[None]:
@@ -284,7 +282,7 @@ class Runner:
                 safe_s = max(lease.expires - every_s - started, min(every_s, 1.0))
                 try:
                     async with asyncio.timeout(safe_s):
-                        kept = await self._renew(claim)
+                        kept = await self._renew(claim, lease_s)
                 except Exception as exc:
                     if loop.time() < lease.expires - every_s:
                         log.warning("%s: task %s: lease not renewed (%s); retrying",

@@ -42,8 +42,8 @@ async def run(settings: Settings, *, burst: bool) -> int:
     stop = asyncio.Event()
     pause_s = BACKOFF_FIRST_S
     try:
+        _handle_signals(stop)       # re-installed by ``_run_once`` after each Worker
         while True:
-            _handle_signals(stop)
             started = loop.time()
             error = await _run_once(options, stop, redis_url=redis_url, settings=settings)
             if error is None or stop.is_set():
