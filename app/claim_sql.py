@@ -4,17 +4,23 @@ A claim is any move from a runnable state into an active state. The function:
 
 1. ranks channels by the priority of their best runnable task, then round-robin (least
    recently claimed first), then the age of that task — so high beats normal beats low, and
-   among equal priorities a flooded channel cannot starve the others;
+   among equal priorities a flooded channel cannot starve the others. Each channel costs two
+   ordered index probes: ``ix_tasks_queued`` and ``ix_tasks_runnable`` (the other runnable
+   states and retryable errors, few rows);
 2. locks one channel row at a time with ``FOR NO KEY UPDATE SKIP LOCKED``: capacity is
    serialised per channel (a claimer that finds the row locked moves on to other work);
 3. counts that channel's active tasks in a *new statement*, after the lock: every claim on the
    channel by an earlier lock holder is committed and visible (never a count from an old
    snapshot);
-4. moves the channel's head task with a guarded ``UPDATE … WHERE status = :runnable``, issuing a
-   fresh claim token and a lease, and writes the ``task_events`` row.
+4. moves the ranked task with a guarded ``UPDATE … WHERE status = :runnable``, issuing a fresh
+   claim token and a lease, and writes the ``task_events`` row. If an earlier lock holder took
+   that task since the ranking, the channel's head is read again, once, under the lock.
 
 With ``p_task`` set it claims that task only (a worker continuing a task into its next stage):
-the same capacity rule applies. Rendered from frozen lifecycle data passed by the migration.
+the same capacity rule applies. With ``p_start`` a claimed ``queued`` task also starts its first
+stage in the same transaction (``queued → claimed → generating_assets``, two events): what a
+worker does next anyway, for one commit instead of two. Rendered from frozen lifecycle data
+passed by the migration.
 """
 
 from __future__ import annotations
@@ -22,92 +28,126 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 FUNCTION = "claim_task"
+#: The partial index of runnable tasks other than queued ones (see ``runnable_predicate``).
+RUNNABLE_INDEX = "ix_tasks_runnable"
+RUNNABLE_COLUMNS = ("channel_id", "priority", "created_at", "id")
 
 
 def _list(values: Iterable[str]) -> str:
     return ", ".join(f"'{value}'" for value in values)
 
 
-def _runnable_head(channel: str, starts: str, errors: str) -> str:
-    """The channel's best runnable task: queued (partial index), other runnable states, or an
-    error state whose retry is due. Each branch is a small index scan of one channel. No row
-    lock: claimers of a channel are serialised by its row, and the UPDATE re-checks status."""
+def runnable_predicate(starts: Iterable[str], errors: Iterable[str]) -> str:
+    """``ix_tasks_runnable``'s predicate: tasks waiting in a runnable state other than queued,
+    and errored tasks with a retry scheduled (an exhausted one waits for an operator, unindexed).
+    Rows pass through these states briefly, so the index stays small."""
+    return (f"status IN ({_list(starts)})"
+            f" OR (status IN ({_list(errors)}) AND retry_at IS NOT NULL)")
+
+
+def _head(channel: str, starts: str, errors: str) -> str:
+    """The channel's best runnable task: two ordered probes, no sort of the table. No row lock:
+    claimers of a channel are serialised by its row, and the UPDATE re-checks the status."""
     branch = ("(SELECT t.id, t.status, t.priority, t.created_at FROM tasks t"
               " WHERE t.channel_id = {c} AND {cond}"
               " ORDER BY t.priority, t.created_at, t.id LIMIT 1)")
-    conds = ["t.status = 'queued'", f"t.status IN ({starts})",
-             f"t.status IN ({errors}) AND t.retry_at <= p_now"]
-    branches = "\n      UNION ALL ".join(
-        branch.format(c=channel, cond=cond) for cond in conds)
-    return (f"SELECT * FROM (\n      {branches}\n    ) h"
-            " ORDER BY h.priority, h.created_at, h.id LIMIT 1")
+    conds = ["t.status = 'queued'",
+             f"(t.status IN ({starts}) OR (t.status IN ({errors}) AND t.retry_at <= p_now))"]
+    branches = "\n        UNION ALL ".join(branch.format(c=channel, cond=c) for c in conds)
+    return (f"SELECT h.id, h.status, h.priority, h.created_at FROM (\n        {branches}\n"
+            "      ) h ORDER BY h.priority, h.created_at, h.id LIMIT 1")
 
 
-def render(starts: Mapping[str, str], active: Iterable[str], errors: Iterable[str]) -> str:
-    """``starts`` maps each runnable state (other than queued) to the active state it enters."""
+def render(starts: Mapping[str, str], active: Iterable[str], errors: Iterable[str],
+           first_stage: str) -> str:
+    """``starts`` maps each runnable state (other than queued) to the active state it enters;
+    ``first_stage`` is the active state a claimed task starts in."""
     start_list, error_list = _list(starts), _list(errors)
     active_list = _list(active)
-    start_case = "\n".join(f"        WHEN '{s}' THEN '{a}'" for s, a in starts.items())
+    start_case = "\n".join(f"          WHEN '{s}' THEN '{a}'" for s, a in starts.items())
     return f"""CREATE OR REPLACE FUNCTION {FUNCTION}(
-  p_worker text, p_lease_s double precision, p_now timestamptz, p_task uuid DEFAULT NULL)
+  p_worker text, p_lease_s double precision, p_now timestamptz, p_task uuid DEFAULT NULL,
+  p_start boolean DEFAULT false)
 RETURNS TABLE (task_id uuid, from_status taskstatus, to_status taskstatus, claim_token uuid)
 LANGUAGE plpgsql AS $$
 DECLARE
   cand record;
-  head record;
+  head_id uuid;
+  head_status taskstatus;
   target taskstatus;
   token uuid;
 BEGIN
   FOR cand IN
-    SELECT c.id, c.max_concurrent
-    FROM channels c
-    CROSS JOIN LATERAL ({_runnable_head('c.id', start_list, error_list)}) best
-    WHERE c.is_active
-      AND (p_task IS NULL OR c.id = (SELECT channel_id FROM tasks WHERE id = p_task))
-    ORDER BY best.priority, c.last_claimed_at NULLS FIRST, best.created_at, c.id
+    SELECT * FROM (
+      SELECT c.id AS channel, c.max_concurrent, best.id, best.status
+      FROM channels c
+      CROSS JOIN LATERAL ({_head('c.id', start_list, error_list)}) best
+      WHERE c.is_active AND p_task IS NULL
+      ORDER BY best.priority, c.last_claimed_at NULLS FIRST, best.created_at, c.id) ranked
+    UNION ALL
+    SELECT c.id, c.max_concurrent, t.id, t.status
+    FROM tasks t JOIN channels c ON c.id = t.channel_id
+    WHERE p_task IS NOT NULL AND t.id = p_task AND c.is_active
   LOOP
     -- Serialise capacity per channel; a channel another claimer holds is skipped, not waited on.
-    PERFORM 1 FROM channels WHERE id = cand.id FOR NO KEY UPDATE SKIP LOCKED;
+    PERFORM 1 FROM channels WHERE id = cand.channel FOR NO KEY UPDATE SKIP LOCKED;
     CONTINUE WHEN NOT FOUND;
     -- A new statement after the lock: sees every claim committed by earlier lock holders.
     CONTINUE WHEN cand.max_concurrent IS NOT NULL AND cand.max_concurrent <= (
-      SELECT count(*) FROM tasks WHERE channel_id = cand.id AND status IN ({active_list}));
-    IF p_task IS NULL THEN
-      {_runnable_head('cand.id', start_list, error_list)} INTO head;
-    ELSE
-      SELECT t.id, t.status FROM tasks t WHERE t.id = p_task AND (t.status = 'queued'
-        OR t.status IN ({start_list})
-        OR (t.status IN ({error_list}) AND t.retry_at <= p_now)) INTO head;
-    END IF;
-    CONTINUE WHEN NOT FOUND;
-    target := CASE head.status::text
-        WHEN 'queued' THEN 'claimed'
+      SELECT count(*) FROM tasks WHERE channel_id = cand.channel AND status IN ({active_list}));
+    head_id := cand.id;
+    head_status := cand.status;
+    FOR pass IN 1..2 LOOP
+      IF pass = 2 THEN
+        -- The ranked task was taken since the ranking: the channel's head now, under the lock.
+        EXIT WHEN p_task IS NOT NULL;
+        SELECT h.id, h.status INTO head_id, head_status
+          FROM ({_head('cand.channel', start_list, error_list)}) h;
+        EXIT WHEN NOT FOUND;
+      END IF;
+      IF head_status IN ({error_list}) THEN
+        -- Retry the stage that failed (its active state, from the history) once it is due.
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = head_id AND t.retry_at <= p_now);
+        target := (SELECT e.from_status FROM task_events e
+                   WHERE e.task_id = head_id AND e.to_status = head_status
+                     AND e.from_status IS DISTINCT FROM e.to_status
+                   ORDER BY e.id DESC LIMIT 1);
+        EXIT WHEN target IS NULL OR NOT task_transition_allowed(head_status, target);
+      ELSE
+        target := CASE head_status::text
+          WHEN 'queued' THEN 'claimed'
 {start_case}
-        -- an error state: retry the stage that failed (its active state, from the history)
-        ELSE (SELECT e.from_status FROM task_events e
-              WHERE e.task_id = head.id AND e.to_status = head.status
-                AND e.from_status IS DISTINCT FROM e.to_status
-              ORDER BY e.id DESC LIMIT 1)::text
-      END::taskstatus;
-    CONTINUE WHEN target IS NULL OR NOT task_transition_allowed(head.status, target);
-    token := gen_random_uuid();
-    UPDATE tasks t SET status = target, claimed_by = p_worker, claimed_at = p_now,
-        claim_token = token, lease_expires_at = p_now + make_interval(secs => p_lease_s),
-        retry_at = NULL,
-        attempts = CASE WHEN target = 'claimed' THEN t.attempts ELSE t.attempts + 1 END
-      WHERE t.id = head.id AND t.status = head.status;
-    CONTINUE WHEN NOT FOUND;
-    INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
-      VALUES (head.id, head.status, target, p_worker, 'claim', p_now);
-    UPDATE channels SET last_claimed_at = p_now WHERE id = cand.id;
-    task_id := head.id; from_status := head.status; to_status := target;
-    claim_token := token;
-    RETURN NEXT;
-    RETURN;
+        END::taskstatus;
+        EXIT WHEN target IS NULL;
+      END IF;
+      token := gen_random_uuid();
+      UPDATE tasks t SET status = target, claimed_by = p_worker, claimed_at = p_now,
+          claim_token = token, lease_expires_at = p_now + make_interval(secs => p_lease_s),
+          retry_at = NULL,
+          attempts = CASE WHEN target = 'claimed' THEN t.attempts ELSE t.attempts + 1 END
+        WHERE t.id = head_id AND t.status = head_status;
+      CONTINUE WHEN NOT FOUND;
+      IF p_start AND target = 'claimed' THEN
+        UPDATE tasks t SET status = '{first_stage}', attempts = t.attempts + 1
+          WHERE t.id = head_id;
+        INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
+          VALUES (head_id, head_status, target, p_worker, 'claim', p_now),
+                 (head_id, target, '{first_stage}', p_worker, NULL, p_now);
+        target := '{first_stage}';
+      ELSE
+        INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
+          VALUES (head_id, head_status, target, p_worker, 'claim', p_now);
+      END IF;
+      UPDATE channels SET last_claimed_at = p_now WHERE id = cand.channel;
+      task_id := head_id; from_status := head_status; to_status := target;
+      claim_token := token;
+      RETURN NEXT;
+      RETURN;
+    END LOOP;
   END LOOP;
 END
 $$"""
 
 
 def drop() -> str:
-    return f"DROP FUNCTION IF EXISTS {FUNCTION}(text, double precision, timestamptz, uuid)"
+    return f"DROP FUNCTION IF EXISTS {FUNCTION}(text, double precision, timestamptz, uuid, boolean)"

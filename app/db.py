@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]  # ships no type information
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError
@@ -30,6 +31,8 @@ _LIBPQ_SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verif
 # SQLSTATEs of a server going away: admin_shutdown, crash_shutdown, cannot_connect_now
 # (restart, failover); class 08 (connection_exception) is matched by prefix.
 _SHUTDOWN_STATES = {"57P01", "57P02", "57P03"}
+# asyncpg on a connection the server dropped: closed, or (from a pool) handed back on close.
+_DROPPED = ("connection is closed", "released back to the pool")
 
 
 def translate_url(dsn: str) -> tuple[URL, dict[str, Any]]:
@@ -95,6 +98,38 @@ def make_engine(settings: Settings, url: str, *, echo: bool = False) -> AsyncEng
         connect_args=connect_args, **kwargs)
 
 
+def connect_kwargs(url: str) -> dict[str, Any]:
+    """asyncpg keyword arguments for a ``DATABASE_URL`` (TCP, unix socket or ``sslmode``)."""
+    sa_url, args = translate_url(url)
+    kwargs: dict[str, Any] = sa_url.translate_connect_args(username="user")
+    host = sa_url.query.get("host")
+    if host:
+        kwargs["host"] = host
+    port = sa_url.query.get("port")
+    if port:
+        kwargs["port"] = int(port if isinstance(port, str) else port[0])
+    if "ssl" in args:
+        kwargs["ssl"] = args["ssl"]
+    return kwargs
+
+
+async def _keep(_connection: asyncpg.Connection) -> None:
+    """Pool reset on release: nothing to undo, the hot path leaves no session state."""
+
+
+async def make_pool(settings: Settings, url: str, *, max_size: int) -> asyncpg.Pool:
+    """A plain asyncpg pool for a worker's hot path (``app.fastpath``): single autocommitted
+    statements, so a connection needs no reset round trip when it goes back. Opens
+    connections on demand; honours the statement-cache and PgBouncer settings."""
+    cache = 0 if settings.db_pgbouncer else settings.db_statement_cache_size
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        **connect_kwargs(require_postgresql(url)), min_size=0, max_size=max_size,
+        statement_cache_size=cache, reset=_keep,
+        max_inactive_connection_lifetime=float(max(settings.db_pool_recycle_s, 0)),
+        server_settings={"jit": "off", "application_name": "pipeline"})
+    return pool
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     """SQLite enforces foreign keys (RESTRICT, CASCADE) only when asked, per connection."""
     cursor = dbapi_connection.cursor()
@@ -109,10 +144,18 @@ def is_unavailable(exc: BaseException) -> bool:
 
     asyncpg raises a bare ``OSError`` when it cannot connect at all (refused, socket gone,
     timed out); a connection lost mid-statement arrives as a ``DBAPIError`` that SQLAlchemy
-    marks ``connection_invalidated``. Anything else (constraint, syntax, guard) is not retried.
+    marks ``connection_invalidated`` (raw asyncpg: class 08, or a dropped connection).
+    Anything else (constraint, syntax, guard) is not retried.
     """
     if isinstance(exc, OSError):
         return True
+    if isinstance(exc, asyncpg.PostgresError):        # raw asyncpg (the hot path)
+        state = str(getattr(exc, "sqlstate", None) or "")
+        return state.startswith("08") or state in _SHUTDOWN_STATES
+    if isinstance(exc, asyncpg.InterfaceError):       # used after the server dropped it
+        return any(sign in str(exc) for sign in _DROPPED)
+    if isinstance(exc, asyncpg.exceptions.InternalClientError):
+        return True                  # the protocol's state when the drop lands mid-statement
     if isinstance(exc, DBAPIError):
         state = str(getattr(exc.orig, "sqlstate", None) or "")
         return exc.connection_invalidated or state.startswith("08") or state in _SHUTDOWN_STATES

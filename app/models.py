@@ -18,7 +18,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from app.lifecycle import PriorityLevel, TaskStatus
+from app import claim_sql
+from app.lifecycle import STAGES, PriorityLevel, TaskStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -32,6 +33,10 @@ NAMING_CONVENTION = {
 class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
+
+_RUNNABLE = claim_sql.runnable_predicate(
+    [st.start.value for st in STAGES if st.start is not TaskStatus.claimed],
+    dict.fromkeys(st.error.value for st in STAGES))
 
 SQLITE_NOW = "(strftime('%Y-%m-%d %H:%M:%f', 'now'))"
 
@@ -166,6 +171,9 @@ class Task(TimestampMixin, Base):
         sa.Index("ix_tasks_queued", "channel_id", "priority", "created_at", "id",
                  postgresql_where=sa.text("status = 'queued'"),
                  sqlite_where=sa.text("status = 'queued'")),
+        # The claim's probe of the other runnable states (few rows; see app.claim_sql).
+        sa.Index(claim_sql.RUNNABLE_INDEX, *claim_sql.RUNNABLE_COLUMNS,
+                 postgresql_where=sa.text(_RUNNABLE), sqlite_where=sa.text(_RUNNABLE)),
         sa.CheckConstraint("attempts >= 0", name="attempts_non_negative"),
     )
 

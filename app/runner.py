@@ -3,7 +3,9 @@ transaction (claim → commit → run with no transaction open → record → co
 
 A runner continues a task into its next stage only through a fresh claim of that task (same
 capacity rule as any claim), and stops at a gate, an error, ``published``, or when the claim
-cannot be had now (the task then waits, runnable, for the next claim in queue order).
+cannot be had now (the task then waits, runnable, for the next claim in queue order). The
+per-stage calls (claim and start, load, finish, move on, renew) go through ``app.fastpath`` on
+an asyncpg pool; failures and hand-backs go through the service layer.
 
 Every write a runner makes to its task carries the claim token, so a runner whose lease was
 reaped is refused (``StaleClaim``) and stops. A runner also never runs a stage past the moment
@@ -21,19 +23,25 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
+import asyncpg  # type: ignore[import-untyped]  # ships no type information
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import db, lifecycle
+from app import db, fastpath, lifecycle
 from app.config import Settings
 from app.db import session_scope
 from app.errors import InvalidTransition, PipelineError, StaleClaim
 from app.handlers import Registry, StageInput
 from app.lifecycle import GATE_BY_WAITING, STAGE_BY_ACTIVE, TaskStatus
 from app.models import Task
-from app.services import claims, tasks, transitions
+from app.services import claims, transitions
 from app.services.claims import Claim
+
+T = TypeVar("T")
+#: Makes one status-only move: (task, from, to, actor, note).
+Mover = Callable[[uuid.UUID, TaskStatus, TaskStatus, str, "str | None"], Awaitable[object]]
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +69,13 @@ class Lease:
 
 @dataclass
 class Runner:
-    """One worker process's view: its identity, settings, sessions and handlers."""
+    """One worker process's view: its identity, settings, connections and handlers."""
 
     settings: Settings
     sessions: async_sessionmaker[AsyncSession]
     handlers: Registry
+    #: The hot path's connections (``db.make_pool``).
+    pool: asyncpg.Pool
     worker_id: str = field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:12]}")
     #: Set when the process is asked to stop: running stages finish, no further one is claimed.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -74,18 +84,25 @@ class Runner:
         return transitions.utcnow()
 
     async def claim(self, task_id: uuid.UUID | None = None) -> Lease | None:
-        """Claim the next runnable task in fair order (or ``task_id`` only); None if none can
-        be had now. The lease's local expiry counts from before the claim was sent."""
+        """Claim the next runnable task in fair order (or ``task_id`` only) and start its stage;
+        None if none can be had now."""
+        async with self.pool.acquire() as conn:
+            return await self._claim(conn, task_id)
+
+    async def _claim(self, conn: asyncpg.Connection, task_id: uuid.UUID | None) -> Lease | None:
+        """A queued task comes back in its first stage (claimed and started in one commit).
+        The lease's local expiry counts from before the claim was sent."""
         started = asyncio.get_running_loop().time()
-        async with session_scope(self.sessions) as session:
-            claim = await claims.claim_next(session, worker_id=self.worker_id,
-                                            lease_s=self.settings.lease_s, now=self.now(),
-                                            task_id=task_id)
-            if claim is None:
+        claim = await fastpath.claim(conn, worker_id=self.worker_id,
+                                     lease_s=self.settings.lease_s, now=self.now(),
+                                     task_id=task_id)
+        if claim is None:
+            return None
+        lease_s = self.settings.lease_for(claim.status)
+        if lease_s != self.settings.lease_s:         # a stage with its own lease length
+            started = asyncio.get_running_loop().time()
+            if not await fastpath.renew(conn, claim, lease_s=lease_s, now=self.now()):
                 return None
-            lease_s = self.settings.lease_for(claim.status)
-            if lease_s != self.settings.lease_s:     # a stage with its own lease length
-                await claims.renew_lease(session, claim, lease_s=lease_s, now=self.now())
         return Lease(claim, started + lease_s)
 
     async def run_next(self) -> uuid.UUID | None:
@@ -108,36 +125,19 @@ class Runner:
         while lease is not None:
             task_id = lease.claim.task_id
             try:
-                lease = await self._start_stage(lease)
                 next_status = await self._run_stage(lease)
                 lease = await self._continue(task_id, next_status)
             except PipelineError as exc:
                 log.warning("%s: %s: %s", self.worker_id, type(exc).__name__, exc)
                 return
 
-    async def _start_stage(self, lease: Lease) -> Lease:
-        """``claimed`` is not a stage yet: the same claim moves on into ``generating_assets``."""
-        claim = lease.claim
-        if claim.status is not TaskStatus.claimed:
-            return lease
-        target = TaskStatus.generating_assets
-        lease_s = self.settings.lease_for(target)
-        started = asyncio.get_running_loop().time()
-        await self._record(lease, lambda session: transitions.transition(
-            session, claim.task_id, target, actor=self.worker_id, expected=claim.status,
-            claim_token=claim.token, now=self.now(),
-            values={"attempts": Task.attempts + 1,
-                    "lease_expires_at": self.now() + timedelta(seconds=lease_s)}))
-        return Lease(Claim(claim.task_id, claim.status, target, claim.token), started + lease_s)
-
     async def _run_stage(self, lease: Lease) -> TaskStatus:
         claim = lease.claim
         stage = STAGE_BY_ACTIVE[claim.status]
-        async with session_scope(self.sessions) as session:
-            task = await tasks.get_task(session, claim.task_id)
-            runs = await tasks.times_entered(session, task.id, stage.active)
-            given = StageInput(task.id, stage.name, task.title, task.topic,
-                               task.story_direction, runs, dict(task.artifacts))
+        async with self.pool.acquire() as conn:
+            task = await fastpath.load(conn, claim.task_id, stage.active)
+        given = StageInput(claim.task_id, stage.name, task.title, task.topic,
+                           task.story_direction, task.runs, task.artifacts)
         try:
             async with self._heartbeat(lease):
                 artefacts = await self.handlers[stage.name](given)
@@ -149,27 +149,21 @@ class Runner:
             raise
         except Exception as exc:
             return await self._failed(lease, given.attempt, f"{type(exc).__name__}: {exc}")
-        return await self._succeeded(lease, artefacts, dict(task.artifacts))
+        return await self._succeeded(lease, stage.name, artefacts)
 
-    async def _succeeded(self, lease: Lease, artefacts: dict[str, object],
-                         previous: dict[str, object]) -> TaskStatus:
-        claim = lease.claim
-        stage = STAGE_BY_ACTIVE[claim.status]
-        values: dict[str, object] = {"artifacts": previous | {stage.name: artefacts},
-                                     "attempts": 0}
-        url = artefacts.get("youtube_url")
-        if stage.done is TaskStatus.published and isinstance(url, str):
-            values["youtube_url"] = url
-        await self._record(lease, lambda session: transitions.transition(
-            session, claim.task_id, stage.done, actor=self.worker_id, expected=claim.status,
-            claim_token=claim.token, values=values, now=self.now()))
-        return stage.done
+    async def _succeeded(self, lease: Lease, stage: str,
+                         artefacts: dict[str, object]) -> TaskStatus:
+        return await self._record(lease, lambda: self._on_conn(lambda conn: fastpath.finish(
+            conn, lease.claim, stage=stage, artefacts=artefacts, actor=self.worker_id,
+            now=self.now())))
 
     async def _failed(self, lease: Lease, attempt: int, message: str) -> TaskStatus:
         s = self.settings
-        task = await self._record(lease, lambda session: claims.fail_stage(
-            session, lease.claim, actor=self.worker_id, note=message, now=self.now(),
-            attempts=attempt, max_attempts=s.stage_max_attempts, backoff_s=s.retry_backoff_s))
+        task = await self._record(lease, lambda: self._in_session(lambda session: (
+            claims.fail_stage(session, lease.claim, actor=self.worker_id, note=message,
+                              now=self.now(), attempts=attempt,
+                              max_attempts=s.stage_max_attempts,
+                              backoff_s=s.retry_backoff_s))))
         log.info("%s: task %s %s", self.worker_id, lease.claim.task_id, message)
         return task.status
 
@@ -184,8 +178,15 @@ class Runner:
                     now=self.now(), attempts=attempt, max_attempts=s.stage_max_attempts,
                     backoff_s=0, count_attempt=False)
 
-    async def _record(self, lease: Lease,
-                      write: Callable[[AsyncSession], Awaitable[Task]]) -> Task:
+    async def _on_conn(self, call: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        async with self.pool.acquire() as conn:
+            return await call(conn)
+
+    async def _in_session(self, call: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        async with session_scope(self.sessions) as session:
+            return await call(session)
+
+    async def _record(self, lease: Lease, write: Callable[[], Awaitable[T]]) -> T:
         """Write a move of the claimed task in its own transaction.
 
         The write is fenced by the claim token, so trying it again is safe: it lands once or
@@ -196,8 +197,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                async with session_scope(self.sessions) as session:
-                    return await write(session)
+                return await write()
             except StaleClaim:
                 raise
             except InvalidTransition as exc:
@@ -216,28 +216,33 @@ class Runner:
     async def _continue(self, task_id: uuid.UUID, status: TaskStatus) -> Lease | None:
         """After a stage: pass auto-approved gates and automatic moves, then claim the task's
         next stage if it can be had now."""
-        async with session_scope(self.sessions) as session:
-            status = await self._advance(session, task_id, status)
-        if status not in lifecycle.RUNNABLE or self.stopping.is_set():
-            return None           # a stopping worker leaves the next stage to the others
-        return await self.claim(task_id)
+        async with self.pool.acquire() as conn:
+            async def move(task: uuid.UUID, current: TaskStatus, target: TaskStatus,
+                           actor: str, note: str | None) -> None:
+                await fastpath.move(conn, task, current, target, actor=actor, note=note,
+                                    now=self.now())
 
-    async def _advance(self, session: AsyncSession, task_id: uuid.UUID,
+            status = await self._advance(move, task_id, status)
+            if status not in lifecycle.RUNNABLE or self.stopping.is_set():
+                return None       # a stopping worker leaves the next stage to the others
+            return await self._claim(conn, task_id)
+
+    async def _advance(self, move: Mover, task_id: uuid.UUID,
                        status: TaskStatus) -> TaskStatus:
+        """Take the automatic moves and auto-approved gates from ``status``; the status
+        reached."""
         while True:
             if status in lifecycle.AUTOMATIC:
                 target = lifecycle.AUTOMATIC[status]
-                await transitions.transition(session, task_id, target, actor=self.worker_id,
-                                             expected=status, now=self.now())
-                status = target
+                await move(task_id, status, target, self.worker_id, None)
             elif (gate := GATE_BY_WAITING.get(status)) and gate.name in \
                     self.settings.auto_approved:
-                await transitions.transition(session, task_id, gate.approved,
-                                             actor="auto-approve", expected=status,
-                                             note=f"{gate.name} auto-approved", now=self.now())
-                status = gate.approved
+                target = gate.approved
+                await move(task_id, status, target, "auto-approve",
+                           f"{gate.name} auto-approved")
             else:
                 return status
+            status = target
 
     async def advance_stranded(self, session: AsyncSession, *, now: datetime,
                                limit: int = 100) -> int:
@@ -252,13 +257,19 @@ class Runner:
                    Task.updated_at < now - timedelta(seconds=self.settings.lease_s))
             .order_by(Task.updated_at).limit(limit)
             .with_for_update(skip_locked=True))).all()
+
+        async def move(task: uuid.UUID, current: TaskStatus, target: TaskStatus,
+                       actor: str, note: str | None) -> None:
+            await transitions.transition(session, task, target, actor=actor,
+                                         expected=current, note=note, now=now)
+
         for row in rows:
-            await self._advance(session, row.id, row.status)
+            await self._advance(move, row.id, row.status)
         return len(rows)
 
     async def _renew(self, claim: Claim, lease_s: float) -> bool:
-        async with session_scope(self.sessions) as session:
-            return await claims.renew_lease(session, claim, lease_s=lease_s, now=self.now())
+        async with self.pool.acquire() as conn:
+            return await fastpath.renew(conn, claim, lease_s=lease_s, now=self.now())
 
     @contextlib.asynccontextmanager
     async def _heartbeat(self, lease: Lease) -> AsyncIterator[None]:

@@ -1,15 +1,19 @@
 """Claim + start, concurrently: the project's claim path against a plain SKIP LOCKED claimer.
 
-Both do the same work per task, in two short transactions each with one status update:
-``queued → claimed`` (the claim), then ``claimed → generating_assets`` (the worker starts the
-first stage). Ours goes through the service layer exactly as a worker does (``claims.claim_next``
-— the fair, capacity-checked ``claim_task`` function, which also writes a ``task_events`` row
-and the channel's turn — then ``transitions.transition`` with the claim token); the baseline is
-two hand-written statements on a raw asyncpg connection. Claim latency is the claim
-transaction, commit included. Each claimer owns one connection. Claimers run as asyncio tasks
-in one process by default: that process stays under one core, and on a 2-core machine extra
-client processes only compete with the server for CPU (measured: slower on every path).
-``procs`` spreads them over processes where cores are plentiful.
+Every path makes the same two status updates per task, ``queued → claimed`` (the claim) and
+``claimed → generating_assets`` (the worker starts the first stage), and ends with the task in
+its first stage. Ours is exactly a worker's call, ``Runner.claim``: a connection from the
+worker's asyncpg pool and one ``claim_task`` statement that ranks the channels fairly, locks
+the channel row, checks capacity, claims, starts the stage and writes both ``task_events`` rows
+and the channel's turn, all in one commit. The service path is the same moves through the
+service layer on ``AsyncSession`` (``claims.claim_next``, then ``transitions.transition`` with
+the claim token), as admin scripts call it. The baseline is two hand-written statements on a
+raw asyncpg connection, each its own commit. Claim latency is the claim call, commit included
+(ours: claim and start). Each claimer owns one connection (ours: pool of one per claimer).
+Claimers run as asyncio tasks in one process by default: that process stays under one core,
+and on a 2-core machine extra client processes only compete with the server for CPU
+(measured: slower on every path). ``procs`` spreads them over processes where cores are
+plentiful.
 """
 
 from __future__ import annotations
@@ -26,21 +30,20 @@ import asyncpg  # type: ignore[import-untyped]  # ships no type information
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.db import make_engine, make_sessionmaker, session_scope
+from app.db import make_engine, make_pool, make_sessionmaker, session_scope
 from app.lifecycle import TaskStatus
 from app.models import Task
+from app.runner import Runner
 from app.services import claims, transitions
 from bench import data
 
 LEASE_S = 30.0
-#: ``ours``: the service layer as a worker calls it; ``ours-sql``: the same database work
-#: (``claim_task``, then the guarded, token-fenced start and its event row) from raw asyncpg,
-#: which separates the database's cost from the Python client's; ``baseline``: see above.
-KINDS = ("ours", "ours-sql", "baseline")
-#: ``ours-batch10``: ``claims.claim_batch`` takes 10 tasks per claim transaction, then each is
-#: started as in ``ours`` (measured on the first data set only).
+#: ``ours``: a worker's claim; ``service``: the service layer; ``baseline``: see above.
+KINDS = ("ours", "service", "baseline")
+#: ``service-batch10``: ``claims.claim_batch`` takes 10 tasks per claim transaction, then each
+#: is started as in ``service`` (measured on the first data set only).
 BATCH = 10
-BATCH_KIND = f"ours-batch{BATCH}"
+BATCH_KIND = f"service-batch{BATCH}"
 
 #: The baseline: the textbook claim (its own partial index, see ``BASELINE_INDEX``) …
 BASELINE_CLAIM = """
@@ -52,15 +55,6 @@ RETURNING id"""
 #: … and its second status update, by primary key as such claimers write it.
 BASELINE_START = ("UPDATE tasks SET status = 'generating_assets', attempts = attempts + 1"
                   " WHERE id = $1")
-#: ``ours-sql``: the claim function, then the start exactly as ``transitions.transition`` writes
-#: it (guarded by status and claim token, with its ``task_events`` row), in one statement.
-FUNCTION_CLAIM = "SELECT task_id, claim_token FROM claim_task($1, $2, now(), NULL)"
-FUNCTION_START = """
-WITH started AS (
-  UPDATE tasks SET status = 'generating_assets', attempts = attempts + 1
-  WHERE id = $1 AND status = 'claimed' AND claim_token = $2 RETURNING id)
-INSERT INTO task_events (task_id, from_status, to_status, actor, created_at)
-SELECT id, 'claimed', 'generating_assets', $3, now() FROM started"""
 #: The project's claim index leads with channel_id (per-channel fairness), which the
 #: baseline's global ORDER BY cannot use; the baseline gets the index it needs. Rows leaving
 #: ``queued`` add no entry to a partial index, so it costs the project's path nothing.
@@ -108,8 +102,38 @@ Loop = Callable[[int, list[float]], Awaitable[tuple[int, int]]]
 MAX_MISSES = 10_000
 
 
-async def _ours(url: str, claimers: int,
-                batch: int) -> tuple[list[Loop], Callable[[], Awaitable[None]]]:
+async def _ours(url: str, claimers: int) -> tuple[list[Loop], Callable[[], Awaitable[None]]]:
+    """``Runner.claim``, as the worker's ``work`` job calls it."""
+    settings = Settings(_env_file=None, database_url=url)      # lease: 30 s, LEASE_S
+    pool = await make_pool(settings, url, max_size=claimers)
+    engine = make_engine(settings, url)       # the runner's rare paths; unused here
+    held = [await pool.acquire() for _ in range(claimers)]   # open them before the clock
+    for conn in held:
+        await pool.release(conn)
+    runners = [Runner(settings, make_sessionmaker(engine), {}, pool, worker_id=f"bench-{i}")
+               for i in range(claimers)]
+
+    def loop_for(runner: Runner) -> Loop:
+        async def loop(quota: int, latencies: list[float]) -> tuple[int, int]:
+            misses = 0
+            while len(latencies) < quota and misses < MAX_MISSES:
+                started = time.perf_counter()
+                if await runner.claim() is None:
+                    misses += 1
+                    continue
+                latencies.append((time.perf_counter() - started) * 1000)
+            return len(latencies), misses
+        return loop
+
+    async def close() -> None:
+        await pool.close()
+        await engine.dispose()
+
+    return [loop_for(r) for r in runners], close
+
+
+async def _service(url: str, claimers: int,
+                   batch: int) -> tuple[list[Loop], Callable[[], Awaitable[None]]]:
     settings = Settings(_env_file=None, database_url=url, db_pool_size=claimers,
                         db_max_overflow=0)
     engine = make_engine(settings, url)
@@ -157,25 +181,24 @@ async def _hold_connection(sessions: async_sessionmaker[AsyncSession]) -> None:
         await asyncio.sleep(0.05)                     # held, so each task opens its own
 
 
-async def _raw(url: str, claimers: int,
-               sql: bool) -> tuple[list[Loop], Callable[[], Awaitable[None]]]:
+async def _baseline(url: str,
+                    claimers: int) -> tuple[list[Loop], Callable[[], Awaitable[None]]]:
     """One raw asyncpg connection per claimer, each statement its own transaction."""
     conns = [await data.connect(url) for _ in range(claimers)]
 
     def loop_for(conn: asyncpg.Connection, worker_id: str) -> Loop:
         async def loop(quota: int, latencies: list[float]) -> tuple[int, int]:
-            claim = await conn.prepare(FUNCTION_CLAIM if sql else BASELINE_CLAIM)
-            start = await conn.prepare(FUNCTION_START if sql else BASELINE_START)
-            claim_args = (worker_id, LEASE_S) if sql else (worker_id,)
+            claim = await conn.prepare(BASELINE_CLAIM)
+            start = await conn.prepare(BASELINE_START)
             misses = 0
             while len(latencies) < quota and misses < MAX_MISSES:
                 began = time.perf_counter()
-                row = await claim.fetchrow(*claim_args)
+                row = await claim.fetchrow(worker_id)
                 if row is None:
                     misses += 1
                     continue
                 latencies.append((time.perf_counter() - began) * 1000)
-                await start.fetch(*(row[0], row[1], worker_id) if sql else (row[0],))
+                await start.fetch(row[0])
             return len(latencies), misses
         return loop
 
@@ -188,12 +211,14 @@ async def _raw(url: str, claimers: int,
 
 async def _measure(url: str, kind: str, claimers: int, claims_total: int,
                    barrier: Barrier | None = None) -> Cell:
-    if kind.startswith("ours-batch"):
-        loops, close = await _ours(url, claimers, BATCH)
+    if kind == BATCH_KIND:
+        loops, close = await _service(url, claimers, BATCH)
+    elif kind == "service":
+        loops, close = await _service(url, claimers, 1)
     elif kind == "ours":
-        loops, close = await _ours(url, claimers, 1)
+        loops, close = await _ours(url, claimers)
     else:
-        loops, close = await _raw(url, claimers, sql=kind == "ours-sql")
+        loops, close = await _baseline(url, claimers)
     cell = Cell(kind, claimers)
     quotas = [claims_total // claimers + (i < claims_total % claimers) for i in range(claimers)]
     if barrier is not None:                       # every process connected: start together

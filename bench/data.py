@@ -11,14 +11,13 @@ import contextlib
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
 from sqlalchemy.engine import make_url
 
 from app import migrations, servers
 from app.config import Settings
-from app.db import translate_url
+from app.db import connect_kwargs
 
 #: Channels in the throughput runs, none with a capacity limit.
 CHANNELS = 10
@@ -35,21 +34,6 @@ def progress(message: str) -> None:
 async def server_urls(settings: Settings) -> tuple[str, str]:
     """``DATABASE_URL`` / ``REDIS_URL``, or the embedded servers (started if needed)."""
     return await servers.database_url(settings), servers.redis_url(settings)
-
-
-def connect_kwargs(url: str) -> dict[str, Any]:
-    """asyncpg keyword arguments for a SQLAlchemy URL (TCP, unix socket or ``sslmode``)."""
-    sa_url, args = translate_url(url)
-    kwargs: dict[str, Any] = sa_url.translate_connect_args(username="user")
-    host = sa_url.query.get("host")
-    if host:
-        kwargs["host"] = host
-    port = sa_url.query.get("port")
-    if port:
-        kwargs["port"] = int(port if isinstance(port, str) else port[0])
-    if "ssl" in args:
-        kwargs["ssl"] = args["ssl"]
-    return kwargs
 
 
 async def connect(url: str) -> asyncpg.Connection:

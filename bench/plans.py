@@ -51,7 +51,7 @@ async def ours(url: str) -> Plan:
         for statement in _AUTO_EXPLAIN:
             await conn.execute(statement)
         async with conn.transaction():
-            await conn.fetch("SELECT * FROM claim_task('explain', 30, now(), NULL)")
+            await conn.fetch("SELECT * FROM claim_task('explain', 30, now(), NULL, true)")
             raise _Rollback
     except _Rollback:
         pass

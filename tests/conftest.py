@@ -15,13 +15,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]  # ships no type information
 import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import embedded, migrations
 from app.config import Settings
-from app.db import make_engine, make_sessionmaker
+from app.db import make_engine, make_pool, make_sessionmaker
 from tests import dbtools
 from tests.notion_fake import FakeNotion
 
@@ -83,6 +84,14 @@ async def pg_engine(pg_url: str, settings: Settings) -> AsyncIterator[AsyncEngin
     engine = make_engine(settings, pg_url)
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def pg_pool(pg_url: str, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """The workers' hot-path pool (``app.fastpath``) on the test database."""
+    pool = await make_pool(settings, pg_url, max_size=8)
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture(scope="session")

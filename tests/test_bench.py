@@ -18,6 +18,7 @@ async def test_bench_toy_run_produces_the_table(pg_server_url: str) -> None:
         if kind != claimers.BATCH_KIND:      # one latency per claim transaction
             assert len(cell.latencies_ms) == 40
     assert result.plans[(dataset, "ours")].uses_claim_index
+    assert "ix_tasks_runnable" in result.plans[(dataset, "ours")].indexes
     text = report.render(result)
     assert "200 queued" in text and "ix_tasks_queued" in text and "PostgreSQL" in text
     assert "claim uses ix_tasks_queued at every size" in text

@@ -40,13 +40,16 @@ def test_frozen_pairs_match_lifecycle() -> None:
     assert tuple(p.value for p in PriorityLevel) == revision.PRIORITIES
 
 
-def test_frozen_claim_data_matches_lifecycle() -> None:
-    claim = _revision("0002_claim_task")
+@pytest.mark.parametrize("name", ["0002_claim_task", "0004_claim_start"])
+def test_frozen_claim_data_matches_lifecycle(name: str) -> None:
+    claim = _revision(name)
     starts = {st.start.value: st.active.value for st in lifecycle.STAGES
               if st.start is not TaskStatus.claimed}
     assert starts == claim.STARTS
     assert set(claim.ACTIVE) == {s.value for s in lifecycle.ACTIVE}
     assert set(claim.ERRORS) == {s.value for s in lifecycle.ERROR}
+    first = next(st.active for st in lifecycle.STAGES if st.start is TaskStatus.claimed)
+    assert getattr(claim, "FIRST_STAGE", first.value) == first.value
 
 
 @pytest.fixture
@@ -73,6 +76,9 @@ UNION ALL SELECT 'proc:' || proname FROM pg_proc WHERE proname IN ({procs}, 'cla
 UNION ALL SELECT 'trigger:' || tgname FROM pg_trigger WHERE NOT tgisinternal
 """.format(procs=", ".join(f"'{p}'" for p in guard.PG_FUNCTIONS))
 
+CLAIM_SIGNATURE = ("SELECT pg_get_function_arguments(oid) FROM pg_proc"
+                   " WHERE proname = 'claim_task'")
+
 
 async def test_round_trip_postgresql(empty_pg: str) -> None:
     await migrations.upgrade(empty_pg)
@@ -81,6 +87,12 @@ async def test_round_trip_postgresql(empty_pg: str) -> None:
     await migrations.upgrade(empty_pg)          # a second upgrade is a no-op
     current, head = await migrations.revisions(empty_pg)
     assert current == head and head is not None
+    await migrations.downgrade(empty_pg, "0003")      # the 0002 claim function is back
+    assert await _query(empty_pg, CLAIM_SIGNATURE) == [("p_worker text, p_lease_s double"
+                                                        " precision, p_now timestamp with time"
+                                                        " zone, p_task uuid DEFAULT NULL::uuid",)]
+    await migrations.upgrade(empty_pg)
+    assert "p_start boolean" in (await _query(empty_pg, CLAIM_SIGNATURE))[0][0]
     await migrations.downgrade(empty_pg, "base")
     assert await _query(empty_pg, OUR_OBJECTS) == []
     await migrations.upgrade(empty_pg)
@@ -125,7 +137,7 @@ def _inspect_sync(conn: sa.Connection) -> None:
     indexes = {ix["name"]: ix for ix in insp.get_indexes("tasks")
                if not ix.get("duplicates_constraint")}
     assert set(indexes) == {"ix_tasks_status", "ix_tasks_channel_id", "ix_tasks_created_at",
-                            "ix_tasks_channel_id_status", "ix_tasks_queued"}
+                            "ix_tasks_channel_id_status", "ix_tasks_queued", "ix_tasks_runnable"}
     queued = indexes["ix_tasks_queued"]
     assert queued["column_names"] == ["channel_id", "priority", "created_at", "id"]
     where = queued.get("dialect_options", {}).get("postgresql_where")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]  # ships no type information
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -33,7 +34,8 @@ def test_stage_lease_overrides_are_validated() -> None:
             Settings(_env_file=None, stage_lease_seconds=bad)  # type: ignore[call-arg]
 
 
-async def test_each_stage_runs_under_its_own_lease(pg_sessions: Sessions) -> None:
+async def test_each_stage_runs_under_its_own_lease(pg_sessions: Sessions,
+                                                  pg_pool: asyncpg.Pool) -> None:
     """Leases seen from inside the stages: the override for assets and upload (one reached
     from ``claimed``, one claimed straight into its stage), the default for the others."""
     settings = Settings(_env_file=None, LEASE_SECONDS=7,  # type: ignore[call-arg]
@@ -49,7 +51,8 @@ async def test_each_stage_runs_under_its_own_lease(pg_sessions: Sessions) -> Non
         seen[task.stage] = (expires - now).total_seconds()
         return {"youtube_url": "https://youtu.be/x"} if task.stage == "upload" else {}
 
-    runner = Runner(settings, pg_sessions, {name: lease_left for name in STAGE_BY_NAME})
+    runner = Runner(settings, pg_sessions, {name: lease_left for name in STAGE_BY_NAME},
+                    pg_pool)
     async with pg_sessions() as session, session.begin():
         task = await make_task(session, await make_channel(session), TaskStatus.queued)
     lease = await runner.claim(task.id)

@@ -20,6 +20,7 @@ from app.db import (
     describe,
     is_unavailable,
     make_engine,
+    make_pool,
     make_sessionmaker,
     require_postgresql,
     session_scope,
@@ -35,14 +36,20 @@ Ctx = dict[str, Any]
 
 async def startup(ctx: Ctx) -> None:
     settings = get_settings()
-    engine = make_engine(settings, require_postgresql(await servers.database_url(settings)))
+    url = require_postgresql(await servers.database_url(settings))
+    engine = make_engine(settings, url)
     handlers = load_registry(settings.stage_handlers, simulated_s=settings.simulated_stage_s)
     ctx["engine"] = engine
-    ctx["runner"] = Runner(settings, make_sessionmaker(engine), handlers)
+    # Each running job uses at most one connection at a time, plus its stage's heartbeat.
+    ctx["pool"] = pool = await make_pool(settings, url,
+                                         max_size=2 * settings.worker_concurrency + 1)
+    ctx["runner"] = Runner(settings, make_sessionmaker(engine), handlers, pool)
     log.info("worker %s started", ctx["runner"].worker_id)
 
 
 async def shutdown(ctx: Ctx) -> None:
+    if "pool" in ctx:
+        await ctx["pool"].close()
     if "engine" in ctx:
         await ctx["engine"].dispose()
 

@@ -85,9 +85,19 @@ async def _explain_miss(
     """Why a guarded update matched no row: gone, moved on, or fenced out."""
     row = (await session.execute(
         sa.select(Task.status, Task.claim_token).where(Task.id == task_id))).one_or_none()
-    if row is None:
+    return miss_error(task_id, expected, target, claim_token,
+                      None if row is None else (row[0], row[1]))
+
+
+def miss_error(
+    task_id: uuid.UUID, expected: TaskStatus, target: TaskStatus,
+    claim_token: uuid.UUID | None, found: tuple[TaskStatus, uuid.UUID | None] | None,
+) -> InvalidTransition:
+    """The error for a guarded write that matched no row, given the task's (status, token) as
+    read afterwards; raises ``TaskNotFound`` when there is no such task."""
+    if found is None:
         raise TaskNotFound(task_id)
-    status, token = row
+    status, token = found
     if claim_token is not None and (status is not expected or token != claim_token):
         held = "lease lost" if status is expected else f"the task is {status.value} now"
         return StaleClaim(task_id, status, target,

@@ -1,0 +1,180 @@
+"""The worker's single-statement calls on asyncpg: claim and start in one commit, finish and
+move with their event rows, token fencing, refusals that write nothing, and a dropped
+connection recognised as the database being unavailable."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import asyncpg  # type: ignore[import-untyped]  # ships no type information
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app import db, fastpath
+from app.errors import InvalidTransition, StaleClaim, TaskNotFound
+from app.lifecycle import TaskStatus
+from app.models import Channel, Task, TaskEvent
+from app.services import claims, transitions
+from tests.factories import make_channel, make_task
+
+Sessions = async_sessionmaker[AsyncSession]
+S = TaskStatus
+
+
+async def _fresh(sessions: Sessions, status: TaskStatus = S.queued, **kw: object) -> Task:
+    """A task on a new channel, with every other channel parked (claims see only it)."""
+    async with sessions() as session, session.begin():
+        await session.execute(sa.update(Channel).values(is_active=False))
+        return await make_task(session, await make_channel(session), status, **kw)
+
+
+async def _history(sessions: Sessions, task_id: uuid.UUID) -> list[tuple[object, ...]]:
+    async with sessions() as session:
+        rows = await session.execute(
+            sa.select(TaskEvent.from_status, TaskEvent.to_status, TaskEvent.actor,
+                      TaskEvent.note).where(TaskEvent.task_id == task_id)
+            .order_by(TaskEvent.id))
+        return [tuple(r) for r in rows]
+
+
+async def _task(sessions: Sessions, task_id: uuid.UUID) -> Task:
+    async with sessions() as session:
+        task = await session.get(Task, task_id)
+        assert task is not None
+        return task
+
+
+async def test_claim_starts_a_queued_task_in_one_commit(pg_sessions: Sessions,
+                                                        pg_pool: asyncpg.Pool) -> None:
+    task = await _fresh(pg_sessions)
+    now = transitions.utcnow()
+    async with pg_pool.acquire() as conn:
+        held = await fastpath.claim(conn, worker_id="w1", lease_s=30, now=now)
+    assert held is not None
+    assert (held.task_id, held.from_status, held.status) == (task.id, S.queued,
+                                                             S.generating_assets)
+    row = await _task(pg_sessions, task.id)
+    assert (row.status, row.claim_token, row.claimed_by, row.attempts) == (
+        S.generating_assets, held.token, "w1", 1)
+    assert row.lease_expires_at is not None
+    assert abs((row.lease_expires_at - now).total_seconds() - 30) < 0.01
+    assert await _history(pg_sessions, task.id) == [
+        (S.queued, S.claimed, "w1", "claim"), (S.claimed, S.generating_assets, "w1", None)]
+
+
+async def test_claim_without_start_stops_at_claimed(pg_sessions: Sessions,
+                                                    pg_pool: asyncpg.Pool) -> None:
+    task = await _fresh(pg_sessions)
+    async with pg_pool.acquire() as conn:
+        held = await fastpath.claim(conn, worker_id="w", lease_s=30,
+                                    now=transitions.utcnow(), start=False)
+    assert held is not None and (held.task_id, held.status) == (task.id, S.claimed)
+
+
+async def test_claim_of_a_continuing_task_enters_its_stage(pg_sessions: Sessions,
+                                                           pg_pool: asyncpg.Pool) -> None:
+    task = await _fresh(pg_sessions, S.composites_ready)
+    async with pg_pool.acquire() as conn:
+        held = await fastpath.claim(conn, worker_id="w", lease_s=30,
+                                    now=transitions.utcnow(), task_id=task.id)
+    assert held is not None and held.status is S.generating_video
+    assert await _history(pg_sessions, task.id) == [
+        (S.composites_ready, S.generating_video, "w", "claim")]
+
+
+async def test_finish_merges_artefacts_and_ends_the_claim(pg_sessions: Sessions,
+                                                          pg_pool: asyncpg.Pool) -> None:
+    task = await _fresh(pg_sessions, artifacts={"earlier": {"k": 1}})
+    async with pg_pool.acquire() as conn:
+        held = await fastpath.claim(conn, worker_id="w", lease_s=30, now=transitions.utcnow())
+        assert held is not None
+        loaded = await fastpath.load(conn, task.id, held.status)
+        done = await fastpath.finish(conn, held, stage="assets", artefacts={"files": 3},
+                                     actor="w", now=transitions.utcnow())
+    assert (loaded.title, loaded.runs, loaded.artifacts) == ("A video", 1, {"earlier": {"k": 1}})
+    assert done is S.assets_ready
+    row = await _task(pg_sessions, task.id)
+    assert row.status is S.assets_ready and row.attempts == 0
+    assert (row.claim_token, row.claimed_by, row.lease_expires_at) == (None, None, None)
+    assert row.artifacts == {"earlier": {"k": 1}, "assets": {"files": 3}}
+
+
+async def test_finishing_the_upload_publishes(pg_sessions: Sessions,
+                                              pg_pool: asyncpg.Pool) -> None:
+    task = await _fresh(pg_sessions, S.approved)
+    async with pg_pool.acquire() as conn:
+        held = await fastpath.claim(conn, worker_id="w", lease_s=30,
+                                    now=transitions.utcnow(), task_id=task.id)
+        assert held is not None and held.status is S.uploading
+        await fastpath.finish(conn, held, stage="upload",
+                              artefacts={"youtube_url": "https://youtu.be/abc"}, actor="w",
+                              now=transitions.utcnow())
+    row = await _task(pg_sessions, task.id)
+    assert row.status is S.published and row.youtube_url == "https://youtu.be/abc"
+    assert row.published_at is not None
+
+
+async def test_a_reaped_claim_cannot_finish_or_renew(pg_sessions: Sessions,
+                                                     pg_pool: asyncpg.Pool) -> None:
+    task = await _fresh(pg_sessions)
+    async with pg_pool.acquire() as conn:
+        held = await fastpath.claim(conn, worker_id="w", lease_s=30, now=transitions.utcnow())
+    assert held is not None
+    async with pg_sessions() as session, session.begin():
+        reaped = await claims.reap_expired(session, now=transitions.utcnow() + timedelta(
+            minutes=5), actor="reaper", max_attempts=3, backoff_s=0)
+    assert (task.id, S.asset_error) in {(r.task_id, r.to) for r in reaped}
+    before = await _history(pg_sessions, task.id)
+    async with pg_pool.acquire() as conn:
+        assert not await fastpath.renew(conn, held, lease_s=30, now=transitions.utcnow())
+        with pytest.raises(StaleClaim, match="asset_error now"):
+            await fastpath.finish(conn, held, stage="assets", artefacts={}, actor="w",
+                                  now=transitions.utcnow())
+    assert await _history(pg_sessions, task.id) == before
+    assert (await _task(pg_sessions, task.id)).status is S.asset_error
+
+
+async def test_moves_are_checked_before_anything_is_written(pg_sessions: Sessions,
+                                                            pg_pool: asyncpg.Pool) -> None:
+    task = await _fresh(pg_sessions, S.assembly_ready)
+    now = transitions.utcnow()
+    async with pg_pool.acquire() as conn:
+        with pytest.raises(InvalidTransition, match="assembly_ready → published is not allowed"):
+            await fastpath.move(conn, task.id, S.assembly_ready, S.published, actor="w",
+                                note=None, now=now)
+        with pytest.raises(ValueError, match="changes more than the status"):
+            await fastpath.move(conn, task.id, S.generating_sfx, S.audio_error, actor="w",
+                                note=None, now=now)
+        with pytest.raises(InvalidTransition, match="expected sfx_ready, found assembly_ready"):
+            await fastpath.move(conn, task.id, S.sfx_ready, S.assembling, actor="w",
+                                note=None, now=now)
+        with pytest.raises(TaskNotFound):
+            await fastpath.move(conn, uuid.uuid4(), S.assembly_ready, S.final_review,
+                                actor="w", note=None, now=now)
+        assert await _history(pg_sessions, task.id) == []
+        await fastpath.move(conn, task.id, S.assembly_ready, S.final_review, actor="w",
+                            note="auto", now=now)
+    assert await _history(pg_sessions, task.id) == [
+        (S.assembly_ready, S.final_review, "w", "auto")]
+
+
+async def test_a_dropped_connection_reads_as_unavailable(pg_pool: asyncpg.Pool,
+                                                         pg_url: str) -> None:
+    """What the runner retries on: the server ending the hot path's connection."""
+    async with pg_pool.acquire() as conn:
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        killer = await asyncpg.connect(**db.connect_kwargs(pg_url))
+        try:
+            assert await killer.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await killer.close()
+        with pytest.raises(Exception) as caught:
+            await conn.fetchval("SELECT 1")
+        assert db.is_unavailable(caught.value), repr(caught.value)
+        with pytest.raises(Exception) as again:      # and used once more after that
+            await conn.fetchval("SELECT 1")
+        assert db.is_unavailable(again.value), repr(again.value)
+    async with pg_pool.acquire() as conn:            # the pool replaces it
+        assert await conn.fetchval("SELECT 1") == 1
