@@ -7,14 +7,17 @@ A claim is any move from a runnable state into an active state. The function:
    among equal priorities a flooded channel cannot starve the others. Each channel costs two
    ordered index probes: ``ix_tasks_queued`` and ``ix_tasks_runnable`` (the other runnable
    states and retryable errors, few rows);
-2. locks one channel row at a time with ``FOR NO KEY UPDATE SKIP LOCKED``: capacity is
-   serialised per channel (a claimer that finds the row locked moves on to other work);
+2. locks the best channel no other claimer holds, in the ranking statement itself
+   (``FOR NO KEY UPDATE OF c SKIP LOCKED LIMIT 1``): capacity is serialised per channel, and a
+   claimer that finds a channel's row locked moves on to the next one without waiting;
 3. counts that channel's active tasks in a *new statement*, after the lock: every claim on the
    channel by an earlier lock holder is committed and visible (never a count from an old
    snapshot);
 4. moves the ranked task with a guarded ``UPDATE … WHERE status = :runnable``, issuing a fresh
-   claim token and a lease, and writes the ``task_events`` row. If an earlier lock holder took
-   that task since the ranking, the channel's head is read again, once, under the lock.
+   claim token and a lease, then writes the ``task_events`` row and the channel's turn in one
+   more statement. If an earlier lock holder took that task since the ranking, the channel's
+   head is read again, once, under the lock. A channel at capacity (or with nothing it can
+   start) is passed over and the ranking runs again without it.
 
 With ``p_task`` set it claims that task only (a worker continuing a task into its next stage):
 the same capacity rule applies. With ``p_start`` a claimed ``queued`` task also starts its first
@@ -72,29 +75,36 @@ RETURNS TABLE (task_id uuid, from_status taskstatus, to_status taskstatus, claim
 LANGUAGE plpgsql AS $$
 DECLARE
   cand record;
+  passed uuid[] := '{{}}';
   head_id uuid;
   head_status taskstatus;
   target taskstatus;
   token uuid;
 BEGIN
-  FOR cand IN
-    SELECT * FROM (
-      SELECT c.id AS channel, c.max_concurrent, best.id, best.status
+  LOOP
+    -- The best channel whose row no other claimer holds, locked: capacity is serialised per
+    -- channel, and a held channel is skipped, not waited on.
+    IF p_task IS NULL THEN
+      SELECT c.id AS channel, c.max_concurrent, best.id, best.status INTO cand
       FROM channels c
       CROSS JOIN LATERAL ({_head('c.id', start_list, error_list)}) best
-      WHERE c.is_active AND p_task IS NULL
-      ORDER BY best.priority, c.last_claimed_at NULLS FIRST, best.created_at, c.id) ranked
-    UNION ALL
-    SELECT c.id, c.max_concurrent, t.id, t.status
-    FROM tasks t JOIN channels c ON c.id = t.channel_id
-    WHERE p_task IS NOT NULL AND t.id = p_task AND c.is_active
-  LOOP
-    -- Serialise capacity per channel; a channel another claimer holds is skipped, not waited on.
-    PERFORM 1 FROM channels WHERE id = cand.channel FOR NO KEY UPDATE SKIP LOCKED;
-    CONTINUE WHEN NOT FOUND;
-    -- A new statement after the lock: sees every claim committed by earlier lock holders.
-    CONTINUE WHEN cand.max_concurrent IS NOT NULL AND cand.max_concurrent <= (
-      SELECT count(*) FROM tasks WHERE channel_id = cand.channel AND status IN ({active_list}));
+      WHERE c.is_active AND c.id <> ALL (passed)
+      ORDER BY best.priority, c.last_claimed_at NULLS FIRST, best.created_at, c.id
+      LIMIT 1
+      FOR NO KEY UPDATE OF c SKIP LOCKED;
+    ELSE
+      SELECT c.id AS channel, c.max_concurrent, t.id, t.status INTO cand
+      FROM tasks t JOIN channels c ON c.id = t.channel_id
+      WHERE t.id = p_task AND c.is_active AND c.id <> ALL (passed)
+      FOR NO KEY UPDATE OF c SKIP LOCKED;
+    END IF;
+    EXIT WHEN NOT FOUND;
+    passed := passed || cand.channel;
+    IF cand.max_concurrent IS NOT NULL THEN
+      -- A new statement after the lock: sees every claim committed by earlier lock holders.
+      CONTINUE WHEN cand.max_concurrent <= (
+        SELECT count(*) FROM tasks WHERE channel_id = cand.channel AND status IN ({active_list}));
+    END IF;
     head_id := cand.id;
     head_status := cand.status;
     FOR pass IN 1..2 LOOP
@@ -127,18 +137,21 @@ BEGIN
           attempts = CASE WHEN target = 'claimed' THEN t.attempts ELSE t.attempts + 1 END
         WHERE t.id = head_id AND t.status = head_status;
       CONTINUE WHEN NOT FOUND;
+      -- The rest in one statement: the start (if asked), the event rows, the channel's turn.
       IF p_start AND target = 'claimed' THEN
-        UPDATE tasks t SET status = '{first_stage}', attempts = t.attempts + 1
-          WHERE t.id = head_id;
+        WITH started AS (
+            UPDATE tasks t SET status = '{first_stage}', attempts = t.attempts + 1
+            WHERE t.id = head_id),
+          turn AS (UPDATE channels SET last_claimed_at = p_now WHERE id = cand.channel)
         INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
           VALUES (head_id, head_status, target, p_worker, 'claim', p_now),
                  (head_id, target, '{first_stage}', p_worker, NULL, p_now);
         target := '{first_stage}';
       ELSE
+        WITH turn AS (UPDATE channels SET last_claimed_at = p_now WHERE id = cand.channel)
         INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
           VALUES (head_id, head_status, target, p_worker, 'claim', p_now);
       END IF;
-      UPDATE channels SET last_claimed_at = p_now WHERE id = cand.channel;
       task_id := head_id; from_status := head_status; to_status := target;
       claim_token := token;
       RETURN NEXT;
