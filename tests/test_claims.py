@@ -217,3 +217,21 @@ async def test_concurrent_batches_never_share_a_task(pg_sessions: Sessions) -> N
                                                       Task.status == TaskStatus.claimed))).all())
     assert set(claimed) == a | b
     assert all(claimed[t] == "A" for t in a) and all(claimed[t] == "B" for t in b)
+
+
+async def test_renew_lease_holds_only_while_the_token_does(pg_sessions: Sessions) -> None:
+    await _isolate(pg_sessions)
+    async with pg_sessions() as session, session.begin():
+        task = await make_task(session, await make_channel(session))
+    claim = await _claim(pg_sessions)
+    assert claim is not None and claim.task_id == task.id
+    later = transitions.utcnow() + timedelta(minutes=10)
+    async with pg_sessions() as session, session.begin():
+        assert await claims.renew_lease(session, claim, lease_s=60, now=later)
+        row = await session.get(Task, task.id)
+        assert row is not None and row.lease_expires_at == later + timedelta(seconds=60)
+    async with pg_sessions() as session, session.begin():
+        await claims.reap_expired(session, now=later + timedelta(minutes=2), actor="reaper",
+                                  max_attempts=3, backoff_s=0)
+    async with pg_sessions() as session, session.begin():
+        assert not await claims.renew_lease(session, claim, lease_s=60, now=later)

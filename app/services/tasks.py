@@ -99,10 +99,3 @@ async def history(session: AsyncSession, task_id: uuid.UUID) -> list[TaskEvent]:
     await get_task(session, task_id)
     stmt = sa.select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.id)
     return list(await session.scalars(stmt))
-
-
-async def times_entered(session: AsyncSession, task_id: uuid.UUID, status: TaskStatus) -> int:
-    """How many times the task entered ``status`` (a stage's runs over the task's life)."""
-    count = await session.scalar(sa.select(sa.func.count()).where(
-        TaskEvent.task_id == task_id, TaskEvent.to_status == status))
-    return int(count or 0)
