@@ -26,13 +26,14 @@ from sqlalchemy.pool import NullPool
 
 from app.config import Settings
 from app.errors import NeedsPostgreSQL
+from app.hotpool import HotPool
 
 _LIBPQ_SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
 # SQLSTATEs of a server going away: admin_shutdown, crash_shutdown, cannot_connect_now
 # (restart, failover); class 08 (connection_exception) is matched by prefix.
 _SHUTDOWN_STATES = {"57P01", "57P02", "57P03"}
-# asyncpg on a connection the server dropped: closed, or (from a pool) handed back on close.
-_DROPPED = ("connection is closed", "released back to the pool")
+# asyncpg on a connection the server dropped, used again.
+_DROPPED = ("connection is closed",)
 
 
 def translate_url(dsn: str) -> tuple[URL, dict[str, Any]]:
@@ -113,21 +114,19 @@ def connect_kwargs(url: str) -> dict[str, Any]:
     return kwargs
 
 
-async def _keep(_connection: asyncpg.Connection) -> None:
-    """Pool reset on release: nothing to undo, the hot path leaves no session state."""
-
-
-async def make_pool(settings: Settings, url: str, *, max_size: int) -> asyncpg.Pool:
-    """A plain asyncpg pool for a worker's hot path (``app.fastpath``): single autocommitted
-    statements, so a connection needs no reset round trip when it goes back. Opens
-    connections on demand; honours the statement-cache and PgBouncer settings."""
+async def make_pool(settings: Settings, url: str, *, max_size: int) -> HotPool:
+    """The connections of a worker's hot path (``app.fastpath``): single autocommitted
+    statements, opened on demand; honours the statement-cache and PgBouncer settings."""
+    kwargs = connect_kwargs(require_postgresql(url))
     cache = 0 if settings.db_pgbouncer else settings.db_statement_cache_size
-    pool: asyncpg.Pool = await asyncpg.create_pool(
-        **connect_kwargs(require_postgresql(url)), min_size=0, max_size=max_size,
-        statement_cache_size=cache, reset=_keep,
-        max_inactive_connection_lifetime=float(max(settings.db_pool_recycle_s, 0)),
-        server_settings={"jit": "off", "application_name": "pipeline"})
-    return pool
+
+    async def connect() -> asyncpg.Connection:
+        conn: asyncpg.Connection = await asyncpg.connect(
+            **kwargs, statement_cache_size=cache,
+            server_settings={"jit": "off", "application_name": "pipeline"})
+        return conn
+
+    return HotPool(connect, max_size)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -5,7 +5,7 @@ A runner continues a task into its next stage only through a fresh claim of that
 capacity rule as any claim), and stops at a gate, an error, ``published``, or when the claim
 cannot be had now (the task then waits, runnable, for the next claim in queue order). The
 per-stage calls (claim and start, load, finish, move on, renew) go through ``app.fastpath`` on
-an asyncpg pool; failures and hand-backs go through the service layer.
+the hot path's connections; failures and hand-backs go through the service layer.
 
 Every write a runner makes to its task carries the claim token, so a runner whose lease was
 reaped is refused (``StaleClaim``) and stops. A runner also never runs a stage past the moment
@@ -34,6 +34,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.errors import InvalidTransition, PipelineError, StaleClaim
 from app.handlers import Registry, StageInput
+from app.hotpool import HotPool
 from app.lifecycle import GATE_BY_WAITING, STAGE_BY_ACTIVE, TaskStatus
 from app.models import Task
 from app.services import claims, transitions
@@ -75,7 +76,7 @@ class Runner:
     sessions: async_sessionmaker[AsyncSession]
     handlers: Registry
     #: The hot path's connections (``db.make_pool``).
-    pool: asyncpg.Pool
+    pool: HotPool
     worker_id: str = field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:12]}")
     #: Set when the process is asked to stop: running stages finish, no further one is claimed.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)

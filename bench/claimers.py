@@ -3,7 +3,7 @@
 Every path makes the same two status updates per task, ``queued → claimed`` (the claim) and
 ``claimed → generating_assets`` (the worker starts the first stage), and ends with the task in
 its first stage. Ours is exactly a worker's call, ``Runner.claim``: a connection from the
-worker's asyncpg pool and one ``claim_task`` statement that ranks the channels fairly, locks
+worker's hot-path pool and one ``claim_task`` statement that ranks the channels fairly, locks
 the channel row, checks capacity, claims, starts the stage and writes both ``task_events`` rows
 and the channel's turn, all in one commit. The service path is the same moves through the
 service layer on ``AsyncSession`` (``claims.claim_next``, then ``transitions.transition`` with
@@ -19,6 +19,7 @@ plentiful.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import statistics
 import time
@@ -107,9 +108,9 @@ async def _ours(url: str, claimers: int) -> tuple[list[Loop], Callable[[], Await
     settings = Settings(_env_file=None, database_url=url)      # lease: 30 s, LEASE_S
     pool = await make_pool(settings, url, max_size=claimers)
     engine = make_engine(settings, url)       # the runner's rare paths; unused here
-    held = [await pool.acquire() for _ in range(claimers)]   # open them before the clock
-    for conn in held:
-        await pool.release(conn)
+    async with contextlib.AsyncExitStack() as held:     # open them before the clock
+        for _ in range(claimers):
+            await held.enter_async_context(pool.acquire())
     runners = [Runner(settings, make_sessionmaker(engine), {}, pool, worker_id=f"bench-{i}")
                for i in range(claimers)]
 

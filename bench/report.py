@@ -163,7 +163,7 @@ def _worker_checks(report: Report) -> list[_Check]:
 
 
 FOOTNOTES = """\
-ours: a worker's claim, Runner.claim: a connection from the worker's asyncpg pool, then one
+ours: a worker's claim, Runner.claim: a connection from the worker's hot-path pool, then one
   claim_task statement (fair channel ranking, channel row lock, capacity, guarded update
   queued → claimed → generating_assets with a fresh claim token, two task_events rows, the
   channel's turn), one commit.

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]  # ships no type information
 import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -23,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app import embedded, migrations
 from app.config import Settings
 from app.db import make_engine, make_pool, make_sessionmaker
+from app.hotpool import HotPool
 from tests import dbtools
 from tests.notion_fake import FakeNotion
 
@@ -87,7 +87,7 @@ async def pg_engine(pg_url: str, settings: Settings) -> AsyncIterator[AsyncEngin
 
 
 @pytest.fixture(scope="session")
-async def pg_pool(pg_url: str, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+async def pg_pool(pg_url: str, settings: Settings) -> AsyncIterator[HotPool]:
     """The workers' hot-path pool (``app.fastpath``) on the test database."""
     pool = await make_pool(settings, pg_url, max_size=8)
     yield pool

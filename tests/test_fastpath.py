@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import db, fastpath
 from app.errors import InvalidTransition, StaleClaim, TaskNotFound
+from app.hotpool import HotPool
 from app.lifecycle import TaskStatus
 from app.models import Channel, Task, TaskEvent
 from app.services import claims, transitions
@@ -47,7 +48,7 @@ async def _task(sessions: Sessions, task_id: uuid.UUID) -> Task:
 
 
 async def test_claim_starts_a_queued_task_in_one_commit(pg_sessions: Sessions,
-                                                        pg_pool: asyncpg.Pool) -> None:
+                                                        pg_pool: HotPool) -> None:
     task = await _fresh(pg_sessions)
     now = transitions.utcnow()
     async with pg_pool.acquire() as conn:
@@ -65,7 +66,7 @@ async def test_claim_starts_a_queued_task_in_one_commit(pg_sessions: Sessions,
 
 
 async def test_claim_without_start_stops_at_claimed(pg_sessions: Sessions,
-                                                    pg_pool: asyncpg.Pool) -> None:
+                                                    pg_pool: HotPool) -> None:
     task = await _fresh(pg_sessions)
     async with pg_pool.acquire() as conn:
         held = await fastpath.claim(conn, worker_id="w", lease_s=30,
@@ -74,7 +75,7 @@ async def test_claim_without_start_stops_at_claimed(pg_sessions: Sessions,
 
 
 async def test_claim_of_a_continuing_task_enters_its_stage(pg_sessions: Sessions,
-                                                           pg_pool: asyncpg.Pool) -> None:
+                                                           pg_pool: HotPool) -> None:
     task = await _fresh(pg_sessions, S.composites_ready)
     async with pg_pool.acquire() as conn:
         held = await fastpath.claim(conn, worker_id="w", lease_s=30,
@@ -85,7 +86,7 @@ async def test_claim_of_a_continuing_task_enters_its_stage(pg_sessions: Sessions
 
 
 async def test_finish_merges_artefacts_and_ends_the_claim(pg_sessions: Sessions,
-                                                          pg_pool: asyncpg.Pool) -> None:
+                                                          pg_pool: HotPool) -> None:
     task = await _fresh(pg_sessions, artifacts={"earlier": {"k": 1}})
     async with pg_pool.acquire() as conn:
         held = await fastpath.claim(conn, worker_id="w", lease_s=30, now=transitions.utcnow())
@@ -102,7 +103,7 @@ async def test_finish_merges_artefacts_and_ends_the_claim(pg_sessions: Sessions,
 
 
 async def test_finishing_the_upload_publishes(pg_sessions: Sessions,
-                                              pg_pool: asyncpg.Pool) -> None:
+                                              pg_pool: HotPool) -> None:
     task = await _fresh(pg_sessions, S.approved)
     async with pg_pool.acquire() as conn:
         held = await fastpath.claim(conn, worker_id="w", lease_s=30,
@@ -117,7 +118,7 @@ async def test_finishing_the_upload_publishes(pg_sessions: Sessions,
 
 
 async def test_a_reaped_claim_cannot_finish_or_renew(pg_sessions: Sessions,
-                                                     pg_pool: asyncpg.Pool) -> None:
+                                                     pg_pool: HotPool) -> None:
     task = await _fresh(pg_sessions)
     async with pg_pool.acquire() as conn:
         held = await fastpath.claim(conn, worker_id="w", lease_s=30, now=transitions.utcnow())
@@ -137,7 +138,7 @@ async def test_a_reaped_claim_cannot_finish_or_renew(pg_sessions: Sessions,
 
 
 async def test_moves_are_checked_before_anything_is_written(pg_sessions: Sessions,
-                                                            pg_pool: asyncpg.Pool) -> None:
+                                                            pg_pool: HotPool) -> None:
     task = await _fresh(pg_sessions, S.assembly_ready)
     now = transitions.utcnow()
     async with pg_pool.acquire() as conn:
@@ -160,7 +161,7 @@ async def test_moves_are_checked_before_anything_is_written(pg_sessions: Session
         (S.assembly_ready, S.final_review, "w", "auto")]
 
 
-async def test_a_dropped_connection_reads_as_unavailable(pg_pool: asyncpg.Pool,
+async def test_a_dropped_connection_reads_as_unavailable(pg_pool: HotPool,
                                                          pg_url: str) -> None:
     """What the runner retries on: the server ending the hot path's connection."""
     async with pg_pool.acquire() as conn:

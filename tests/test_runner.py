@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]  # ships no type information
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.handlers import StageInput
+from app.hotpool import HotPool
 from app.lifecycle import STAGE_BY_NAME, TaskStatus
 from app.models import Task
 from app.runner import Runner
@@ -35,7 +35,7 @@ def test_stage_lease_overrides_are_validated() -> None:
 
 
 async def test_each_stage_runs_under_its_own_lease(pg_sessions: Sessions,
-                                                  pg_pool: asyncpg.Pool) -> None:
+                                                  pg_pool: HotPool) -> None:
     """Leases seen from inside the stages: the override for assets and upload (one reached
     from ``claimed``, one claimed straight into its stage), the default for the others."""
     settings = Settings(_env_file=None, LEASE_SECONDS=7,  # type: ignore[call-arg]
