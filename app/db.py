@@ -114,9 +114,10 @@ def connect_kwargs(url: str) -> dict[str, Any]:
     return kwargs
 
 
-async def make_pool(settings: Settings, url: str, *, max_size: int) -> HotPool:
+def make_pool(settings: Settings, url: str, *, max_size: int) -> HotPool:
     """The connections of a worker's hot path (``app.fastpath``): single autocommitted
-    statements, opened on demand; honours the statement-cache and PgBouncer settings."""
+    statements, opened on demand; honours the statement-cache, recycle and PgBouncer
+    settings."""
     kwargs = connect_kwargs(require_postgresql(url))
     cache = 0 if settings.db_pgbouncer else settings.db_statement_cache_size
 
@@ -126,7 +127,7 @@ async def make_pool(settings: Settings, url: str, *, max_size: int) -> HotPool:
             server_settings={"jit": "off", "application_name": "pipeline"})
         return conn
 
-    return HotPool(connect, max_size)
+    return HotPool(connect, max_size, recycle_s=settings.db_pool_recycle_s)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

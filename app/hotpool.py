@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
@@ -20,18 +21,22 @@ from app.errors import PipelineError
 
 
 class HotPool:
-    """At most ``size`` connections, most recently used first, opened on demand."""
+    """At most ``size`` connections, most recently used first, opened on demand and closed
+    once older than ``recycle_s`` (negative: never)."""
 
-    def __init__(self, connect: Callable[[], Awaitable[asyncpg.Connection]], size: int) -> None:
+    def __init__(self, connect: Callable[[], Awaitable[asyncpg.Connection]], size: int, *,
+                 recycle_s: float = -1) -> None:
         self._connect = connect
         self._slots = asyncio.Semaphore(size)
+        self._recycle_s = recycle_s
         self._idle: list[asyncpg.Connection] = []
+        self._born: dict[asyncpg.Connection, float] = {}
         self._closed = False
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
         async with self._slots:
-            conn = self._idle.pop() if self._idle else await self._connect()
+            conn = self._idle.pop() if self._idle else await self._open()
             try:
                 yield conn
             except PipelineError:        # a refusal our code raised after a finished statement
@@ -39,12 +44,21 @@ class HotPool:
                 raise
             except BaseException:
                 conn.terminate()         # mid-statement, cancelled or dropped: never reused
+                del self._born[conn]
                 raise
             self._put_back(conn)
 
+    async def _open(self) -> asyncpg.Connection:
+        conn = await self._connect()
+        self._born[conn] = time.monotonic()
+        return conn
+
     def _put_back(self, conn: asyncpg.Connection) -> None:
-        if self._closed or conn.is_closed() or conn.is_in_transaction():
+        age = time.monotonic() - self._born[conn]
+        if self._closed or conn.is_closed() or conn.is_in_transaction() or \
+                0 <= self._recycle_s < age:
             conn.terminate()
+            del self._born[conn]
         else:
             self._idle.append(conn)
 
@@ -53,4 +67,5 @@ class HotPool:
         self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
+            del self._born[conn]
             await conn.close()

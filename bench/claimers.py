@@ -106,7 +106,7 @@ MAX_MISSES = 10_000
 async def _ours(url: str, claimers: int) -> tuple[list[Loop], Callable[[], Awaitable[None]]]:
     """``Runner.claim``, as the worker's ``work`` job calls it."""
     settings = Settings(_env_file=None, database_url=url)      # lease: 30 s, LEASE_S
-    pool = await make_pool(settings, url, max_size=claimers)
+    pool = make_pool(settings, url, max_size=claimers)
     engine = make_engine(settings, url)       # the runner's rare paths; unused here
     async with contextlib.AsyncExitStack() as held:     # open them before the clock
         for _ in range(claimers):

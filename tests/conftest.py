@@ -89,7 +89,7 @@ async def pg_engine(pg_url: str, settings: Settings) -> AsyncIterator[AsyncEngin
 @pytest.fixture(scope="session")
 async def pg_pool(pg_url: str, settings: Settings) -> AsyncIterator[HotPool]:
     """The workers' hot-path pool (``app.fastpath``) on the test database."""
-    pool = await make_pool(settings, pg_url, max_size=8)
+    pool = make_pool(settings, pg_url, max_size=8)
     yield pool
     await pool.close()
 

@@ -4,6 +4,7 @@ connection recognised as the database being unavailable."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import db, fastpath
+from app.config import Settings
 from app.errors import InvalidTransition, StaleClaim, TaskNotFound
 from app.hotpool import HotPool
 from app.lifecycle import TaskStatus
@@ -179,3 +181,39 @@ async def test_a_dropped_connection_reads_as_unavailable(pg_pool: HotPool,
         assert db.is_unavailable(again.value), repr(again.value)
     async with pg_pool.acquire() as conn:            # the pool replaces it
         assert await conn.fetchval("SELECT 1") == 1
+
+
+async def test_the_pool_reuses_clean_connections_and_drops_doubtful_ones(
+        pg_url: str, settings: Settings) -> None:
+    pool = db.make_pool(settings, pg_url, max_size=1)
+    pid = "SELECT pg_backend_pid()"
+    try:
+        async with pool.acquire() as conn:
+            first = await conn.fetchval(pid)
+        async with pool.acquire() as conn:                 # clean: the same one again
+            assert await conn.fetchval(pid) == first
+        with pytest.raises(StaleClaim):
+            async with pool.acquire() as conn:             # our refusal: still clean
+                assert await conn.fetchval(pid) == first
+                raise StaleClaim(uuid.uuid4(), S.queued, S.claimed)
+        with pytest.raises(RuntimeError):
+            async with pool.acquire() as conn:             # anything else: closed
+                assert await conn.fetchval(pid) == first
+                raise RuntimeError("boom")
+        async with pool.acquire() as conn:
+            second = await conn.fetchval(pid)
+        assert second != first
+        async with pool.acquire():                         # size 1: a second caller waits
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2), pool.acquire():
+                    pass
+    finally:
+        await pool.close()
+    recycling = HotPool(lambda: asyncpg.connect(**db.connect_kwargs(pg_url)), 1, recycle_s=0)
+    try:
+        async with recycling.acquire() as conn:
+            first = await conn.fetchval(pid)
+        async with recycling.acquire() as conn:            # older than recycle_s: replaced
+            assert await conn.fetchval(pid) != first
+    finally:
+        await recycling.close()

@@ -41,8 +41,7 @@ async def startup(ctx: Ctx) -> None:
     handlers = load_registry(settings.stage_handlers, simulated_s=settings.simulated_stage_s)
     ctx["engine"] = engine
     # Each running job uses at most one connection at a time, plus its stage's heartbeat.
-    ctx["pool"] = pool = await make_pool(settings, url,
-                                         max_size=2 * settings.worker_concurrency + 1)
+    ctx["pool"] = pool = make_pool(settings, url, max_size=2 * settings.worker_concurrency + 1)
     ctx["runner"] = Runner(settings, make_sessionmaker(engine), handlers, pool)
     log.info("worker %s started", ctx["runner"].worker_id)
 
