@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
 
 from app import lifecycle
-from app.errors import InvalidTransition
+from app.errors import InvalidTransition, TaskNotFound
 from app.lifecycle import TaskStatus
 from app.services import transitions
 from app.services.claims import Claim
@@ -89,7 +89,7 @@ class Loaded:
 async def load(conn: asyncpg.Connection, task_id: uuid.UUID, active: TaskStatus) -> Loaded:
     row = await conn.fetchrow(LOAD, task_id, active.value)
     if row is None:
-        raise transitions.miss_error(task_id, active, active, None, None)
+        raise TaskNotFound(task_id)
     return Loaded(row[0], row[1], row[2], json.loads(row[3]), int(row[4]))
 
 

@@ -156,6 +156,8 @@ async def test_moves_are_checked_before_anything_is_written(pg_sessions: Session
         with pytest.raises(TaskNotFound):
             await fastpath.move(conn, uuid.uuid4(), S.assembly_ready, S.final_review,
                                 actor="w", note=None, now=now)
+        with pytest.raises(TaskNotFound):
+            await fastpath.load(conn, uuid.uuid4(), S.generating_assets)
         assert await _history(pg_sessions, task.id) == []
         await fastpath.move(conn, task.id, S.assembly_ready, S.final_review, actor="w",
                             note="auto", now=now)
