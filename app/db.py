@@ -32,8 +32,11 @@ _LIBPQ_SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verif
 # SQLSTATEs of a server going away: admin_shutdown, crash_shutdown, cannot_connect_now
 # (restart, failover); class 08 (connection_exception) is matched by prefix.
 _SHUTDOWN_STATES = {"57P01", "57P02", "57P03"}
-# asyncpg on a connection the server dropped, used again.
-_DROPPED = ("connection is closed",)
+# What asyncpg says of a connection the server dropped, used again.
+_DROPPED = "connection is closed"
+# Every connection of ours, through either pool: no JIT for short statements, named in
+# pg_stat_activity.
+_SERVER_SETTINGS = {"jit": "off", "application_name": "pipeline"}
 
 
 def translate_url(dsn: str) -> tuple[URL, dict[str, Any]]:
@@ -79,7 +82,7 @@ def make_engine(settings: Settings, url: str, *, echo: bool = False) -> AsyncEng
         engine = create_async_engine(sa_url, echo=echo, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    connect_args["server_settings"] = {"jit": "off", "application_name": "pipeline"}
+    connect_args["server_settings"] = dict(_SERVER_SETTINGS)
     kwargs: dict[str, Any] = {}
     if settings.db_pgbouncer or settings.db_statement_cache_size == 0:
         # Transaction pooling: no statement may outlive its transaction on one backend.
@@ -124,7 +127,7 @@ def make_pool(settings: Settings, url: str, *, max_size: int) -> HotPool:
     async def connect() -> asyncpg.Connection:
         conn: asyncpg.Connection = await asyncpg.connect(
             **kwargs, statement_cache_size=cache,
-            server_settings={"jit": "off", "application_name": "pipeline"})
+            server_settings=dict(_SERVER_SETTINGS))
         return conn
 
     return HotPool(connect, max_size, recycle_s=settings.db_pool_recycle_s)
@@ -153,7 +156,7 @@ def is_unavailable(exc: BaseException) -> bool:
         state = str(getattr(exc, "sqlstate", None) or "")
         return state.startswith("08") or state in _SHUTDOWN_STATES
     if isinstance(exc, asyncpg.InterfaceError):       # used after the server dropped it
-        return any(sign in str(exc) for sign in _DROPPED)
+        return _DROPPED in str(exc)
     if isinstance(exc, asyncpg.exceptions.InternalClientError):
         return True                  # the protocol's state when the drop lands mid-statement
     if isinstance(exc, DBAPIError):

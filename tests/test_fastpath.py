@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
 import pytest
@@ -42,6 +43,12 @@ async def _history(sessions: Sessions, task_id: uuid.UUID) -> list[tuple[object,
         return [tuple(r) for r in rows]
 
 
+async def _claim(conn: asyncpg.Connection, **kw: Any) -> claims.Claim | None:
+    """A claim by worker "w" with a 30 s lease, now."""
+    return await fastpath.claim(conn, worker_id="w", lease_s=30, now=transitions.utcnow(),
+                                **kw)
+
+
 async def _task(sessions: Sessions, task_id: uuid.UUID) -> Task:
     async with sessions() as session:
         task = await session.get(Task, task_id)
@@ -71,8 +78,7 @@ async def test_claim_without_start_stops_at_claimed(pg_sessions: Sessions,
                                                     pg_pool: HotPool) -> None:
     task = await _fresh(pg_sessions)
     async with pg_pool.acquire() as conn:
-        held = await fastpath.claim(conn, worker_id="w", lease_s=30,
-                                    now=transitions.utcnow(), start=False)
+        held = await _claim(conn, start=False)
     assert held is not None and (held.task_id, held.status) == (task.id, S.claimed)
 
 
@@ -80,8 +86,7 @@ async def test_claim_of_a_continuing_task_enters_its_stage(pg_sessions: Sessions
                                                            pg_pool: HotPool) -> None:
     task = await _fresh(pg_sessions, S.composites_ready)
     async with pg_pool.acquire() as conn:
-        held = await fastpath.claim(conn, worker_id="w", lease_s=30,
-                                    now=transitions.utcnow(), task_id=task.id)
+        held = await _claim(conn, task_id=task.id)
     assert held is not None and held.status is S.generating_video
     assert await _history(pg_sessions, task.id) == [
         (S.composites_ready, S.generating_video, "w", "claim")]
@@ -91,7 +96,7 @@ async def test_finish_merges_artefacts_and_ends_the_claim(pg_sessions: Sessions,
                                                           pg_pool: HotPool) -> None:
     task = await _fresh(pg_sessions, artifacts={"earlier": {"k": 1}})
     async with pg_pool.acquire() as conn:
-        held = await fastpath.claim(conn, worker_id="w", lease_s=30, now=transitions.utcnow())
+        held = await _claim(conn)
         assert held is not None
         loaded = await fastpath.load(conn, task.id, held.status)
         done = await fastpath.finish(conn, held, stage="assets", artefacts={"files": 3},
@@ -108,8 +113,7 @@ async def test_finishing_the_upload_publishes(pg_sessions: Sessions,
                                               pg_pool: HotPool) -> None:
     task = await _fresh(pg_sessions, S.approved)
     async with pg_pool.acquire() as conn:
-        held = await fastpath.claim(conn, worker_id="w", lease_s=30,
-                                    now=transitions.utcnow(), task_id=task.id)
+        held = await _claim(conn, task_id=task.id)
         assert held is not None and held.status is S.uploading
         await fastpath.finish(conn, held, stage="upload",
                               artefacts={"youtube_url": "https://youtu.be/abc"}, actor="w",
@@ -123,7 +127,7 @@ async def test_a_reaped_claim_cannot_finish_or_renew(pg_sessions: Sessions,
                                                      pg_pool: HotPool) -> None:
     task = await _fresh(pg_sessions)
     async with pg_pool.acquire() as conn:
-        held = await fastpath.claim(conn, worker_id="w", lease_s=30, now=transitions.utcnow())
+        held = await _claim(conn)
     assert held is not None
     async with pg_sessions() as session, session.begin():
         reaped = await claims.reap_expired(session, now=transitions.utcnow() + timedelta(
