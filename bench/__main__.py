@@ -36,7 +36,10 @@ def parse(argv: list[str] | None = None) -> Options:
                         help="published tasks beside 10k queued (default 1M; quick: none)")
     parser.add_argument("--claimers", type=_counts, default=(1, 2, 4, 8),
                         help="concurrent claimers per cell (1,2,4,8)")
-    parser.add_argument("--claims", type=int, help="claims per cell (2000; quick: 500)")
+    parser.add_argument("--claims", type=int,
+                        help="claims per run of a cell (1000; quick: 300)")
+    parser.add_argument("--rounds", type=int,
+                        help="rounds of ours and the baseline per cell, pooled (3; quick: 2)")
     parser.add_argument("--channels", type=int, default=data.CHANNELS,
                         help=f"channels the queued tasks are spread over ({data.CHANNELS})")
     parser.add_argument("--procs", type=int, default=1,
@@ -48,12 +51,14 @@ def parse(argv: list[str] | None = None) -> Options:
     finished = args.finished if args.finished is not None else (0 if args.quick else 1_000_000)
     datasets = tuple(Dataset(n) for n in sizes) + ((Dataset(10_000, finished),) if finished
                                                     else ())
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.quick:
-        return Options(datasets, args.claimers, args.claims or 500, args.channels, args.procs,
-                       args.workers, pickup_tasks=15, sweep_tasks=8, rescue_trials=2,
-                       pipeline_tasks=100)
-    return Options(datasets, args.claimers, args.claims or 2000, args.channels, args.procs,
-                   args.workers)
+        return Options(datasets, args.claimers, args.claims or 300, args.rounds or 2,
+                       args.channels, args.procs, args.workers, pickup_tasks=15, sweep_tasks=8,
+                       rescue_trials=2, pipeline_tasks=100)
+    return Options(datasets, args.claimers, args.claims or 1000, args.rounds or 3,
+                   args.channels, args.procs, args.workers)
 
 
 async def main(options: Options) -> int:

@@ -41,6 +41,8 @@ from bench import data
 LEASE_S = 30.0
 #: ``ours``: a worker's claim; ``service``: the service layer; ``baseline``: see above.
 KINDS = ("ours", "service", "baseline")
+#: The compared pair, measured in every round (the others once per cell).
+PAIR = ("ours", "baseline")
 #: ``service-batch10``: ``claims.claim_batch`` takes 10 tasks per claim transaction, then each
 #: is started as in ``service`` (measured on the first data set only).
 BATCH = 10
@@ -75,10 +77,21 @@ class Cell:
     #: Claims that found nothing (every channel with work locked by other claimers): retried.
     misses: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    rounds: int = 1
 
     @property
     def rate(self) -> float:
         return self.claims / self.seconds if self.seconds else 0.0
+
+    def pooled(self, earlier: Cell | None) -> Cell:
+        """This round and the earlier rounds of the same cell, as one measurement: claims over
+        time summed, latencies together."""
+        if earlier is None:
+            return self
+        return Cell(self.kind, self.claimers, earlier.claims + self.claims,
+                    earlier.seconds + self.seconds, earlier.cpu_s + self.cpu_s,
+                    earlier.misses + self.misses, earlier.latencies_ms + self.latencies_ms,
+                    earlier.rounds + 1)
 
     def percentile(self, q: int) -> float:
         return percentile(self.latencies_ms, q)

@@ -33,8 +33,10 @@ def _header(report: Report) -> str:
             f"machine: {report.cores} cores ({report.machine}), shared with other work (load"
             f" average {report.load[0]:.1f} at the start, {report.load[1]:.1f} at the end):"
             f" compare ratios within the run, not absolute figures\n"
-            f"{o.claims} claims per cell, {o.channels} channels without a capacity"
-            f" limit, claimers as asyncio tasks in {o.procs} process(es)")
+            f"{o.rounds} round(s) of {o.claims} claims per cell for ours and the baseline"
+            f" (alternating which goes first, pooled), 1 for the service paths;"
+            f" {o.channels} channels without a capacity limit, claimers as asyncio tasks in"
+            f" {o.procs} process(es)")
 
 
 def _cell(report: Report, dataset: Dataset, n: int, kind: str) -> Cell | None:

@@ -36,7 +36,9 @@ def _short(n: int) -> str:
 class Options:
     datasets: tuple[Dataset, ...]
     claimers: tuple[int, ...] = (1, 2, 4, 8)
-    claims: int = 2000
+    claims: int = 1000
+    #: Rounds of the compared pair per cell (see ``schedule``).
+    rounds: int = 3
     channels: int = data.CHANNELS
     procs: int = 1
     workers: bool = True
@@ -103,16 +105,29 @@ async def _claims(report: Report, dataset: Dataset, url: str) -> None:
         await data.checkpoint(conn)
         report.plans[(dataset, "ours")] = await plans.ours(url)
         report.plans[(dataset, "baseline")] = await plans.baseline(url)
-        first = dataset == options.datasets[0]
-        kinds = (*claimers.KINDS, claimers.BATCH_KIND) if first else claimers.KINDS
+        batch = dataset == options.datasets[0]
         for n in options.claimers:
-            for kind in kinds:
-                data.progress(f"{dataset.label}: {kind}, {n} claimer(s), {options.claims} claims")
+            for i, kind in enumerate(schedule(options.rounds, batch=batch)):
+                data.progress(f"{dataset.label}, {n} claimer(s): {kind}, {options.claims} claims"
+                              f" ({i + 1} of {options.rounds * 2 + 1 + batch})")
                 cell = await claimers.run_cell(url, kind, n, options.claims, procs=options.procs)
-                report.cells[(dataset, n, kind)] = cell
+                key = (dataset, n, kind)
+                report.cells[key] = cell.pooled(report.cells.get(key))
                 await loader.refill()
     finally:
         await conn.close()
+
+
+def schedule(rounds: int, *, batch: bool) -> list[str]:
+    """The runs of one cell. Load from other work on a shared machine drifts over seconds, so
+    the compared pair runs in several short rounds, alternating which goes first; their rounds
+    are pooled. The service paths (for reference) run once, after the first round."""
+    runs: list[str] = []
+    for r in range(rounds):
+        runs += claimers.PAIR if r % 2 == 0 else claimers.PAIR[::-1]
+        if r == 0:
+            runs += ["service", claimers.BATCH_KIND] if batch else ["service"]
+    return runs
 
 
 async def _workers(report: Report, url: str, redis_url: str) -> None:

@@ -8,15 +8,16 @@ from bench.run import Dataset, Options, run
 
 async def test_bench_toy_run_produces_the_table(pg_server_url: str) -> None:
     dataset = Dataset(200)
-    options = Options((dataset,), claimers=(1, 2), claims=40, workers=False)
+    options = Options((dataset,), claimers=(1, 2), claims=40, rounds=2, workers=False)
     result = await run(options, pg_server_url, redis_url="unused")
 
     kinds = (*claimers.KINDS, claimers.BATCH_KIND)
     assert set(result.cells) == {(dataset, n, kind) for n in (1, 2) for kind in kinds}
     for (_, _, kind), cell in result.cells.items():
-        assert cell.claims == 40
+        rounds = 2 if kind in claimers.PAIR else 1       # the compared pair's rounds pooled
+        assert (cell.rounds, cell.claims) == (rounds, 40 * rounds)
         if kind != claimers.BATCH_KIND:      # one latency per claim transaction
-            assert len(cell.latencies_ms) == 40
+            assert len(cell.latencies_ms) == 40 * rounds
     assert result.plans[(dataset, "ours")].uses_claim_index
     assert "ix_tasks_runnable" in result.plans[(dataset, "ours")].indexes
     text = report.render(result)
