@@ -22,8 +22,10 @@ A claim is any move from a runnable state into an active state. The function:
 With ``p_task`` set it claims that task only (a worker continuing a task into its next stage):
 the same capacity rule applies. With ``p_start`` a claimed ``queued`` task also starts its first
 stage in the same transaction (``queued → claimed → generating_assets``, two events): what a
-worker does next anyway, for one commit instead of two. Rendered from frozen lifecycle data
-passed by the migration.
+worker does next anyway, for one commit instead of two. Since revision 0005 that is a single
+write on the task, which the database guard accepts along ``lifecycle.CLAIM_STARTS`` with the
+fresh token; ``claimed`` never exists on its own. Rendered from frozen lifecycle data passed by
+the migration.
 """
 
 from __future__ import annotations
@@ -62,12 +64,16 @@ def _head(channel: str, starts: str, errors: str) -> str:
 
 
 def render(starts: Mapping[str, str], active: Iterable[str], errors: Iterable[str],
-           first_stage: str) -> str:
+           first_stage: str, *, single_write: bool = True) -> str:
     """``starts`` maps each runnable state (other than queued) to the active state it enters;
-    ``first_stage`` is the active state a claimed task starts in."""
+    ``first_stage`` is the active state a claimed task starts in. With ``single_write``
+    (revision 0005) a claim that starts its stage is one write on the task, which the guard of
+    that revision accepts with the fresh token; without it (revision 0004), two."""
     start_list, error_list = _list(starts), _list(errors)
     active_list = _list(active)
     start_case = "\n".join(f"          WHEN '{s}' THEN '{a}'" for s, a in starts.items())
+    write = _write_once(first_stage) if single_write else _write_twice(first_stage)
+    declare = "\n  entered taskstatus;" if single_write else ""
     return f"""CREATE OR REPLACE FUNCTION {FUNCTION}(
   p_worker text, p_lease_s double precision, p_now timestamptz, p_task uuid DEFAULT NULL,
   p_start boolean DEFAULT false)
@@ -79,7 +85,7 @@ DECLARE
   head_id uuid;
   head_status taskstatus;
   target taskstatus;
-  token uuid;
+  token uuid;{declare}
 BEGIN
   LOOP
     -- The best channel whose row no other claimer holds, locked: capacity is serialised per
@@ -130,7 +136,19 @@ BEGIN
         END::taskstatus;
         EXIT WHEN target IS NULL;
       END IF;
-      token := gen_random_uuid();
+{write}      task_id := head_id; from_status := head_status; to_status := target;
+      claim_token := token;
+      RETURN NEXT;
+      RETURN;
+    END LOOP;
+  END LOOP;
+END
+$$"""
+
+
+def _write_twice(first_stage: str) -> str:
+    """Revision 0004's claim: the move, then (for a start) a second write into the stage."""
+    return f"""      token := gen_random_uuid();
       UPDATE tasks t SET status = target, claimed_by = p_worker, claimed_at = p_now,
           claim_token = token, lease_expires_at = p_now + make_interval(secs => p_lease_s),
           retry_at = NULL,
@@ -152,14 +170,28 @@ BEGIN
         INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
           VALUES (head_id, head_status, target, p_worker, 'claim', p_now);
       END IF;
-      task_id := head_id; from_status := head_status; to_status := target;
-      claim_token := token;
-      RETURN NEXT;
-      RETURN;
-    END LOOP;
-  END LOOP;
-END
-$$"""
+"""
+
+
+def _write_once(first_stage: str) -> str:
+    """One write on the task, straight into the first stage for a start (``queued → claimed →
+    first stage``: a second tuple version, its index entries, triggers and foreign-key check
+    saved), then both transitions' events and the channel's turn in one statement."""
+    return f"""      token := gen_random_uuid();
+      entered := CASE WHEN p_start AND target = 'claimed' THEN '{first_stage}' ELSE target END;
+      UPDATE tasks t SET status = entered, claimed_by = p_worker, claimed_at = p_now,
+          claim_token = token, lease_expires_at = p_now + make_interval(secs => p_lease_s),
+          retry_at = NULL,
+          attempts = CASE WHEN entered = 'claimed' THEN t.attempts ELSE t.attempts + 1 END
+        WHERE t.id = head_id AND t.status = head_status;
+      CONTINUE WHEN NOT FOUND;
+      WITH turn AS (UPDATE channels SET last_claimed_at = p_now WHERE id = cand.channel)
+      INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
+        SELECT head_id, e.src, e.dst, p_worker, e.note, p_now
+        FROM (VALUES (head_status, target, 'claim'), (target, entered, NULL)) e (src, dst, note)
+        WHERE e.src <> e.dst;
+      target := entered;
+"""
 
 
 def drop() -> str:

@@ -41,16 +41,7 @@ def postgres_install(pairs: Sequence[Pair]) -> list[str]:
 RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
   SELECT {allowed}
 $$""",
-        """CREATE OR REPLACE FUNCTION tasks_guard_transition() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-  IF NOT task_transition_allowed(OLD.status, NEW.status) THEN
-    RAISE EXCEPTION 'illegal task transition % -> % (task %)', OLD.status, NEW.status, OLD.id
-      USING ERRCODE = 'check_violation', CONSTRAINT = 'tasks_transition';
-  END IF;
-  RETURN NEW;
-END
-$$""",
+        guard_function(),
         # Only status changes are checked; heartbeats and bookkeeping updates pass untouched.
         """CREATE TRIGGER tasks_guard_transition BEFORE UPDATE OF status ON tasks
 FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
@@ -71,6 +62,32 @@ FOR EACH ROW EXECUTE FUNCTION set_updated_at()"""
         for table in TABLES_WITH_UPDATED_AT
     ]
     return statements
+
+
+def guard_function(claim_starts: Sequence[Pair] = ()) -> str:
+    """``tasks_guard_transition()``: refuse every status move that is not an edge of the table.
+
+    Each pair ``(a, c)`` of ``claim_starts`` is the path ``a → claimed → c`` taken in one write: a
+    worker's claim that starts its stage at once (``app.claim_sql``). It passes only when the
+    same write issues a fresh claim token, so a bare ``UPDATE … SET status`` along it is still
+    refused, and it reaches no state the two edges do not.
+    """
+    composite = ""
+    if claim_starts:
+        pairs = ", ".join(f"('{src}', '{dst}')" for src, dst in claim_starts)
+        composite = ("\n     AND NOT ((OLD.status::text, NEW.status::text) IN (" + pairs + ")"
+                     "\n          AND NEW.claim_token IS NOT NULL"
+                     "\n          AND NEW.claim_token IS DISTINCT FROM OLD.claim_token)")
+    return f"""CREATE OR REPLACE FUNCTION tasks_guard_transition() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF NOT task_transition_allowed(OLD.status, NEW.status){composite} THEN
+    RAISE EXCEPTION 'illegal task transition % -> % (task %)', OLD.status, NEW.status, OLD.id
+      USING ERRCODE = 'check_violation', CONSTRAINT = 'tasks_transition';
+  END IF;
+  RETURN NEW;
+END
+$$"""
 
 
 def postgres_uninstall() -> list[str]:

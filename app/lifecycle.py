@@ -147,6 +147,12 @@ RETRY_EDGES: dict[TaskStatus, dict[str, TaskStatus]] = {
     error: {st.name: st.active for st in STAGES if st.error is error} for error in ERROR
 }
 
+#: A claim that starts its stage at once, ``a → claimed → c``: one write on the task, recorded as
+#: both transitions. The database guard accepts such a pair only with a fresh claim token.
+CLAIM_STARTS: tuple[tuple[TaskStatus, TaskStatus], ...] = tuple(
+    (src, dst) for src in TaskStatus if S.claimed in TRANSITIONS[src]
+    for dst in TaskStatus if dst in TRANSITIONS[S.claimed] and dst in ACTIVE)
+
 #: Human-readable label per status (the Notion status options and CLI output use these).
 LABELS: dict[TaskStatus, str] = {s: s.value.replace("_", " ").title() for s in TaskStatus}
 LABELS[S.sfx_ready] = "SFX Ready"

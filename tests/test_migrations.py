@@ -12,6 +12,7 @@ from types import ModuleType
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -40,7 +41,8 @@ def test_frozen_pairs_match_lifecycle() -> None:
     assert tuple(p.value for p in PriorityLevel) == revision.PRIORITIES
 
 
-@pytest.mark.parametrize("name", ["0002_claim_task", "0004_claim_start"])
+@pytest.mark.parametrize("name", ["0002_claim_task", "0004_claim_start",
+                                  "0005_claim_single_write"])
 def test_frozen_claim_data_matches_lifecycle(name: str) -> None:
     claim = _revision(name)
     starts = {st.start.value: st.active.value for st in lifecycle.STAGES
@@ -50,6 +52,9 @@ def test_frozen_claim_data_matches_lifecycle(name: str) -> None:
     assert set(claim.ERRORS) == {s.value for s in lifecycle.ERROR}
     first = next(st.active for st in lifecycle.STAGES if st.start is TaskStatus.claimed)
     assert getattr(claim, "FIRST_STAGE", first.value) == first.value
+    if hasattr(claim, "CLAIM_STARTS"):
+        assert [(TaskStatus(a), TaskStatus(b)) for a, b in claim.CLAIM_STARTS] == \
+            list(lifecycle.CLAIM_STARTS)
 
 
 @pytest.fixture
@@ -97,6 +102,45 @@ async def test_round_trip_postgresql(empty_pg: str) -> None:
     assert await _query(empty_pg, OUR_OBJECTS) == []
     await migrations.upgrade(empty_pg)
     await _inspect(empty_pg)
+
+
+async def _commit(url: str, *statements: str) -> list[sa.Row[tuple[object, ...]]]:
+    """Run ``statements`` in one committed transaction; the last one's rows."""
+    engine = create_async_engine(url, poolclass=NullPool)
+    rows: list[sa.Row[tuple[object, ...]]] = []
+    try:
+        async with engine.begin() as conn:
+            for statement in statements:
+                result = await conn.execute(sa.text(statement))
+                rows = list(result) if result.returns_rows else []
+    finally:
+        await engine.dispose()
+    return rows
+
+
+CLAIM_AND_START = "SELECT to_status::text FROM claim_task('w', 30, now(), NULL, true)"
+#: ``queued → generating_assets`` in one write, with a fresh claim token.
+CLAIM_START_BY_HAND = ("UPDATE tasks SET status = 'generating_assets',"
+                       " claim_token = gen_random_uuid() WHERE status = 'queued'")
+
+
+async def test_downgrade_0005_restores_the_two_write_claim(empty_pg: str) -> None:
+    await migrations.upgrade(empty_pg)
+    await _commit(empty_pg,
+                  "INSERT INTO channels (channel_id, channel_name) VALUES ('UC-m', 'M')",
+                  "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
+                  " SELECT c.id, md5(g::text), 'T', 'queued'"
+                  " FROM channels c, generate_series(1, 3) g")
+    assert await _commit(empty_pg, CLAIM_AND_START) == [("generating_assets",)]
+    await migrations.downgrade(empty_pg, "0004")
+    assert await _commit(empty_pg, CLAIM_AND_START) == [("generating_assets",)]
+    with pytest.raises(DBAPIError, match="illegal task transition queued -> generating_assets"):
+        await _commit(empty_pg, CLAIM_START_BY_HAND)
+    events = await _commit(empty_pg, "SELECT from_status::text, to_status::text"
+                                     " FROM task_events ORDER BY id")
+    assert events == [("queued", "claimed"), ("claimed", "generating_assets")] * 2
+    await migrations.upgrade(empty_pg)
+    await _commit(empty_pg, CLAIM_START_BY_HAND)       # the last queued task, by hand
 
 
 async def _inspect(url: str) -> None:

@@ -45,7 +45,7 @@ def upgrade() -> None:
                     postgresql_where=predicate, sqlite_where=predicate)
     if op.get_bind().dialect.name == "postgresql":
         op.execute(claim_sql_0002.drop())
-        op.execute(claim_sql.render(STARTS, ACTIVE, ERRORS, FIRST_STAGE))
+        op.execute(claim_sql.render(STARTS, ACTIVE, ERRORS, FIRST_STAGE, single_write=False))
 
 
 def downgrade() -> None:
