@@ -164,11 +164,11 @@ def _worker_checks(report: Report) -> list[_Check]:
                    f"max {worst:.0f} ms vs {bound_ms:.0f} ms", worst <= bound_ms)]
 
 
-FOOTNOTES = """\
+FOOTNOTES = f"""\
 ours: a worker's claim, Runner.claim: a connection from the worker's hot-path pool, then one
-  claim_task statement (fair channel ranking, channel row lock, capacity, guarded update
-  queued → claimed → generating_assets with a fresh claim token, two task_events rows, the
-  channel's turn), one commit.
+  claim_task statement (fair channel ranking, channel row lock, capacity, one guarded write of
+  the row queued → claimed → generating_assets with a fresh claim token, two task_events rows,
+  the channel's turn), one commit.
 baseline: plain asyncpg, UPDATE … WHERE id = (SELECT … ORDER BY priority, created_at FOR UPDATE
   SKIP LOCKED LIMIT 1), then UPDATE … SET status = 'generating_assets'; each autocommitted; no
   events, no fairness, no capacity, no token check. It gets its own partial index
@@ -179,11 +179,13 @@ service: the same moves through the service layer on AsyncSession, as admin scri
   claims.claim_next in one transaction, then transitions.transition claimed →
   generating_assets with the claim token in a second. batch10: claims.claim_batch takes 10
   tasks per claim transaction, then starts each as service does (first data set only).
-Every path: two status updates per task, ending in generating_assets; claims/s = tasks
+Every path: two transitions per task, ending in generating_assets; claims/s = tasks
   claimed and started per second; p50/p99 = the claim call in ms, commit included (ours: the
   claim and the start); CPU = the client process's CPU time over wall time (100% = one core);
   misses = claims that found every channel with work locked by other claimers (retried, not
-  counted). Every cell starts from the same queue depth, VACUUM ANALYZEd. Fairness costs a
-  ranking of every channel's best runnable task (two index probes per channel) plus a channel
-  row lock and turn update per claim; claimers of one channel take turns on its row (one
-  channel: claims serialise)."""
+  counted). Every cell starts from the same queue depth, VACUUM ANALYZEd; each claimer first
+  makes {claimers.WARMUP} claims off the clock (a new connection's first calls load catalogs,
+  compile and plan: 10 to 70 ms once per connection). Fairness costs a ranking of every
+  channel's best runnable task (two index probes per channel) plus a channel row lock and turn
+  update per claim; claimers of one channel take turns on its row (one channel: claims
+  serialise)."""
