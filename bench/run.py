@@ -105,11 +105,11 @@ async def _claims(report: Report, dataset: Dataset, url: str) -> None:
         await data.checkpoint(conn)
         report.plans[(dataset, "ours")] = await plans.ours(url)
         report.plans[(dataset, "baseline")] = await plans.baseline(url)
-        batch = dataset == options.datasets[0]
+        runs = schedule(options.rounds, batch=dataset == options.datasets[0])
         for n in options.claimers:
-            for i, kind in enumerate(schedule(options.rounds, batch=batch)):
+            for i, kind in enumerate(runs):
                 data.progress(f"{dataset.label}, {n} claimer(s): {kind}, {options.claims} claims"
-                              f" ({i + 1} of {options.rounds * 2 + 1 + batch})")
+                              f" ({i + 1} of {len(runs)})")
                 cell = await claimers.run_cell(url, kind, n, options.claims, procs=options.procs)
                 key = (dataset, n, kind)
                 report.cells[key] = cell.pooled(report.cells.get(key))
