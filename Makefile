@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy -p bench
 
-# `make bench BENCH_ARGS=--quick` for a smoke run; the full run takes 6 to 11 minutes here.
+# `make bench BENCH_ARGS=--quick` for a smoke run; the full run takes about 6 minutes here.
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

@@ -14,7 +14,7 @@ A claim is any move from a runnable state into an active state. The function:
    channel by an earlier lock holder is committed and visible (never a count from an old
    snapshot);
 4. moves the ranked task with a guarded ``UPDATE … WHERE status = :runnable``, issuing a fresh
-   claim token and a lease, then writes the ``task_events`` row and the channel's turn in one
+   claim token and a lease, then writes the ``task_events`` rows and the channel's turn in one
    more statement. If an earlier lock holder took that task since the ranking, the channel's
    head is read again, once, under the lock. A channel at capacity (or with nothing it can
    start) is passed over and the ranking runs again without it.

@@ -1,8 +1,10 @@
 """DDL for the database-side guarantees: the transition guard and ``updated_at`` triggers.
 
-Rendered from a list of legal ``(from, to)`` pairs, so the database refuses exactly what the
-service layer refuses. Migrations pass the pairs frozen in the revision that installs them (an
-edited table needs a new revision; ``tests/test_migrations.py`` checks they agree).
+Rendered from a list of legal ``(from, to)`` pairs, so the database refuses what the service
+layer refuses; since revision 0005 the PostgreSQL guard also passes ``lifecycle.CLAIM_STARTS``
+when written by a claim (see ``guard_function``). Migrations pass the pairs frozen in the
+revision that installs them (an edited table needs a new revision; ``tests/test_migrations.py``
+checks they agree).
 """
 
 from __future__ import annotations
@@ -32,16 +34,24 @@ def _case_expression(pairs: Iterable[Pair], old: str, new: str, *, cast: str = "
     return f"CASE {old}\n{whens}\n    ELSE false\n  END"
 
 
-def postgres_install(pairs: Sequence[Pair]) -> list[str]:
-    """Functions and triggers: refuse illegal status moves; keep timestamps true."""
+def guard_functions(pairs: Sequence[Pair], claim_starts: Sequence[Pair] = ()) -> list[str]:
+    """``task_transition_allowed`` and ``tasks_guard_transition()`` (``CREATE OR REPLACE``): what
+    a revision that edits the transition table re-installs."""
     allowed = _case_expression(pairs, "from_status", "to_status", cast="::taskstatus")
-    statements = [
+    return [
         f"""CREATE OR REPLACE FUNCTION task_transition_allowed(from_status taskstatus,
                                                    to_status taskstatus)
 RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
   SELECT {allowed}
 $$""",
-        guard_function(),
+        guard_function(claim_starts),
+    ]
+
+
+def postgres_install(pairs: Sequence[Pair]) -> list[str]:
+    """Functions and triggers: refuse illegal status moves; keep timestamps true."""
+    statements = [
+        *guard_functions(pairs),
         # Only status changes are checked; heartbeats and bookkeeping updates pass untouched.
         """CREATE TRIGGER tasks_guard_transition BEFORE UPDATE OF status ON tasks
 FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
@@ -68,16 +78,19 @@ def guard_function(claim_starts: Sequence[Pair] = ()) -> str:
     """``tasks_guard_transition()``: refuse every status move that is not an edge of the table.
 
     Each pair ``(a, c)`` of ``claim_starts`` is the path ``a → claimed → c`` taken in one write: a
-    worker's claim that starts its stage at once (``app.claim_sql``). It passes only when the
-    same write issues a fresh claim token, so a bare ``UPDATE … SET status`` along it is still
-    refused, and it reaches no state the two edges do not.
+    worker's claim that starts its stage at once (``app.claim_sql``). It passes only as a claim
+    writes it: a fresh claim token, a worker, a lease and one more attempt. A bare ``UPDATE …
+    SET status`` along it is still refused, and it reaches no state the two edges do not.
     """
     composite = ""
     if claim_starts:
         pairs = ", ".join(f"('{src}', '{dst}')" for src, dst in claim_starts)
         composite = ("\n     AND NOT ((OLD.status::text, NEW.status::text) IN (" + pairs + ")"
                      "\n          AND NEW.claim_token IS NOT NULL"
-                     "\n          AND NEW.claim_token IS DISTINCT FROM OLD.claim_token)")
+                     "\n          AND NEW.claim_token IS DISTINCT FROM OLD.claim_token"
+                     "\n          AND NEW.claimed_by IS NOT NULL"
+                     "\n          AND NEW.lease_expires_at IS NOT NULL"
+                     "\n          AND NEW.attempts = OLD.attempts + 1)")
     return f"""CREATE OR REPLACE FUNCTION tasks_guard_transition() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN

@@ -52,7 +52,8 @@ class PriorityLevel(enum.StrEnum):
 
 S = TaskStatus
 
-#: Every legal move. Any pair not listed is refused by the service layer and by the database.
+#: Every legal move. Any pair not listed is refused by the service layer and by the database
+#: (which also passes ``CLAIM_STARTS``, two moves in one write, only when a claim writes them).
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.draft: frozenset({S.queued}),
     S.queued: frozenset({S.claimed, S.draft}),

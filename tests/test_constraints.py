@@ -125,22 +125,28 @@ async def test_event_ids_never_reused(sessions: Sessions) -> None:
         assert second.id > first_id
 
 
-async def test_claim_start_in_one_write_needs_a_fresh_token(pg_sessions: Sessions) -> None:
+async def test_claim_start_in_one_write_only_as_a_claim(pg_sessions: Sessions) -> None:
     """``queued → generating_assets`` is the path through ``claimed`` that a claim starting its
     stage takes in one write (``lifecycle.CLAIM_STARTS``): the guard passes it only when the
-    write issues a new claim token."""
+    write is a claim's (a new claim token, a worker, a lease, one more attempt)."""
     _, task = await _channel_with_task(pg_sessions)
-    move = "UPDATE tasks SET status = 'generating_assets'{token} WHERE id = :id"
+    move = "UPDATE tasks SET status = 'generating_assets'{claim} WHERE id = :id"
     async with pg_sessions() as session, session.begin():       # a token from an old claim
         await session.execute(sa.text("UPDATE tasks SET claim_token = gen_random_uuid()"
                                       " WHERE id = :id"), {"id": task.id})
-    for token in ("", ", claim_token = claim_token", ", claim_token = NULL"):
+    claim = {"claim_token": "gen_random_uuid()", "claimed_by": "'w1'",
+             "lease_expires_at": "now() + interval '30 seconds'", "attempts": "attempts + 1"}
+    refused = [{}, {**claim, "claim_token": "claim_token"}, {**claim, "claim_token": "NULL"},
+               *({k: v for k, v in claim.items() if k != left_out} for left_out in claim)]
+    for values in refused:
+        sets = "".join(f", {column} = {value}" for column, value in values.items())
         with pytest.raises(DBAPIError, match="illegal task transition queued -> generating_assets"):
             async with pg_sessions() as session, session.begin():
-                await session.execute(sa.text(move.format(token=token)), {"id": task.id})
+                await session.execute(sa.text(move.format(claim=sets)), {"id": task.id})
     async with pg_sessions() as session, session.begin():
-        fresh = move.format(token=", claim_token = gen_random_uuid()")
-        await session.execute(sa.text(fresh), {"id": task.id})
+        sets = "".join(f", {column} = {value}" for column, value in claim.items())
+        await session.execute(sa.text(move.format(claim=sets)), {"id": task.id})
     async with pg_sessions() as session:
         moved = await session.get(Task, task.id)
         assert moved is not None and moved.status is TaskStatus.generating_assets
+        assert (moved.claimed_by, moved.attempts) == ("w1", 1)

@@ -119,9 +119,11 @@ async def _commit(url: str, *statements: str) -> list[sa.Row[tuple[object, ...]]
 
 
 CLAIM_AND_START = "SELECT to_status::text FROM claim_task('w', 30, now(), NULL, true)"
-#: ``queued → generating_assets`` in one write, with a fresh claim token.
+#: ``queued → generating_assets`` in one write, as a claim writes it.
 CLAIM_START_BY_HAND = ("UPDATE tasks SET status = 'generating_assets',"
-                       " claim_token = gen_random_uuid() WHERE status = 'queued'")
+                       " claim_token = gen_random_uuid(), claimed_by = 'w',"
+                       " lease_expires_at = now() + interval '30 seconds',"
+                       " attempts = attempts + 1 WHERE status = 'queued'")
 
 
 async def test_downgrade_0005_restores_the_two_write_claim(empty_pg: str) -> None:
