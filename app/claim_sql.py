@@ -146,15 +146,23 @@ END
 $$"""
 
 
+def _claim_update(status: str) -> str:
+    """The guarded move of the ranked task into ``status`` (a PL/pgSQL variable), with a fresh
+    claim token and lease; a task taken since the ranking sends the claim to its next pass."""
+    return f"""\
+      UPDATE tasks t SET status = {status}, claimed_by = p_worker, claimed_at = p_now,
+          claim_token = token, lease_expires_at = p_now + make_interval(secs => p_lease_s),
+          retry_at = NULL,
+          attempts = CASE WHEN {status} = 'claimed' THEN t.attempts ELSE t.attempts + 1 END
+        WHERE t.id = head_id AND t.status = head_status;
+      CONTINUE WHEN NOT FOUND;
+"""
+
+
 def _write_twice(first_stage: str) -> str:
     """Revision 0004's claim: the move, then (for a start) a second write into the stage."""
     return f"""      token := gen_random_uuid();
-      UPDATE tasks t SET status = target, claimed_by = p_worker, claimed_at = p_now,
-          claim_token = token, lease_expires_at = p_now + make_interval(secs => p_lease_s),
-          retry_at = NULL,
-          attempts = CASE WHEN target = 'claimed' THEN t.attempts ELSE t.attempts + 1 END
-        WHERE t.id = head_id AND t.status = head_status;
-      CONTINUE WHEN NOT FOUND;
+{_claim_update('target')}\
       -- The rest in one statement: the start (if asked), the event rows, the channel's turn.
       IF p_start AND target = 'claimed' THEN
         WITH started AS (
@@ -179,12 +187,7 @@ def _write_once(first_stage: str) -> str:
     saved), then both transitions' events and the channel's turn in one statement."""
     return f"""      token := gen_random_uuid();
       entered := CASE WHEN p_start AND target = 'claimed' THEN '{first_stage}' ELSE target END;
-      UPDATE tasks t SET status = entered, claimed_by = p_worker, claimed_at = p_now,
-          claim_token = token, lease_expires_at = p_now + make_interval(secs => p_lease_s),
-          retry_at = NULL,
-          attempts = CASE WHEN entered = 'claimed' THEN t.attempts ELSE t.attempts + 1 END
-        WHERE t.id = head_id AND t.status = head_status;
-      CONTINUE WHEN NOT FOUND;
+{_claim_update('entered')}\
       WITH turn AS (UPDATE channels SET last_claimed_at = p_now WHERE id = cand.channel)
       INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
         SELECT head_id, e.src, e.dst, p_worker, e.note, p_now
