@@ -15,7 +15,7 @@ from alembic import context
 from app import servers
 from app.config import get_settings
 from app.db import make_engine
-from app.models import Base
+from app.db.models import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

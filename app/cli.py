@@ -18,8 +18,8 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from app import demo, servers
-from app.commands import channels, enqueue, operations, tasks
+from app import servers
+from app.commands import channels, demo, enqueue, operations, tasks
 from app.commands.context import Context, open_context
 from app.config import get_settings
 from app.db import make_engine, make_sessionmaker
@@ -60,9 +60,9 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _worker(args: argparse.Namespace) -> int:
-    from app import worker
+    from workers import supervisor
 
-    return await worker.run(get_settings(), burst=args.burst)
+    return await supervisor.run(get_settings(), burst=args.burst)
 
 
 async def _sync(args: argparse.Namespace) -> int:

@@ -33,9 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import make_engine, make_pool, make_sessionmaker, session_scope
+from app.db.models import Task
+from app.execution.runner import Runner
 from app.lifecycle import TaskStatus
-from app.models import Task
-from app.runner import Runner
 from app.services import claims, transitions
 from bench import data
 

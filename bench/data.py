@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
 from sqlalchemy.engine import make_url
 
-from app import migrations, servers
+from app import servers
 from app.config import Settings
-from app.db import connect_kwargs
+from app.db import connect_kwargs, migrate
 
 #: Channels in the throughput runs, none with a capacity limit.
 CHANNELS = 10
@@ -52,7 +52,7 @@ async def scratch_database(server_url: str) -> AsyncIterator[str]:
         await admin.close()
     url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
     try:
-        await migrations.upgrade(url)
+        await migrate.upgrade(url)
         yield url
     finally:
         admin = await connect(server_url)

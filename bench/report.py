@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app import tables
+from app.commands import tables
 from bench import claimers
 from bench.claimers import Cell, percentile
 from bench.run import Dataset, Report

@@ -24,7 +24,8 @@ from typing import TypeVar
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
 from arq.connections import ArqRedis, create_pool
 
-from app import demo, wakeups
+from app.commands import demo
+from app.execution import wakeups
 from bench import data
 
 #: Every run: no stage time, no human gates, retries due at once.

@@ -19,10 +19,10 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app import embedded, migrations
+from app import embedded
 from app.config import Settings
-from app.db import make_engine, make_pool, make_sessionmaker
-from app.hotpool import HotPool
+from app.db import make_engine, make_pool, make_sessionmaker, migrate
+from app.db.hotpool import HotPool
 from tests import dbtools
 from tests.notion_fake import FakeNotion
 
@@ -74,7 +74,7 @@ async def pg_url(pg_server_url: str) -> AsyncIterator[str]:
 async def sqlite_url() -> AsyncIterator[str]:
     path = Path(tempfile.mkdtemp(prefix="pqs-", dir="/tmp"))
     url = f"sqlite+aiosqlite:///{path / 'pipeline.sqlite'}"
-    await migrations.upgrade(url)
+    await migrate.upgrade(url)
     yield url
     shutil.rmtree(path, ignore_errors=True)
 
@@ -88,7 +88,7 @@ async def pg_engine(pg_url: str, settings: Settings) -> AsyncIterator[AsyncEngin
 
 @pytest.fixture(scope="session")
 async def pg_pool(pg_url: str, settings: Settings) -> AsyncIterator[HotPool]:
-    """The workers' hot-path pool (``app.fastpath``) on the test database."""
+    """The workers' hot-path pool (``app.execution.hotpath``) on the test database."""
     pool = make_pool(settings, pg_url, max_size=8)
     yield pool
     await pool.close()

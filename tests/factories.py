@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.models import Channel, Task
 from app.lifecycle import PriorityLevel, TaskStatus
-from app.models import Channel, Task
 
 
 def page_id() -> str:

@@ -14,7 +14,7 @@ import pytest
 from arq.connections import ArqRedis, create_pool
 from arq.constants import in_progress_key_prefix, result_key_prefix
 
-from app import wakeups
+from app.execution import wakeups
 from app.lifecycle import STAGE_BY_ACTIVE, TaskStatus
 from tests import workerprocs
 from tests.workerprocs import (

@@ -10,8 +10,8 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db.models import Channel, Task
 from app.lifecycle import PriorityLevel, TaskStatus
-from app.models import Channel, Task
 from app.services import claims, transitions
 from tests.factories import make_channel, make_task
 

@@ -24,8 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
+from app.db.models import Task, TaskEvent
 from app.lifecycle import STAGE_BY_NAME, TaskStatus
-from app.models import Task, TaskEvent
 from app.services import transitions
 from tests import dbtools
 from tests.factories import make_channel, make_task, page_id

@@ -12,8 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db.models import Channel, Task, TaskEvent
 from app.lifecycle import TaskStatus
-from app.models import Channel, Task, TaskEvent
 from tests.factories import make_channel, make_task, page_id
 
 Sessions = async_sessionmaker[AsyncSession]

@@ -14,12 +14,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import db, fastpath
+from app import db
 from app.config import Settings
+from app.db.hotpool import HotPool
+from app.db.models import Channel, Task, TaskEvent
 from app.errors import InvalidTransition, StaleClaim, TaskNotFound
-from app.hotpool import HotPool
+from app.execution import hotpath
 from app.lifecycle import TaskStatus
-from app.models import Channel, Task, TaskEvent
 from app.services import claims, transitions
 from tests.factories import make_channel, make_task
 
@@ -45,7 +46,7 @@ async def _history(sessions: Sessions, task_id: uuid.UUID) -> list[tuple[object,
 
 async def _claim(conn: asyncpg.Connection, **kw: Any) -> claims.Claim | None:
     """A claim by worker "w" with a 30 s lease, now."""
-    return await fastpath.claim(conn, worker_id="w", lease_s=30, now=transitions.utcnow(),
+    return await hotpath.claim(conn, worker_id="w", lease_s=30, now=transitions.utcnow(),
                                 **kw)
 
 
@@ -61,7 +62,7 @@ async def test_claim_starts_a_queued_task_in_one_commit(pg_sessions: Sessions,
     task = await _fresh(pg_sessions)
     now = transitions.utcnow()
     async with pg_pool.acquire() as conn:
-        held = await fastpath.claim(conn, worker_id="w1", lease_s=30, now=now)
+        held = await hotpath.claim(conn, worker_id="w1", lease_s=30, now=now)
     assert held is not None
     assert (held.task_id, held.from_status, held.status) == (task.id, S.queued,
                                                              S.generating_assets)
@@ -98,8 +99,8 @@ async def test_finish_merges_artefacts_and_ends_the_claim(pg_sessions: Sessions,
     async with pg_pool.acquire() as conn:
         held = await _claim(conn)
         assert held is not None
-        loaded = await fastpath.load(conn, task.id, held.status)
-        done = await fastpath.finish(conn, held, stage="assets", artefacts={"files": 3},
+        loaded = await hotpath.load(conn, task.id, held.status)
+        done = await hotpath.finish(conn, held, stage="assets", artefacts={"files": 3},
                                      actor="w", now=transitions.utcnow())
     assert (loaded.title, loaded.runs, loaded.artifacts) == ("A video", 1, {"earlier": {"k": 1}})
     assert done is S.assets_ready
@@ -115,7 +116,7 @@ async def test_finishing_the_upload_publishes(pg_sessions: Sessions,
     async with pg_pool.acquire() as conn:
         held = await _claim(conn, task_id=task.id)
         assert held is not None and held.status is S.uploading
-        await fastpath.finish(conn, held, stage="upload",
+        await hotpath.finish(conn, held, stage="upload",
                               artefacts={"youtube_url": "https://youtu.be/abc"}, actor="w",
                               now=transitions.utcnow())
     row = await _task(pg_sessions, task.id)
@@ -135,9 +136,9 @@ async def test_a_reaped_claim_cannot_finish_or_renew(pg_sessions: Sessions,
     assert (task.id, S.asset_error) in {(r.task_id, r.to) for r in reaped}
     before = await _history(pg_sessions, task.id)
     async with pg_pool.acquire() as conn:
-        assert not await fastpath.renew(conn, held, lease_s=30, now=transitions.utcnow())
+        assert not await hotpath.renew(conn, held, lease_s=30, now=transitions.utcnow())
         with pytest.raises(StaleClaim, match="asset_error now"):
-            await fastpath.finish(conn, held, stage="assets", artefacts={}, actor="w",
+            await hotpath.finish(conn, held, stage="assets", artefacts={}, actor="w",
                                   now=transitions.utcnow())
     assert await _history(pg_sessions, task.id) == before
     assert (await _task(pg_sessions, task.id)).status is S.asset_error
@@ -149,21 +150,21 @@ async def test_moves_are_checked_before_anything_is_written(pg_sessions: Session
     now = transitions.utcnow()
     async with pg_pool.acquire() as conn:
         with pytest.raises(InvalidTransition, match="assembly_ready → published is not allowed"):
-            await fastpath.move(conn, task.id, S.assembly_ready, S.published, actor="w",
+            await hotpath.move(conn, task.id, S.assembly_ready, S.published, actor="w",
                                 note=None, now=now)
         with pytest.raises(ValueError, match="changes more than the status"):
-            await fastpath.move(conn, task.id, S.generating_sfx, S.audio_error, actor="w",
+            await hotpath.move(conn, task.id, S.generating_sfx, S.audio_error, actor="w",
                                 note=None, now=now)
         with pytest.raises(InvalidTransition, match="expected sfx_ready, found assembly_ready"):
-            await fastpath.move(conn, task.id, S.sfx_ready, S.assembling, actor="w",
+            await hotpath.move(conn, task.id, S.sfx_ready, S.assembling, actor="w",
                                 note=None, now=now)
         with pytest.raises(TaskNotFound):
-            await fastpath.move(conn, uuid.uuid4(), S.assembly_ready, S.final_review,
+            await hotpath.move(conn, uuid.uuid4(), S.assembly_ready, S.final_review,
                                 actor="w", note=None, now=now)
         with pytest.raises(TaskNotFound):
-            await fastpath.load(conn, uuid.uuid4(), S.generating_assets)
+            await hotpath.load(conn, uuid.uuid4(), S.generating_assets)
         assert await _history(pg_sessions, task.id) == []
-        await fastpath.move(conn, task.id, S.assembly_ready, S.final_review, actor="w",
+        await hotpath.move(conn, task.id, S.assembly_ready, S.final_review, actor="w",
                             note="auto", now=now)
     assert await _history(pg_sessions, task.id) == [
         (S.assembly_ready, S.final_review, "w", "auto")]

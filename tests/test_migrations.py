@@ -16,7 +16,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from app import guard, lifecycle, migrations
+from app import lifecycle
+from app.db import migrate
+from app.db.ddl import guard
 from app.lifecycle import PriorityLevel, TaskStatus
 from tests import dbtools
 
@@ -86,21 +88,21 @@ CLAIM_SIGNATURE = ("SELECT pg_get_function_arguments(oid) FROM pg_proc"
 
 
 async def test_round_trip_postgresql(empty_pg: str) -> None:
-    await migrations.upgrade(empty_pg)
+    await migrate.upgrade(empty_pg)
     await _inspect(empty_pg)
-    await migrations.check(empty_pg)            # models == migrations
-    await migrations.upgrade(empty_pg)          # a second upgrade is a no-op
-    current, head = await migrations.revisions(empty_pg)
+    await migrate.check(empty_pg)            # models == migrations
+    await migrate.upgrade(empty_pg)          # a second upgrade is a no-op
+    current, head = await migrate.revisions(empty_pg)
     assert current == head and head is not None
-    await migrations.downgrade(empty_pg, "0003")      # the 0002 claim function is back
+    await migrate.downgrade(empty_pg, "0003")      # the 0002 claim function is back
     assert await _query(empty_pg, CLAIM_SIGNATURE) == [("p_worker text, p_lease_s double"
                                                         " precision, p_now timestamp with time"
                                                         " zone, p_task uuid DEFAULT NULL::uuid",)]
-    await migrations.upgrade(empty_pg)
+    await migrate.upgrade(empty_pg)
     assert "p_start boolean" in (await _query(empty_pg, CLAIM_SIGNATURE))[0][0]
-    await migrations.downgrade(empty_pg, "base")
+    await migrate.downgrade(empty_pg, "base")
     assert await _query(empty_pg, OUR_OBJECTS) == []
-    await migrations.upgrade(empty_pg)
+    await migrate.upgrade(empty_pg)
     await _inspect(empty_pg)
 
 
@@ -127,21 +129,21 @@ CLAIM_START_BY_HAND = ("UPDATE tasks SET status = 'generating_assets',"
 
 
 async def test_downgrade_0005_restores_the_two_write_claim(empty_pg: str) -> None:
-    await migrations.upgrade(empty_pg)
+    await migrate.upgrade(empty_pg)
     await _commit(empty_pg,
                   "INSERT INTO channels (channel_id, channel_name) VALUES ('UC-m', 'M')",
                   "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
                   " SELECT c.id, md5(g::text), 'T', 'queued'"
                   " FROM channels c, generate_series(1, 3) g")
     assert await _commit(empty_pg, CLAIM_AND_START) == [("generating_assets",)]
-    await migrations.downgrade(empty_pg, "0004")
+    await migrate.downgrade(empty_pg, "0004")
     assert await _commit(empty_pg, CLAIM_AND_START) == [("generating_assets",)]
     with pytest.raises(DBAPIError, match="illegal task transition queued -> generating_assets"):
         await _commit(empty_pg, CLAIM_START_BY_HAND)
     events = await _commit(empty_pg, "SELECT from_status::text, to_status::text"
                                      " FROM task_events ORDER BY id")
     assert events == [("queued", "claimed"), ("claimed", "generating_assets")] * 2
-    await migrations.upgrade(empty_pg)
+    await migrate.upgrade(empty_pg)
     await _commit(empty_pg, CLAIM_START_BY_HAND)       # the last queued task, by hand
 
 
@@ -212,14 +214,14 @@ async def test_round_trip_sqlite() -> None:
     path = Path(tempfile.mkdtemp(prefix="pqm-", dir="/tmp"))
     url = f"sqlite+aiosqlite:///{path / 'm.sqlite'}"
     try:
-        await migrations.upgrade(url)
-        await migrations.check(url)
-        await migrations.upgrade(url)
-        await migrations.downgrade(url, "base")
+        await migrate.upgrade(url)
+        await migrate.check(url)
+        await migrate.upgrade(url)
+        await migrate.downgrade(url, "base")
         left = await _query(url, "SELECT type, name FROM sqlite_master"
                                  " WHERE name NOT LIKE 'sqlite_%' AND name <> 'alembic_version'")
         assert left == []
-        await migrations.upgrade(url)
+        await migrate.upgrade(url)
         names = {r[0] for r in await _query(url, "SELECT name FROM sqlite_master")}
         assert {"tasks", "channels", "task_events", "ix_tasks_queued",
                 "tasks_guard_transition"} <= names

@@ -16,11 +16,11 @@ import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
 
-from app import migrations, wakeups
 from app.config import Settings
-from app.db import make_engine, make_sessionmaker
+from app.db import make_engine, make_sessionmaker, migrate
+from app.db.models import Task, TaskEvent
+from app.execution import wakeups
 from app.lifecycle import ACTIVE, STAGE_BY_ACTIVE, TaskStatus
-from app.models import Task, TaskEvent
 from app.services import transitions
 from tests import factories, workerprocs
 from tests.workerprocs import (
@@ -160,7 +160,7 @@ async def test_redis_flushall_mid_run_loses_no_task(
 
 @pytest.fixture
 async def own_db(own_postgres: OwnServer, settings: Settings) -> AsyncIterator[Sessions]:
-    await migrations.upgrade(own_postgres.url)
+    await migrate.upgrade(own_postgres.url)
     # The test's own reads span the restart: test each pooled connection before use.
     engine = make_engine(settings.model_copy(update={"db_pool_pre_ping": True}),
                          own_postgres.url)

@@ -10,11 +10,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.db.hotpool import HotPool
+from app.db.models import Task
+from app.execution.runner import Runner
 from app.handlers import StageInput
-from app.hotpool import HotPool
 from app.lifecycle import STAGE_BY_NAME, TaskStatus
-from app.models import Task
-from app.runner import Runner
 from app.services import transitions
 from tests.factories import make_channel, make_task
 

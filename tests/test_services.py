@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db.models import Task, TaskEvent
 from app.errors import (
     ChannelExists,
     ChannelInactive,
@@ -16,7 +17,6 @@ from app.errors import (
     TaskNotFound,
 )
 from app.lifecycle import STAGE_BY_NAME, TaskStatus
-from app.models import Task, TaskEvent
 from app.schemas import ChannelCreate, TaskCreate
 from app.services import channels, tasks, transitions
 from app.services.tasks import Outcome

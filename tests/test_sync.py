@@ -16,12 +16,12 @@ import sqlalchemy as sa
 from arq.connections import create_pool
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import wakeups
 from app.config import Settings
 from app.db import session_scope
+from app.db.models import Channel, NotionPage, NotionSyncState, Task, TaskEvent
 from app.errors import NotionConfigError, NotionUnavailable
+from app.execution import wakeups
 from app.lifecycle import GATES, LABELS, Gate, PriorityLevel, TaskStatus
-from app.models import Channel, NotionPage, NotionSyncState, Task, TaskEvent
 from app.notion import client
 from app.notion.sync import SyncSummary, Wake, sync_loop, sync_once
 from app.services import transitions

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import session_scope
+from app.db.models import Channel, Task
 from app.lifecycle import TaskStatus
-from app.models import Channel, Task
 from tests import factories
 from tests.notion_fake import FakeNotion, rich_text, status, title
 

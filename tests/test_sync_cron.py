@@ -11,9 +11,9 @@ import pytest
 from arq.connections import ArqRedis, create_pool
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import wakeups
 from app.config import Settings
 from app.db import session_scope
+from app.execution import wakeups
 from app.notion import cron as notion_cron
 from tests import factories
 from tests.notion_fake import FakeNotion, rich_text, status, title

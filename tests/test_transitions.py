@@ -14,9 +14,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import lifecycle
+from app.db.models import Task, TaskEvent
 from app.errors import InvalidTransition, StaleClaim, TaskNotFound
 from app.lifecycle import TaskStatus
-from app.models import Task, TaskEvent
 from app.services import transitions
 from tests import dbtools
 from tests.factories import make_channel, make_task

@@ -14,9 +14,10 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 from arq.constants import in_progress_key_prefix
 
-from app import lifecycle, wakeups
+from app import lifecycle
+from app.db.models import Channel, Task, TaskEvent
+from app.execution import wakeups
 from app.lifecycle import STAGE_BY_ACTIVE, PriorityLevel, TaskStatus
-from app.models import Channel, Task, TaskEvent
 from tests import workerprocs
 from tests.workerprocs import (
     PIPELINE_WORKER,

@@ -28,11 +28,12 @@ import sqlalchemy as sa
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import demo, embedded
+from app import embedded
+from app.commands import demo
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
+from app.db.models import Channel, Task, TaskEvent
 from app.lifecycle import PriorityLevel, TaskStatus
-from app.models import Channel, Task, TaskEvent
 from tests import dbtools
 
 Sessions = async_sessionmaker[AsyncSession]

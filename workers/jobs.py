@@ -14,7 +14,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
-from app import servers, wakeups
+from app import servers
 from app.config import get_settings
 from app.db import (
     describe,
@@ -25,9 +25,10 @@ from app.db import (
     require_postgresql,
     session_scope,
 )
+from app.execution import wakeups
+from app.execution.runner import Runner
 from app.handlers import load_registry
 from app.notion import cron as notion_cron
-from app.runner import Runner
 from app.services import claims, transitions
 
 log = logging.getLogger("workers")

@@ -13,8 +13,9 @@ from arq import cron
 from arq.connections import RedisSettings
 from arq.worker import func
 
-from app import embedded, wakeups
+from app import embedded
 from app.config import Settings, get_settings
+from app.execution import wakeups
 from app.notion import cron as notion_cron
 from workers import jobs
 

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
-from app import guard
+from app.db.ddl import guard
 
 revision: str = "0001"
 down_revision: str | None = None

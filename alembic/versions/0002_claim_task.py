@@ -12,7 +12,7 @@ need PostgreSQL's row locks).
 from collections.abc import Sequence
 
 from alembic import op
-from app import claim_sql_0002 as claim_sql
+from app.db.ddl import claim_task_0002 as claim_sql
 
 revision: str = "0002"
 down_revision: str | None = "0001"

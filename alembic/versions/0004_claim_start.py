@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from app import claim_sql, claim_sql_0002
+from app.db.ddl import claim_task_0002 as claim_sql_0002
+from app.db.ddl import claim_task_0005 as claim_sql
 
 revision: str = "0004"
 down_revision: str | None = "0003"

@@ -16,7 +16,8 @@ lifecycle data below is frozen (``tests/test_migrations.py`` compares it with ``
 from collections.abc import Sequence
 
 from alembic import op
-from app import claim_sql, guard
+from app.db.ddl import claim_task_0005 as claim_sql
+from app.db.ddl import guard
 
 revision: str = "0005"
 down_revision: str | None = "0004"

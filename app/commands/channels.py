@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from app import tables
+from app.commands import tables
 from app.commands.context import Context
 from app.db import session_scope
+from app.db.models import Channel
 from app.errors import PipelineError
-from app.models import Channel
 from app.schemas import ChannelCreate, ChannelResponse, field_errors
 from app.services import channels
 

@@ -18,11 +18,12 @@ from typing import Any, TypeVar
 from arq.connections import RedisSettings, create_pool
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import embedded, migrations, servers, wakeups
+from app import embedded, servers
 from app.commands.progress import Progress
 from app.config import Settings
-from app.db import make_engine, make_sessionmaker, session_scope
+from app.db import make_engine, make_sessionmaker, migrate, session_scope
 from app.errors import PipelineError
+from app.execution import wakeups
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -110,9 +111,9 @@ async def ready_database(settings: Settings) -> str:
     spot, a configured database must have been (``alembic upgrade head``, the release step)."""
     url = await servers.database_url(settings)
     if settings.database_url is None:
-        await migrations.upgrade(url)
+        await migrate.upgrade(url)
         return url
-    current, head = await migrations.revisions(url)
+    current, head = await migrate.revisions(url)
     if current != head:
         raise NotMigrated(f"database is at migration {current or 'none'}, the code needs "
                           f"{head}: run `alembic upgrade head`")

@@ -17,12 +17,11 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import tables
-from app.commands import rows
+from app.commands import rows, tables
 from app.commands.context import Context
 from app.db import session_scope
+from app.db.models import Channel
 from app.errors import PipelineError
-from app.models import Channel
 from app.schemas import TaskCreate, field_errors
 from app.services import tasks
 

@@ -9,12 +9,12 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import tables
+from app.commands import tables
 from app.commands.context import Context
 from app.db import session_scope
+from app.db.models import Task
 from app.errors import PipelineError
 from app.lifecycle import TaskStatus
-from app.models import Task
 from app.services import channels, transitions
 from app.services.transitions import RequeuePlan
 

@@ -7,11 +7,12 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from app import lifecycle, tables
+from app import lifecycle
+from app.commands import tables
 from app.commands.context import Context
 from app.db import session_scope
+from app.db.models import Channel, Task, TaskEvent
 from app.lifecycle import TaskStatus
-from app.models import Channel, Task, TaskEvent
 from app.schemas import TaskEventResponse, TaskInDB
 from app.services import stats, tasks, transitions
 

@@ -15,11 +15,13 @@ import sys
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import servers, tables, wakeups
+from app import servers
+from app.commands import tables
 from app.commands.context import ready_database
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
 from app.errors import NotionConfigError, NotionError
+from app.execution import wakeups
 from app.notion import client
 from app.notion.client import Notion
 from app.notion.sync import SyncSummary, Wake, sync_loop, sync_once

@@ -16,9 +16,9 @@ from typing import Any, cast
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import wakeups
 from app.config import Settings
 from app.errors import NotionUnavailable
+from app.execution import wakeups
 from app.notion import client
 from app.notion.sync import sync_once
 

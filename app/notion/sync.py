@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import session_scope
+from app.db.models import NotionPage, NotionSyncState, Task
 from app.errors import (
     BadPage,
     ChannelInactive,
@@ -52,7 +53,6 @@ from app.errors import (
     PushRefused,
 )
 from app.lifecycle import LABELS, TaskStatus
-from app.models import NotionPage, NotionSyncState, Task
 from app.notion import mapping
 from app.notion.client import Notion
 from app.notion.mapping import PageView, PropertyNames

@@ -6,8 +6,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.models import Channel
 from app.errors import ChannelExists, ChannelInactive, ChannelNotFound
-from app.models import Channel
 from app.schemas import ChannelCreate
 
 

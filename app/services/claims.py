@@ -1,8 +1,8 @@
 """Claims, leases and the reaper: how workers take, keep and lose tasks (PostgreSQL only).
 
-A claim goes through the ``claim_task`` database function (see ``app.claim_sql``); everything a
-worker writes afterwards carries its claim token, so a worker whose lease was reaped is fenced
-out. Functions take the session first and never commit.
+A claim goes through the ``claim_task`` database function (see ``app.db.ddl.claim_task``);
+everything a worker writes afterwards carries its claim token, so a worker whose lease was reaped
+is fenced out. Functions take the session first and never commit.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.models import Task
 from app.lifecycle import ACTIVE, ERROR, RUNNABLE, STAGE_BY_ACTIVE, TaskStatus
-from app.models import Task
 from app.services import transitions
 
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.db.models import Channel, Task
 from app.lifecycle import TaskStatus
-from app.models import Channel, Task
 from app.services import claims
 
 

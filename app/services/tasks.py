@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import queries
+from app.db import statements
+from app.db.models import Task, TaskEvent
 from app.errors import TaskNotFound
 from app.lifecycle import TaskStatus
-from app.models import Task, TaskEvent
 from app.schemas import TaskCreate
 from app.services import channels, transitions
 
@@ -48,7 +48,7 @@ async def enqueue(session: AsyncSession, data: TaskCreate, *, actor: str) -> Enq
     fields = {"notion_page_id": data.notion_page_id, "channel_id": channel.id,
               "title": data.title, "topic": data.topic,
               "story_direction": data.story_direction, "priority": data.priority}
-    stmt = queries.upsert_task(session.get_bind().dialect.name, new_id=new_id, fields=fields,
+    stmt = statements.upsert_task(session.get_bind().dialect.name, new_id=new_id, fields=fields,
                                status=data.status)
     row = (await session.execute(stmt)).one_or_none()
     if row is not None and row.id == new_id:

@@ -15,10 +15,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import lifecycle, queries
+from app import lifecycle
+from app.db import statements
+from app.db.models import Task, TaskEvent
 from app.errors import InvalidTransition, StaleClaim, TaskNotFound
 from app.lifecycle import ACTIVE, ERROR, GATE_BY_NAME, GATE_BY_WAITING, Stage, TaskStatus
-from app.models import Task, TaskEvent
 
 
 def utcnow() -> datetime:
@@ -43,7 +44,7 @@ def side_effects(current: TaskStatus, target: TaskStatus, *, note: str | None,
                    "lease_expires_at": None}
     if target in ERROR:
         line = f"{now:%Y-%m-%dT%H:%M:%SZ} {target.value} (from {current.value}): {note or '-'}"
-        values["error_log"] = queries.append_error_line(line)
+        values["error_log"] = statements.append_error_line(line)
     if target is TaskStatus.published:
         values["published_at"] = now
     return values
@@ -67,7 +68,7 @@ async def transition(
     if not lifecycle.is_allowed(current, target):
         raise InvalidTransition(task_id, current, target)
     changes = side_effects(current, target, note=note, now=now) | (values or {})
-    stmt = queries.guarded_update(task_id, expected=current, values=changes,
+    stmt = statements.guarded_update(task_id, expected=current, values=changes,
                                   claim_token=claim_token)
     task = (await session.execute(stmt)).scalar_one_or_none()
     if task is None:
@@ -171,7 +172,7 @@ async def requeue(
     """
     now = now or utcnow()
     plan = await plan_requeue(session, task_id)
-    stmt = queries.guarded_update(task_id, expected=plan.status,
+    stmt = statements.guarded_update(task_id, expected=plan.status,
                                   values={"retry_at": now, "attempts": 0, "updated_at": now})
     if (await session.execute(stmt)).scalar_one_or_none() is None:
         raise await _explain_miss(session, task_id, plan.status, plan.status, None)

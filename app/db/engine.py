@@ -25,8 +25,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import NullPool
 
 from app.config import Settings
+from app.db.hotpool import HotPool
 from app.errors import NeedsPostgreSQL
-from app.hotpool import HotPool
 
 _LIBPQ_SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
 # SQLSTATEs of a server going away: admin_shutdown, crash_shutdown, cannot_connect_now
@@ -118,7 +118,7 @@ def connect_kwargs(url: str) -> dict[str, Any]:
 
 
 def make_pool(settings: Settings, url: str, *, max_size: int) -> HotPool:
-    """The connections of a worker's hot path (``app.fastpath``): single autocommitted
+    """The connections of a worker's hot path (``app.execution.hotpath``): single autocommitted
     statements, opened on demand; honours the statement-cache, recycle and PgBouncer
     settings."""
     kwargs = connect_kwargs(require_postgresql(url))

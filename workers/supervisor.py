@@ -20,9 +20,10 @@ from typing import Any
 
 from arq.worker import Worker
 
-from app import servers, wakeups
+from app import servers
 from app.config import Settings
 from app.db import describe, require_postgresql
+from app.execution import wakeups
 from workers.settings import worker_options
 
 log = logging.getLogger(__name__)

@@ -23,11 +23,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import lifecycle, migrations, tables, wakeups
+from app import lifecycle
+from app.commands import tables
 from app.config import get_settings
+from app.db import migrate
+from app.db.models import Channel, Task, TaskEvent
 from app.errors import ChannelExists
+from app.execution import wakeups
 from app.lifecycle import ERROR, STAGE_BY_ACTIVE, PriorityLevel, TaskStatus
-from app.models import Channel, Task, TaskEvent
 from app.schemas import ChannelCreate, TaskCreate
 from app.services import channels, tasks, transitions
 
@@ -48,7 +51,7 @@ DEADLINE_S = 300
 
 async def run(sessions: Sessions, *, url: str, redis_url: str, workers: int, tasks: int) -> int:
     started = time.monotonic()
-    await migrations.upgrade(url)
+    await migrate.upgrade(url)
     print(f"migrated to head in {time.monotonic() - started:.2f}s")
     await _ensure_channels(sessions)
     task_ids = await _enqueue(sessions, tasks)

@@ -27,7 +27,8 @@ from app.lifecycle import TaskStatus
 from app.services import transitions
 from app.services.claims import Claim
 
-#: ``claim_task`` (see ``app.claim_sql``); ``$5`` starts a claimed queued task's first stage.
+#: ``claim_task`` (see ``app.db.ddl.claim_task``); ``$5`` starts a claimed queued task's first
+#: stage.
 CLAIM = ("SELECT task_id, from_status, to_status, claim_token"
          " FROM claim_task($1, $2, $3, $4, $5)")
 

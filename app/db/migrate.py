@@ -19,7 +19,7 @@ from sqlalchemy.pool import NullPool
 from alembic import command
 from app.db import translate_url
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def alembic_config() -> Config:

@@ -30,7 +30,7 @@ def redis_settings(url: str) -> RedisSettings:
     Every command is retried on a lost connection, including one that cannot be re-opened
     (``OSError``: refused, socket gone), so a Redis restart of up to about three seconds goes
     unnoticed, by the arq CLI's worker too. A longer outage ends an arq worker's main loop;
-    ``pipeline worker`` then starts a new one (``app.worker``).
+    ``pipeline worker`` then starts a new one (``workers.supervisor``).
     """
     settings = RedisSettings.from_dsn(url)
     settings.conn_retries = 10

@@ -78,9 +78,10 @@ def guard_function(claim_starts: Sequence[Pair] = ()) -> str:
     """``tasks_guard_transition()``: refuse every status move that is not an edge of the table.
 
     Each pair ``(a, c)`` of ``claim_starts`` is the path ``a → claimed → c`` taken in one write: a
-    worker's claim that starts its stage at once (``app.claim_sql``). It passes only as a claim
-    writes it: a fresh claim token, a worker, a lease and one more attempt. A bare ``UPDATE …
-    SET status`` along it is still refused, and it reaches no state the two edges do not.
+    worker's claim that starts its stage at once (``app.db.ddl.claim_task``). It passes only as
+    a claim writes it: a fresh claim token, a worker, a lease and one more attempt. A bare
+    ``UPDATE … SET status`` along it is still refused, and it reaches no state the two edges do
+    not.
     """
     composite = ""
     if claim_starts:

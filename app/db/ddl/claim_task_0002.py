@@ -1,5 +1,5 @@
 """``claim_task`` as revision 0002 created it, frozen: downgrading revision 0004 restores it.
-The current function is rendered by ``app.claim_sql``.
+The current function is rendered by ``app.db.ddl.claim_task``.
 
 A claim is any move from a runnable state into an active state. The function:
 

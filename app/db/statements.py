@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.dml import ReturningUpdate
 
+from app.db.models import Task, utc_now
 from app.lifecycle import TaskStatus
-from app.models import Task, utc_now
 
 
 def guarded_update(

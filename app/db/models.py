@@ -18,7 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from app import claim_sql
+from app.db.ddl import claim_task_0005 as claim_sql
 from app.lifecycle import STAGES, PriorityLevel, TaskStatus
 
 NAMING_CONVENTION = {
@@ -171,7 +171,7 @@ class Task(TimestampMixin, Base):
         sa.Index("ix_tasks_queued", "channel_id", "priority", "created_at", "id",
                  postgresql_where=sa.text("status = 'queued'"),
                  sqlite_where=sa.text("status = 'queued'")),
-        # The claim's probe of the other runnable states (few rows; see app.claim_sql).
+        # The claim's probe of the other runnable states (few rows; see app.db.ddl.claim_task).
         sa.Index(claim_sql.RUNNABLE_INDEX, *claim_sql.RUNNABLE_COLUMNS,
                  postgresql_where=sa.text(_RUNNABLE), sqlite_where=sa.text(_RUNNABLE)),
         sa.CheckConstraint("attempts >= 0", name="attempts_non_negative"),

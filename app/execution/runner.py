@@ -4,8 +4,9 @@ transaction (claim → commit → run with no transaction open → record → co
 A runner continues a task into its next stage only through a fresh claim of that task (same
 capacity rule as any claim), and stops at a gate, an error, ``published``, or when the claim
 cannot be had now (the task then waits, runnable, for the next claim in queue order). The
-per-stage calls (claim and start, load, finish, move on, renew) go through ``app.fastpath`` on
-the hot path's connections; failures and hand-backs go through the service layer.
+per-stage calls (claim and start, load, finish, move on, renew) go through
+``app.execution.hotpath`` on the hot path's connections; failures and hand-backs go through the
+service layer.
 
 Every write a runner makes to its task carries the claim token, so a runner whose lease was
 reaped is refused (``StaleClaim``) and stops. A runner also never runs a stage past the moment
@@ -29,14 +30,15 @@ import asyncpg  # type: ignore[import-untyped]  # ships no type information
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import db, fastpath, lifecycle
+from app import db, lifecycle
 from app.config import Settings
 from app.db import session_scope
+from app.db.hotpool import HotPool
+from app.db.models import Task
 from app.errors import InvalidTransition, PipelineError, StaleClaim
+from app.execution import hotpath
 from app.handlers import Registry, StageInput
-from app.hotpool import HotPool
 from app.lifecycle import GATE_BY_WAITING, STAGE_BY_ACTIVE, TaskStatus
-from app.models import Task
 from app.services import claims, transitions
 from app.services.claims import Claim
 
@@ -94,7 +96,7 @@ class Runner:
         """A queued task comes back in its first stage (claimed and started in one commit).
         The lease's local expiry counts from before the claim was sent."""
         started = asyncio.get_running_loop().time()
-        claim = await fastpath.claim(conn, worker_id=self.worker_id,
+        claim = await hotpath.claim(conn, worker_id=self.worker_id,
                                      lease_s=self.settings.lease_s, now=self.now(),
                                      task_id=task_id)
         if claim is None:
@@ -102,7 +104,7 @@ class Runner:
         lease_s = self.settings.lease_for(claim.status)
         if lease_s != self.settings.lease_s:         # a stage with its own lease length
             started = asyncio.get_running_loop().time()
-            if not await fastpath.renew(conn, claim, lease_s=lease_s, now=self.now()):
+            if not await hotpath.renew(conn, claim, lease_s=lease_s, now=self.now()):
                 return None
         return Lease(claim, started + lease_s)
 
@@ -136,7 +138,7 @@ class Runner:
         claim = lease.claim
         stage = STAGE_BY_ACTIVE[claim.status]
         async with self.pool.acquire() as conn:
-            task = await fastpath.load(conn, claim.task_id, stage.active)
+            task = await hotpath.load(conn, claim.task_id, stage.active)
         given = StageInput(claim.task_id, stage.name, task.title, task.topic,
                            task.story_direction, task.runs, task.artifacts)
         try:
@@ -154,7 +156,7 @@ class Runner:
 
     async def _succeeded(self, lease: Lease, stage: str,
                          artefacts: dict[str, object]) -> TaskStatus:
-        return await self._record(lease, lambda: self._on_conn(lambda conn: fastpath.finish(
+        return await self._record(lease, lambda: self._on_conn(lambda conn: hotpath.finish(
             conn, lease.claim, stage=stage, artefacts=artefacts, actor=self.worker_id,
             now=self.now())))
 
@@ -220,7 +222,7 @@ class Runner:
         async with self.pool.acquire() as conn:
             async def move(task: uuid.UUID, current: TaskStatus, target: TaskStatus,
                            actor: str, note: str | None) -> None:
-                await fastpath.move(conn, task, current, target, actor=actor, note=note,
+                await hotpath.move(conn, task, current, target, actor=actor, note=note,
                                     now=self.now())
 
             status = await self._advance(move, task_id, status)
@@ -270,7 +272,7 @@ class Runner:
 
     async def _renew(self, claim: Claim, lease_s: float) -> bool:
         async with self.pool.acquire() as conn:
-            return await fastpath.renew(conn, claim, lease_s=lease_s, now=self.now())
+            return await hotpath.renew(conn, claim, lease_s=lease_s, now=self.now())
 
     @contextlib.asynccontextmanager
     async def _heartbeat(self, lease: Lease) -> AsyncIterator[None]:
