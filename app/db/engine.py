@@ -34,9 +34,8 @@ _LIBPQ_SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verif
 _SHUTDOWN_STATES = {"57P01", "57P02", "57P03"}
 # What asyncpg says of a connection the server dropped, used again.
 _DROPPED = "connection is closed"
-# Every connection of ours, through either pool: no JIT for short statements, named in
-# pg_stat_activity.
-_SERVER_SETTINGS = {"jit": "off", "application_name": "pipeline"}
+# Every connection of ours, through either pool, is named in pg_stat_activity.
+APPLICATION_NAME = "pipeline"
 
 
 def translate_url(dsn: str) -> tuple[URL, dict[str, Any]]:
@@ -75,6 +74,21 @@ def require_postgresql(url: str) -> str:
     return url
 
 
+def startup_parameters(settings: Settings) -> dict[str, str]:
+    """The server settings every PostgreSQL connection of ours sends when it opens.
+
+    Directly to PostgreSQL: ``application_name``, and ``jit = off`` (the JIT costs more than
+    it saves on short statements, and asyncpg's type introspection on every new connection is
+    slow with it). Behind PgBouncer (``db_pgbouncer``): ``application_name`` only, the one
+    among ours that PgBouncer tracks; it refuses any other startup parameter (``unsupported
+    startup parameter: jit``) unless its ``ignore_startup_parameters`` lists it. Operators
+    there set the JIT on the role or the database instead (``ALTER ROLE … SET jit = off``).
+    """
+    if settings.db_pgbouncer:
+        return {"application_name": APPLICATION_NAME}
+    return {"application_name": APPLICATION_NAME, "jit": "off"}
+
+
 def make_engine(settings: Settings, url: str, *, echo: bool = False) -> AsyncEngine:
     """An async engine with the configured pool, SSL translation and PgBouncer-safe mode."""
     sa_url, connect_args = translate_url(url)
@@ -82,7 +96,7 @@ def make_engine(settings: Settings, url: str, *, echo: bool = False) -> AsyncEng
         engine = create_async_engine(sa_url, echo=echo, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    connect_args["server_settings"] = dict(_SERVER_SETTINGS)
+    connect_args["server_settings"] = startup_parameters(settings)
     kwargs: dict[str, Any] = {}
     if settings.db_pgbouncer or settings.db_statement_cache_size == 0:
         # Transaction pooling: no statement may outlive its transaction on one backend.
@@ -123,11 +137,11 @@ def make_pool(settings: Settings, url: str, *, max_size: int) -> HotPool:
     settings."""
     kwargs = connect_kwargs(require_postgresql(url))
     cache = 0 if settings.db_pgbouncer else settings.db_statement_cache_size
+    server_settings = startup_parameters(settings)
 
     async def connect() -> asyncpg.Connection:
         conn: asyncpg.Connection = await asyncpg.connect(
-            **kwargs, statement_cache_size=cache,
-            server_settings=dict(_SERVER_SETTINGS))
+            **kwargs, statement_cache_size=cache, server_settings=dict(server_settings))
         return conn
 
     return HotPool(connect, max_size, recycle_s=settings.db_pool_recycle_s)
