@@ -96,3 +96,20 @@ class PushRefused(NotionError):
     def __init__(self, page_id: str, detail: str) -> None:
         self.page_id, self.detail = page_id, detail
         super().__init__(f"page {page_id}: Notion refused the update: {detail}")
+
+
+def miss_error(
+    task_id: uuid.UUID, expected: TaskStatus, target: TaskStatus,
+    claim_token: uuid.UUID | None, found: tuple[TaskStatus, uuid.UUID | None] | None,
+) -> InvalidTransition:
+    """The error for a guarded write that matched no row, given the task's (status, token) as
+    read afterwards; raises ``TaskNotFound`` when there is no such task."""
+    if found is None:
+        raise TaskNotFound(task_id)
+    status, token = found
+    if claim_token is not None and (status is not expected or token != claim_token):
+        held = "lease lost" if status is expected else f"the task is {status.value} now"
+        return StaleClaim(task_id, status, target,
+                          reason=f"claim no longer held ({held}); write refused")
+    return InvalidTransition(task_id, status, target,
+                             reason=f"expected {expected.value}, found {status.value}")

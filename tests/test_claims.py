@@ -84,9 +84,9 @@ async def test_capacity_is_serialised_per_channel(pg_sessions: Sessions) -> None
         await make_task(session, limited)
         other_task = await make_task(session, other)
         await session.execute(sa.update(Channel).where(Channel.id == limited.id)
-                              .values(last_claimed_at=None))
+                              .values(turn=None))
         await session.execute(sa.update(Channel).where(Channel.id == other.id)
-                              .values(last_claimed_at=transitions.utcnow()))
+                              .values(turn=1))
     async with pg_sessions() as a, a.begin():
         first = await claims.claim_next(a, worker_id="A", lease_s=30, now=transitions.utcnow())
         assert first is not None                      # A's slot on the limited channel

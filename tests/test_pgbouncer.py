@@ -176,11 +176,6 @@ async def test_hot_path_claims_through_pgbouncer(
     assert await count(direct, *lifecycle.ACTIVE) == len(seeded)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "app.db.migrate._run (the CLI's migration check) opens its engine without PgBouncer's "
-    "settings: asyncpg's __asyncpg_stmt_N__ statements outlive the command on a shared server "
-    "connection and the next command's collide (`prepared statement ... already exists`). "
-    "Remove this mark once it builds its engine with make_engine in PgBouncer mode."))
 async def test_cli_enqueue_and_stats_through_pgbouncer(
     db: tuple[str, Sessions], pgbouncer: PgBouncer, redis_url: str, queue: str,
     tmp_path: Path,

@@ -20,7 +20,7 @@ from app.config import Settings
 from app.db import make_engine, make_sessionmaker, migrate
 from app.db.models import Task, TaskEvent
 from app.execution import wakeups
-from app.lifecycle import ACTIVE, STAGE_BY_ACTIVE, TaskStatus
+from app.lifecycle import ACTIVE, ERROR, STAGE_BY_ACTIVE, TaskStatus
 from app.services import transitions
 from tests import factories, workerprocs
 from tests.workerprocs import (
@@ -300,8 +300,9 @@ async def test_sigterm_finishes_the_running_stage_claims_no_more_and_hands_back_
 ) -> None:
     """Told to stop (SIGTERM) mid-stage, a worker stops claiming: ``finishing`` completes its
     stage within the grace period and leaves the next stage to others; ``cut`` cannot finish
-    within the grace period and hands its stage back (error state, retry due now, the attempt
-    not counted, the lease released). Both exit 0; a new worker completes both tasks."""
+    within the grace period and hands its stage back: the task keeps its status with no
+    holder, no error state, nothing in ``error_log``, the attempt not counted. Both exit 0; a
+    new worker takes the handed-back stage over and completes both tasks."""
     _, sessions = db
     finishing = workers.start(SIMULATED_STAGE_SECONDS="1.5", SHUTDOWN_GRACE_SECONDS="20",
                               LEASE_SECONDS="30", WORKER_CONCURRENCY="1")
@@ -339,10 +340,16 @@ async def test_sigterm_finishes_the_running_stage_claims_no_more_and_hands_back_
                 (frm, to) for frm, to, _ in mine}
             assert task.status is TaskStatus.assets_approved      # runnable, for the others
         else:
-            assert mine[-1][:2] == (TaskStatus.generating_assets, TaskStatus.asset_error)
-            assert "worker stopped mid-stage" in (mine[-1][2] or "")
-            assert task.status is TaskStatus.asset_error
-            assert task.attempts == 0 and task.retry_at is not None  # due now, not counted
+            assert mine[-1] == (TaskStatus.generating_assets, TaskStatus.generating_assets,
+                                "handed back: worker stopping")
+            assert task.status is TaskStatus.generating_assets and task.claimed_by is None
+            assert task.error_log is None and task.failed_stage is None
+            assert (task.attempts, task.stage_runs) == (0, 0)      # the attempt not counted
     workers.start()
     await wakeups.wake_url(redis_url, 2, queue_name=queue)
     await wait_published(sessions, 2, timeout_s=60)
+    cut_task = next(held[w] for w, proc in ids.items() if proc is cut)
+    notes = [(e.from_status, e.to_status, e.note) for e in await events(sessions, cut_task)]
+    assert (TaskStatus.generating_assets, TaskStatus.generating_assets,
+            "claim: taken over") in notes
+    assert not any(to in ERROR for _, to, _ in notes)

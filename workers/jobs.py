@@ -86,7 +86,9 @@ async def sweep(ctx: Ctx) -> dict[str, int]:
                                                actor=f"reaper:{runner.worker_id}",
                                                max_attempts=s.stage_max_attempts,
                                                backoff_s=s.retry_backoff_s)
-            moved = await runner.advance_stranded(session, now=now)
+            moved = await claims.advance_stranded(session, now=now,
+                                                  auto_approved=s.auto_approved,
+                                                  stranded_s=s.lease_s, actor=runner.worker_id)
             runnable = await claims.runnable_count(session, now=now)
     except Exception as exc:
         if not is_unavailable(exc):

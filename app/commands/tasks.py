@@ -56,12 +56,21 @@ async def show(ctx: Context, args: argparse.Namespace) -> int:
     return 0
 
 
+def _holder(task: Task) -> str | None:
+    """Who holds the task; an active task with no holder was handed back and waits for a
+    claim to take it over."""
+    if task.claimed_by is None and task.status in lifecycle.ACTIVE:
+        return "nobody (handed back: the next claim takes it over)"
+    return task.claimed_by
+
+
 def _show_text(task: Task, channel: str, events: list[TaskEvent]) -> str:
     fields = [("id", task.id), ("title", task.title), ("channel", channel),
               ("notion page", task.notion_page_id),
               ("status", f"{task.status.value} ({lifecycle.LABELS[task.status]})"),
               ("priority", task.priority.value), ("attempts", task.attempts),
-              ("retry at", _when(task.retry_at)), ("claimed by", task.claimed_by),
+              ("stage runs", task.stage_runs), ("failed stage", task.failed_stage),
+              ("retry at", _when(task.retry_at)), ("claimed by", _holder(task)),
               ("lease until", _when(task.lease_expires_at)), ("youtube", task.youtube_url),
               ("created", _when(task.created_at)), ("updated", _when(task.updated_at))]
     width = max(len(name) for name, _ in fields)
@@ -84,15 +93,16 @@ async def stats_(ctx: Context, args: argparse.Namespace) -> int:
     data = {"by_status": {s.value: n for s, n in by_status.items()},
             "by_channel": {c: {s.value: n for (ch, s), n in found.counts.items() if ch == c}
                            for c in channels},
-            "runnable": found.runnable, "queued": found.queued,
-            "oldest_queued_age_seconds": oldest_s}
+            "runnable": found.runnable, "blocked": dict(found.blocked),
+            "queued": found.queued, "oldest_queued_age_seconds": oldest_s}
     present = [s for s in TaskStatus if s in by_status]
     rows = [(s.value, *(found.counts.get((c, s), 0) for c in channels), by_status[s])
             for s in present]
     age = f"{oldest_s:,.0f}s" if oldest_s is not None else "-"
+    blocked = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in found.blocked.items())
     human = "\n".join([
         tables.render(("status", *channels, "total"), rows) if rows else "no tasks",
-        "", f"runnable now: {found.runnable}   queued: {found.queued}   "
-            f"oldest queued: {age}"])
+        "", f"runnable now: {found.runnable}   blocked: {blocked or 0}   queued: {found.queued}"
+            f"   oldest queued: {age}"])
     ctx.emit(data, human)
     return 0

@@ -13,11 +13,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.pool import NullPool
 
 from alembic import command
-from app.db import translate_url
+from app.config import get_settings
+from app.db import make_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,8 +43,9 @@ async def check(url: str) -> None:
 
 
 async def _run(url: str, operation: Callable[[Config], object]) -> None:
-    sa_url, connect_args = translate_url(url)
-    engine = create_async_engine(sa_url, poolclass=NullPool, connect_args=connect_args)
+    # PgBouncer-safe whatever the settings (as alembic/env.py): no statement cache, unique
+    # statement names, so a pooled server connection never meets a name it already holds.
+    engine = make_engine(get_settings().model_copy(update={"db_pgbouncer": True}), url)
     try:
         async with engine.begin() as connection:
             await connection.run_sync(_with_connection, operation)

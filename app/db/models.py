@@ -1,8 +1,9 @@
 """ORM models for channels, tasks and their event history (the schema contract, DESIGN.md §3).
 
 One naming convention on the metadata names every constraint and index the same way on
-PostgreSQL and SQLite. Status writes never happen through these models directly: they go through
-``app.services.transitions`` (guarded ``UPDATE … WHERE status = :from``).
+PostgreSQL and SQLite. Status writes never happen through these models directly: every statement
+that moves a task is in ``app.db.statements`` (guarded ``UPDATE … WHERE status = :from``), plus
+the claim function (``app.db.ddl.claim_task``), and what each move writes is ``app.moves``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from app.db.ddl import claim_task_0005 as claim_sql
-from app.lifecycle import STAGES, PriorityLevel, TaskStatus
+from app.db.ddl import claim_task
+from app.lifecycle import ACTIVE, STAGES, PriorityLevel, TaskStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -34,9 +35,16 @@ class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
 
-_RUNNABLE = claim_sql.runnable_predicate(
+#: Issues the channels' turns (PostgreSQL): a pick-up gives its channel the next number, and the
+#: channel with the lowest goes first. Database-issued, so no client clock orders the turns.
+CHANNEL_TURNS = sa.Sequence(claim_task.SEQUENCE, metadata=Base.metadata)
+
+
+_RUNNABLE = claim_task.runnable_predicate(
     [st.start.value for st in STAGES if st.start is not TaskStatus.claimed],
-    dict.fromkeys(st.error.value for st in STAGES))
+    dict.fromkeys(st.error.value for st in STAGES),
+    [s.value for s in TaskStatus if s in ACTIVE])
+_STAGE_NAMES = ", ".join(f"'{st.name}'" for st in STAGES)
 
 SQLITE_NOW = "(strftime('%Y-%m-%d %H:%M:%f', 'now'))"
 
@@ -115,8 +123,9 @@ class Channel(TimestampMixin, Base):
         sa.Boolean(create_constraint=True, name="is_active"), nullable=False,
         server_default=sa.true(), default=True)
     max_concurrent: Mapped[int | None] = mapped_column(sa.Integer)
-    #: When a worker last claimed one of its tasks: the round-robin order between channels.
-    last_claimed_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: The channel's last pick-up, numbered by ``channel_turns`` (null: never picked): channels
+    #: with work take turns lowest first.
+    turn: Mapped[int | None] = mapped_column(sa.BigInteger)
 
     __table_args__ = (
         sa.CheckConstraint("max_concurrent IS NULL OR max_concurrent >= 1",
@@ -152,9 +161,16 @@ class Task(TimestampMixin, Base):
     #: Fresh per claim; every later write by that worker must present it (fencing).
     claim_token: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid)
     lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
-    #: Attempts of the current stage; reset when a stage succeeds or an operator requeues.
+    #: Attempts of the current stage's budget, counted by the claim that starts a run; reset
+    #: when the stage succeeds and by an operator's requeue (a fresh budget).
     attempts: Mapped[int] = mapped_column(
         sa.Integer, nullable=False, server_default="0", default=0)
+    #: Runs of the current stage, retries and requeues included (what a handler sees as its
+    #: attempt); reset when the stage succeeds.
+    stage_runs: Mapped[int] = mapped_column(
+        sa.Integer, nullable=False, server_default="0", default=0)
+    #: In an error state: the stage that failed, where the retry resumes (``app.moves``).
+    failed_stage: Mapped[str | None] = mapped_column(sa.String(16))
     #: When an errored task's automatic retry is due (null: waits for an operator).
     retry_at: Mapped[datetime | None] = mapped_column(Timestamp)
     published_at: Mapped[datetime | None] = mapped_column(Timestamp)
@@ -171,10 +187,12 @@ class Task(TimestampMixin, Base):
         sa.Index("ix_tasks_queued", "channel_id", "priority", "created_at", "id",
                  postgresql_where=sa.text("status = 'queued'"),
                  sqlite_where=sa.text("status = 'queued'")),
-        # The claim's probe of the other runnable states (few rows; see app.db.ddl.claim_task).
-        sa.Index(claim_sql.RUNNABLE_INDEX, *claim_sql.RUNNABLE_COLUMNS,
+        # The claim's probe of the other runnable rows (few; see app.db.ddl.claim_task).
+        sa.Index(claim_task.RUNNABLE_INDEX, *claim_task.RUNNABLE_COLUMNS,
                  postgresql_where=sa.text(_RUNNABLE), sqlite_where=sa.text(_RUNNABLE)),
         sa.CheckConstraint("attempts >= 0", name="attempts_non_negative"),
+        sa.CheckConstraint("stage_runs >= 0", name="stage_runs_non_negative"),
+        sa.CheckConstraint(f"failed_stage IN ({_STAGE_NAMES})", name="failed_stage_known"),
     )
 
 

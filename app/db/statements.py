@@ -1,21 +1,116 @@
-"""Concurrency-critical statements, one function per statement, each clause's why in a comment.
+"""Every statement that writes a task, in one place, each named after its guard.
 
-Everything that decides who may write a task — the guarded status update, the idempotent
-upsert — is built here so it can be reviewed (and EXPLAINed) in one place. Ordinary reads stay
-in the services as ORM queries. ``now`` is always a parameter: tests and the reaper inject it.
+A move's changes come from ``app.moves`` (pure); this module renders them twice, for the two
+ways a move reaches the database:
+
+- the worker's hot path (``app.execution.hotpath``): one autocommitted asyncpg statement per
+  move that also writes its ``task_events`` row (``move_if_held``, ``move_if_status``), plus
+  the claim (the ``claim_task`` function, ``app.db.ddl.claim_task``), the load and the lease
+  renewal;
+- the service layer (``app.services``): SQLAlchemy Core (``guarded_update`` with
+  ``core_values``), on PostgreSQL and SQLite, in the caller's transaction.
+
+Both renderings of a move write the same row (``tests/test_moves_agree.py``). ``now`` is always
+a parameter: tests and the reaper inject it.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import uuid
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.dml import ReturningUpdate
 
-from app.db.models import Task, utc_now
+from app.db.models import Task, TaskEvent, utc_now
 from app.lifecycle import TaskStatus
+from app.moves import AppendLine, Changes, MergeArtifact, Move
+
+# --- the hot path (asyncpg, positional parameters) ------------------------------------------
+
+#: ``claim_task``: ``$4`` claims that task only (a worker carrying it on), ``$5`` starts a
+#: claimed queued task's first stage in the same write.
+CLAIM = ("SELECT task_id, from_status, to_status, claim_token, attempt, run"
+         " FROM claim_task($1, $2, $3, $4, $5)")
+
+#: What a stage handler is given (the attempt and run came with the claim).
+LOAD = "SELECT title, topic, story_direction, artifacts FROM tasks WHERE id = $1"
+
+#: Extend the lease while the claim is still this worker's (token and status unchanged).
+RENEW_IF_HELD = ("UPDATE tasks SET lease_expires_at = $4"
+                 " WHERE id = $1 AND claim_token = $2 AND status = $3 RETURNING id")
+
+#: Why a guarded write matched no row: the task's status and claim now.
+FOUND = "SELECT status, claim_token FROM tasks WHERE id = $1"
+
+
+@functools.lru_cache(maxsize=64)
+def _move_sql(shape: tuple[tuple[str, str], ...], fenced: bool) -> str:
+    """The text of a guarded move with its event row, for one shape of changes (so each kind
+    of move has one text, prepared once per connection). ``$1`` id, ``$2`` current status,
+    ``$3`` target, ``$4`` actor, ``$5`` note, ``$6`` now, ``$7`` claim token when fenced, then
+    the values of the changes."""
+    n = 8 if fenced else 7
+    assignments = []
+    for column, kind in shape:
+        if kind == "append":       # one more line, inside the UPDATE (no read-modify-write)
+            assignments.append(f"{column} = coalesce({column} || E'\\n', '') || ${n}")
+        elif kind == "merge":      # one stage's output replaced, the others kept
+            assignments.append(f"{column} = {column} || jsonb_build_object(${n}::text,"
+                               f" ${n + 1}::jsonb)")
+            n += 1
+        else:
+            assignments.append(f"{column} = ${n}")
+        n += 1
+    fence = " AND claim_token = $7" if fenced else ""
+    return f"""
+WITH moved AS (
+  UPDATE tasks SET {', '.join(assignments)}
+  WHERE id = $1 AND status = $2{fence}
+  RETURNING id)
+INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
+SELECT id, $2, $3, $4, $5, $6 FROM moved RETURNING task_id"""
+
+
+def _pg_params(changes: Changes) -> tuple[tuple[tuple[str, str], ...], list[Any]]:
+    shape: list[tuple[str, str]] = []
+    params: list[Any] = []
+    for column, value in changes.items():
+        if isinstance(value, AppendLine):
+            shape.append((column, "append"))
+            params.append(value.line)
+        elif isinstance(value, MergeArtifact):
+            shape.append((column, "merge"))
+            params += [value.stage, json.dumps(value.value)]
+        else:
+            shape.append((column, "value"))
+            params.append(value.value if isinstance(value, TaskStatus) else value)
+    return tuple(shape), params
+
+
+def move_if_held(move: Move, task_id: uuid.UUID, token: uuid.UUID, *, actor: str,
+                 now: Any) -> tuple[str, list[Any]]:
+    """A worker's move of the task it holds: guarded by the status and fenced by the claim
+    token, so a worker whose lease was reaped writes nothing. Returns (text, parameters)."""
+    shape, values = _pg_params(move.changes)
+    return _move_sql(shape, True), [task_id, move.current.value, move.target.value, actor,
+                                    move.note, now, token, *values]
+
+
+def move_if_status(move: Move, task_id: uuid.UUID, *, actor: str,
+                   now: Any) -> tuple[str, list[Any]]:
+    """A move of a task no worker holds (a gate passed, an automatic step): guarded by the
+    status only. Returns (text, parameters)."""
+    shape, values = _pg_params(move.changes)
+    return _move_sql(shape, False), [task_id, move.current.value, move.target.value, actor,
+                                     move.note, now, *values]
+
+
+# --- the service layer (SQLAlchemy Core, PostgreSQL and SQLite) -----------------------------
 
 
 def guarded_update(
@@ -37,9 +132,38 @@ def guarded_update(
     )
 
 
+def core_values(changes: Changes, dialect: str) -> dict[str, Any]:
+    """A move's changes as ``UPDATE … SET`` values for SQLAlchemy."""
+    values: dict[str, Any] = {}
+    for column, value in changes.items():
+        if isinstance(value, AppendLine):
+            values[column] = append_error_line(value.line)
+        elif isinstance(value, MergeArtifact):
+            values[column] = merge_artifact(value, dialect)
+        else:
+            values[column] = value
+    return values
+
+
 def append_error_line(line: str) -> sa.ColumnElement[str | None]:
     """``error_log`` grows by one line inside the UPDATE itself (no read-modify-write race)."""
     return sa.func.coalesce(Task.error_log + "\n", "") + line
+
+
+def merge_artifact(merge: MergeArtifact, dialect: str) -> sa.ColumnElement[Any]:
+    """``artifacts[stage] = value`` inside the UPDATE, the other stages' outputs kept."""
+    text = json.dumps(merge.value)
+    if dialect == "postgresql":
+        return Task.artifacts.op("||")(
+            sa.func.jsonb_build_object(merge.stage, sa.cast(text, JSONB)))
+    return sa.func.json_set(Task.artifacts, f'$."{merge.stage}"', sa.func.json(text))
+
+
+def event(task_id: uuid.UUID, move: Move, *, actor: str, now: Any) -> sa.Insert:
+    """The ``task_events`` row of a move (Core: no unit-of-work flush)."""
+    return sa.insert(TaskEvent).values(task_id=task_id, from_status=move.current,
+                                       to_status=move.target, actor=actor, note=move.note,
+                                       created_at=now)
 
 
 _UPSERT_FIELDS = ("channel_id", "title", "topic", "story_direction", "priority")

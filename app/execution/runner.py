@@ -3,10 +3,13 @@ transaction (claim → commit → run with no transaction open → record → co
 
 A runner continues a task into its next stage only through a fresh claim of that task (same
 capacity rule as any claim), and stops at a gate, an error, ``published``, or when the claim
-cannot be had now (the task then waits, runnable, for the next claim in queue order). The
-per-stage calls (claim and start, load, finish, move on, renew) go through
-``app.execution.hotpath`` on the hot path's connections; failures and hand-backs go through the
-service layer.
+cannot be had now (the task then waits, runnable, for the next claim in queue order). Every
+call (claim and start, load, finish, fail, hand back, move on, renew) is one statement of
+``app.execution.hotpath`` on the hot path's connections; what each writes is ``app.moves``.
+
+A stage stopped by a graceful shutdown (cancelled after the grace period) is handed back: the
+task keeps its status with no holder, its attempt not spent and nothing in ``error_log``, and
+the next claim takes it over.
 
 Every write a runner makes to its task carries the claim token, so a runner whose lease was
 reaped is refused (``StaleClaim``) and stops. A runner also never runs a stage past the moment
@@ -23,28 +26,22 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TypeVar
 
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import db, lifecycle
+from app import db, lifecycle, moves
 from app.config import Settings
-from app.db import session_scope
 from app.db.hotpool import HotPool
-from app.db.models import Task
 from app.errors import InvalidTransition, PipelineError, StaleClaim
 from app.execution import hotpath
 from app.handlers import Registry, StageInput
-from app.lifecycle import GATE_BY_WAITING, STAGE_BY_ACTIVE, TaskStatus
-from app.services import claims, transitions
-from app.services.claims import Claim
+from app.lifecycle import STAGE_BY_ACTIVE, TaskStatus
+from app.moves import Claim
 
 T = TypeVar("T")
-#: Makes one status-only move: (task, from, to, actor, note).
-Mover = Callable[[uuid.UUID, TaskStatus, TaskStatus, str, "str | None"], Awaitable[object]]
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +79,11 @@ class Runner:
     worker_id: str = field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:12]}")
     #: Set when the process is asked to stop: running stages finish, no further one is claimed.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The stages running now, by task (what a stopping worker waits for).
+    running: dict[uuid.UUID, str] = field(default_factory=dict)
 
     def now(self) -> datetime:
-        return transitions.utcnow()
+        return moves.utcnow()
 
     async def claim(self, task_id: uuid.UUID | None = None) -> Lease | None:
         """Claim the next runnable task in fair order (or ``task_id`` only) and start its stage;
@@ -138,9 +137,10 @@ class Runner:
         claim = lease.claim
         stage = STAGE_BY_ACTIVE[claim.status]
         async with self.pool.acquire() as conn:
-            task = await hotpath.load(conn, claim.task_id, stage.active)
+            task = await hotpath.load(conn, claim.task_id)
         given = StageInput(claim.task_id, stage.name, task.title, task.topic,
-                           task.story_direction, task.runs, task.artifacts)
+                           task.story_direction, claim.run, task.artifacts)
+        self.running[claim.task_id] = stage.name
         try:
             async with self._heartbeat(lease):
                 artefacts = await self.handlers[stage.name](given)
@@ -148,49 +148,38 @@ class Runner:
             me = asyncio.current_task()
             if lease.lost is not None and me is not None and me.uncancel() == 0:
                 raise lease.lost from None
-            await asyncio.shield(self._interrupted(claim, given.attempt))
+            await asyncio.shield(self._hand_back(claim, "worker stopping"))
             raise
         except Exception as exc:
-            return await self._failed(lease, given.attempt, f"{type(exc).__name__}: {exc}")
-        return await self._succeeded(lease, stage.name, artefacts)
+            return await self._failed(lease, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.running.pop(claim.task_id, None)
+        return await self._record(lease, lambda conn: hotpath.finish(
+            conn, claim, artefacts=artefacts, actor=self.worker_id, now=self.now()))
 
-    async def _succeeded(self, lease: Lease, stage: str,
-                         artefacts: dict[str, object]) -> TaskStatus:
-        return await self._record(lease, lambda: self._on_conn(lambda conn: hotpath.finish(
-            conn, lease.claim, stage=stage, artefacts=artefacts, actor=self.worker_id,
-            now=self.now())))
-
-    async def _failed(self, lease: Lease, attempt: int, message: str) -> TaskStatus:
+    async def _failed(self, lease: Lease, message: str) -> TaskStatus:
         s = self.settings
-        task = await self._record(lease, lambda: self._in_session(lambda session: (
-            claims.fail_stage(session, lease.claim, actor=self.worker_id, note=message,
-                              now=self.now(), attempts=attempt,
-                              max_attempts=s.stage_max_attempts,
-                              backoff_s=s.retry_backoff_s))))
-        log.info("%s: task %s %s", self.worker_id, lease.claim.task_id, message)
-        return task.status
+        status = await self._record(lease, lambda conn: hotpath.fail(
+            conn, lease.claim, message=message, actor=self.worker_id, now=self.now(),
+            max_attempts=s.stage_max_attempts, backoff_s=s.retry_backoff_s))
+        log.info("%s: task %s %s (attempt %d/%d)", self.worker_id, lease.claim.task_id,
+                 message, lease.claim.attempt, s.stage_max_attempts)
+        return status
 
-    async def _interrupted(self, claim: Claim, attempt: int) -> None:
-        """Shut down mid-stage: hand the task back (retry due now, the attempt not counted).
-        One try: if it cannot be written, the lease expires and the reaper does the same."""
-        s = self.settings
+    async def _hand_back(self, claim: Claim, reason: str) -> None:
+        """Give the stage back unfinished: the task keeps its status with no holder, the
+        attempt not spent. One try: if it cannot be written, the lease expires and the reaper
+        takes the task back (then counting the attempt)."""
         with contextlib.suppress(InvalidTransition):
-            async with session_scope(self.sessions) as session:
-                await claims.fail_stage(
-                    session, claim, actor=self.worker_id, note="worker stopped mid-stage",
-                    now=self.now(), attempts=attempt, max_attempts=s.stage_max_attempts,
-                    backoff_s=0, count_attempt=False)
+            async with self.pool.acquire() as conn:
+                await hotpath.hand_back(conn, claim, reason=reason, actor=self.worker_id,
+                                        now=self.now())
+            log.info("%s: task %s: %s handed back (%s)", self.worker_id, claim.task_id,
+                     STAGE_BY_ACTIVE[claim.status].name, reason)
 
-    async def _on_conn(self, call: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        async with self.pool.acquire() as conn:
-            return await call(conn)
-
-    async def _in_session(self, call: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        async with session_scope(self.sessions) as session:
-            return await call(session)
-
-    async def _record(self, lease: Lease, write: Callable[[], Awaitable[T]]) -> T:
-        """Write a move of the claimed task in its own transaction.
+    async def _record(self, lease: Lease,
+                      write: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Write a move of the claimed task, one statement on its own connection.
 
         The write is fenced by the claim token, so trying it again is safe: it lands once or
         is refused. While the database is unavailable it is retried until the lease may expire
@@ -200,7 +189,8 @@ class Runner:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                return await write()
+                async with self.pool.acquire() as conn:
+                    return await write(conn)
             except StaleClaim:
                 raise
             except InvalidTransition as exc:
@@ -220,55 +210,14 @@ class Runner:
         """After a stage: pass auto-approved gates and automatic moves, then claim the task's
         next stage if it can be had now."""
         async with self.pool.acquire() as conn:
-            async def move(task: uuid.UUID, current: TaskStatus, target: TaskStatus,
-                           actor: str, note: str | None) -> None:
-                await hotpath.move(conn, task, current, target, actor=actor, note=note,
-                                    now=self.now())
-
-            status = await self._advance(move, task_id, status)
+            while (step := moves.automatic_step(status, self.settings.auto_approved)):
+                await hotpath.move(conn, task_id, status, step.target,
+                                   actor="auto-approve" if step.approval else self.worker_id,
+                                   note=step.note, now=self.now())
+                status = step.target
             if status not in lifecycle.RUNNABLE or self.stopping.is_set():
                 return None       # a stopping worker leaves the next stage to the others
             return await self._claim(conn, task_id)
-
-    async def _advance(self, move: Mover, task_id: uuid.UUID,
-                       status: TaskStatus) -> TaskStatus:
-        """Take the automatic moves and auto-approved gates from ``status``; the status
-        reached."""
-        while True:
-            if status in lifecycle.AUTOMATIC:
-                target = lifecycle.AUTOMATIC[status]
-                await move(task_id, status, target, self.worker_id, None)
-            elif (gate := GATE_BY_WAITING.get(status)) and gate.name in \
-                    self.settings.auto_approved:
-                target = gate.approved
-                await move(task_id, status, target, "auto-approve",
-                           f"{gate.name} auto-approved")
-            else:
-                return status
-            status = target
-
-    async def advance_stranded(self, session: AsyncSession, *, now: datetime,
-                               limit: int = 100) -> int:
-        """Move on tasks left at an automatic move or an auto-approved gate for a lease
-        length: their runner stopped between recording a stage and moving on (killed, or the
-        database went away). Returns how many tasks were moved."""
-        waiting = set(lifecycle.AUTOMATIC) | {gate.waiting for gate in lifecycle.GATES
-                                              if gate.name in self.settings.auto_approved}
-        rows = (await session.execute(
-            sa.select(Task.id, Task.status)
-            .where(Task.status.in_(waiting),
-                   Task.updated_at < now - timedelta(seconds=self.settings.lease_s))
-            .order_by(Task.updated_at).limit(limit)
-            .with_for_update(skip_locked=True))).all()
-
-        async def move(task: uuid.UUID, current: TaskStatus, target: TaskStatus,
-                       actor: str, note: str | None) -> None:
-            await transitions.transition(session, task, target, actor=actor,
-                                         expected=current, note=note, now=now)
-
-        for row in rows:
-            await self._advance(move, row.id, row.status)
-        return len(rows)
 
     async def _renew(self, claim: Claim, lease_s: float) -> bool:
         async with self.pool.acquire() as conn:

@@ -1,50 +1,52 @@
-"""Claims, leases and the reaper: how workers take, keep and lose tasks (PostgreSQL only).
+"""Claims, leases, stage outcomes and the reaper through the service layer (PostgreSQL for
+claims; the rest also on SQLite).
 
 A claim goes through the ``claim_task`` database function (see ``app.db.ddl.claim_task``);
-everything a worker writes afterwards carries its claim token, so a worker whose lease was reaped
-is fenced out. Functions take the session first and never commit.
+everything written afterwards carries the claim token, so a worker whose lease was reaped is
+fenced out. What each outcome writes is ``app.moves``, the same rules the worker's hot path
+(``app.execution.hotpath``) renders. Functions take the session first and never commit.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db.models import Task
-from app.lifecycle import ACTIVE, ERROR, RUNNABLE, STAGE_BY_ACTIVE, TaskStatus
+from app import moves
+from app.db.models import Channel, Task
+from app.lifecycle import ACTIVE, AUTOMATIC, ERROR, GATES, TaskStatus
+from app.moves import Claim
 from app.services import transitions
 
+__all__ = ["Claim", "Claimable", "Reaped", "advance_stranded", "claim_batch", "claim_next",
+           "claimable",
+           "fail_stage", "finish_stage", "hand_back", "reap_expired", "renew_lease",
+           "runnable_count"]
 
-@dataclass(frozen=True)
-class Claim:
-    """A task a worker now holds: it may write it while ``token`` matches."""
-
-    task_id: uuid.UUID
-    from_status: TaskStatus
-    status: TaskStatus
-    token: uuid.UUID
-
-
-CLAIM = sa.text("SELECT task_id, from_status, to_status, claim_token"
-                " FROM claim_task(:worker, :lease_s, :now, :task_id)")
+CLAIM = sa.text("SELECT task_id, from_status, to_status, claim_token, attempt, run"
+                " FROM claim_task(:worker, :lease_s, :now, :task_id, :start)")
 
 
 async def claim_next(
     session: AsyncSession, *, worker_id: str, lease_s: float, now: datetime,
-    task_id: uuid.UUID | None = None,
+    task_id: uuid.UUID | None = None, start: bool = False,
 ) -> Claim | None:
     """Claim the next runnable task in fair order (or ``task_id`` only); None if nothing can
-    be claimed now (no runnable task, or its channel is at capacity or held by a claimer)."""
+    be claimed now (no runnable task, or its channel is at capacity or held by a claimer).
+    With ``start`` a queued task is claimed straight into its first stage."""
     row = (await session.execute(CLAIM, {"worker": worker_id, "lease_s": lease_s, "now": now,
-                                         "task_id": task_id})).one_or_none()
+                                         "task_id": task_id, "start": start})).one_or_none()
     if row is None:
         return None
     return Claim(row.task_id, TaskStatus(row.from_status), TaskStatus(row.to_status),
-                 row.claim_token)
+                 row.claim_token, row.attempt, row.run)
 
 
 async def claim_batch(
@@ -54,17 +56,14 @@ async def claim_batch(
     them; stops at the first miss. [] when nothing can be claimed now.
 
     Each claim is one ``claim_task`` call in the caller's transaction, so fairness and capacity
-    are exactly those of a single claim: capacity is counted after the channel lock, and the
-    transaction sees its own earlier claims. The i-th claim runs at ``now`` plus i
-    microseconds so that each claim's channel turn is later than the last and the batch
-    rotates through channels as successive single claims would (with one ``now`` every
-    channel's turn would tie). The channel rows stay locked until the caller commits, which is
-    what keeps a concurrent claimer out of those channels' capacity: commit promptly.
+    are exactly those of a single claim: capacity is counted after the channel lock, the
+    transaction sees its own earlier claims, and each pick-up takes its channel's next turn.
+    The channel rows stay locked until the caller commits, which is what keeps a concurrent
+    claimer out of those channels' capacity: commit promptly.
     """
     batch: list[Claim] = []
-    for i in range(limit):
-        claim = await claim_next(session, worker_id=worker_id, lease_s=lease_s,
-                                 now=now + timedelta(microseconds=i))
+    for _ in range(limit):
+        claim = await claim_next(session, worker_id=worker_id, lease_s=lease_s, now=now)
         if claim is None:
             break
         batch.append(claim)
@@ -83,33 +82,38 @@ async def renew_lease(
     return (await session.execute(stmt)).first() is not None
 
 
-def retry_delay_s(attempts: int, *, max_attempts: int, backoff_s: float) -> float | None:
-    """Exponential backoff between attempts of a stage; None once the budget is spent."""
-    if attempts >= max_attempts:
-        return None
-    return float(backoff_s * 2 ** max(attempts - 1, 0))
+async def finish_stage(session: AsyncSession, claim: Claim, *, artefacts: dict[str, Any],
+                       actor: str, now: datetime) -> Task:
+    """The stage succeeded: its done state, its output stored, the claim ended."""
+    return await transitions.apply(session, claim.task_id,
+                                   moves.finish(claim, artefacts=artefacts, now=now),
+                                   actor=actor, claim_token=claim.token, now=now)
 
 
 async def fail_stage(
-    session: AsyncSession, claim: Claim, *, actor: str, note: str, now: datetime,
-    attempts: int, max_attempts: int, backoff_s: float, count_attempt: bool = True,
+    session: AsyncSession, claim: Claim, *, actor: str, message: str, now: datetime,
+    max_attempts: int, backoff_s: float, due_now: bool = False,
 ) -> Task:
-    """Active state → its stage's error state; schedule the automatic retry while attempts
-    remain (``count_attempt=False`` for interruptions that are not the stage's fault)."""
-    stage = STAGE_BY_ACTIVE[claim.status]
-    used = attempts if count_attempt else max(attempts - 1, 0)
-    delay = retry_delay_s(used, max_attempts=max_attempts, backoff_s=backoff_s)
-    values = {"attempts": used,
-              "retry_at": now + timedelta(seconds=delay) if delay is not None else None}
-    suffix = f"; retry in {delay:g}s" if delay is not None else "; no attempts left"
-    return await transitions.transition(
-        session, claim.task_id, stage.error, actor=actor, expected=claim.status,
-        claim_token=claim.token, note=f"{note} (attempt {used}/{max_attempts}{suffix})",
-        values=values, now=now)
+    """Active state → its stage's error state, the attempt spent; the automatic retry is
+    scheduled while attempts remain (``due_now``: at once)."""
+    move = moves.fail(claim, message=message, max_attempts=max_attempts, backoff_s=backoff_s,
+                      now=now, due_now=due_now)
+    return await transitions.apply(session, claim.task_id, move, actor=actor,
+                                   claim_token=claim.token, now=now)
+
+
+async def hand_back(session: AsyncSession, claim: Claim, *, actor: str, reason: str,
+                    now: datetime) -> Task:
+    """Give an unfinished stage back without spending its attempt (``moves.hand_back``)."""
+    return await transitions.apply(session, claim.task_id,
+                                   moves.hand_back(claim, reason=reason, now=now),
+                                   actor=actor, claim_token=claim.token, now=now)
 
 
 @dataclass(frozen=True)
 class Reaped:
+    """A task taken back from a worker whose lease expired: from ``status`` to ``to``."""
+
     task_id: uuid.UUID
     status: TaskStatus
     to: TaskStatus
@@ -120,15 +124,18 @@ async def reap_expired(
     limit: int = 100,
 ) -> list[Reaped]:
     """Take back tasks whose lease expired: ``claimed`` → ``queued``; an active state → its
-    error state with a note, retried automatically while attempts remain."""
+    error state. The attempt counts (a stage that kills its worker must not loop forever), and
+    while attempts remain the retry is due at once: the worker died, not the stage."""
     rows = (await session.execute(
-        sa.select(Task.id, Task.status, Task.claim_token, Task.claimed_by, Task.attempts)
+        sa.select(Task.id, Task.status, Task.claim_token, Task.claimed_by, Task.attempts,
+                  Task.stage_runs)
         .where(Task.status.in_(ACTIVE), Task.lease_expires_at < now)
         .order_by(Task.lease_expires_at).limit(limit)
         .with_for_update(skip_locked=True))).all()
     reaped = []
     for row in rows:
-        claim = Claim(row.id, row.status, row.status, row.claim_token)
+        claim = Claim(row.id, row.status, row.status, row.claim_token, row.attempts,
+                      row.stage_runs)
         note = f"lease expired (held by {row.claimed_by})"
         if row.status is TaskStatus.claimed:
             await transitions.transition(session, row.id, TaskStatus.queued, actor=actor,
@@ -136,17 +143,79 @@ async def reap_expired(
                                          note=note, now=now)
             reaped.append(Reaped(row.id, row.status, TaskStatus.queued))
             continue
-        task = await fail_stage(session, claim, actor=actor, note=note, now=now,
-                                attempts=row.attempts, max_attempts=max_attempts,
-                                backoff_s=backoff_s)
+        task = await fail_stage(session, claim, actor=actor, message=note, now=now,
+                                max_attempts=max_attempts, backoff_s=backoff_s, due_now=True)
         reaped.append(Reaped(row.id, row.status, task.status))
     return reaped
 
 
+async def advance_stranded(session: AsyncSession, *, now: datetime, auto_approved: frozenset[str],
+                           stranded_s: float, actor: str, limit: int = 100) -> int:
+    """Move on tasks left at an automatic step or an auto-approved gate for ``stranded_s``:
+    their runner stopped between recording a stage and moving on (killed, or the database went
+    away). The steps are the runner's (``moves.automatic_step``). Returns how many tasks moved."""
+    waiting = set(AUTOMATIC) | {gate.waiting for gate in GATES if gate.name in auto_approved}
+    rows = (await session.execute(
+        sa.select(Task.id, Task.status)
+        .where(Task.status.in_(waiting), Task.updated_at < now - timedelta(seconds=stranded_s))
+        .order_by(Task.updated_at).limit(limit)
+        .with_for_update(skip_locked=True))).all()
+    for row in rows:
+        status = row.status
+        while (step := moves.automatic_step(status, auto_approved)):
+            await transitions.transition(session, row.id, step.target, expected=status,
+                                         actor="auto-approve" if step.approval else actor,
+                                         note=step.note, now=now)
+            status = step.target
+    return len(rows)
+
+
+#: Statuses a claim takes without further condition (errors need a due retry; a stage must
+#: have been handed back). ``assembly_ready`` is not among them: a worker moves it on itself.
+WAITING = frozenset({TaskStatus.queued, *moves.STARTS})
+#: Why a waiting task cannot be claimed now.
+BLOCKED_INACTIVE = "inactive_channel"
+BLOCKED_CAP = "channel_at_cap"
+
+
+@dataclass(frozen=True)
+class Claimable:
+    """What workers could claim now, and what waits but cannot be claimed, by reason."""
+
+    runnable: int
+    blocked: Counter[str] = field(default_factory=Counter)
+
+
+def _flag(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
+    return sa.func.sum(sa.case((condition, 1), else_=0))
+
+
+async def claimable(session: AsyncSession, *, now: datetime) -> Claimable:
+    """Tasks a claim could take now: waiting ones in active channels with a free slot, and
+    handed-back stages (which keep their slot). Tasks of inactive channels and those beyond
+    their channel's cap are blocked, not runnable: they wake nobody."""
+    waiting = sa.or_(Task.status.in_(WAITING),
+                     sa.and_(Task.status.in_(ERROR), Task.retry_at <= now))
+    unheld = sa.and_(Task.status.in_(ACTIVE), Task.claim_token.is_(None))
+    rows = (await session.execute(
+        sa.select(Channel.is_active, Channel.max_concurrent,
+                  _flag(Task.status.in_(ACTIVE)).label("slots"),
+                  _flag(unheld).label("unheld"), _flag(waiting).label("waiting"))
+        .join(Channel, Channel.id == Task.channel_id)
+        .where(Task.status.in_(WAITING | ERROR | ACTIVE))
+        .group_by(Channel.id, Channel.is_active, Channel.max_concurrent))).all()
+    runnable, blocked = 0, Counter[str]()
+    for row in rows:
+        if not row.is_active:
+            blocked[BLOCKED_INACTIVE] += row.waiting + row.unheld
+            continue
+        free = math.inf if row.max_concurrent is None else max(row.max_concurrent - row.slots, 0)
+        taken = int(min(row.waiting, free))
+        runnable += row.unheld + taken
+        blocked[BLOCKED_CAP] += row.waiting - taken
+    return Claimable(runnable, +blocked)
+
+
 async def runnable_count(session: AsyncSession, *, now: datetime) -> int:
-    """Tasks waiting for a claim now (queued, other runnable states, errors with a due retry)."""
-    count = await session.scalar(
-        sa.select(sa.func.count()).select_from(Task).where(sa.or_(
-            Task.status.in_(RUNNABLE),
-            sa.and_(Task.status.in_(ERROR), Task.retry_at <= now))))
-    return int(count or 0)
+    """Tasks a claim could take now (see ``claimable``)."""
+    return (await claimable(session, now=now)).runnable

@@ -1,7 +1,9 @@
-"""Queue statistics for operators: counts by status and channel, depth, oldest queued age."""
+"""Queue statistics for operators: counts by status and channel, what can be claimed now and
+what is blocked (by reason), queue depth, oldest queued age."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,8 +19,10 @@ from app.services import claims
 class Stats:
     #: ``(channel_id, status) → count`` for every pair that has tasks.
     counts: dict[tuple[str, TaskStatus], int]
-    #: Tasks a worker could claim now (queued, approved, continuing, errors with a due retry).
+    #: Tasks a worker could claim now (``claims.claimable``).
     runnable: int
+    #: Tasks waiting that cannot be claimed now, by reason (inactive channel, channel at cap).
+    blocked: Counter[str]
     queued: int
     oldest_queued_at: datetime | None
 
@@ -43,6 +47,7 @@ async def collect(session: AsyncSession, *, now: datetime) -> Stats:
     oldest = queued[1]
     if oldest is not None and oldest.tzinfo is None:    # SQLite keeps UTC without an offset
         oldest = oldest.replace(tzinfo=UTC)
+    found = await claims.claimable(session, now=now)
     return Stats(counts={(row[0], TaskStatus(row[1])): int(row[2]) for row in rows},
-                 runnable=await claims.runnable_count(session, now=now),
+                 runnable=found.runnable, blocked=found.blocked,
                  queued=int(queued[0]), oldest_queued_at=oldest)

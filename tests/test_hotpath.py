@@ -21,6 +21,7 @@ from app.db.models import Channel, Task, TaskEvent
 from app.errors import InvalidTransition, StaleClaim, TaskNotFound
 from app.execution import hotpath
 from app.lifecycle import TaskStatus
+from app.moves import Claim
 from app.services import claims, transitions
 from tests.factories import make_channel, make_task
 
@@ -44,7 +45,7 @@ async def _history(sessions: Sessions, task_id: uuid.UUID) -> list[tuple[object,
         return [tuple(r) for r in rows]
 
 
-async def _claim(conn: asyncpg.Connection, **kw: Any) -> claims.Claim | None:
+async def _claim(conn: asyncpg.Connection, **kw: Any) -> Claim | None:
     """A claim by worker "w" with a 30 s lease, now."""
     return await hotpath.claim(conn, worker_id="w", lease_s=30, now=transitions.utcnow(),
                                 **kw)
@@ -99,10 +100,11 @@ async def test_finish_merges_artefacts_and_ends_the_claim(pg_sessions: Sessions,
     async with pg_pool.acquire() as conn:
         held = await _claim(conn)
         assert held is not None
-        loaded = await hotpath.load(conn, task.id, held.status)
-        done = await hotpath.finish(conn, held, stage="assets", artefacts={"files": 3},
+        loaded = await hotpath.load(conn, task.id)
+        done = await hotpath.finish(conn, held, artefacts={"files": 3},
                                      actor="w", now=transitions.utcnow())
-    assert (loaded.title, loaded.runs, loaded.artifacts) == ("A video", 1, {"earlier": {"k": 1}})
+    assert (loaded.title, held.attempt, held.run, loaded.artifacts) == (
+        "A video", 1, 1, {"earlier": {"k": 1}})
     assert done is S.assets_ready
     row = await _task(pg_sessions, task.id)
     assert row.status is S.assets_ready and row.attempts == 0
@@ -116,7 +118,7 @@ async def test_finishing_the_upload_publishes(pg_sessions: Sessions,
     async with pg_pool.acquire() as conn:
         held = await _claim(conn, task_id=task.id)
         assert held is not None and held.status is S.uploading
-        await hotpath.finish(conn, held, stage="upload",
+        await hotpath.finish(conn, held,
                               artefacts={"youtube_url": "https://youtu.be/abc"}, actor="w",
                               now=transitions.utcnow())
     row = await _task(pg_sessions, task.id)
@@ -138,7 +140,7 @@ async def test_a_reaped_claim_cannot_finish_or_renew(pg_sessions: Sessions,
     async with pg_pool.acquire() as conn:
         assert not await hotpath.renew(conn, held, lease_s=30, now=transitions.utcnow())
         with pytest.raises(StaleClaim, match="asset_error now"):
-            await hotpath.finish(conn, held, stage="assets", artefacts={}, actor="w",
+            await hotpath.finish(conn, held, artefacts={}, actor="w",
                                   now=transitions.utcnow())
     assert await _history(pg_sessions, task.id) == before
     assert (await _task(pg_sessions, task.id)).status is S.asset_error
@@ -162,7 +164,7 @@ async def test_moves_are_checked_before_anything_is_written(pg_sessions: Session
             await hotpath.move(conn, uuid.uuid4(), S.assembly_ready, S.final_review,
                                 actor="w", note=None, now=now)
         with pytest.raises(TaskNotFound):
-            await hotpath.load(conn, uuid.uuid4(), S.generating_assets)
+            await hotpath.load(conn, uuid.uuid4())
         assert await _history(pg_sessions, task.id) == []
         await hotpath.move(conn, task.id, S.assembly_ready, S.final_review, actor="w",
                             note="auto", now=now)
