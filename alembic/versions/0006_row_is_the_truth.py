@@ -10,9 +10,10 @@ Create Date: 2026-12-04
   Existing errored tasks get their failed stage from their history, once, here.
 - A stage handed back by a stopping worker keeps its active status with no holder and is taken
   over in place by the next claim: ``ix_tasks_runnable`` covers those rows too.
-- ``channels.turn`` from the sequence ``channel_turns`` replaces ``last_claimed_at`` (a client
-  clock): a pick-up takes the next number, and the claim re-checks the locked channel's turn
-  against the ranking's snapshot, so a stale ranking never wins.
+- ``channels.turn`` replaces ``last_claimed_at`` (a client clock): pick-ups decide one at a
+  time and take the next number of ``task_events``' identity (their event's id), and the claim
+  re-checks the locked channel's turn against the ranking's snapshot, so a stale ranking never
+  wins. Existing channels keep their order with turns at or below zero.
 - ``claim_task`` returns the attempt and run it counted; where each runnable state goes is the
   frozen table below, rendered from ``app.moves.claim_targets`` (``tests/test_migrations.py``
   compares them).
@@ -141,14 +142,12 @@ def upgrade() -> None:
     op.drop_index(claim_task.RUNNABLE_INDEX, table_name="tasks")
     _runnable_index(claim_task.runnable_predicate(STARTS, ERRORS, ACTIVE))
     op.add_column("channels", sa.Column("turn", sa.BigInteger(), nullable=True))
-    if is_pg:
-        op.execute(f"CREATE SEQUENCE {claim_task.SEQUENCE}")
-        # The order channels last took turns in, kept.
-        op.execute("UPDATE channels c SET turn = o.n FROM (SELECT id, row_number() OVER"
-                   " (ORDER BY last_claimed_at, id) AS n FROM channels"
-                   " WHERE last_claimed_at IS NOT NULL) o WHERE c.id = o.id")
-        op.execute(f"SELECT setval('{claim_task.SEQUENCE}', coalesce(max(turn), 0) + 1, false)"
-                   " FROM channels")
+    op.add_column("channels", sa.Column("picks", sa.BigInteger(), server_default="0",
+                                        nullable=False))
+    # The order channels last took turns in, kept, below every number a pick-up will take.
+    op.execute("UPDATE channels SET turn = (SELECT count(*) FROM channels o"
+               " WHERE o.last_claimed_at > channels.last_claimed_at)"
+               " * -1 WHERE last_claimed_at IS NOT NULL")
     op.drop_column("channels", "last_claimed_at")
     if is_pg:
         op.execute(claim_task.render(TARGETS, starts=STARTS, active=ACTIVE, errors=ERRORS))
@@ -160,9 +159,8 @@ def downgrade() -> None:
         op.execute(claim_task.drop())
     op.add_column("channels", sa.Column("last_claimed_at", sa.DateTime(timezone=True),
                                         nullable=True))
+    op.drop_column("channels", "picks")
     op.drop_column("channels", "turn")
-    if is_pg:
-        op.execute(f"DROP SEQUENCE {claim_task.SEQUENCE}")
     op.drop_index(claim_task.RUNNABLE_INDEX, table_name="tasks")
     _runnable_index(claim_task.runnable_predicate(STARTS, ERRORS))
     if is_pg:

@@ -35,11 +35,6 @@ class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
 
-#: Issues the channels' turns (PostgreSQL): a pick-up gives its channel the next number, and the
-#: channel with the lowest goes first. Database-issued, so no client clock orders the turns.
-CHANNEL_TURNS = sa.Sequence(claim_task.SEQUENCE, metadata=Base.metadata)
-
-
 _RUNNABLE = claim_task.runnable_predicate(
     [st.start.value for st in STAGES if st.start is not TaskStatus.claimed],
     dict.fromkeys(st.error.value for st in STAGES),
@@ -123,9 +118,14 @@ class Channel(TimestampMixin, Base):
         sa.Boolean(create_constraint=True, name="is_active"), nullable=False,
         server_default=sa.true(), default=True)
     max_concurrent: Mapped[int | None] = mapped_column(sa.Integer)
-    #: The channel's last pick-up, numbered by ``channel_turns`` (null: never picked): channels
-    #: with work take turns lowest first.
+    #: The number of the channel's last pick-up (the id of its claim event, issued by the
+    #: database as pick-ups decide; null: never picked). Channels with work take turns, lowest
+    #: first (``app.db.ddl.claim_task``).
     turn: Mapped[int | None] = mapped_column(sa.BigInteger)
+    #: Pick-ups so far (a late-comer is raised to one below the most at its first pick):
+    #: channels with work at one priority are picked fewest first, so none gets ahead.
+    picks: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, server_default="0",
+                                       default=0)
 
     __table_args__ = (
         sa.CheckConstraint("max_concurrent IS NULL OR max_concurrent >= 1",

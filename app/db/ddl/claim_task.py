@@ -2,33 +2,45 @@
 
 A claim is any move from a runnable state into an active state: ``queued``, an approved state,
 an automatic step, an errored task whose retry is due, or a stage handed back by a stopping
-worker (taken over in place). The function:
+worker (taken over in place). A *pick-up* is a claim of a task no worker held; the function
+makes one like this:
 
-1. ranks channels by the priority of their best runnable task, then by turn (a number from the
-   ``channel_turns`` sequence, issued by each pick-up: the channel picked least recently goes
-   first), then by that task's age. Each channel costs two ordered index probes,
-   ``ix_tasks_queued`` and ``ix_tasks_runnable`` (every other runnable row, few of them);
-2. locks the best channel no other claimer holds, in the ranking statement itself
-   (``FOR NO KEY UPDATE OF c SKIP LOCKED``). The ranking reads a snapshot; a channel picked
-   by another claimer that committed after it has a newer turn by the time its row is
-   locked, so PostgreSQL's re-check of the locked row (``c.turn IS NOT DISTINCT FROM
-   best.seen_turn``: the head subquery carries the turn it was ranked by) fails and the row is
-   passed over for the next one. A stale ranking can never win: turns are strict;
-3. counts the channel's active tasks in a *new statement*, after the lock (never a count from
-   an old snapshot). At its cap only a handed-back stage, which still holds its slot, can be
-   taken;
-4. moves the task with a guarded ``UPDATE … WHERE status = :runnable`` (re-checking that it is
-   still runnable), issuing a fresh claim token and lease and counting the attempt and run,
-   then writes the ``task_events`` rows and, for a pick-up, the channel's next turn in one
-   more statement. If the ranked task was taken since the ranking, the channel's head is read
-   again under the lock, once. A channel at capacity or with nothing it can start is passed
-   over and the ranking runs again without it.
+1. **Rank** the channels with claimable work: by the priority of their best task, then fewest
+   pick-ups so far (``channels.picks``), then least recently picked (``channels.turn``), then
+   that task's age. Each channel costs two ordered index probes, ``ix_tasks_queued`` and
+   ``ix_tasks_runnable`` (every other runnable row, few of them).
+2. **Lock** the best channel no other claimer holds, in the ranking statement itself
+   (``FOR NO KEY UPDATE OF c SKIP LOCKED``). Turns are strict, whatever the number of
+   claimers:
+   - pick-ups decide one at a time, under a session advisory lock (``TURNSTILE``) held only
+     for the ranking and released as soon as the channel is locked, so each decision sees
+     every earlier one: committed (its counts) or in flight (a locked row, passed over). The
+     claim's work after that (capacity, the write, the commit) runs concurrently;
+   - a channel picked by a claim that committed after the ranking's snapshot is caught when
+     its row is locked (the locked row is its newest version; the head subquery carries the
+     turn it was ranked by): the decision's block is undone, its lock with it, and the
+     ranking runs again on a fresh snapshot. A stale ranking never wins;
+   - a channel whose pick is still in flight cannot take its next one. When the best free
+     channel is two picks ahead of one like that, the decision waits (outside the turnstile,
+     briefly) for that pick to land instead of putting it further behind;
+   - the pick-up is numbered from ``task_events``' identity: the number becomes the id of
+     its claim event and the channel's turn, so the history lists pick-ups in the order they
+     were decided.
+3. **Count** the channel's active tasks in a new statement, after the lock (never from an old
+   snapshot). At its cap only a handed-back stage, which keeps its slot, can be taken.
+4. **Write** the task with a guarded ``UPDATE … WHERE status = :runnable`` (re-checking it is
+   still claimable), issuing a fresh claim token and lease and counting the attempt and run,
+   then its ``task_events`` rows and the channel's turn in one more statement. If the ranked
+   task was taken since the ranking, the channel's head is read again under the lock, once.
+   A channel at capacity or with nothing it can start is passed over and the ranking runs
+   again without it.
 
 With ``p_task`` set it claims that task only: a worker carrying the task it just finished into
-its next stage. That waits for the channel's lock, needs a capacity slot like any claim, and
-takes no turn (a pick-up is a claim of a task no worker held). With ``p_start`` a claimed
-``queued`` task starts its first stage in the same write (``queued → claimed → first stage``,
-both events recorded; the database guard accepts the pair only as a claim writes it).
+its next stage. That takes no turn and needs a capacity slot like any claim: on a channel with
+a cap it waits for the channel's lock; on one without it locks nothing, so it never holds up
+another channel's pick-up. With ``p_start`` a claimed ``queued`` task starts its first stage in
+the same write (``queued → claimed → first stage``, both events recorded; the database guard
+accepts the pair only as a claim writes it).
 
 Where each runnable state goes is rendered from the pure rule ``app.moves.claim_target`` (the
 migration passes the table frozen), so the function and the services cannot disagree about
@@ -41,7 +53,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 FUNCTION = "claim_task"
-SEQUENCE = "channel_turns"
+#: Numbers pick-ups: the sequence of ``task_events.id`` (an identity column).
+EVENT_IDS = "task_events_id_seq"
+#: The session advisory lock under which pick-ups decide, one at a time.
+TURNSTILE = 7_245_001
+#: SQLSTATE that undoes a decision (caught inside): its channel was picked since the ranking's
+#: snapshot, or taking it would put it two picks ahead of a channel whose pick is in flight.
+STALE = "PQ001"
+#: How long a pick-up waits for a channel's pick in flight before going on without it.
+OWED_WAIT_MS = 250
 #: The partial index of runnable tasks other than queued ones (see ``runnable_predicate``).
 RUNNABLE_INDEX = "ix_tasks_runnable"
 RUNNABLE_COLUMNS = ("channel_id", "priority", "created_at", "id")
@@ -86,6 +106,29 @@ def _head(channel: str, other: str, *, seen: str = "") -> str:
     return (f"SELECT h.id, h.status, h.failed_stage, h.priority, h.created_at{seen}"
             f" FROM (\n        {branches}\n      ) h ORDER BY h.priority, h.created_at, h.id"
             " LIMIT 1")
+
+
+def _decide(other: str) -> str:
+    """The pick-up's ranking: channels with claimable work by the priority of their best task,
+    then fewest pick-ups, then least recently picked, then the task's age; the best one no
+    other claimer holds is locked. It also returns, per priority, the fewest pick-ups of any
+    channel (``floor``), the most (``top``) and the channel with the fewest (``lowest``)."""
+    head = _head("c0.id", other, seen=", c0.turn AS seen_turn")
+    return f"""SELECT r.*, c.turn AS now_turn INTO cand
+          FROM (
+            SELECT c0.id AS channel, c0.max_concurrent, c0.picks, best.*,
+                   min(c0.picks) OVER w AS floor, max(c0.picks) OVER w AS top,
+                   first_value(c0.id) OVER (w ORDER BY c0.picks, c0.turn NULLS FIRST, c0.id)
+                     AS lowest
+            FROM channels c0
+            CROSS JOIN LATERAL ({head}) best
+            WHERE c0.is_active AND c0.id <> ALL (passed)
+            WINDOW w AS (PARTITION BY best.priority)
+          ) r
+          JOIN channels c ON c.id = r.channel
+          ORDER BY r.priority, r.picks, r.seen_turn NULLS FIRST, r.created_at, r.channel
+          LIMIT 1
+          FOR NO KEY UPDATE OF c SKIP LOCKED;"""
 
 
 def _unheld(channel: str, active: str) -> str:
@@ -143,28 +186,74 @@ DECLARE
   mid taskstatus;
   target taskstatus;
   token uuid;
+  ticket bigint;
+  found_one boolean;
+  owed uuid;
+  top_picks bigint;
+  waited uuid[] := '{{}}';
 BEGIN
   LOOP
+    ticket := NULL;
     IF p_task IS NULL THEN
-      -- The best channel whose row no other claimer holds, locked. The re-check of the locked
-      -- row passes it over when its turn moved since the ranking's snapshot.
-      SELECT c.id AS channel, c.max_concurrent, best.id, best.status, best.failed_stage
-        INTO cand
-      FROM channels c
-      CROSS JOIN LATERAL ({_head('c.id', other, seen=', c.turn AS seen_turn')}) best
-      WHERE c.is_active AND c.id <> ALL (passed) AND c.turn IS NOT DISTINCT FROM best.seen_turn
-      ORDER BY best.priority, c.turn NULLS FIRST, best.created_at, c.id
-      LIMIT 1
-      FOR NO KEY UPDATE OF c SKIP LOCKED;
+      -- Pick-ups decide one at a time (see the module's documentation); the lock is the
+      -- session's, so an error or a cancellation must release it too.
+      LOOP
+        PERFORM pg_advisory_lock({TURNSTILE});
+        owed := NULL;
+        BEGIN
+          {_decide(other)}
+          found_one := FOUND;
+          IF found_one AND cand.now_turn IS DISTINCT FROM cand.seen_turn THEN
+            -- Picked by a claim that committed after the ranking's snapshot: undo this block
+            -- (its lock too) and rank again on a fresh snapshot.
+            RAISE EXCEPTION USING ERRCODE = '{STALE}';
+          END IF;
+          IF found_one AND cand.picks >= cand.floor + 2 AND cand.lowest <> ALL (waited) THEN
+            -- The channel furthest behind is locked: its pick is still in flight. Taking this
+            -- one would put it two picks ahead; wait for that pick to land instead.
+            owed := cand.lowest;
+            RAISE EXCEPTION USING ERRCODE = '{STALE}';
+          END IF;
+          IF found_one THEN
+            ticket := nextval('{EVENT_IDS}');
+            top_picks := cand.top;
+          END IF;
+          PERFORM pg_advisory_unlock({TURNSTILE});
+          EXIT;
+        EXCEPTION
+          WHEN SQLSTATE '{STALE}' THEN
+            PERFORM pg_advisory_unlock({TURNSTILE});
+          WHEN query_canceled OR others THEN
+            PERFORM pg_advisory_unlock({TURNSTILE});
+            RAISE;
+        END;
+        IF owed IS NOT NULL THEN
+          -- Outside the turnstile, for a bounded time: the wait holds up no other decision.
+          -- The block is undone at once (its lock, and the timeout setting, with it), so the
+          -- channel is free for whoever decides next.
+          waited := waited || owed;
+          BEGIN
+            PERFORM set_config('lock_timeout', '{OWED_WAIT_MS}ms', true);
+            PERFORM 1 FROM channels WHERE id = owed FOR NO KEY UPDATE;
+            RAISE EXCEPTION USING ERRCODE = '{STALE}';
+          EXCEPTION WHEN SQLSTATE '{STALE}' OR lock_not_available THEN
+            NULL;
+          END;
+        END IF;
+      END LOOP;
+      EXIT WHEN NOT found_one;
     ELSE
-      -- One task carried into its next stage: wait for its channel's lock (no turn taken).
+      -- One task carried into its next stage (no turn taken). Only a channel with a cap is
+      -- locked, for its count; on one without, no pick-up is held up.
       SELECT c.id AS channel, c.max_concurrent, t.id, t.status, t.failed_stage INTO cand
       FROM tasks t JOIN channels c ON c.id = t.channel_id
       WHERE t.id = p_task AND c.is_active AND c.id <> ALL (passed)
-        AND (t.status = 'queued' OR {other})
-      FOR NO KEY UPDATE OF c;
+        AND (t.status = 'queued' OR {other});
+      EXIT WHEN NOT FOUND;
+      IF cand.max_concurrent IS NOT NULL THEN
+        PERFORM 1 FROM channels c WHERE c.id = cand.channel FOR NO KEY UPDATE;
+      END IF;
     END IF;
-    EXIT WHEN NOT FOUND;
     passed := passed || cand.channel;
     -- A new statement after the lock: sees every claim committed by earlier lock holders.
     at_cap := cand.max_concurrent IS NOT NULL AND cand.max_concurrent <= (
@@ -190,7 +279,7 @@ BEGIN
       target := {_target_case(targets)};
       EXIT WHEN target IS NULL;
       token := gen_random_uuid();
-      UPDATE tasks t SET status = target, claimed_by = p_worker, claimed_at = p_now,
+      UPDATE tasks t SET status = target, claimed_by = p_worker, claimed_at = clock_timestamp(),
           claim_token = token, lease_expires_at = p_now + make_interval(secs => p_lease_s),
           retry_at = NULL, failed_stage = NULL,
           attempts = CASE WHEN target = 'claimed' THEN t.attempts ELSE t.attempts + 1 END,
@@ -199,17 +288,21 @@ BEGIN
         RETURNING t.attempts, t.stage_runs INTO attempt, run;
       CONTINUE WHEN NOT FOUND;
       -- Both transitions of a claim that starts its stage; a handed-back stage taken over is
-      -- recorded with from = to. A pick-up takes the channel's next turn.
+      -- recorded with from = to. A pick-up's event carries its number, which becomes the
+      -- channel's turn.
       mid := CASE WHEN head_status = 'queued' THEN 'claimed'::taskstatus ELSE target END;
       WITH turn AS (
-          UPDATE channels SET turn = nextval('{SEQUENCE}')
-          WHERE id = cand.channel AND p_task IS NULL)
-      INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
-        SELECT head_id, e.src, e.dst, p_worker, e.note, p_now
+          UPDATE channels SET turn = ticket, picks = greatest(picks + 1, top_picks - 1)
+          WHERE id = cand.channel AND ticket IS NOT NULL)
+      INSERT INTO task_events (id, task_id, from_status, to_status, actor, note, created_at)
+        SELECT CASE WHEN e.n = 1 THEN coalesce(ticket, nextval('{EVENT_IDS}'))
+                    ELSE nextval('{EVENT_IDS}') END,
+               head_id, e.src, e.dst, p_worker, e.note, clock_timestamp()
         FROM (VALUES (head_status, mid, CASE WHEN head_status IN ({active_list})
                                              THEN 'claim: taken over' ELSE 'claim' END, 1),
                      (mid, target, NULL, 2)) e (src, dst, note, n)
-        WHERE e.n = 1 OR e.src <> e.dst;
+        WHERE e.n = 1 OR e.src <> e.dst
+        ORDER BY e.n;
       task_id := head_id; from_status := head_status; to_status := target;
       claim_token := token;
       RETURN NEXT;
