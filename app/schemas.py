@@ -1,7 +1,8 @@
 """pydantic v2 schemas: what the CLI, the Notion sync and scripts send in and get back.
 
-Input only, no database access. Lengths mirror the schema contract so bad input is refused with
-the field's name before it reaches the database.
+Input only, no database access. Lengths mirror the schema contract, and text the database
+cannot hold (NUL, unpaired surrogates) or that has no place in a one-line field (control
+characters) is refused with the field's name before it reaches the database.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -33,9 +36,57 @@ def normalize_page_id(value: str) -> str:
     return compact
 
 
-Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
-Topic = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
-ChannelRef = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+#: The longest ``story_direction`` accepted, in characters. The column is ``text`` (PostgreSQL
+#: holds up to 1 GB); the cap leaves room for a multi-megabyte brief while keeping one row's
+#: write, and an import's memory, bounded.
+STORY_DIRECTION_MAX_CHARS = 10_000_000
+
+# A line break or tab in a one-line field (a title pasted from a document) becomes one space.
+_LINE_BREAKS = re.compile(r"[\t\r\n]+")
+# C0 controls and DEL: PostgreSQL cannot store NUL at all, and the others have no place in a
+# one-line field. A multi-line field keeps tab, LF and CR.
+_NOT_ONE_LINE = re.compile(r"[\x00-\x1f\x7f]")
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")     # from a JSON "\ud800" escape: not text
+
+
+def _refuse_surrogates(value: Any) -> Any:
+    """Before pydantic's own string check, which refuses these with a vaguer message."""
+    if isinstance(value, str) and (found := _SURROGATE.search(value)):
+        raise ValueError(f"unpaired surrogate U+{ord(found.group()):04X} at character "
+                         f"{found.start() + 1} is not valid Unicode text")
+    return value
+
+
+def _fold_line_breaks(value: Any) -> Any:
+    return _LINE_BREAKS.sub(" ", _refuse_surrogates(value)) if isinstance(value, str) else value
+
+
+def _refuse(pattern: re.Pattern[str]) -> AfterValidator:
+    def check(value: str) -> str:
+        if found := pattern.search(value):
+            raise ValueError(f"control character U+{ord(found.group()):04X} at character "
+                             f"{found.start() + 1} is not allowed")
+        return value
+    return AfterValidator(check)
+
+
+# One-line text: line breaks folded to a space, then stripped and length-checked (pydantic),
+# then no control character left.
+_FOLDED = BeforeValidator(_fold_line_breaks)
+_ONE_LINE = _refuse(_NOT_ONE_LINE)
+
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255),
+                  _FOLDED, _ONE_LINE]
+Topic = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500),
+                  _FOLDED, _ONE_LINE]
+ChannelRef = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                              max_length=64), _FOLDED, _ONE_LINE]
+ChannelName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                               max_length=255), _FOLDED, _ONE_LINE]
+#: Free text over several lines: tab, LF and CR kept, every other control character refused.
+StoryDirection = Annotated[str, StringConstraints(max_length=STORY_DIRECTION_MAX_CHARS),
+                           BeforeValidator(_refuse_surrogates), _refuse(_NOT_TEXT)]
 
 
 class _Input(BaseModel):
@@ -49,7 +100,7 @@ class TaskCreate(_Input):
     channel: ChannelRef
     title: Title
     topic: Topic | None = None
-    story_direction: str | None = None
+    story_direction: StoryDirection | None = None
     priority: PriorityLevel = PriorityLevel.normal
     status: TaskStatus = TaskStatus.queued
 
@@ -76,7 +127,7 @@ class TaskUpdate(_Input):
 
     title: Title | None = None
     topic: Topic | None = None
-    story_direction: str | None = None
+    story_direction: StoryDirection | None = None
     priority: PriorityLevel | None = None
     youtube_url: Annotated[str, StringConstraints(max_length=255)] | None = None
 
@@ -126,8 +177,7 @@ class TaskEventResponse(BaseModel):
 
 class ChannelCreate(_Input):
     channel_id: ChannelRef
-    channel_name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
-                                                   max_length=255)]
+    channel_name: ChannelName
     max_concurrent: int | None = Field(None, ge=1)
     is_active: bool = True
 
