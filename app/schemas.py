@@ -148,6 +148,8 @@ class TaskResponse(BaseModel):
     error_log: str | None
     youtube_url: str | None
     attempts: int
+    stage_runs: int
+    failed_stage: str | None
     retry_at: datetime | None
     published_at: datetime | None
     created_at: datetime
