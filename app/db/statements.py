@@ -152,11 +152,11 @@ def append_error_line(line: str) -> sa.ColumnElement[str | None]:
 
 def merge_artifact(merge: MergeArtifact, dialect: str) -> sa.ColumnElement[Any]:
     """``artifacts[stage] = value`` inside the UPDATE, the other stages' outputs kept."""
-    text = json.dumps(merge.value)
     if dialect == "postgresql":
         return Task.artifacts.op("||")(
-            sa.func.jsonb_build_object(merge.stage, sa.cast(text, JSONB)))
-    return sa.func.json_set(Task.artifacts, f'$."{merge.stage}"', sa.func.json(text))
+            sa.func.jsonb_build_object(merge.stage, sa.literal(dict(merge.value), JSONB)))
+    return sa.func.json_set(Task.artifacts, f'$."{merge.stage}"',
+                            sa.func.json(json.dumps(merge.value)))
 
 
 def event(task_id: uuid.UUID, move: Move, *, actor: str, now: Any) -> sa.Insert:

@@ -110,23 +110,17 @@ def _head(channel: str, other: str, *, seen: str = "") -> str:
 
 def _decide(other: str) -> str:
     """The pick-up's ranking: channels with claimable work by the priority of their best task,
-    then fewest pick-ups, then least recently picked, then the task's age; the best one no
-    other claimer holds is locked. It also returns, per priority, the fewest pick-ups of any
-    channel (``floor``), the most (``top``) and the channel with the fewest (``lowest``)."""
-    head = _head("c0.id", other, seen=", c0.turn AS seen_turn")
-    return f"""SELECT r.*, c.turn AS now_turn INTO cand
-          FROM (
-            SELECT c0.id AS channel, c0.max_concurrent, c0.picks, best.*,
-                   min(c0.picks) OVER w AS floor, max(c0.picks) OVER w AS top,
-                   first_value(c0.id) OVER (w ORDER BY c0.picks, c0.turn NULLS FIRST, c0.id)
-                     AS lowest
-            FROM channels c0
-            CROSS JOIN LATERAL ({head}) best
-            WHERE c0.is_active AND c0.id <> ALL (passed)
-            WINDOW w AS (PARTITION BY best.priority)
-          ) r
-          JOIN channels c ON c.id = r.channel
-          ORDER BY r.priority, r.picks, r.seen_turn NULLS FIRST, r.created_at, r.channel
+    then fewest pick-ups, then least recently picked, then the task's age. The best one no
+    other claimer holds is locked. ``seen_turn`` is the turn it was ranked by, ``now_turn``
+    that of the locked row (its newest version)."""
+    head = _head("c.id", other, seen=", c.turn AS seen_turn")
+    return f"""SELECT c.id AS channel, c.max_concurrent, c.picks, c.turn AS now_turn, best.id,
+                 best.status, best.failed_stage, best.priority, best.seen_turn
+            INTO cand
+          FROM channels c
+          CROSS JOIN LATERAL ({head}) best
+          WHERE c.is_active AND c.id <> ALL (passed)
+          ORDER BY best.priority, c.picks, c.turn NULLS FIRST, best.created_at, c.id
           LIMIT 1
           FOR NO KEY UPDATE OF c SKIP LOCKED;"""
 
@@ -189,7 +183,6 @@ DECLARE
   ticket bigint;
   found_one boolean;
   owed uuid;
-  top_picks bigint;
   waited uuid[] := '{{}}';
 BEGIN
   LOOP
@@ -208,15 +201,17 @@ BEGIN
             -- (its lock too) and rank again on a fresh snapshot.
             RAISE EXCEPTION USING ERRCODE = '{STALE}';
           END IF;
-          IF found_one AND cand.picks >= cand.floor + 2 AND cand.lowest <> ALL (waited) THEN
-            -- The channel furthest behind is locked: its pick is still in flight. Taking this
-            -- one would put it two picks ahead; wait for that pick to land instead.
-            owed := cand.lowest;
-            RAISE EXCEPTION USING ERRCODE = '{STALE}';
-          END IF;
           IF found_one THEN
+            -- A channel two picks behind this one, with work at the same priority, is held
+            -- by its own pick still in flight: taking this one would put it further behind.
+            owed := (SELECT o.id FROM channels o
+                     WHERE o.is_active AND o.picks <= cand.picks - 2 AND o.id <> ALL (waited)
+                       AND (SELECT w.priority FROM ({_head('o.id', other)}) w) = cand.priority
+                     ORDER BY o.picks, o.turn NULLS FIRST LIMIT 1);
+            IF owed IS NOT NULL THEN
+              RAISE EXCEPTION USING ERRCODE = '{STALE}';
+            END IF;
             ticket := nextval('{EVENT_IDS}');
-            top_picks := cand.top;
           END IF;
           PERFORM pg_advisory_unlock({TURNSTILE});
           EXIT;
@@ -256,8 +251,11 @@ BEGIN
     END IF;
     passed := passed || cand.channel;
     -- A new statement after the lock: sees every claim committed by earlier lock holders.
-    at_cap := cand.max_concurrent IS NOT NULL AND cand.max_concurrent <= (
-      SELECT count(*) FROM tasks WHERE channel_id = cand.channel AND status IN ({active_list}));
+    at_cap := false;
+    IF cand.max_concurrent IS NOT NULL THEN
+      at_cap := cand.max_concurrent <= (
+        SELECT count(*) FROM tasks WHERE channel_id = cand.channel AND status IN ({active_list}));
+    END IF;
     head_id := cand.id;
     head_status := cand.status;
     head_failed := cand.failed_stage;
@@ -292,7 +290,8 @@ BEGIN
       -- channel's turn.
       mid := CASE WHEN head_status = 'queued' THEN 'claimed'::taskstatus ELSE target END;
       WITH turn AS (
-          UPDATE channels SET turn = ticket, picks = greatest(picks + 1, top_picks - 1)
+          UPDATE channels SET turn = ticket, picks = greatest(picks + 1, (
+              SELECT max(o.picks) - 1 FROM channels o WHERE o.is_active))
           WHERE id = cand.channel AND ticket IS NOT NULL)
       INSERT INTO task_events (id, task_id, from_status, to_status, actor, note, created_at)
         SELECT CASE WHEN e.n = 1 THEN coalesce(ticket, nextval('{EVENT_IDS}'))
