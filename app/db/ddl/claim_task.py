@@ -21,8 +21,9 @@ makes one like this:
      turn it was ranked by): the decision's block is undone, its lock with it, and the
      ranking runs again on a fresh snapshot. A stale ranking never wins;
    - a channel whose pick is still in flight cannot take its next one. When the best free
-     channel is two picks ahead of one like that, the decision waits (outside the turnstile,
-     briefly) for that pick to land instead of putting it further behind;
+     channel is two picks ahead of one like that (both read in the ranking's snapshot), the
+     decision waits outside the turnstile, locking nothing, for that pick to land (bounded)
+     instead of putting it further behind;
    - the pick-up is numbered from ``task_events``' identity: the number becomes the id of
      its claim event and the channel's turn, so the history lists pick-ups in the order they
      were decided.
@@ -60,8 +61,10 @@ TURNSTILE = 7_245_001
 #: SQLSTATE that undoes a decision (caught inside): its channel was picked since the ranking's
 #: snapshot, or taking it would put it two picks ahead of a channel whose pick is in flight.
 STALE = "PQ001"
-#: How long a pick-up waits for a channel's pick in flight before going on without it.
-OWED_WAIT_MS = 250
+#: How long a pick-up waits for a channel's pick in flight before going on without it, and
+#: how often it looks.
+OWED_WAIT_MS = 500
+OWED_POLL_S = 0.0005
 #: The partial index of runnable tasks other than queued ones (see ``runnable_predicate``).
 RUNNABLE_INDEX = "ix_tasks_runnable"
 RUNNABLE_COLUMNS = ("channel_id", "priority", "created_at", "id")
@@ -110,17 +113,25 @@ def _head(channel: str, other: str, *, seen: str = "") -> str:
 
 def _decide(other: str) -> str:
     """The pick-up's ranking: channels with claimable work by the priority of their best task,
-    then fewest pick-ups, then least recently picked, then the task's age. The best one no
-    other claimer holds is locked. ``seen_turn`` is the turn it was ranked by, ``now_turn``
-    that of the locked row (its newest version)."""
-    head = _head("c.id", other, seen=", c.turn AS seen_turn")
-    return f"""SELECT c.id AS channel, c.max_concurrent, c.picks, c.turn AS now_turn, best.id,
-                 best.status, best.failed_stage, best.priority, best.seen_turn
-            INTO cand
-          FROM channels c
-          CROSS JOIN LATERAL ({head}) best
-          WHERE c.is_active AND c.id <> ALL (passed)
-          ORDER BY best.priority, c.picks, c.turn NULLS FIRST, best.created_at, c.id
+    then fewest pick-ups, then least recently picked, then the task's age; the best one no
+    other claimer holds is locked. It also returns, per priority, the fewest pick-ups of any
+    channel (``floor``), the most (``top``) and the channel with the fewest (``lowest``)."""
+    head = _head("c0.id", other, seen=", c0.turn AS seen_turn")
+    return f"""SELECT r.*, c.turn AS now_turn INTO cand
+          FROM (
+            SELECT c0.id AS channel, c0.max_concurrent, c0.picks, best.*,
+                   min(c0.picks) OVER w AS floor, max(c0.picks) OVER w AS top,
+                   first_value(c0.id) OVER (w ORDER BY c0.picks, c0.turn NULLS FIRST, c0.id)
+                     AS lowest,
+                   first_value(c0.turn) OVER (w ORDER BY c0.picks, c0.turn NULLS FIRST, c0.id)
+                     AS lowest_turn
+            FROM channels c0
+            CROSS JOIN LATERAL ({head}) best
+            WHERE c0.is_active AND c0.id <> ALL (passed)
+            WINDOW w AS (PARTITION BY best.priority)
+          ) r
+          JOIN channels c ON c.id = r.channel
+          ORDER BY r.priority, r.picks, r.seen_turn NULLS FIRST, r.created_at, r.channel
           LIMIT 1
           FOR NO KEY UPDATE OF c SKIP LOCKED;"""
 
@@ -183,6 +194,9 @@ DECLARE
   ticket bigint;
   found_one boolean;
   owed uuid;
+  owed_turn bigint;
+  deadline timestamptz;
+  top_picks bigint;
   waited uuid[] := '{{}}';
 BEGIN
   LOOP
@@ -201,17 +215,16 @@ BEGIN
             -- (its lock too) and rank again on a fresh snapshot.
             RAISE EXCEPTION USING ERRCODE = '{STALE}';
           END IF;
+          IF found_one AND cand.picks >= cand.floor + 2 AND cand.lowest <> ALL (waited) THEN
+            -- The channel furthest behind is locked: its pick is still in flight. Taking this
+            -- one would put it two picks ahead; wait for that pick to land instead.
+            owed := cand.lowest;
+            owed_turn := cand.lowest_turn;
+            RAISE EXCEPTION USING ERRCODE = '{STALE}';
+          END IF;
           IF found_one THEN
-            -- A channel two picks behind this one, with work at the same priority, is held
-            -- by its own pick still in flight: taking this one would put it further behind.
-            owed := (SELECT o.id FROM channels o
-                     WHERE o.is_active AND o.picks <= cand.picks - 2 AND o.id <> ALL (waited)
-                       AND (SELECT w.priority FROM ({_head('o.id', other)}) w) = cand.priority
-                     ORDER BY o.picks, o.turn NULLS FIRST LIMIT 1);
-            IF owed IS NOT NULL THEN
-              RAISE EXCEPTION USING ERRCODE = '{STALE}';
-            END IF;
             ticket := nextval('{EVENT_IDS}');
+            top_picks := cand.top;
           END IF;
           PERFORM pg_advisory_unlock({TURNSTILE});
           EXIT;
@@ -223,17 +236,15 @@ BEGIN
             RAISE;
         END;
         IF owed IS NOT NULL THEN
-          -- Outside the turnstile, for a bounded time: the wait holds up no other decision.
-          -- The block is undone at once (its lock, and the timeout setting, with it), so the
-          -- channel is free for whoever decides next.
+          -- Outside the turnstile, for a bounded time, locking nothing (a lock, even for a
+          -- moment, would read as a pick in flight): watch for that pick to land.
           waited := waited || owed;
-          BEGIN
-            PERFORM set_config('lock_timeout', '{OWED_WAIT_MS}ms', true);
-            PERFORM 1 FROM channels WHERE id = owed FOR NO KEY UPDATE;
-            RAISE EXCEPTION USING ERRCODE = '{STALE}';
-          EXCEPTION WHEN SQLSTATE '{STALE}' OR lock_not_available THEN
-            NULL;
-          END;
+          deadline := clock_timestamp() + make_interval(secs => {OWED_WAIT_MS / 1000});
+          LOOP
+            EXIT WHEN clock_timestamp() > deadline OR (
+              SELECT o.turn FROM channels o WHERE o.id = owed) IS DISTINCT FROM owed_turn;
+            PERFORM pg_sleep({OWED_POLL_S});
+          END LOOP;
         END IF;
       END LOOP;
       EXIT WHEN NOT found_one;
@@ -290,8 +301,7 @@ BEGIN
       -- channel's turn.
       mid := CASE WHEN head_status = 'queued' THEN 'claimed'::taskstatus ELSE target END;
       WITH turn AS (
-          UPDATE channels SET turn = ticket, picks = greatest(picks + 1, (
-              SELECT max(o.picks) - 1 FROM channels o WHERE o.is_active))
+          UPDATE channels SET turn = ticket, picks = greatest(picks + 1, top_picks - 1)
           WHERE id = cand.channel AND ticket IS NOT NULL)
       INSERT INTO task_events (id, task_id, from_status, to_status, actor, note, created_at)
         SELECT CASE WHEN e.n = 1 THEN coalesce(ticket, nextval('{EVENT_IDS}'))
