@@ -3,12 +3,14 @@ nothing of ours, upgrade again; the same round trip on SQLite."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -16,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from app import lifecycle
+from app import lifecycle, moves
 from app.db import migrate
 from app.db.ddl import guard
 from app.lifecycle import PriorityLevel, TaskStatus
@@ -44,7 +46,7 @@ def test_frozen_pairs_match_lifecycle() -> None:
 
 
 @pytest.mark.parametrize("name", ["0002_claim_task", "0004_claim_start",
-                                  "0005_claim_single_write"])
+                                  "0005_claim_single_write", "0006_row_is_the_truth"])
 def test_frozen_claim_data_matches_lifecycle(name: str) -> None:
     claim = _revision(name)
     starts = {st.start.value: st.active.value for st in lifecycle.STAGES
@@ -54,6 +56,10 @@ def test_frozen_claim_data_matches_lifecycle(name: str) -> None:
     assert set(claim.ERRORS) == {s.value for s in lifecycle.ERROR}
     first = next(st.active for st in lifecycle.STAGES if st.start is TaskStatus.claimed)
     assert getattr(claim, "FIRST_STAGE", first.value) == first.value
+    if hasattr(claim, "TARGETS"):      # the claim's targets, from the rule in app.moves
+        assert {(TaskStatus(s), f, start): TaskStatus(t)
+                for (s, f, start), t in claim.TARGETS.items()} == moves.claim_targets()
+        assert {st.active.value: st.name for st in lifecycle.STAGES} == claim.STAGES
     if hasattr(claim, "CLAIM_STARTS"):
         assert [(TaskStatus(a), TaskStatus(b)) for a, b in claim.CLAIM_STARTS] == \
             list(lifecycle.CLAIM_STARTS)
@@ -227,3 +233,93 @@ async def test_round_trip_sqlite() -> None:
                 "tasks_guard_transition"} <= names
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+class _RecordingOp:
+    """Stands in for ``alembic.op`` to record what a revision runs on a dialect: the SQL it
+    renders itself (``op.execute``), DDL sent to its connection, and the name of every other
+    operation (their arguments are literal in the revision's file)."""
+
+    def __init__(self, dialect: str) -> None:
+        self.calls: list[str] = []
+        self._bind: Any = sa.create_mock_engine(
+            f"{dialect}://", lambda sql, *_, **__: self.calls.append(
+                f"ddl: {sql.compile(dialect=self._bind.dialect)}"))
+
+    def get_bind(self) -> Any:
+        return self._bind
+
+    def f(self, name: str) -> str:
+        return name
+
+    def execute(self, sql: object) -> None:
+        self.calls.append(f"execute: {getattr(sql, 'text', sql)}")
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        def record(*args: object, **kwargs: object) -> None:
+            self.calls.append(f"{name}: {args[0] if args else ''}")
+        return record
+
+
+def _installs(name: str, dialect: str, direction: str) -> str:
+    revision: Any = _revision(name)
+    recording = _RecordingOp(dialect)
+    original = revision.op
+    revision.op = recording
+    try:
+        getattr(revision, direction)()
+    finally:
+        revision.op = original
+    return "\n".join(recording.calls)
+
+
+#: sha256 (first 16 hex digits) of what each revision runs, by dialect and direction. An old
+#: revision must never change: render its DDL from frozen code (``app.db.ddl.*_NNNN``) and put
+#: a change in a new revision. Only the newest revision's line may be updated, while unreleased.
+GOLDEN = {
+    "0001_initial": {
+        "postgresql upgrade": "1e2a94e4497393bc",
+        "postgresql downgrade": "430f6de829c2764c",
+        "sqlite upgrade": "19e7fe76fecab39c",
+        "sqlite downgrade": "24a53badabf00d18",
+    },
+    "0002_claim_task": {
+        "postgresql upgrade": "59a6eed360dc5a7f",
+        "postgresql downgrade": "81bdc483c7bb8958",
+        "sqlite upgrade": "e3b0c44298fc1c14",
+        "sqlite downgrade": "e3b0c44298fc1c14",
+    },
+    "0003_notion_sync": {
+        "postgresql upgrade": "3c61754097f0f133",
+        "postgresql downgrade": "ee6dd6464cec5c91",
+        "sqlite upgrade": "3c61754097f0f133",
+        "sqlite downgrade": "ee6dd6464cec5c91",
+    },
+    "0004_claim_start": {
+        "postgresql upgrade": "38a9c80f2210cba4",
+        "postgresql downgrade": "23998ba54eea062c",
+        "sqlite upgrade": "6f2277e9942a344d",
+        "sqlite downgrade": "91cf6ee4cfd5557a",
+    },
+    "0005_claim_single_write": {
+        "postgresql upgrade": "dd43f1d268719c55",
+        "postgresql downgrade": "ecda7b511a0e199f",
+        "sqlite upgrade": "e3b0c44298fc1c14",
+        "sqlite downgrade": "e3b0c44298fc1c14",
+    },
+    "0006_row_is_the_truth": {
+        "postgresql upgrade": "e2d37154035b5e8a",
+        "postgresql downgrade": "55739881d72963b8",
+        "sqlite upgrade": "f350ff6cc32c529d",
+        "sqlite downgrade": "79b1da62de167704",
+    },
+}
+
+
+@pytest.mark.parametrize("direction", ["upgrade", "downgrade"])
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+@pytest.mark.parametrize("name", list(GOLDEN))
+def test_what_each_revision_installs_is_frozen(name: str, dialect: str, direction: str) -> None:
+    digest = hashlib.sha256(_installs(name, dialect, direction).encode()).hexdigest()[:16]
+    assert digest == GOLDEN[name].get(f"{dialect} {direction}"), (
+        f"{name} {dialect} {direction} now runs something else ({digest})")

@@ -81,7 +81,7 @@ class Context:
                                    queue_name=self.settings.queue_name)
             finally:
                 await redis.aclose()
-        except (OSError, ConnectionError) as exc:
+        except wakeups.REDIS_GONE as exc:
             warn(f"workers not woken ({exc}); their sweep will find the tasks")
 
 
