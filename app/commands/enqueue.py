@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.commands import rows, tables
-from app.commands.context import Context, Stopped
+from app.commands.batches import Stopped
+from app.commands.context import Context
 from app.db import session_scope
 from app.db.models import Channel
 from app.errors import ChannelInactive, ChannelNotFound, InvalidTransition, PipelineError

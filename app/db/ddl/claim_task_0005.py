@@ -1,4 +1,7 @@
-"""DDL of ``claim_task``: the claim, as one PostgreSQL function (one round trip per claim).
+"""Frozen: the ``claim_task`` that revisions 0004 and 0005 install (the current one is
+``app.db.ddl.claim_task``). Do not edit: ``tests/test_migrations.py`` holds its output.
+
+DDL of ``claim_task``: the claim, as one PostgreSQL function (one round trip per claim).
 
 A claim is any move from a runnable state into an active state. The function:
 
