@@ -308,7 +308,7 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0006_row_is_the_truth": {
-        "postgresql upgrade": "c0e60741a19c5942",
+        "postgresql upgrade": "4d1ee117b6a80b21",
         "postgresql downgrade": "55739881d72963b8",
         "sqlite upgrade": "f350ff6cc32c529d",
         "sqlite downgrade": "79b1da62de167704",

@@ -176,6 +176,8 @@ WAITING = frozenset({TaskStatus.queued, *moves.STARTS})
 #: Why a waiting task cannot be claimed now.
 BLOCKED_INACTIVE = "inactive_channel"
 BLOCKED_CAP = "channel_at_cap"
+#: The reasons in the order they are shown.
+BLOCKED_REASONS = (BLOCKED_INACTIVE, BLOCKED_CAP)
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,8 @@ async def claimable(session: AsyncSession, *, now: datetime) -> Claimable:
         taken = int(min(row.waiting, free))
         runnable += row.unheld + taken
         blocked[BLOCKED_CAP] += row.waiting - taken
-    return Claimable(runnable, +blocked)
+    return Claimable(runnable, Counter({reason: blocked[reason] for reason in BLOCKED_REASONS
+                                        if blocked[reason]}))
 
 
 async def runnable_count(session: AsyncSession, *, now: datetime) -> int:

@@ -63,7 +63,7 @@ TURNSTILE = 7_245_001
 STALE = "PQ001"
 #: How long a pick-up waits for a channel's pick in flight before going on without it, and
 #: how often it looks.
-OWED_WAIT_MS = 500
+OWED_WAIT_MS = 1000
 OWED_POLL_S = 0.0005
 #: The partial index of runnable tasks other than queued ones (see ``runnable_predicate``).
 RUNNABLE_INDEX = "ix_tasks_runnable"
