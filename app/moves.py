@@ -167,11 +167,13 @@ def hand_back(held: Claim, *, reason: str, now: datetime) -> Move:
     status with no holder, claimable at once, and the attempt and run are not counted. No
     error state, nothing in ``error_log``. A task only claimed, not started, goes back to
     ``queued``."""
-    target = S.queued if held.status is S.claimed else held.status
-    changes = END_CLAIM | {"status": target, "updated_at": now,
+    if held.status is S.claimed:           # claimed, not started: nothing was counted
+        return Move(held.status, S.queued, END_CLAIM | {"status": S.queued, "updated_at": now},
+                    f"handed back: {reason}")
+    changes = END_CLAIM | {"status": held.status, "updated_at": now,
                            "attempts": max(held.attempt - 1, 0),
                            "stage_runs": max(held.run - 1, 0)}
-    return Move(held.status, target, changes, f"handed back: {reason}")
+    return Move(held.status, held.status, changes, f"handed back: {reason}")
 
 
 def requeue(now: datetime) -> Changes:

@@ -95,6 +95,35 @@ async def test_capacity_is_serialised_per_channel(pg_sessions: Sessions) -> None
     assert await _claim(pg_sessions) is None          # after A commits: the channel is full
 
 
+async def test_a_channel_at_its_cap_is_left_out_of_the_ranking(pg_sessions: Sessions) -> None:
+    """A full channel with the fewest pick-ups and a backlog is neither picked nor locked by a
+    pick-up (a lock would read as a pick in flight and hold the others back); a stage handed
+    back there is still taken, in its slot."""
+    await _isolate(pg_sessions)
+    async with pg_sessions() as session, session.begin():
+        full = await make_channel(session, max_concurrent=1)
+        other = await make_channel(session, picks=5)
+        running = await make_task(session, full, TaskStatus.generating_video,
+                                  claim_token=uuid.uuid4(), claimed_by="w",
+                                  lease_expires_at=transitions.utcnow() + timedelta(minutes=5))
+        for _ in range(3):
+            await make_task(session, full)
+        other_task = await make_task(session, other)
+    async with pg_sessions() as a, a.begin():
+        claim = await claims.claim_next(a, worker_id="A", lease_s=30, now=transitions.utcnow())
+        assert claim is not None and claim.task_id == other_task.id
+        async with pg_sessions() as b, b.begin():     # the full channel's row is free
+            await b.execute(sa.select(Channel.id).where(Channel.id == full.id)
+                            .with_for_update(nowait=True))
+    async with pg_sessions() as session, session.begin():   # its holder hands it back
+        await session.execute(sa.update(Task).where(Task.id == running.id).values(
+            claim_token=None, claimed_by=None, lease_expires_at=None))
+    taken = await _claim(pg_sessions)
+    assert taken is not None and (taken.task_id, taken.status) == (
+        running.id, TaskStatus.generating_video)
+    assert await _claim(pg_sessions) is None          # full again: the backlog waits
+
+
 async def test_concurrent_claimers_never_exceed_capacity(pg_sessions: Sessions) -> None:
     await _isolate(pg_sessions)
     async with pg_sessions() as session, session.begin():

@@ -308,10 +308,10 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0006_row_is_the_truth": {
-        "postgresql upgrade": "4d1ee117b6a80b21",
-        "postgresql downgrade": "55739881d72963b8",
-        "sqlite upgrade": "f350ff6cc32c529d",
-        "sqlite downgrade": "79b1da62de167704",
+        "postgresql upgrade": "7d7a5b48b3ff6d01",
+        "postgresql downgrade": "62dfeb54925bbda7",
+        "sqlite upgrade": "70e8c76f98ebeb82",
+        "sqlite downgrade": "69bba11d23663a10",
     },
 }
 
@@ -323,3 +323,24 @@ def test_what_each_revision_installs_is_frozen(name: str, dialect: str, directio
     digest = hashlib.sha256(_installs(name, dialect, direction).encode()).hexdigest()[:16]
     assert digest == GOLDEN[name].get(f"{dialect} {direction}"), (
         f"{name} {dialect} {direction} now runs something else ({digest})")
+
+
+async def test_downgrade_0006_leaves_no_stage_stranded(empty_pg: str) -> None:
+    """A stage handed back (no holder, no lease) is one the old claim does not take over:
+    downgrading ends its lease, so the old reaper takes it back; channels keep their order."""
+    await migrate.upgrade(empty_pg)
+    await _commit(empty_pg,
+                  "INSERT INTO channels (channel_id, channel_name, turn) VALUES"
+                  " ('UC-a', 'A', 7), ('UC-b', 'B', 3)",
+                  "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
+                  " SELECT id, md5(channel_id), 'T', 'queued' FROM channels",
+                  "UPDATE tasks SET status = 'claimed'",
+                  "UPDATE tasks SET status = 'generating_assets'")
+    await migrate.downgrade(empty_pg, "0005")
+    leases = await _commit(empty_pg, "SELECT count(*) FROM tasks"
+                                     " WHERE lease_expires_at <= now()")
+    assert leases == [(2,)]
+    order = await _commit(empty_pg, "SELECT channel_id FROM channels"
+                                    " ORDER BY last_claimed_at")
+    assert order == [("UC-b",), ("UC-a",)]
+    await migrate.upgrade(empty_pg)

@@ -30,6 +30,7 @@ from app.execution.runner import Runner
 from app.handlers import load_registry
 from app.notion import cron as notion_cron
 from app.services import claims, transitions
+from workers import signals
 
 log = logging.getLogger("workers")
 Ctx = dict[str, Any]
@@ -44,6 +45,7 @@ async def startup(ctx: Ctx) -> None:
     # Each running job uses at most one connection at a time, plus its stage's heartbeat.
     ctx["pool"] = pool = make_pool(settings, url, max_size=2 * settings.worker_concurrency + 1)
     ctx["runner"] = Runner(settings, make_sessionmaker(engine), handlers, pool)
+    signals.install_over_arq(ctx, grace_s=settings.shutdown_grace_s)
     log.info("worker %s started", ctx["runner"].worker_id)
 
 

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import uuid
 from typing import Any
 
 from arq.worker import Worker
@@ -25,6 +24,7 @@ from app import servers
 from app.config import Settings
 from app.db import describe, require_postgresql
 from app.execution import wakeups
+from workers import signals
 from workers.settings import worker_options
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ async def _run_once(options: dict[str, Any], stop: asyncio.Event, *, redis_url: 
         except wakeups.REDIS_GONE as exc:
             return exc
     worker = Worker(**options)
-    _stop_claiming_on_signals(worker, grace_s=options["job_completion_wait"])
+    signals.install(worker, grace_s=options["job_completion_wait"])
     worker.on_stop = lambda _signum: stop.set()
     worker.main_task = main = asyncio.create_task(worker.main())
     await asyncio.wait([main])
@@ -99,43 +99,6 @@ async def _run_once(options: dict[str, Any], stop: asyncio.Event, *, redis_url: 
         await _close(worker, redis_alive=error is None)
 
 
-def _stop_claiming_on_signals(worker: Worker, *, grace_s: float) -> None:
-    """The first SIGINT/SIGTERM stops claiming: the runner takes no next stage, arq picks no
-    more jobs, running stages get ``grace_s`` to finish and are then handed back (the task keeps
-    its status with no holder, its attempt not spent). It says what it waits for. A second
-    signal hands the running stages back at once."""
-    loop = asyncio.get_running_loop()
-    arq_handler = worker.handle_sig_wait_for_completion if grace_s else worker.handle_sig
-    signals: list[signal.Signals] = []
-
-    def handle(signum: signal.Signals) -> None:
-        signals.append(signum)
-        runner = worker.ctx.get("runner")
-        if len(signals) > 1:
-            log.warning("%s again: handing the running stages back now", signum.name)
-            worker.handle_sig(signum)
-            return
-        if runner is not None:
-            runner.stopping.set()
-            log.warning("%s: stopping; %s", signum.name, _waiting_for(runner.running, grace_s))
-        arq_handler(signum)
-
-    for signum in _SIGNALS:
-        loop.add_signal_handler(signum, handle, signum)
-
-
-def _waiting_for(running: dict[uuid.UUID, str], grace_s: float) -> str:
-    """What a stopping worker waits for, in one line."""
-    if not running:
-        return "no stage is running"
-    shown = ", ".join(f"task {task_id} ({stage})" for task_id, stage in
-                      list(running.items())[:5])
-    more = f" and {len(running) - 5} more" if len(running) > 5 else ""
-    return (f"waiting up to {grace_s:g} s for {len(running)} running stage(s) to finish:"
-            f" {shown}{more}; then they are handed back (press Ctrl-C again, or send the"
-            " signal again, to hand them back now)")
-
-
 async def _finish_jobs(worker: Worker, stop: asyncio.Event, *, grace_s: float) -> None:
     """Let the Worker's running jobs finish. Once a stop is asked for, they get ``grace_s``
     more and are then cancelled (the runner hands their stages back)."""
@@ -147,6 +110,7 @@ async def _finish_jobs(worker: Worker, stop: asyncio.Event, *, grace_s: float) -
     await asyncio.wait([finished, stopping], return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
     if not finished.done():
+        signals.stop_claiming(worker)
         await asyncio.wait([finished], timeout=grace_s)
         for job in jobs:
             job.cancel()

@@ -138,7 +138,7 @@ def upgrade() -> None:
         op.execute("ALTER TABLE tasks ADD COLUMN stage_runs INTEGER DEFAULT '0' NOT NULL"
                    " CONSTRAINT ck_tasks_stage_runs_non_negative CHECK (stage_runs >= 0)")
     op.execute(_FAILED_FROM_HISTORY)
-    op.execute("UPDATE tasks SET stage_runs = attempts")
+    op.execute("UPDATE tasks SET stage_runs = attempts WHERE attempts <> 0")
     op.drop_index(claim_task.RUNNABLE_INDEX, table_name="tasks")
     _runnable_index(claim_task.runnable_predicate(STARTS, ERRORS, ACTIVE))
     op.add_column("channels", sa.Column("turn", sa.BigInteger(), nullable=True))
@@ -157,8 +157,17 @@ def downgrade() -> None:
     is_pg = op.get_bind().dialect.name == "postgresql"
     if is_pg:
         op.execute(claim_task.drop())
+    # A stage handed back has no holder and no lease: the old claim does not take it over, so
+    # its lease ends now and the old reaper takes it back.
+    op.execute("UPDATE tasks SET lease_expires_at = CURRENT_TIMESTAMP"
+               f" WHERE status IN ({', '.join(repr(s) for s in ACTIVE)})"
+               " AND claim_token IS NULL")
     op.add_column("channels", sa.Column("last_claimed_at", sa.DateTime(timezone=True),
                                         nullable=True))
+    if is_pg:   # the order channels last took turns in, kept (a millisecond apart)
+        op.execute("UPDATE channels SET last_claimed_at = CURRENT_TIMESTAMP - (SELECT count(*)"
+                   " FROM channels o WHERE o.turn > channels.turn) * INTERVAL '1 millisecond'"
+                   " WHERE turn IS NOT NULL")
     op.drop_column("channels", "picks")
     op.drop_column("channels", "turn")
     op.drop_index(claim_task.RUNNABLE_INDEX, table_name="tasks")

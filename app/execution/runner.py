@@ -148,7 +148,10 @@ class Runner:
             me = asyncio.current_task()
             if lease.lost is not None and me is not None and me.uncancel() == 0:
                 raise lease.lost from None
-            await asyncio.shield(self._hand_back(claim, "worker stopping"))
+            if self.stopping.is_set():           # a graceful stop: not the stage's fault
+                await asyncio.shield(self._hand_back(claim, "worker stopping"))
+            else:                                # the job's timeout or an abort: it counts
+                await asyncio.shield(self._gone(lease, "stage cancelled (job timeout or abort)"))
             raise
         except Exception as exc:
             return await self._failed(lease, f"{type(exc).__name__}: {exc}")
@@ -170,12 +173,26 @@ class Runner:
         """Give the stage back unfinished: the task keeps its status with no holder, the
         attempt not spent. One try: if it cannot be written, the lease expires and the reaper
         takes the task back (then counting the attempt)."""
-        with contextlib.suppress(InvalidTransition):
+        try:
             async with self.pool.acquire() as conn:
                 await hotpath.hand_back(conn, claim, reason=reason, actor=self.worker_id,
                                         now=self.now())
-            log.info("%s: task %s: %s handed back (%s)", self.worker_id, claim.task_id,
-                     STAGE_BY_ACTIVE[claim.status].name, reason)
+        except Exception as exc:      # the caller is being cancelled: never hide that
+            log.warning("%s: task %s: not handed back (%s); its lease will expire",
+                        self.worker_id, claim.task_id, db.describe(exc))
+            return
+        log.info("%s: task %s: %s handed back (%s)", self.worker_id, claim.task_id,
+                 STAGE_BY_ACTIVE[claim.status].name, reason)
+
+    async def _gone(self, lease: Lease, message: str) -> None:
+        """A stage cancelled for no stop of the worker's (the job's timeout, an abort): a
+        failure, its attempt counted, so a stage that never ends cannot loop forever. One try,
+        as a hand-back."""
+        try:
+            await self._failed(lease, message)
+        except Exception as exc:
+            log.warning("%s: task %s: failure not recorded (%s); its lease will expire",
+                        self.worker_id, lease.claim.task_id, db.describe(exc))
 
     async def _record(self, lease: Lease,
                       write: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:

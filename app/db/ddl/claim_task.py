@@ -64,7 +64,10 @@ STALE = "PQ001"
 #: How long a pick-up waits for a channel's pick in flight before going on without it, and
 #: how often it looks.
 OWED_WAIT_MS = 1000
-OWED_POLL_S = 0.0005
+OWED_POLL_S = 0.002
+#: Bounds every lock wait inside the function (the turnstile, a channel, a task row): a claim
+#: that cannot get one fails with ``lock_not_available`` rather than hanging.
+LOCK_TIMEOUT = "30s"
 #: The partial index of runnable tasks other than queued ones (see ``runnable_predicate``).
 RUNNABLE_INDEX = "ix_tasks_runnable"
 RUNNABLE_COLUMNS = ("channel_id", "priority", "created_at", "id")
@@ -90,33 +93,44 @@ def runnable_predicate(starts: Iterable[str], errors: Iterable[str],
     return predicate
 
 
+def _waiting(t: str, starts: str, errors: str) -> str:
+    """A task waiting for a claim that needs a capacity slot, other than a queued one."""
+    return f"({t}.status IN ({starts}) OR ({t}.status IN ({errors}) AND {t}.retry_at <= p_now))"
+
+
+def _unheld(t: str, active: str) -> str:
+    """A stage handed back: active, no holder; it keeps its capacity slot."""
+    return f"({t}.status IN ({active}) AND {t}.claim_token IS NULL)"
+
+
 def _claimable(alias: str, starts: str, errors: str, active: str) -> str:
     """A task a claim may take now, other than a queued one."""
-    t = alias
-    return (f"({t}.status IN ({starts})"
-            f" OR ({t}.status IN ({errors}) AND {t}.retry_at <= p_now)"
-            f" OR ({t}.status IN ({active}) AND {t}.claim_token IS NULL))")
+    return f"({_waiting(alias, starts, errors)} OR {_unheld(alias, active)})"
 
 
-def _head(channel: str, other: str, *, seen: str = "") -> str:
+def _head(channel: str, other: str, *, seen: str = "", queued: str = "") -> str:
     """The channel's best runnable task: two ordered probes, no sort of the table. No row lock:
-    claimers of a channel are serialised by its row, and the UPDATE re-checks the task."""
+    claimers of a channel are serialised by its row, and the UPDATE re-checks the task.
+    ``queued`` gates the queued probe (a condition and ``AND``)."""
     branch = ("(SELECT t.id, t.status, t.failed_stage, t.priority, t.created_at FROM tasks t"
               " WHERE t.channel_id = {c} AND {cond}"
               " ORDER BY t.priority, t.created_at, t.id LIMIT 1)")
-    conds = ["t.status = 'queued'", other]
+    conds = [f"{queued}t.status = 'queued'", other]
     branches = "\n        UNION ALL ".join(branch.format(c=channel, cond=c) for c in conds)
     return (f"SELECT h.id, h.status, h.failed_stage, h.priority, h.created_at{seen}"
             f" FROM (\n        {branches}\n      ) h ORDER BY h.priority, h.created_at, h.id"
             " LIMIT 1")
 
 
-def _decide(other: str) -> str:
+def _decide(starts: str, errors: str, active: str) -> str:
     """The pick-up's ranking: channels with claimable work by the priority of their best task,
     then fewest pick-ups, then least recently picked, then the task's age; the best one no
-    other claimer holds is locked. It also returns, per priority, the fewest pick-ups of any
-    channel (``floor``), the most (``top``) and the channel with the fewest (``lowest``)."""
-    head = _head("c0.id", other, seen=", c0.turn AS seen_turn")
+    other claimer holds is locked. A channel at its cap (in this snapshot) offers only a stage
+    handed back. It also returns, per priority, the fewest pick-ups of any channel
+    (``floor``), the most (``top``) and the channel with the fewest (``lowest``)."""
+    gated = (f"((NOT cap.full AND {_waiting('t', starts, errors)})"
+             f" OR {_unheld('t', active)})")
+    head = _head("c0.id", gated, seen=", c0.turn AS seen_turn", queued="NOT cap.full AND ")
     return f"""SELECT r.*, c.turn AS now_turn INTO cand
           FROM (
             SELECT c0.id AS channel, c0.max_concurrent, c0.picks, best.*,
@@ -126,6 +140,10 @@ def _decide(other: str) -> str:
                    first_value(c0.turn) OVER (w ORDER BY c0.picks, c0.turn NULLS FIRST, c0.id)
                      AS lowest_turn
             FROM channels c0
+            CROSS JOIN LATERAL (SELECT CASE WHEN c0.max_concurrent IS NULL THEN false
+                                       ELSE c0.max_concurrent <= (
+                                         SELECT count(*) FROM tasks a WHERE a.channel_id = c0.id
+                                           AND a.status IN ({active})) END AS full) cap
             CROSS JOIN LATERAL ({head}) best
             WHERE c0.is_active AND c0.id <> ALL (passed)
             WINDOW w AS (PARTITION BY best.priority)
@@ -136,7 +154,7 @@ def _decide(other: str) -> str:
           FOR NO KEY UPDATE OF c SKIP LOCKED;"""
 
 
-def _unheld(channel: str, active: str) -> str:
+def _unheld_head(channel: str, active: str) -> str:
     """The channel's best handed-back stage: all a claim may take at the channel's cap."""
     return ("SELECT t.id, t.status, t.failed_stage FROM tasks t"
             f" WHERE t.channel_id = {channel} AND t.status IN ({active})"
@@ -180,7 +198,7 @@ def render(targets: Targets, *, starts: Iterable[str], active: Iterable[str],
   p_start boolean DEFAULT false)
 RETURNS TABLE (task_id uuid, from_status taskstatus, to_status taskstatus, claim_token uuid,
                attempt integer, run integer)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET lock_timeout = '{LOCK_TIMEOUT}' AS $$
 DECLARE
   cand record;
   passed uuid[] := '{{}}';
@@ -198,17 +216,21 @@ DECLARE
   deadline timestamptz;
   top_picks bigint;
   waited uuid[] := '{{}}';
+  turnstile boolean;
 BEGIN
   LOOP
     ticket := NULL;
     IF p_task IS NULL THEN
-      -- Pick-ups decide one at a time (see the module's documentation); the lock is the
-      -- session's, so an error or a cancellation must release it too.
+      -- Pick-ups decide one at a time (see the module's documentation). The lock is the
+      -- session's: it is taken inside the block, so an error or a cancellation at any point
+      -- after it releases it too; and the function's lock_timeout bounds every wait.
       LOOP
-        PERFORM pg_advisory_lock({TURNSTILE});
         owed := NULL;
+        turnstile := false;
         BEGIN
-          {_decide(other)}
+          PERFORM pg_advisory_lock({TURNSTILE});
+          turnstile := true;
+          {_decide(start_list, error_list, active_list)}
           found_one := FOUND;
           IF found_one AND cand.now_turn IS DISTINCT FROM cand.seen_turn THEN
             -- Picked by a claim that committed after the ranking's snapshot: undo this block
@@ -232,7 +254,9 @@ BEGIN
           WHEN SQLSTATE '{STALE}' THEN
             PERFORM pg_advisory_unlock({TURNSTILE});
           WHEN query_canceled OR others THEN
-            PERFORM pg_advisory_unlock({TURNSTILE});
+            IF turnstile THEN
+              PERFORM pg_advisory_unlock({TURNSTILE});
+            END IF;
             RAISE;
         END;
         IF owed IS NOT NULL THEN
@@ -278,7 +302,7 @@ BEGIN
         EXIT WHEN p_task IS NOT NULL;
         IF at_cap THEN
           SELECT h.id, h.status, h.failed_stage INTO head_id, head_status, head_failed
-            FROM ({_unheld('cand.channel', active_list)}) h;
+            FROM ({_unheld_head('cand.channel', active_list)}) h;
         ELSE
           SELECT h.id, h.status, h.failed_stage INTO head_id, head_status, head_failed
             FROM ({_head('cand.channel', other)}) h;
