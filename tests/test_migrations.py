@@ -308,7 +308,7 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0006_row_is_the_truth": {
-        "postgresql upgrade": "7d7a5b48b3ff6d01",
+        "postgresql upgrade": "c03b2ad206b98100",
         "postgresql downgrade": "62dfeb54925bbda7",
         "sqlite upgrade": "70e8c76f98ebeb82",
         "sqlite downgrade": "69bba11d23663a10",

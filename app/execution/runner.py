@@ -24,10 +24,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -44,6 +44,18 @@ from app.moves import Claim
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
+
+
+async def _to_the_end(write: Coroutine[Any, Any, T]) -> T:
+    """Run a write of the outcome to its end even if this job is cancelled meanwhile: cut
+    off mid-statement, it might or might not land, and a stage's result would be lost. The
+    cancellation is raised once the write is done."""
+    inner = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(inner)
+    except asyncio.CancelledError:
+        await asyncio.wait([inner])
+        raise
 
 #: Pause between attempts to write to a database that is unavailable.
 RETRY_PAUSE_S = 0.5
@@ -111,7 +123,7 @@ class Runner:
         """Claim the next task in queue order and run it as far as it goes; its id or None."""
         if self.stopping.is_set():
             return None
-        lease = await self.claim()
+        lease = await self._claim_to_the_end(self.claim())
         if lease is None:
             return None
         await self.run(lease)
@@ -154,11 +166,11 @@ class Runner:
                 await asyncio.shield(self._gone(lease, "stage cancelled (job timeout or abort)"))
             raise
         except Exception as exc:
-            return await self._failed(lease, f"{type(exc).__name__}: {exc}")
+            return await _to_the_end(self._failed(lease, f"{type(exc).__name__}: {exc}"))
         finally:
             self.running.pop(claim.task_id, None)
-        return await self._record(lease, lambda conn: hotpath.finish(
-            conn, claim, artefacts=artefacts, actor=self.worker_id, now=self.now()))
+        return await _to_the_end(self._record(lease, lambda conn: hotpath.finish(
+            conn, claim, artefacts=artefacts, actor=self.worker_id, now=self.now())))
 
     async def _failed(self, lease: Lease, message: str) -> TaskStatus:
         s = self.settings
@@ -232,9 +244,24 @@ class Runner:
                                    actor="auto-approve" if step.approval else self.worker_id,
                                    note=step.note, now=self.now())
                 status = step.target
-            if status not in lifecycle.RUNNABLE or self.stopping.is_set():
-                return None       # a stopping worker leaves the next stage to the others
-            return await self._claim(conn, task_id)
+        if status not in lifecycle.RUNNABLE or self.stopping.is_set():
+            return None           # a stopping worker leaves the next stage to the others
+        return await self._claim_to_the_end(self.claim(task_id))
+
+    async def _claim_to_the_end(
+            self, claiming: Coroutine[Any, Any, Lease | None]) -> Lease | None:
+        """A claim that runs to its end even if this job is cancelled meanwhile (cut off, it
+        may still have committed); a stage claimed that way is handed back at once."""
+        inner = asyncio.ensure_future(claiming)
+        try:
+            return await asyncio.shield(inner)
+        except asyncio.CancelledError:
+            await asyncio.wait([inner])
+            if not inner.cancelled() and inner.exception() is None:
+                lease = inner.result()
+                if lease is not None:
+                    await self._hand_back(lease.claim, "claimed as the worker stopped")
+            raise
 
     async def _renew(self, claim: Claim, lease_s: float) -> bool:
         async with self.pool.acquire() as conn:

@@ -244,6 +244,19 @@ BEGIN
             owed_turn := cand.lowest_turn;
             RAISE EXCEPTION USING ERRCODE = '{STALE}';
           END IF;
+          at_cap := false;
+          IF found_one AND cand.max_concurrent IS NOT NULL THEN
+            -- Counted after the lock and before the pick is numbered, so that in the history
+            -- every stage the count saw end is recorded before this claim.
+            at_cap := cand.max_concurrent <= (SELECT count(*) FROM tasks
+              WHERE channel_id = cand.channel AND status IN ({active_list}));
+            IF at_cap AND cand.status NOT IN ({active_list})
+                AND NOT EXISTS ({_unheld_head('cand.channel', active_list)}) THEN
+              -- Full, with no stage handed back to take over: undo the lock, go on without it.
+              passed := passed || cand.channel;
+              RAISE EXCEPTION USING ERRCODE = '{STALE}';
+            END IF;
+          END IF;
           IF found_one THEN
             ticket := nextval('{EVENT_IDS}');
             top_picks := cand.top;
@@ -283,14 +296,14 @@ BEGIN
       IF cand.max_concurrent IS NOT NULL THEN
         PERFORM 1 FROM channels c WHERE c.id = cand.channel FOR NO KEY UPDATE;
       END IF;
+      -- A new statement after the lock: sees every claim committed by earlier lock holders.
+      at_cap := false;
+      IF cand.max_concurrent IS NOT NULL THEN
+        at_cap := cand.max_concurrent <= (SELECT count(*) FROM tasks
+          WHERE channel_id = cand.channel AND status IN ({active_list}));
+      END IF;
     END IF;
     passed := passed || cand.channel;
-    -- A new statement after the lock: sees every claim committed by earlier lock holders.
-    at_cap := false;
-    IF cand.max_concurrent IS NOT NULL THEN
-      at_cap := cand.max_concurrent <= (
-        SELECT count(*) FROM tasks WHERE channel_id = cand.channel AND status IN ({active_list}));
-    END IF;
     head_id := cand.id;
     head_status := cand.status;
     head_failed := cand.failed_stage;
