@@ -18,7 +18,7 @@ from app.db import make_pool
 from app.db.hotpool import HotPool
 from app.db.models import Channel, Task, TaskEvent
 from app.execution import hotpath, wakeups
-from app.lifecycle import TaskStatus
+from app.lifecycle import PriorityLevel, TaskStatus
 from app.moves import utcnow
 from tests.workerprocs import (
     PIPELINE_WORKER,
@@ -72,18 +72,12 @@ async def _trial_channels(sessions: Sessions, channels: int, per_channel: int) -
         list[uuid.UUID], dict[str, int]]:
     async with sessions() as session, session.begin():
         await session.execute(sa.update(Channel).values(is_active=False))
-    await seed(sessions, [None] * channels, per_channel, spaced=True)
+    await seed(sessions, [None] * channels, per_channel, spaced=True,
+               priority=PriorityLevel.normal)
     async with sessions() as session:
         rows = (await session.execute(
             sa.select(Channel.id, Channel.channel_id).where(Channel.is_active))).all()
     return [r.id for r in rows], {r.channel_id: per_channel for r in rows}
-
-
-async def _one_priority(sessions: Sessions, channel_ids: Sequence[uuid.UUID]) -> None:
-    """``seed`` cycles priorities; turns are judged among tasks of one priority."""
-    async with sessions() as session, session.begin():
-        await session.execute(sa.update(Task).where(Task.channel_id.in_(channel_ids))
-                              .values(priority="normal"))
 
 
 async def _drain(pool: HotPool, channel_ids: list[uuid.UUID], *, claimers: int) -> None:
@@ -114,7 +108,6 @@ async def test_many_claimers_in_one_process_take_strict_turns(
     try:
         for _ in range(25):
             ids, totals = await _trial_channels(sessions, 5, 6)
-            await _one_priority(sessions, ids)
 
             await _drain(pool, ids, claimers=10)
             picks = await _pickups(sessions, ids)
@@ -144,7 +137,6 @@ async def _worker_trials(sessions: Sessions, workers: Workers, redis_url: str, q
     seen: list[str] = []
     for _ in range(trials):
         ids, totals = await _trial_channels(sessions, 4, 6)
-        await _one_priority(sessions, ids)
         await wakeups.wake_url(redis_url, 10 * processes, queue_name=queue)
 
         await eventually(functools.partial(_all_at_the_gate, sessions, ids), timeout_s=60,

@@ -248,11 +248,13 @@ async def drop_queue(redis_url: str, queue: str) -> None:
 
 
 async def seed(sessions: Sessions, limits: Sequence[int | None], per_channel: int, *,
-               title: str = "Video", spaced: bool = False) -> list[uuid.UUID]:
+               title: str = "Video", spaced: bool = False,
+               priority: PriorityLevel | None = None) -> list[uuid.UUID]:
     """Channels with these capacity limits and ``per_channel`` queued tasks each, priorities
-    cycling high, normal, low. ``spaced`` gives each task its own ``created_at`` (1 ms
-    apart, in id order) so FIFO order is defined; otherwise a batch shares one timestamp."""
-    priorities = list(PriorityLevel)
+    cycling high, normal, low (or all ``priority``). ``spaced`` gives each task its own
+    ``created_at`` (1 ms apart, in id order) so FIFO order is defined; otherwise a batch
+    shares one timestamp."""
+    priorities = [priority] if priority is not None else list(PriorityLevel)
     base = datetime.now(UTC) - timedelta(minutes=1)
     async with sessions() as session, session.begin():
         channels = [Channel(channel_id=f"UC{i}-{uuid.uuid4().hex[:6]}", channel_name=f"c{i}",
@@ -261,7 +263,8 @@ async def seed(sessions: Sessions, limits: Sequence[int | None], per_channel: in
         await session.flush()
         rows: list[dict[str, Any]] = [
             {"id": uuid.uuid4(), "channel_id": c.id, "notion_page_id": uuid.uuid4().hex,
-             "title": title, "status": TaskStatus.queued, "priority": priorities[n % 3]}
+             "title": title, "status": TaskStatus.queued,
+             "priority": priorities[n % len(priorities)]}
             for c in channels for n in range(per_channel)]
         if spaced:
             for n, row in enumerate(rows):

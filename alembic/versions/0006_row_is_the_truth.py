@@ -123,7 +123,7 @@ def _runnable_index(predicate: str) -> None:
 def upgrade() -> None:
     is_pg = op.get_bind().dialect.name == "postgresql"
     if is_pg:
-        op.execute(claim_task.drop())
+        op.execute(claim_task_0005.drop())
         op.add_column("tasks", sa.Column("failed_stage", sa.String(16), nullable=True))
         op.add_column("tasks", sa.Column("stage_runs", sa.Integer(), server_default="0",
                                          nullable=False))
@@ -150,13 +150,15 @@ def upgrade() -> None:
                " * -1 WHERE last_claimed_at IS NOT NULL")
     op.drop_column("channels", "last_claimed_at")
     if is_pg:
+        op.execute(claim_task.render_pick(starts=STARTS, active=ACTIVE, errors=ERRORS))
         op.execute(claim_task.render(TARGETS, starts=STARTS, active=ACTIVE, errors=ERRORS))
 
 
 def downgrade() -> None:
     is_pg = op.get_bind().dialect.name == "postgresql"
     if is_pg:
-        op.execute(claim_task.drop())
+        for statement in claim_task.drop():
+            op.execute(statement)
     # A stage handed back has no holder and no lease: the old claim does not take it over, so
     # its lease ends now and the old reaper takes it back.
     op.execute("UPDATE tasks SET lease_expires_at = CURRENT_TIMESTAMP"

@@ -33,8 +33,23 @@ async def claim(
     task_id: uuid.UUID | None = None, start: bool = True,
 ) -> Claim | None:
     """The next claim in fair order (or of ``task_id`` only); with ``start`` a queued task comes
-    back already in its first stage (one commit for the claim and the start)."""
-    row = await conn.fetchrow(statements.CLAIM, worker_id, lease_s, now, task_id, start)
+    back already in its first stage (one commit for the claim and the start). A pick-up is two
+    statements: the channel whose turn it is (``pick_channel``, committed at once), then its
+    best task; a channel found with nothing to take is left out and the next one picked."""
+    if task_id is not None:
+        return _claimed(await conn.fetchrow(statements.CLAIM, worker_id, lease_s, now, task_id,
+                                            start, None, None))
+    skip: list[uuid.UUID] = []
+    while (pick := await conn.fetchrow(statements.PICK, now, skip)) is not None:
+        row = await conn.fetchrow(statements.CLAIM, worker_id, lease_s, now, None, start,
+                                  pick[0], pick[1])
+        if row is not None:
+            return _claimed(row)
+        skip.append(pick[0])
+    return None
+
+
+def _claimed(row: Any) -> Claim | None:
     if row is None:
         return None
     return Claim(row[0], TaskStatus(row[1]), TaskStatus(row[2]), row[3], row[4], row[5])

@@ -1,47 +1,38 @@
-"""DDL of ``claim_task``: the claim, as one PostgreSQL function (one round trip per claim).
+"""DDL of the claim: ``pick_channel`` numbers the next pick-up, ``claim_task`` takes a task.
 
 A claim is any move from a runnable state into an active state: ``queued``, an approved state,
 an automatic step, an errored task whose retry is due, or a stage handed back by a stopping
-worker (taken over in place). A *pick-up* is a claim of a task no worker held; the function
-makes one like this:
+worker (taken over in place). A *pick-up* is a claim of a task no worker held. It is made in
+two steps, so that turns are strict without holding claimers back:
 
-1. **Rank** the channels with claimable work: by the priority of their best task, then fewest
-   pick-ups so far (``channels.picks``), then least recently picked (``channels.turn``), then
-   that task's age. Each channel costs two ordered index probes, ``ix_tasks_queued`` and
-   ``ix_tasks_runnable`` (every other runnable row, few of them).
-2. **Lock** the best channel no other claimer holds, in the ranking statement itself
-   (``FOR NO KEY UPDATE OF c SKIP LOCKED``). Turns are strict, whatever the number of
-   claimers:
-   - pick-ups decide one at a time, under a session advisory lock (``TURNSTILE``) held only
-     for the ranking and released as soon as the channel is locked, so each decision sees
-     every earlier one: committed (its counts) or in flight (a locked row, passed over). The
-     claim's work after that (capacity, the write, the commit) runs concurrently;
-   - a channel picked by a claim that committed after the ranking's snapshot is caught when
-     its row is locked (the locked row is its newest version; the head subquery carries the
-     turn it was ranked by): the decision's block is undone, its lock with it, and the
-     ranking runs again on a fresh snapshot. A stale ranking never wins;
-   - a channel whose pick is still in flight cannot take its next one. When the best free
-     channel is two picks ahead of one like that (both read in the ranking's snapshot), the
-     decision waits outside the turnstile, locking nothing, for that pick to land (bounded)
-     instead of putting it further behind;
-   - the pick-up is numbered from ``task_events``' identity: the number becomes the id of
-     its claim event and the channel's turn, so the history lists pick-ups in the order they
-     were decided.
-3. **Count** the channel's active tasks in a new statement, after the lock (never from an old
-   snapshot). At its cap only a handed-back stage, which keeps its slot, can be taken.
-4. **Write** the task with a guarded ``UPDATE … WHERE status = :runnable`` (re-checking it is
-   still claimable), issuing a fresh claim token and lease and counting the attempt and run,
-   then its ``task_events`` rows and the channel's turn in one more statement. If the ranked
-   task was taken since the ranking, the channel's head is read again under the lock, once.
-   A channel at capacity or with nothing it can start is passed over and the ranking runs
-   again without it.
+1. **``pick_channel``** decides which channel's turn it is. Pick-ups decide one at a time,
+   under an advisory lock (the turnstile), over channels with claimable work: by the priority
+   of their best task, then fewest pick-ups so far (``channels.picks``), then least recently
+   picked (``channels.turn``), then that task's age (two ordered index probes per channel:
+   ``ix_tasks_queued`` and ``ix_tasks_runnable``). A channel at its cap (in the ranking's
+   snapshot) offers only a stage handed back. The decision counts the pick-up on the channel
+   and numbers it from ``task_events``' identity (the number becomes the id of its claim
+   event and the channel's turn). Called on its own (``p_commit``, the workers' hot path),
+   the turnstile is a transaction lock held through the statement's own commit, an
+   asynchronous one: the next decision sees this one, committed, so no ranking is ever
+   stale and no channel waits on another's pick in flight. Inside a caller's transaction
+   (the service layer) it is a session lock released at the end of the call.
+2. **``claim_task``** takes that channel's best task no other claim holds
+   (``FOR UPDATE SKIP LOCKED``: several pick-ups of one channel may be in flight at once),
+   with a guarded ``UPDATE … WHERE status = :runnable``, a fresh claim token and lease, the
+   attempt and run counted, and the ``task_events`` rows. On a channel with a cap it first
+   locks the channel's row and counts its active tasks in a new statement (never a count from
+   an old snapshot); at the cap only a handed-back stage, which keeps its slot, can be taken,
+   and the claim event then gets its id after the count, so the history replays capacity in
+   order. A pick-up that finds nothing to take (the channel emptied or filled meanwhile) gives
+   its count back and returns nothing; the caller picks again without that channel.
 
-With ``p_task`` set it claims that task only: a worker carrying the task it just finished into
-its next stage. That takes no turn and needs a capacity slot like any claim: on a channel with
-a cap it waits for the channel's lock; on one without it locks nothing, so it never holds up
-another channel's pick-up. With ``p_start`` a claimed ``queued`` task starts its first stage in
-the same write (``queued → claimed → first stage``, both events recorded; the database guard
-accepts the pair only as a claim writes it).
+With ``p_task`` set, ``claim_task`` claims that task only: a worker carrying the task it just
+finished into its next stage. That takes no turn and needs a capacity slot like any claim.
+With neither ``p_task`` nor ``p_channel`` it makes a whole pick-up in the caller's
+transaction (``pick_channel`` then the claim). With ``p_start`` a claimed ``queued`` task
+starts its first stage in the same write (``queued → claimed → first stage``, both events
+recorded; the database guard accepts the pair only as a claim writes it).
 
 Where each runnable state goes is rendered from the pure rule ``app.moves.claim_target`` (the
 migration passes the table frozen), so the function and the services cannot disagree about
@@ -54,16 +45,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 FUNCTION = "claim_task"
+PICK = "pick_channel"
 #: Numbers pick-ups: the sequence of ``task_events.id`` (an identity column).
 EVENT_IDS = "task_events_id_seq"
-#: The session advisory lock under which pick-ups decide, one at a time.
+#: The advisory lock under which pick-ups decide, one at a time.
 TURNSTILE = 7_245_001
-#: SQLSTATE that undoes a decision (caught inside): its channel was picked since the ranking's
-#: snapshot, or taking it would put it two picks ahead of a channel whose pick is in flight.
-STALE = "PQ001"
-#: How long a pick-up waits for a channel's pick in flight before going on without it, and
-#: how often it looks.
-OWED_WAIT_MS = 1000
 OWED_POLL_S = 0.002
 #: Bounds every lock wait inside the function (the turnstile, a channel, a task row): a claim
 #: that cannot get one fails with ``lock_not_available`` rather than hanging.
@@ -122,36 +108,25 @@ def _head(channel: str, other: str, *, seen: str = "", queued: str = "") -> str:
             " LIMIT 1")
 
 
-def _decide(starts: str, errors: str, active: str) -> str:
+def _ranking(starts: str, errors: str, active: str) -> str:
     """The pick-up's ranking: channels with claimable work by the priority of their best task,
-    then fewest pick-ups, then least recently picked, then the task's age; the best one no
-    other claimer holds is locked. A channel at its cap (in this snapshot) offers only a stage
-    handed back. It also returns, per priority, the fewest pick-ups of any channel
-    (``floor``), the most (``top``) and the channel with the fewest (``lowest``)."""
+    then fewest pick-ups, then least recently picked, then the task's age. A channel at its
+    cap (in this snapshot) offers only a stage handed back. ``top`` is the most pick-ups of a
+    channel at that priority (a late-comer is raised to one below it)."""
     gated = (f"((NOT cap.full AND {_waiting('t', starts, errors)})"
              f" OR {_unheld('t', active)})")
-    head = _head("c0.id", gated, seen=", c0.turn AS seen_turn", queued="NOT cap.full AND ")
-    return f"""SELECT r.*, c.turn AS now_turn INTO cand
-          FROM (
-            SELECT c0.id AS channel, c0.max_concurrent, c0.picks, best.*,
-                   min(c0.picks) OVER w AS floor, max(c0.picks) OVER w AS top,
-                   first_value(c0.id) OVER (w ORDER BY c0.picks, c0.turn NULLS FIRST, c0.id)
-                     AS lowest,
-                   first_value(c0.turn) OVER (w ORDER BY c0.picks, c0.turn NULLS FIRST, c0.id)
-                     AS lowest_turn
-            FROM channels c0
-            CROSS JOIN LATERAL (SELECT CASE WHEN c0.max_concurrent IS NULL THEN false
-                                       ELSE c0.max_concurrent <= (
-                                         SELECT count(*) FROM tasks a WHERE a.channel_id = c0.id
-                                           AND a.status IN ({active})) END AS full) cap
-            CROSS JOIN LATERAL ({head}) best
-            WHERE c0.is_active AND c0.id <> ALL (passed)
-            WINDOW w AS (PARTITION BY best.priority)
-          ) r
-          JOIN channels c ON c.id = r.channel
-          ORDER BY r.priority, r.picks, r.seen_turn NULLS FIRST, r.created_at, r.channel
-          LIMIT 1
-          FOR NO KEY UPDATE OF c SKIP LOCKED;"""
+    head = _head("c.id", gated, queued="NOT cap.full AND ")
+    return f"""SELECT c.id AS channel, max(c.picks) OVER (PARTITION BY best.priority) AS top
+          INTO cand
+        FROM channels c
+        CROSS JOIN LATERAL (SELECT CASE WHEN c.max_concurrent IS NULL THEN false
+                                   ELSE c.max_concurrent <= (
+                                     SELECT count(*) FROM tasks a WHERE a.channel_id = c.id
+                                       AND a.status IN ({active})) END AS full) cap
+        CROSS JOIN LATERAL ({head}) best
+        WHERE c.is_active AND c.id <> ALL (held)
+        ORDER BY best.priority, c.picks, c.turn NULLS FIRST, best.created_at, c.id
+        LIMIT 1;"""
 
 
 def _unheld_head(channel: str, active: str) -> str:
@@ -187,177 +162,184 @@ def _one_status(status: str, targets: Targets) -> str:
     return f"(CASE head_failed {cases} ELSE {default} END)"
 
 
+def render_pick(*, starts: Iterable[str], active: Iterable[str], errors: Iterable[str]) -> str:
+    """``pick_channel``, from frozen lifecycle data."""
+    start_list, error_list, active_list = _list(starts), _list(errors), _list(active)
+    ranking = _ranking(start_list, error_list, active_list)
+    count = f"""LOOP
+      {ranking}
+      EXIT WHEN NOT FOUND;
+      -- The channel's row, unless a claim of it holds the row (a capped channel counting,
+      -- a caller's open transaction): then the next best, so no decision waits.
+      PERFORM 1 FROM channels c WHERE c.id = cand.channel FOR NO KEY UPDATE SKIP LOCKED;
+      IF FOUND THEN
+        channel := cand.channel;
+        ticket := nextval('{EVENT_IDS}');
+        UPDATE channels SET picks = greatest(picks + 1, cand.top - 1), turn = ticket
+          WHERE id = cand.channel;
+        EXIT;
+      END IF;
+      held := held || cand.channel;
+    END LOOP;"""
+    return f"""CREATE FUNCTION {PICK}(
+  p_now timestamptz, p_commit boolean DEFAULT false, p_skip uuid[] DEFAULT '{{}}')
+RETURNS TABLE (channel uuid, ticket bigint)
+LANGUAGE plpgsql SET lock_timeout = '{LOCK_TIMEOUT}' AS $$
+DECLARE
+  cand record;
+  held uuid[] := p_skip;
+  turnstile boolean := false;
+BEGIN
+  IF p_commit THEN
+    -- Alone in its transaction: the lock lasts through the (asynchronous) commit, so the next
+    -- decision sees this one.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM pg_advisory_xact_lock({TURNSTILE});
+    {count}
+  ELSE
+    -- In a caller's transaction: a session lock, released however the call ends.
+    BEGIN
+      PERFORM pg_advisory_lock({TURNSTILE});
+      turnstile := true;
+      {count}
+      PERFORM pg_advisory_unlock({TURNSTILE});
+    EXCEPTION WHEN query_canceled OR others THEN
+      IF turnstile THEN
+        PERFORM pg_advisory_unlock({TURNSTILE});
+      END IF;
+      RAISE;
+    END;
+  END IF;
+  IF channel IS NOT NULL THEN
+    RETURN NEXT;
+  END IF;
+END
+$$"""
+
+
 def render(targets: Targets, *, starts: Iterable[str], active: Iterable[str],
            errors: Iterable[str]) -> str:
-    """The function, from frozen lifecycle data: ``targets`` (see ``Targets``), the runnable
+    """``claim_task``, from frozen lifecycle data: ``targets`` (see ``Targets``), the runnable
     states other than queued and errors (``starts``), the active states and the error states."""
     start_list, error_list, active_list = _list(starts), _list(errors), _list(active)
     other = _claimable("t", start_list, error_list, active_list)
     return f"""CREATE FUNCTION {FUNCTION}(
   p_worker text, p_lease_s double precision, p_now timestamptz, p_task uuid DEFAULT NULL,
-  p_start boolean DEFAULT false)
+  p_start boolean DEFAULT false, p_channel uuid DEFAULT NULL, p_ticket bigint DEFAULT NULL)
 RETURNS TABLE (task_id uuid, from_status taskstatus, to_status taskstatus, claim_token uuid,
                attempt integer, run integer)
 LANGUAGE plpgsql SET lock_timeout = '{LOCK_TIMEOUT}' AS $$
 DECLARE
-  cand record;
-  passed uuid[] := '{{}}';
+  chan record;
+  skip uuid[] := '{{}}';
+  ch uuid := p_channel;
+  tk bigint := p_ticket;
   at_cap boolean;
   head_id uuid;
   head_status taskstatus;
   head_failed text;
+  best_other record;
   mid taskstatus;
   target taskstatus;
   token uuid;
-  ticket bigint;
-  found_one boolean;
-  owed uuid;
-  owed_turn bigint;
-  deadline timestamptz;
-  top_picks bigint;
-  waited uuid[] := '{{}}';
-  turnstile boolean;
 BEGIN
-  LOOP
-    ticket := NULL;
-    IF p_task IS NULL THEN
-      -- Pick-ups decide one at a time (see the module's documentation). The lock is the
-      -- session's: it is taken inside the block, so an error or a cancellation at any point
-      -- after it releases it too; and the function's lock_timeout bounds every wait.
-      LOOP
-        owed := NULL;
-        turnstile := false;
-        BEGIN
-          PERFORM pg_advisory_lock({TURNSTILE});
-          turnstile := true;
-          {_decide(start_list, error_list, active_list)}
-          found_one := FOUND;
-          IF found_one AND cand.now_turn IS DISTINCT FROM cand.seen_turn THEN
-            -- Picked by a claim that committed after the ranking's snapshot: undo this block
-            -- (its lock too) and rank again on a fresh snapshot.
-            RAISE EXCEPTION USING ERRCODE = '{STALE}';
-          END IF;
-          IF found_one AND cand.picks >= cand.floor + 2 AND cand.lowest <> ALL (waited) THEN
-            -- The channel furthest behind is locked: its pick is still in flight. Taking this
-            -- one would put it two picks ahead; wait for that pick to land instead.
-            owed := cand.lowest;
-            owed_turn := cand.lowest_turn;
-            RAISE EXCEPTION USING ERRCODE = '{STALE}';
-          END IF;
-          at_cap := false;
-          IF found_one AND cand.max_concurrent IS NOT NULL THEN
-            -- Counted after the lock and before the pick is numbered, so that in the history
-            -- every stage the count saw end is recorded before this claim.
-            at_cap := cand.max_concurrent <= (SELECT count(*) FROM tasks
-              WHERE channel_id = cand.channel AND status IN ({active_list}));
-            IF at_cap AND cand.status NOT IN ({active_list})
-                AND NOT EXISTS ({_unheld_head('cand.channel', active_list)}) THEN
-              -- Full, with no stage handed back to take over: undo the lock, go on without it.
-              passed := passed || cand.channel;
-              RAISE EXCEPTION USING ERRCODE = '{STALE}';
-            END IF;
-          END IF;
-          IF found_one THEN
-            ticket := nextval('{EVENT_IDS}');
-            top_picks := cand.top;
-          END IF;
-          PERFORM pg_advisory_unlock({TURNSTILE});
-          EXIT;
-        EXCEPTION
-          WHEN SQLSTATE '{STALE}' THEN
-            PERFORM pg_advisory_unlock({TURNSTILE});
-          WHEN query_canceled OR others THEN
-            IF turnstile THEN
-              PERFORM pg_advisory_unlock({TURNSTILE});
-            END IF;
-            RAISE;
-        END;
-        IF owed IS NOT NULL THEN
-          -- Outside the turnstile, for a bounded time, locking nothing (a lock, even for a
-          -- moment, would read as a pick in flight): watch for that pick to land.
-          waited := waited || owed;
-          deadline := clock_timestamp() + make_interval(secs => {OWED_WAIT_MS / 1000});
-          LOOP
-            EXIT WHEN clock_timestamp() > deadline OR (
-              SELECT o.turn FROM channels o WHERE o.id = owed) IS DISTINCT FROM owed_turn;
-            PERFORM pg_sleep({OWED_POLL_S});
-          END LOOP;
-        END IF;
-      END LOOP;
-      EXIT WHEN NOT found_one;
-    ELSE
-      -- One task carried into its next stage (no turn taken). Only a channel with a cap is
-      -- locked, for its count; on one without, no pick-up is held up.
-      SELECT c.id AS channel, c.max_concurrent, t.id, t.status, t.failed_stage INTO cand
-      FROM tasks t JOIN channels c ON c.id = t.channel_id
-      WHERE t.id = p_task AND c.is_active AND c.id <> ALL (passed)
-        AND (t.status = 'queued' OR {other});
+  FOR attempt_no IN 1..8 LOOP
+    IF p_task IS NULL AND p_channel IS NULL THEN
+      -- A whole pick-up in the caller's transaction.
+      SELECT p.channel, p.ticket INTO ch, tk FROM {PICK}(p_now, false, skip) p;
       EXIT WHEN NOT FOUND;
-      IF cand.max_concurrent IS NOT NULL THEN
-        PERFORM 1 FROM channels c WHERE c.id = cand.channel FOR NO KEY UPDATE;
-      END IF;
-      -- A new statement after the lock: sees every claim committed by earlier lock holders.
+    END IF;
+    IF p_task IS NOT NULL THEN
+      SELECT c.id, c.max_concurrent, t.id AS task, t.status, t.failed_stage INTO chan
+        FROM tasks t JOIN channels c ON c.id = t.channel_id
+        WHERE t.id = p_task AND c.is_active AND (t.status = 'queued' OR {other});
+    ELSE
+      SELECT c.id, c.max_concurrent, NULL::uuid AS task INTO chan
+        FROM channels c WHERE c.id = ch AND c.is_active;
+    END IF;
+    IF FOUND THEN
       at_cap := false;
-      IF cand.max_concurrent IS NOT NULL THEN
-        at_cap := cand.max_concurrent <= (SELECT count(*) FROM tasks
-          WHERE channel_id = cand.channel AND status IN ({active_list}));
+      IF chan.max_concurrent IS NOT NULL THEN
+        -- Capacity is serialised per channel: its row, then a count in a new statement.
+        PERFORM 1 FROM channels c WHERE c.id = chan.id FOR NO KEY UPDATE;
+        at_cap := chan.max_concurrent <= (SELECT count(*) FROM tasks
+          WHERE channel_id = chan.id AND status IN ({active_list}));
+      END IF;
+      head_id := NULL;
+      IF p_task IS NOT NULL THEN
+        IF NOT at_cap OR chan.status IN ({active_list}) THEN
+          SELECT t.id, t.status, t.failed_stage INTO head_id, head_status, head_failed
+            FROM tasks t WHERE t.id = p_task AND (t.status = 'queued' OR {other})
+            FOR UPDATE;
+        END IF;
+      ELSIF at_cap THEN
+        SELECT h.id, h.status, h.failed_stage INTO head_id, head_status, head_failed
+          FROM ({_unheld_head('chan.id', active_list)} FOR UPDATE SKIP LOCKED) h;
+      ELSE
+        -- The channel's best task no other claim holds: the rare rows of the other runnable
+        -- states first, then the queued head.
+        SELECT t.id, t.status, t.failed_stage, t.priority, t.created_at INTO best_other
+          FROM tasks t WHERE t.channel_id = chan.id AND {other}
+          ORDER BY t.priority, t.created_at, t.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+        SELECT t.id, t.status, t.failed_stage INTO head_id, head_status, head_failed
+          FROM tasks t WHERE t.channel_id = chan.id AND t.status = 'queued'
+            AND (best_other.id IS NULL OR (t.priority, t.created_at, t.id)
+                 < (best_other.priority, best_other.created_at, best_other.id))
+          ORDER BY t.priority, t.created_at, t.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+        IF head_id IS NULL AND best_other.id IS NOT NULL THEN
+          head_id := best_other.id;
+          head_status := best_other.status;
+          head_failed := best_other.failed_stage;
+        END IF;
+      END IF;
+      IF head_id IS NOT NULL THEN
+        target := {_target_case(targets)};
+      END IF;
+      IF head_id IS NOT NULL AND target IS NOT NULL THEN
+        token := gen_random_uuid();
+        UPDATE tasks t SET status = target, claimed_by = p_worker,
+            claimed_at = clock_timestamp(), claim_token = token,
+            lease_expires_at = p_now + make_interval(secs => p_lease_s),
+            retry_at = NULL, failed_stage = NULL,
+            attempts = CASE WHEN target = 'claimed' THEN t.attempts ELSE t.attempts + 1 END,
+            stage_runs = CASE WHEN target = 'claimed' THEN t.stage_runs
+                              ELSE t.stage_runs + 1 END
+          WHERE t.id = head_id
+          RETURNING t.attempts, t.stage_runs INTO attempt, run;
+        -- Both transitions of a claim that starts its stage; a stage taken over is recorded
+        -- with from = to. A pick-up's event carries its number, unless the channel has a cap:
+        -- then its id comes after the count, for the history to replay capacity in order.
+        mid := CASE WHEN head_status = 'queued' THEN 'claimed'::taskstatus ELSE target END;
+        INSERT INTO task_events (id, task_id, from_status, to_status, actor, note, created_at)
+          SELECT CASE WHEN e.n = 1 AND chan.max_concurrent IS NULL
+                      THEN coalesce(tk, nextval('{EVENT_IDS}'))
+                      ELSE nextval('{EVENT_IDS}') END,
+                 head_id, e.src, e.dst, p_worker, e.note, clock_timestamp()
+          FROM (VALUES (head_status, mid, CASE WHEN head_status IN ({active_list})
+                                               THEN 'claim: taken over' ELSE 'claim' END, 1),
+                       (mid, target, NULL, 2)) e (src, dst, note, n)
+          WHERE e.n = 1 OR e.src <> e.dst
+          ORDER BY e.n;
+        task_id := head_id; from_status := head_status; to_status := target;
+        claim_token := token;
+        RETURN NEXT;
+        RETURN;
       END IF;
     END IF;
-    passed := passed || cand.channel;
-    head_id := cand.id;
-    head_status := cand.status;
-    head_failed := cand.failed_stage;
-    FOR pass IN 1..2 LOOP
-      IF pass = 2 OR (at_cap AND head_status NOT IN ({active_list})) THEN
-        -- The ranked task was taken since the ranking, or the channel is at its cap, where
-        -- only a handed-back stage (which keeps its slot) can be taken: the head now, under
-        -- the lock.
-        EXIT WHEN p_task IS NOT NULL;
-        IF at_cap THEN
-          SELECT h.id, h.status, h.failed_stage INTO head_id, head_status, head_failed
-            FROM ({_unheld_head('cand.channel', active_list)}) h;
-        ELSE
-          SELECT h.id, h.status, h.failed_stage INTO head_id, head_status, head_failed
-            FROM ({_head('cand.channel', other)}) h;
-        END IF;
-        EXIT WHEN NOT FOUND;
-      END IF;
-      target := {_target_case(targets)};
-      EXIT WHEN target IS NULL;
-      token := gen_random_uuid();
-      UPDATE tasks t SET status = target, claimed_by = p_worker, claimed_at = clock_timestamp(),
-          claim_token = token, lease_expires_at = p_now + make_interval(secs => p_lease_s),
-          retry_at = NULL, failed_stage = NULL,
-          attempts = CASE WHEN target = 'claimed' THEN t.attempts ELSE t.attempts + 1 END,
-          stage_runs = CASE WHEN target = 'claimed' THEN t.stage_runs ELSE t.stage_runs + 1 END
-        WHERE t.id = head_id AND t.status = head_status AND (t.status = 'queued' OR {other})
-        RETURNING t.attempts, t.stage_runs INTO attempt, run;
-      CONTINUE WHEN NOT FOUND;
-      -- Both transitions of a claim that starts its stage; a handed-back stage taken over is
-      -- recorded with from = to. A pick-up's event carries its number, which becomes the
-      -- channel's turn.
-      mid := CASE WHEN head_status = 'queued' THEN 'claimed'::taskstatus ELSE target END;
-      WITH turn AS (
-          UPDATE channels SET turn = ticket, picks = greatest(picks + 1, top_picks - 1)
-          WHERE id = cand.channel AND ticket IS NOT NULL)
-      INSERT INTO task_events (id, task_id, from_status, to_status, actor, note, created_at)
-        SELECT CASE WHEN e.n = 1 THEN coalesce(ticket, nextval('{EVENT_IDS}'))
-                    ELSE nextval('{EVENT_IDS}') END,
-               head_id, e.src, e.dst, p_worker, e.note, clock_timestamp()
-        FROM (VALUES (head_status, mid, CASE WHEN head_status IN ({active_list})
-                                             THEN 'claim: taken over' ELSE 'claim' END, 1),
-                     (mid, target, NULL, 2)) e (src, dst, note, n)
-        WHERE e.n = 1 OR e.src <> e.dst
-        ORDER BY e.n;
-      task_id := head_id; from_status := head_status; to_status := target;
-      claim_token := token;
-      RETURN NEXT;
-      RETURN;
-    END LOOP;
+    -- Nothing to take: a pick-up gives its count back; the caller (or the next round) picks
+    -- again without this channel.
+    IF tk IS NOT NULL THEN
+      UPDATE channels SET picks = greatest(picks - 1, 0) WHERE id = ch;
+    END IF;
+    EXIT WHEN p_task IS NOT NULL OR p_channel IS NOT NULL;
+    skip := skip || ch;
   END LOOP;
 END
 $$"""
 
 
-def drop() -> str:
-    return f"DROP FUNCTION IF EXISTS {FUNCTION}(text, double precision, timestamptz, uuid, boolean)"
+def drop() -> list[str]:
+    """Drop both functions (the claim's old signature is ``claim_task_0005.drop``)."""
+    return [f"DROP FUNCTION IF EXISTS {FUNCTION}(text, double precision, timestamptz, uuid,"
+            " boolean, uuid, bigint)",
+            f"DROP FUNCTION IF EXISTS {PICK}(timestamptz, boolean, uuid[])"]
