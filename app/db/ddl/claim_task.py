@@ -50,7 +50,6 @@ PICK = "pick_channel"
 EVENT_IDS = "task_events_id_seq"
 #: The advisory lock under which pick-ups decide, one at a time.
 TURNSTILE = 7_245_001
-OWED_POLL_S = 0.002
 #: Bounds every lock wait inside the function (the turnstile, a channel, a task row): a claim
 #: that cannot get one fails with ``lock_not_available`` rather than hanging.
 LOCK_TIMEOUT = "30s"
