@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import db
 from app.config import Settings
+from app.db import statements
 from app.db.hotpool import HotPool
 from app.db.models import Channel, Task, TaskEvent
 from app.errors import InvalidTransition, StaleClaim, TaskNotFound
@@ -82,6 +83,35 @@ async def test_claim_without_start_stops_at_claimed(pg_sessions: Sessions,
     async with pg_pool.acquire() as conn:
         held = await _claim(conn, start=False)
     assert held is not None and (held.task_id, held.status) == (task.id, S.claimed)
+
+
+async def test_a_pick_that_finds_its_channel_full_is_given_back(pg_sessions: Sessions,
+                                                                  pg_pool: HotPool) -> None:
+    """Two pick-ups in flight on a channel with one free slot: the first claims, the second
+    finds the channel full, gives its pick back and takes nothing; the claimer's next pick
+    passes that channel over."""
+    async with pg_sessions() as session, session.begin():
+        await session.execute(sa.update(Channel).values(is_active=False))
+        capped = await make_channel(session, max_concurrent=1)
+        other = await make_channel(session)
+        base = transitions.utcnow() - timedelta(minutes=1)
+        first, _ = [await make_task(session, capped, created_at=base + timedelta(seconds=i))
+                    for i in range(2)]
+        spare = await make_task(session, other)
+        await session.execute(sa.update(Channel).where(Channel.id == other.id)
+                              .values(picks=5))      # so the capped channel is picked twice
+    now = transitions.utcnow()
+    async with pg_pool.acquire() as a, pg_pool.acquire() as b:
+        picks = [await a.fetchrow(statements.PICK, now, []) for _ in range(2)]
+        assert [p[0] for p in picks] == [capped.id, capped.id]
+        claimed = await a.fetchrow(statements.CLAIM, "w", 30, now, None, True, *picks[0])
+        assert claimed is not None and claimed[0] == first.id
+        count = "SELECT picks FROM channels WHERE id = $1"
+        before = await a.fetchval(count, capped.id)
+        assert await b.fetchrow(statements.CLAIM, "w", 30, now, None, True, *picks[1]) is None
+        assert await a.fetchval(count, capped.id) == before - 1
+        held = await _claim(b)
+    assert held is not None and held.task_id == spare.id
 
 
 async def test_claim_of_a_continuing_task_enters_its_stage(pg_sessions: Sessions,
