@@ -184,7 +184,7 @@ service: the same moves through the service layer on AsyncSession, as admin scri
 Every path: two transitions per task, ending in generating_assets; claims/s = tasks
   claimed and started per second; p50/p99 = the claim call in ms, commit included (ours: the
   claim and the start); CPU = the client process's CPU time over wall time (100% = one core);
-  misses = claims that found every channel with work locked by other claimers (retried, not
+  misses = claims that came back empty while work remained (retried, not
   counted). Every cell starts from the same queue depth, VACUUM ANALYZEd; each claimer first
   makes {claimers.WARMUP} claims off the clock (a new connection's first calls load catalogs,
   compile and plan: 10 to 70 ms once per connection). Strict turns cost a second round trip

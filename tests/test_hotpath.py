@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import db
 from app.config import Settings
-from app.db import statements
 from app.db.hotpool import HotPool
 from app.db.models import Channel, Task, TaskEvent
 from app.errors import InvalidTransition, StaleClaim, TaskNotFound
@@ -101,14 +100,17 @@ async def test_a_pick_that_finds_its_channel_full_is_given_back(pg_sessions: Ses
         await session.execute(sa.update(Channel).where(Channel.id == other.id)
                               .values(picks=5))      # so the capped channel is picked twice
     now = transitions.utcnow()
+    pick = "SELECT channel, ticket FROM pick_channel($1, true)"
+    claim = ("SELECT task_id, from_status, to_status, claim_token, attempt, run"
+             " FROM claim_task($1, $2, $3, NULL, true, $4, $5)")
     async with pg_pool.acquire() as a, pg_pool.acquire() as b:
-        picks = [await a.fetchrow(statements.PICK, now, []) for _ in range(2)]
+        picks = [await a.fetchrow(pick, now) for _ in range(2)]
         assert [p[0] for p in picks] == [capped.id, capped.id]
-        claimed = await a.fetchrow(statements.CLAIM, "w", 30, now, None, True, *picks[0])
+        claimed = await a.fetchrow(claim, "w", 30, now, *picks[0])
         assert claimed is not None and claimed[0] == first.id
         count = "SELECT picks FROM channels WHERE id = $1"
         before = await a.fetchval(count, capped.id)
-        assert await b.fetchrow(statements.CLAIM, "w", 30, now, None, True, *picks[1]) is None
+        assert await b.fetchrow(claim, "w", 30, now, *picks[1]) is None
         assert await a.fetchval(count, capped.id) == before - 1
         held = await _claim(b)
     assert held is not None and held.task_id == spare.id

@@ -152,6 +152,7 @@ def upgrade() -> None:
     if is_pg:
         op.execute(claim_task.render_pick(starts=STARTS, active=ACTIVE, errors=ERRORS))
         op.execute(claim_task.render(TARGETS, starts=STARTS, active=ACTIVE, errors=ERRORS))
+        op.execute(claim_task.render_next())
 
 
 def downgrade() -> None:

@@ -32,15 +32,14 @@ from app.moves import AppendLine, Changes, MergeArtifact, Move
 
 # --- the hot path (asyncpg, positional parameters) ------------------------------------------
 
-#: ``pick_channel`` on its own (committed at once, asynchronously): the channel whose turn it
-#: is, and the pick-up's number; ``$2`` the channels that had nothing to take.
-PICK = "SELECT channel, ticket FROM pick_channel($1, true, $2)"
+#: A pick-up (``claim_next``: the channel whose turn it is, committed, then its best task);
+#: ``$4`` starts a claimed queued task's first stage in the same write. One row, all NULL
+#: when nothing can be claimed.
+CLAIM_NEXT = "CALL claim_next($1, $2, $3, $4)"
 
-#: ``claim_task``: ``$4`` claims that task only (a worker carrying it on), ``$5`` starts a
-#: claimed queued task's first stage in the same write, ``$6``/``$7`` the channel picked and
-#: the pick-up's number.
+#: ``claim_task`` of one task only (a worker carrying it on); ``$5`` as above.
 CLAIM = ("SELECT task_id, from_status, to_status, claim_token, attempt, run"
-         " FROM claim_task($1, $2, $3, $4, $5, $6, $7)")
+         " FROM claim_task($1, $2, $3, $4, $5)")
 
 #: What a stage handler is given (the attempt and run came with the claim).
 LOAD = "SELECT title, topic, story_direction, artifacts FROM tasks WHERE id = $1"

@@ -33,24 +33,16 @@ async def claim(
     task_id: uuid.UUID | None = None, start: bool = True,
 ) -> Claim | None:
     """The next claim in fair order (or of ``task_id`` only); with ``start`` a queued task comes
-    back already in its first stage (one commit for the claim and the start). A pick-up is two
-    statements: the channel whose turn it is (``pick_channel``, committed at once), then its
-    best task; a channel found with nothing to take is left out and the next one picked."""
+    back already in its first stage (one commit for the claim and the start). A pick-up is
+    one call committing two steps: the channel whose turn it is, then its best task."""
     if task_id is not None:
         return _claimed(await conn.fetchrow(statements.CLAIM, worker_id, lease_s, now, task_id,
-                                            start, None, None))
-    skip: list[uuid.UUID] = []
-    while (pick := await conn.fetchrow(statements.PICK, now, skip)) is not None:
-        row = await conn.fetchrow(statements.CLAIM, worker_id, lease_s, now, None, start,
-                                  pick[0], pick[1])
-        if row is not None:
-            return _claimed(row)
-        skip.append(pick[0])
-    return None
+                                            start))
+    return _claimed(await conn.fetchrow(statements.CLAIM_NEXT, worker_id, lease_s, now, start))
 
 
 def _claimed(row: Any) -> Claim | None:
-    if row is None:
+    if row is None or row[0] is None:
         return None
     return Claim(row[0], TaskStatus(row[1]), TaskStatus(row[2]), row[3], row[4], row[5])
 

@@ -46,6 +46,8 @@ from collections.abc import Iterable, Mapping
 
 FUNCTION = "claim_task"
 PICK = "pick_channel"
+#: The workers' pick-up: both steps in one call, each committed.
+NEXT = "claim_next"
 #: Numbers pick-ups: the sequence of ``task_events.id`` (an identity column).
 EVENT_IDS = "task_events_id_seq"
 #: The advisory lock under which pick-ups decide, one at a time.
@@ -337,8 +339,45 @@ END
 $$"""
 
 
+def render_next() -> str:
+    """``claim_next``: the workers' pick-up in one round trip. A procedure, so that it can
+    commit the pick (asynchronously, releasing the turnstile) before it claims the task, and
+    the claim in its own transaction; called on its own (``CALL``, no transaction open)."""
+    return f"""CREATE PROCEDURE {NEXT}(
+  p_worker text, p_lease_s double precision, p_now timestamptz, p_start boolean,
+  INOUT task_id uuid DEFAULT NULL, INOUT from_status taskstatus DEFAULT NULL,
+  INOUT to_status taskstatus DEFAULT NULL, INOUT claim_token uuid DEFAULT NULL,
+  INOUT attempt integer DEFAULT NULL, INOUT run integer DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+  skip uuid[] := '{{}}';
+  ch uuid;
+  tk bigint;
+  got record;
+BEGIN
+  LOOP
+    SELECT p.channel, p.ticket INTO ch, tk FROM {PICK}(p_now, true, skip) p;
+    EXIT WHEN NOT FOUND;
+    COMMIT;
+    SELECT c.* INTO got FROM {FUNCTION}(p_worker, p_lease_s, p_now, NULL, p_start, ch, tk) c;
+    IF FOUND THEN
+      task_id := got.task_id; from_status := got.from_status; to_status := got.to_status;
+      claim_token := got.claim_token; attempt := got.attempt; run := got.run;
+      RETURN;
+    END IF;
+    -- Nothing to take there (its pick given back): pick again without that channel.
+    COMMIT;
+    skip := skip || ch;
+  END LOOP;
+END
+$$"""
+
+
 def drop() -> list[str]:
-    """Drop both functions (the claim's old signature is ``claim_task_0005.drop``)."""
-    return [f"DROP FUNCTION IF EXISTS {FUNCTION}(text, double precision, timestamptz, uuid,"
+    """Drop the procedure and both functions (the claim's old signature is
+    ``claim_task_0005.drop``)."""
+    return [f"DROP PROCEDURE IF EXISTS {NEXT}(text, double precision, timestamptz, boolean,"
+            " uuid, taskstatus, taskstatus, uuid, integer, integer)",
+            f"DROP FUNCTION IF EXISTS {FUNCTION}(text, double precision, timestamptz, uuid,"
             " boolean, uuid, bigint)",
             f"DROP FUNCTION IF EXISTS {PICK}(timestamptz, boolean, uuid[])"]
