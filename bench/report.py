@@ -165,12 +165,12 @@ def _worker_checks(report: Report) -> list[_Check]:
 
 
 FOOTNOTES = f"""\
-ours: a worker's claim, Runner.claim: a connection from the worker's hot-path pool, then two
-  statements, each committed at once: pick_channel (strict turns: the channel ranking under
+ours: a worker's claim, Runner.claim: a connection from the worker's hot-path pool, then one
+  CALL claim_next, committing two steps: pick_channel (strict turns: the channel ranking under
   the turnstile, the channel's pick count and turn, an asynchronous commit) and claim_task
   (the channel's best task no other claim holds, capacity where the channel has a cap, one
   guarded write of the row queued → claimed → generating_assets with a fresh claim token, two
-  task_events rows).
+  task_events rows, a commit).
 baseline: plain asyncpg, UPDATE … WHERE id = (SELECT … ORDER BY priority, created_at FOR UPDATE
   SKIP LOCKED LIMIT 1), then UPDATE … SET status = 'generating_assets'; each autocommitted; no
   events, no fairness, no capacity, no token check. It gets its own partial index
@@ -187,7 +187,7 @@ Every path: two transitions per task, ending in generating_assets; claims/s = ta
   misses = claims that came back empty while work remained (retried, not
   counted). Every cell starts from the same queue depth, VACUUM ANALYZEd; each claimer first
   makes {claimers.WARMUP} claims off the clock (a new connection's first calls load catalogs,
-  compile and plan: 10 to 70 ms once per connection). Strict turns cost a second round trip
-  and commit per claim, and a ranking of every channel's best runnable task (two index probes
+  compile and plan: 10 to 70 ms once per connection). Strict turns cost a second commit
+  per claim, and a ranking of every channel's best runnable task (two index probes
   per channel) made one decision at a time: claimers many against few channels queue for the
   turnstile."""

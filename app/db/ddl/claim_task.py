@@ -1,4 +1,5 @@
-"""DDL of the claim: ``pick_channel`` numbers the next pick-up, ``claim_task`` takes a task.
+"""DDL of the claim: ``pick_channel`` numbers the next pick-up, ``claim_task`` takes a task,
+``claim_next`` does both for a worker.
 
 A claim is any move from a runnable state into an active state: ``queued``, an approved state,
 an automatic step, an errored task whose retry is due, or a stage handed back by a stopping
@@ -27,7 +28,9 @@ two steps, so that turns are strict without holding claimers back:
    order. A pick-up that finds nothing to take (the channel emptied or filled meanwhile) gives
    its count back and returns nothing; the caller picks again without that channel.
 
-With ``p_task`` set, ``claim_task`` claims that task only: a worker carrying the task it just
+Workers make a pick-up in one round trip, ``CALL claim_next(…)``: a procedure that commits the
+pick (asynchronously), then claims in a transaction of its own. With ``p_task`` set,
+``claim_task`` claims that task only: a worker carrying the task it just
 finished into its next stage. That takes no turn and needs a capacity slot like any claim.
 With neither ``p_task`` nor ``p_channel`` it makes a whole pick-up in the caller's
 transaction (``pick_channel`` then the claim). With ``p_start`` a claimed ``queued`` task
