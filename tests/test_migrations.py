@@ -308,7 +308,7 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0006_row_is_the_truth": {
-        "postgresql upgrade": "63764cc4dc80e52d",
+        "postgresql upgrade": "f85378ef3ee9d0ae",
         "postgresql downgrade": "e0767078e3832a54",
         "sqlite upgrade": "70e8c76f98ebeb82",
         "sqlite downgrade": "69bba11d23663a10",
