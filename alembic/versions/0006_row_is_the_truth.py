@@ -10,13 +10,14 @@ Create Date: 2026-12-04
   Existing errored tasks get their failed stage from their history, once, here.
 - A stage handed back by a stopping worker keeps its active status with no holder and is taken
   over in place by the next claim: ``ix_tasks_runnable`` covers those rows too.
-- ``channels.turn`` replaces ``last_claimed_at`` (a client clock): pick-ups decide one at a
-  time and take the next number of ``task_events``' identity (their event's id), and the claim
-  re-checks the locked channel's turn against the ranking's snapshot, so a stale ranking never
-  wins. Existing channels keep their order with turns at or below zero.
-- ``claim_task`` returns the attempt and run it counted; where each runnable state goes is the
-  frozen table below, rendered from ``app.moves.claim_targets`` (``tests/test_migrations.py``
-  compares them).
+- ``channels.turn`` replaces ``last_claimed_at`` (a client clock) and ``channels.picks``
+  counts pick-ups: ``pick_channel`` decides them one at a time and numbers them from
+  ``task_events``' identity; the workers commit that decision before claiming
+  (``claim_next``), so no ranking is stale. Existing channels keep their order with turns at
+  or below zero.
+- ``claim_task`` claims a picked channel's task and returns the attempt and run it counted;
+  where each runnable state goes is the frozen table below, rendered from
+  ``app.moves.claim_targets`` (``tests/test_migrations.py`` compares them).
 """
 
 from collections.abc import Sequence
