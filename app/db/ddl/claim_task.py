@@ -53,11 +53,15 @@ PICK = "pick_channel"
 NEXT = "claim_next"
 #: Numbers pick-ups: the sequence of ``task_events.id`` (an identity column).
 EVENT_IDS = "task_events_id_seq"
-#: The advisory lock under which pick-ups decide, one at a time.
-TURNSTILE = 7_245_001
 #: Bounds every lock wait inside the function (the turnstile, a channel, a task row): a claim
 #: that cannot get one fails with ``lock_not_available`` rather than hanging.
 LOCK_TIMEOUT = "30s"
+#: How long a pick waits for another pick's channel row, once per row (then reads the turns
+#: again): a pick holds the row for a statement and an asynchronous commit; a row held
+#: longer is not a pick's (a caller's open transaction) and is passed over.
+WAIT = "1s"
+#: Readings of the turns a pick makes at most (each after other picks moved them).
+MAX_PASSES = 100
 #: Every statement inside is planned once per connection: its plan is the same index probes
 #: whatever the parameters, and a plan made for each call's values (PL/pgSQL's choice after
 #: fresh statistics, at times) cost more than the claim itself (0.5 to 0.9 ms a statement).
@@ -117,24 +121,39 @@ def _head(channel: str, other: str, *, seen: str = "", queued: str = "") -> str:
 
 
 def _ranking(starts: str, errors: str, active: str) -> str:
-    """The pick-up's ranking: channels with claimable work by the priority of their best task,
-    then fewest pick-ups, then least recently picked, then the task's age. A channel at its
-    cap (in this snapshot) offers only a stage handed back. ``top`` is the most pick-ups of a
-    channel at that priority (a late-comer is raised to one below it)."""
+    """The channels with claimable work, each with its best task's priority and age. A channel
+    at its cap (in this snapshot) offers only a stage handed back."""
     gated = (f"((NOT cap.full AND {_waiting('t', starts, errors)})"
              f" OR {_unheld('t', active)})")
     head = _head("c.id", gated, queued="NOT cap.full AND ")
-    return f"""SELECT c.id AS channel, max(c.picks) OVER (PARTITION BY best.priority) AS top
-          INTO cand
+    return f"""SELECT c.id, best.priority, best.created_at, c.picks, c.turn
         FROM channels c
         CROSS JOIN LATERAL (SELECT CASE WHEN c.max_concurrent IS NULL THEN false
                                    ELSE c.max_concurrent <= (
                                      SELECT count(*) FROM tasks a WHERE a.channel_id = c.id
                                        AND a.status IN ({active})) END AS full) cap
         CROSS JOIN LATERAL ({head}) best
-        WHERE c.is_active AND c.id <> ALL (held)
-        ORDER BY best.priority, c.picks, c.turn NULLS FIRST, best.created_at, c.id
-        LIMIT 1;"""
+        WHERE c.is_active AND c.id <> ALL (p_skip)"""
+
+
+#: A channel with claimable work, as a pick reads it.
+CANDIDATE = "pick_candidate"
+CANDIDATE_TYPE = (f"CREATE TYPE {CANDIDATE} AS"
+                  " (id uuid, priority prioritylevel, created_at timestamptz, picks bigint)")
+#: Turn order: by the priority of the best task, then fewest pick-ups, then least recently
+#: picked, then that task's age.
+_TURN_ORDER = "priority, picks, turn NULLS FIRST, created_at, id"
+#: The candidates again, with the pick-ups of now (their heads as first read), but for those
+#: left out (``passed``).
+_AGAIN = """SELECT c.id, x.priority, x.created_at, c.picks, c.turn
+        FROM unnest(cands) AS x JOIN channels c ON c.id = x.id WHERE x.id <> ALL (passed)"""
+
+
+def _in_turn_order(source: str) -> str:
+    """``source``'s channels into ``cands``, in turn order."""
+    key = ", ".join(f"s.{part}" for part in _TURN_ORDER.split(", "))
+    return (f"SELECT array_agg(ROW(s.id, s.priority, s.created_at, s.picks)::{CANDIDATE}"
+            f" ORDER BY {key})\n      INTO cands FROM ({source}) s;")
 
 
 def _unheld_head(channel: str, active: str) -> str:
@@ -173,54 +192,100 @@ def _one_status(status: str, targets: Targets) -> str:
 def render_pick(*, starts: Iterable[str], active: Iterable[str], errors: Iterable[str]) -> str:
     """``pick_channel``, from frozen lifecycle data."""
     start_list, error_list, active_list = _list(starts), _list(errors), _list(active)
-    ranking = _ranking(start_list, error_list, active_list)
-    count = f"""LOOP
-      {ranking}
-      EXIT WHEN NOT FOUND;
-      -- The channel's row, unless a claim of it holds the row (a capped channel counting,
-      -- a caller's open transaction): then the next best, so no decision waits.
-      PERFORM 1 FROM channels c WHERE c.id = cand.channel FOR NO KEY UPDATE SKIP LOCKED;
-      IF FOUND THEN
-        channel := cand.channel;
-        ticket := nextval('{EVENT_IDS}');
-        UPDATE channels SET picks = greatest(picks + 1, cand.top - 1), turn = ticket
-          WHERE id = cand.channel;
-        EXIT;
-      END IF;
-      held := held || cand.channel;
-    END LOOP;"""
     return f"""CREATE FUNCTION {PICK}(
   p_now timestamptz, p_commit boolean DEFAULT false, p_skip uuid[] DEFAULT '{{}}')
 RETURNS TABLE (channel uuid, ticket bigint)
 LANGUAGE plpgsql SET lock_timeout = '{LOCK_TIMEOUT}' SET plan_cache_mode = {PLANS} AS $$
 DECLARE
-  cand record;
-  held uuid[] := p_skip;
-  turnstile boolean := false;
+  cands {CANDIDATE}[];
+  cand {CANDIDATE};
+  n integer;
+  first integer;      -- the first candidate at cand's priority (the fewest pick-ups)
+  bound bigint;       -- the fewest pick-ups of the others at cand's priority (null: none)
+  top bigint;         -- the most pick-ups at cand's priority
+  passed uuid[] := '{{}}';
+  picked bigint;
+  w integer;
+  moved boolean;
 BEGIN
   IF p_commit THEN
-    -- Alone in its transaction: the lock lasts through the (asynchronous) commit, so the next
-    -- decision sees this one.
     PERFORM set_config('synchronous_commit', 'off', true);
-    PERFORM pg_advisory_xact_lock({TURNSTILE});
-    {count}
-  ELSE
-    -- In a caller's transaction: a session lock, released however the call ends.
-    BEGIN
-      PERFORM pg_advisory_lock({TURNSTILE});
-      turnstile := true;
-      {count}
-      PERFORM pg_advisory_unlock({TURNSTILE});
-    EXCEPTION WHEN query_canceled OR others THEN
-      IF turnstile THEN
-        PERFORM pg_advisory_unlock({TURNSTILE});
+  END IF;
+  {_in_turn_order(_ranking(start_list, error_list, active_list))}
+  FOR pass IN 1 .. {MAX_PASSES} LOOP
+    n := coalesce(array_length(cands, 1), 0);
+    w := NULL;
+    moved := false;
+    first := 1;
+    FOR i IN 1 .. n LOOP
+      cand := cands[i];
+      IF cand.priority <> cands[first].priority THEN
+        first := i;
       END IF;
-      RAISE;
-    END;
-  END IF;
-  IF channel IS NOT NULL THEN
-    RETURN NEXT;
-  END IF;
+      -- Past a channel another pick holds, only a channel level with it (same priority, as
+      -- few pick-ups): the held one gets its pick first.
+      EXIT WHEN w IS NOT NULL AND (cand.priority <> cands[w].priority
+                                   OR cand.picks > cands[w].picks);
+      bound := CASE WHEN i > first THEN cands[first].picks
+                    WHEN i < n AND cands[i + 1].priority = cand.priority
+                      THEN cands[i + 1].picks END;
+      channel := cand.id;
+      IF bound IS NULL THEN
+        -- Alone at its priority: no turn to take from anyone, so nothing to count or lock
+        -- (picks of one channel run in parallel); a late-comer is raised to it later.
+        ticket := nextval('{EVENT_IDS}');
+        RETURN NEXT;
+        RETURN;
+      END IF;
+      top := (SELECT max(x.picks) FROM unnest(cands[i:n]) x WHERE x.priority = cand.priority);
+      -- Its row, while it is still its turn (a row whose turn has passed is not locked).
+      PERFORM 1 FROM channels c WHERE c.id = cand.id AND c.picks <= bound
+        FOR NO KEY UPDATE SKIP LOCKED;
+      IF FOUND THEN
+        ticket := nextval('{EVENT_IDS}');
+        UPDATE channels SET picks = greatest(picks + 1, top - 1), turn = ticket
+          WHERE id = channel;
+        RETURN NEXT;
+        RETURN;
+      END IF;
+      SELECT c.picks INTO picked FROM channels c WHERE c.id = cand.id;
+      IF picked > bound THEN
+        moved := true;    -- picked since it was read: others first
+      ELSIF NOT p_commit THEN
+        -- Another transaction's. A caller's transaction never waits (it may hold rows of its
+        -- own to its end): it leaves that channel out and reads the turns again.
+        passed := passed || cand.id;
+        moved := true;
+      ELSIF FOUND AND w IS NULL THEN
+        w := i;           -- another pick's, in flight
+      END IF;
+    END LOOP;
+    channel := NULL;
+    IF w IS NOT NULL THEN
+      -- Every channel it may take is another pick's: wait for the first, briefly, and take it
+      -- if that leaves it no further ahead than the others.
+      cand := cands[w];
+      bound := (SELECT min(x.picks) FROM unnest(cands) x
+                WHERE x.priority = cand.priority AND x.id <> cand.id);
+      top := (SELECT max(x.picks) FROM unnest(cands) x WHERE x.priority = cand.priority);
+      PERFORM set_config('lock_timeout', '{WAIT}', true);
+      BEGIN
+        UPDATE channels SET picks = greatest(picks + 1, top - 1), turn = nextval('{EVENT_IDS}')
+          WHERE id = cand.id AND picks <= bound
+          RETURNING id, turn INTO channel, ticket;
+      EXCEPTION WHEN lock_not_available THEN
+        passed := passed || cand.id;     -- held longer than a pick's: left out
+      END;
+      PERFORM set_config('lock_timeout', '{LOCK_TIMEOUT}', true);
+      IF channel IS NOT NULL THEN
+        RETURN NEXT;
+        RETURN;
+      END IF;
+    ELSIF NOT moved THEN
+      EXIT;
+    END IF;
+    {_in_turn_order(_AGAIN)}
+  END LOOP;
 END
 $$"""
 
@@ -337,7 +402,7 @@ BEGIN
     -- Nothing to take: a pick-up gives its count back; the caller (or the next round) picks
     -- again without this channel.
     IF tk IS NOT NULL THEN
-      UPDATE channels SET picks = greatest(picks - 1, 0) WHERE id = ch;
+      UPDATE channels SET picks = greatest(picks - 1, 0) WHERE id = ch AND turn = tk;
     END IF;
     EXIT WHEN p_task IS NOT NULL OR p_channel IS NOT NULL;
     skip := skip || ch;
@@ -381,10 +446,11 @@ $$"""
 
 
 def drop() -> list[str]:
-    """Drop the procedure and both functions (the claim's old signature is
-    ``claim_task_0005.drop``)."""
+    """Drop the procedure, both functions and the candidates' type (the claim's old signature
+    is ``claim_task_0005.drop``)."""
     return [f"DROP PROCEDURE IF EXISTS {NEXT}(text, double precision, timestamptz, boolean,"
             " uuid, taskstatus, taskstatus, uuid, integer, integer)",
             f"DROP FUNCTION IF EXISTS {FUNCTION}(text, double precision, timestamptz, uuid,"
             " boolean, uuid, bigint)",
-            f"DROP FUNCTION IF EXISTS {PICK}(timestamptz, boolean, uuid[])"]
+            f"DROP FUNCTION IF EXISTS {PICK}(timestamptz, boolean, uuid[])",
+            f"DROP TYPE IF EXISTS {CANDIDATE}"]
