@@ -5,10 +5,13 @@ Revises: 0006
 Create Date: 2026-12-04
 
 ``pick_channel`` no longer takes the advisory lock every pick-up queued on. A pick reads the
-channels with work in turn order, then locks the first whose row no other pick holds and
-whose turn has not moved since it was read (a moved turn: read the turns again). Past a
-channel another pick holds it takes only a channel level with that one, else it waits for
-that pick briefly and reads again, so turns stay strict. Tables are unchanged.
+channels with work in turn order, then locks the first whose pick-ups do not exceed the
+fewest of the others at its priority, checked against the committed row in the locking
+statement itself. Past a channel another pick holds it takes only a channel level with that
+one, else it waits for that pick briefly, so turns stay strict. A channel alone with work at
+its priority takes no turn from anyone: its pick-ups are neither counted nor locked. A pick
+that found nothing gives its count back only while it is still the channel's last
+(``claim_task``). A composite type carries the candidates; tables are unchanged.
 """
 
 from collections.abc import Sequence

@@ -6,18 +6,28 @@ an automatic step, an errored task whose retry is due, or a stage handed back by
 worker (taken over in place). A *pick-up* is a claim of a task no worker held. It is made in
 two steps, so that turns are strict without holding claimers back:
 
-1. **``pick_channel``** decides which channel's turn it is. Pick-ups decide one at a time,
-   under an advisory lock (the turnstile), over channels with claimable work: by the priority
-   of their best task, then fewest pick-ups so far (``channels.picks``), then least recently
-   picked (``channels.turn``), then that task's age (two ordered index probes per channel:
-   ``ix_tasks_queued`` and ``ix_tasks_runnable``). A channel at its cap (in the ranking's
-   snapshot) offers only a stage handed back. The decision counts the pick-up on the channel
-   and numbers it from ``task_events``' identity (the number becomes the id of its claim
-   event and the channel's turn). Called on its own (``p_commit``, the workers' hot path),
-   the turnstile is a transaction lock held through the statement's own commit, an
-   asynchronous one: the next decision sees this one, committed, so no ranking is ever
-   stale and no channel waits on another's pick in flight. Inside a caller's transaction
-   (the service layer) it is a session lock released at the end of the call.
+1. **``pick_channel``** decides which channel's turn it is. It reads the channels with
+   claimable work (two ordered index probes per channel: ``ix_tasks_queued`` and
+   ``ix_tasks_runnable``; a channel at its cap, in that snapshot, offers only a stage handed
+   back) in turn order: by the priority of their best task, then fewest pick-ups so far
+   (``channels.picks``), then least recently picked (``channels.turn``), then that task's
+   age. It takes the first channel whose pick-ups do not exceed the fewest of the others at
+   its priority (its *bound*), locking the channel's row with that condition
+   (``FOR NO KEY UPDATE SKIP LOCKED``): the lock and the count are checked in one statement
+   against the committed row, so a turn taken since the read is never taken twice; it then
+   counts the pick-up on the row and numbers it from ``task_events``' identity (the number
+   becomes the id of its claim event and the channel's turn). Pick-ups of different channels
+   decide in parallel, each holding only its own channel's row, until its commit:
+   - a channel whose row another pick holds is passed over only for a channel level with it
+     (same priority, as few pick-ups); otherwise the pick waits for that pick (at most
+     ``WAIT``, then reads the turns again), so no channel gets ahead of one whose pick is in
+     flight. A row held longer is not a pick's (a caller's open transaction): it is left out;
+   - a channel alone with work at its priority takes no turn from anyone: its pick-ups are
+     neither counted nor locked, so they run in parallel (a late-comer at that priority is
+     raised to one below the most pick-ups there);
+   - called on its own (``p_commit``, the workers' hot path) the pick commits
+     asynchronously; inside a caller's transaction (the service layer) it never waits, and
+     the rows it locked stay locked until the caller ends.
 2. **``claim_task``** takes that channel's best task no other claim holds
    (``FOR UPDATE SKIP LOCKED``: several pick-ups of one channel may be in flight at once),
    with a guarded ``UPDATE … WHERE status = :runnable``, a fresh claim token and lease, the
@@ -26,7 +36,8 @@ two steps, so that turns are strict without holding claimers back:
    an old snapshot); at the cap only a handed-back stage, which keeps its slot, can be taken,
    and the claim event then gets its id after the count, so the history replays capacity in
    order. A pick-up that finds nothing to take (the channel emptied or filled meanwhile) gives
-   its count back and returns nothing; the caller picks again without that channel.
+   its count back (while it is still the channel's last) and returns nothing; the caller
+   picks again without that channel.
 
 Workers make a pick-up in one round trip, ``CALL claim_next(…)``: a procedure that commits the
 pick (asynchronously), then claims in a transaction of its own. With ``p_task`` set,
@@ -53,8 +64,8 @@ PICK = "pick_channel"
 NEXT = "claim_next"
 #: Numbers pick-ups: the sequence of ``task_events.id`` (an identity column).
 EVENT_IDS = "task_events_id_seq"
-#: Bounds every lock wait inside the function (the turnstile, a channel, a task row): a claim
-#: that cannot get one fails with ``lock_not_available`` rather than hanging.
+#: Bounds every lock wait inside the functions (a channel, a task row): a claim that cannot
+#: get one fails with ``lock_not_available`` rather than hanging.
 LOCK_TIMEOUT = "30s"
 #: How long a pick waits for another pick's channel row, once per row (then reads the turns
 #: again): a pick holds the row for a statement and an asynchronous commit; a row held
@@ -413,7 +424,7 @@ $$"""
 
 def render_next() -> str:
     """``claim_next``: the workers' pick-up in one round trip. A procedure, so that it can
-    commit the pick (asynchronously, releasing the turnstile) before it claims the task, and
+    commit the pick (asynchronously, releasing its channel's row) before it claims the task, and
     the claim in its own transaction; called on its own (``CALL``, no transaction open)."""
     return f"""CREATE PROCEDURE {NEXT}(
   p_worker text, p_lease_s double precision, p_now timestamptz, p_start boolean,
