@@ -147,6 +147,19 @@ def _ranking(starts: str, errors: str, active: str) -> str:
         WHERE c.is_active AND c.id <> ALL (p_skip)"""
 
 
+def _queued_ranking(active: str) -> str:
+    """``_ranking`` when no task is in ``ix_tasks_runnable``: queued heads only (one probe a
+    channel), channels at their cap left out."""
+    return f"""SELECT c.id, best.priority, best.created_at, c.picks, c.turn
+        FROM channels c
+        CROSS JOIN LATERAL (SELECT t.priority, t.created_at FROM tasks t
+          WHERE t.channel_id = c.id AND t.status = 'queued'
+          ORDER BY t.priority, t.created_at, t.id LIMIT 1) best
+        WHERE c.is_active AND c.id <> ALL (p_skip)
+          AND (c.max_concurrent IS NULL OR c.max_concurrent > (
+            SELECT count(*) FROM tasks a WHERE a.channel_id = c.id AND a.status IN ({active})))"""
+
+
 #: A channel with claimable work, as a pick reads it.
 CANDIDATE = "pick_candidate"
 CANDIDATE_TYPE = (f"CREATE TYPE {CANDIDATE} AS"
@@ -202,6 +215,7 @@ def _one_status(status: str, targets: Targets) -> str:
 
 def render_pick(*, starts: Iterable[str], active: Iterable[str], errors: Iterable[str]) -> str:
     """``pick_channel``, from frozen lifecycle data."""
+    starts, active, errors = list(starts), list(active), list(errors)
     start_list, error_list, active_list = _list(starts), _list(errors), _list(active)
     return f"""CREATE FUNCTION {PICK}(
   p_now timestamptz, p_commit boolean DEFAULT false, p_skip uuid[] DEFAULT '{{}}')
@@ -219,10 +233,13 @@ DECLARE
   w integer;
   moved boolean;
 BEGIN
-  IF p_commit THEN
-    PERFORM set_config('synchronous_commit', 'off', true);
+  -- Tasks other than queued ones wait for a claim rarely (the index of them is mostly empty):
+  -- without any, a channel's best task is its queued head.
+  IF EXISTS (SELECT 1 FROM tasks t WHERE {runnable_predicate(starts, errors, active)}) THEN
+    {_in_turn_order(_ranking(start_list, error_list, active_list))}
+  ELSE
+    {_in_turn_order(_queued_ranking(active_list))}
   END IF;
-  {_in_turn_order(_ranking(start_list, error_list, active_list))}
   FOR pass IN 1 .. {MAX_PASSES} LOOP
     n := coalesce(array_length(cands, 1), 0);
     w := NULL;
@@ -253,6 +270,9 @@ BEGIN
       PERFORM 1 FROM channels c WHERE c.id = cand.id AND c.picks <= bound
         FOR NO KEY UPDATE SKIP LOCKED;
       IF FOUND THEN
+        IF p_commit THEN
+          PERFORM set_config('synchronous_commit', 'off', true);
+        END IF;
         ticket := nextval('{EVENT_IDS}');
         UPDATE channels SET picks = greatest(picks + 1, top - 1), turn = ticket
           WHERE id = channel;
@@ -289,6 +309,9 @@ BEGIN
       END;
       PERFORM set_config('lock_timeout', '{LOCK_TIMEOUT}', true);
       IF channel IS NOT NULL THEN
+        IF p_commit THEN
+          PERFORM set_config('synchronous_commit', 'off', true);
+        END IF;
         RETURN NEXT;
         RETURN;
       END IF;
@@ -441,7 +464,9 @@ BEGIN
   LOOP
     SELECT p.channel, p.ticket INTO ch, tk FROM {PICK}(p_now, true, skip) p;
     EXIT WHEN NOT FOUND;
-    COMMIT;
+    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+      COMMIT;       -- the pick counted: release its channel's row
+    END IF;
     SELECT c.* INTO got FROM {FUNCTION}(p_worker, p_lease_s, p_now, NULL, p_start, ch, tk) c;
     IF FOUND THEN
       task_id := got.task_id; from_status := got.from_status; to_status := got.to_status;
