@@ -174,10 +174,17 @@ _AGAIN = """SELECT c.id, x.priority, x.created_at, c.picks, c.turn
 
 
 def _in_turn_order(source: str) -> str:
-    """``source``'s channels into ``cands``, in turn order."""
+    """``source``'s channels into ``cands``, in turn order; when the first is alone at its
+    priority it is the pick at once (``channel``, numbered in ``ticket``): no turn to take
+    from anyone, decided in the one statement."""
     key = ", ".join(f"s.{part}" for part in _TURN_ORDER.split(", "))
-    return (f"SELECT array_agg(ROW(s.id, s.priority, s.created_at, s.picks)::{CANDIDATE}"
-            f" ORDER BY {key})\n      INTO cands FROM ({source}) s;")
+    alone = ("cardinality(r.cands) = 1 OR (r.cands[2]).priority <> (r.cands[1]).priority")
+    return f"""SELECT r.cands, CASE WHEN {alone} THEN (r.cands[1]).id END,
+             CASE WHEN {alone} THEN nextval('{EVENT_IDS}') END
+      INTO cands, channel, ticket
+      FROM (SELECT array_agg(ROW(s.id, s.priority, s.created_at, s.picks)::{CANDIDATE}
+                             ORDER BY {key}) AS cands
+            FROM ({source}) s) r;"""
 
 
 def _unheld_head(channel: str, active: str) -> str:
@@ -240,6 +247,10 @@ BEGIN
   ELSE
     {_in_turn_order(_queued_ranking(active_list))}
   END IF;
+  IF ticket IS NOT NULL THEN
+    RETURN NEXT;        -- alone at its priority (the common case: one statement)
+    RETURN;
+  END IF;
   FOR pass IN 1 .. {MAX_PASSES} LOOP
     n := coalesce(array_length(cands, 1), 0);
     w := NULL;
@@ -259,8 +270,8 @@ BEGIN
                       THEN cands[i + 1].picks END;
       channel := cand.id;
       IF bound IS NULL THEN
-        -- Alone at its priority: no turn to take from anyone, so nothing to count or lock
-        -- (picks of one channel run in parallel); a late-comer is raised to it later.
+        -- Alone at its priority (behind others' picks in flight): no turn to take from anyone,
+        -- so nothing to count or lock; a late-comer is raised to it later.
         ticket := nextval('{EVENT_IDS}');
         RETURN NEXT;
         RETURN;
@@ -294,7 +305,13 @@ BEGIN
     channel := NULL;
     IF w IS NOT NULL THEN
       -- Every channel it may take is another pick's: wait for the first, briefly, and take it
-      -- if that leaves it no further ahead than the others.
+      -- if that leaves it no further ahead than the others. Never while holding a row: a lock
+      -- whose turn moved as it was taken stays held, and a pick waiting on it would wait in
+      -- turn. Then it ends with no channel, and the caller commits and picks again.
+      IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
+        RETURN NEXT;
+        RETURN;
+      END IF;
       cand := cands[w];
       bound := (SELECT min(x.picks) FROM unnest(cands) x
                 WHERE x.priority = cand.priority AND x.id <> cand.id);
@@ -319,6 +336,10 @@ BEGIN
       EXIT;
     END IF;
     {_in_turn_order(_AGAIN)}
+    IF ticket IS NOT NULL THEN
+      RETURN NEXT;
+      RETURN;
+    END IF;
   END LOOP;
 END
 $$"""
@@ -354,7 +375,7 @@ BEGIN
     IF p_task IS NULL AND p_channel IS NULL THEN
       -- A whole pick-up in the caller's transaction.
       SELECT p.channel, p.ticket INTO ch, tk FROM {PICK}(p_now, false, skip) p;
-      EXIT WHEN NOT FOUND;
+      EXIT WHEN NOT FOUND OR ch IS NULL;
     END IF;
     IF p_task IS NOT NULL THEN
       SELECT c.id, c.max_concurrent, t.id AS task, t.status, t.failed_stage INTO chan
@@ -460,10 +481,17 @@ DECLARE
   ch uuid;
   tk bigint;
   got record;
+  retries integer := 0;
 BEGIN
   LOOP
     SELECT p.channel, p.ticket INTO ch, tk FROM {PICK}(p_now, true, skip) p;
     EXIT WHEN NOT FOUND;
+    IF ch IS NULL THEN
+      COMMIT;       -- a row it held but did not take: let go, then pick again
+      retries := retries + 1;
+      EXIT WHEN retries > {MAX_PASSES};
+      CONTINUE;
+    END IF;
     IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
       COMMIT;       -- the pick counted: release its channel's row
     END IF;
