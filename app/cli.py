@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    channel = sub.add_parser("channel", help="add, list or deactivate YouTube channels")
+    channel = sub.add_parser("channel", help="add, list, change or remove YouTube channels")
     channel_sub = channel.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = channel_sub.add_parser("add", parents=[data], help="add a channel")
     add.add_argument("--channel-id", required=True, help="the YouTube channel id")
@@ -91,6 +91,23 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="stop claiming a channel's tasks")
     off.add_argument("channel_id", metavar="ID", help="the YouTube channel id")
     off.set_defaults(run=admin(channels.deactivate))
+    on = channel_sub.add_parser("activate", parents=[data],
+                                help="claim a deactivated channel's tasks again")
+    on.add_argument("channel_id", metavar="ID", help="the YouTube channel id")
+    on.set_defaults(run=admin(channels.activate))
+    change = channel_sub.add_parser("update", parents=[data],
+                                    help="rename a channel or change its cap")
+    change.add_argument("channel_id", metavar="ID", help="the YouTube channel id")
+    change.add_argument("--name", help="new display name")
+    cap = change.add_mutually_exclusive_group()
+    cap.add_argument("--max-concurrent", type=int, metavar="N",
+                     help="at most N of its tasks in active states at once")
+    cap.add_argument("--no-limit", action="store_true", help="no cap")
+    change.set_defaults(run=admin(channels.update))
+    drop = channel_sub.add_parser("remove", parents=[data],
+                                  help="delete a channel that has no tasks")
+    drop.add_argument("channel_id", metavar="ID", help="the YouTube channel id")
+    drop.set_defaults(run=admin(channels.remove))
 
     imp = sub.add_parser("enqueue", parents=[data], help="import tasks from a JSON or CSV file")
     imp.add_argument("file", metavar="FILE", help="JSON array of objects, or CSV with a header")

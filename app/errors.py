@@ -70,6 +70,16 @@ class ChannelExists(PipelineError):
         super().__init__(f"channel {channel_id!r} already exists")
 
 
+class ChannelHasTasks(PipelineError):
+    """The channel still has tasks: removing it would orphan or cascade them away."""
+
+    def __init__(self, channel_id: str, tasks: int) -> None:
+        self.channel_id = channel_id
+        self.tasks = tasks
+        super().__init__(f"channel {channel_id!r} has {tasks} task(s): tasks are never removed"
+                         " with their channel (deactivate it instead)")
+
+
 class NotionError(PipelineError):
     """The Notion sync could not run."""
 

@@ -21,6 +21,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from app.lifecycle import PriorityLevel, TaskStatus
@@ -182,6 +183,21 @@ class ChannelCreate(_Input):
     channel_name: ChannelName
     max_concurrent: int | None = Field(None, ge=1)
     is_active: bool = True
+
+
+class ChannelUpdate(_Input):
+    """Fields to change; those not given stay (``max_concurrent`` None: no limit)."""
+
+    channel_name: ChannelName | None = None
+    max_concurrent: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _something(self) -> ChannelUpdate:
+        if not self.model_fields_set:
+            raise ValueError("nothing to change")
+        if "channel_name" in self.model_fields_set and self.channel_name is None:
+            raise ValueError("channel_name: a channel keeps a name")
+        return self
 
 
 class ChannelResponse(BaseModel):

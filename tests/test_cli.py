@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
-from app.db.models import Task, TaskEvent
+from app.db.models import Channel, Task, TaskEvent
 from app.lifecycle import STAGE_BY_NAME, TaskStatus
 from app.services import transitions
 from tests import dbtools
@@ -112,6 +112,48 @@ def test_channel_add_list_deactivate(cli: Cli) -> None:
     listing = {c["channel_id"]: c for c in cli("channel", "list", "--json").json()}
     assert listing[cid]["is_active"] is False
     assert_one_line_error(cli("channel", "deactivate", "UCnope"), "'UCnope' not found")
+
+
+async def test_channel_activate_update_remove(cli: Cli) -> None:
+    """A deactivated channel comes back, a cap changes both ways, and a channel is removed only
+    while it has no tasks (never cascaded)."""
+    cid, empty = channel_id(), channel_id()
+    assert cli("channel", "add", "--channel-id", cid, "--name", "Science",
+               "--max-concurrent", "1").code == 0
+    assert cli("channel", "add", "--channel-id", empty, "--name", "Spare").code == 0
+    async with cli.sessions() as session, session.begin():
+        owner = await session.scalar(sa.select(Channel).where(Channel.channel_id == cid))
+        assert owner is not None
+        task = await make_task(session, owner)
+    assert cli("channel", "deactivate", cid).code == 0
+
+    back = cli("channel", "activate", cid, "--json")
+    assert back.code == 0, back
+    assert back.json()["is_active"] is True and back.json()["runnable"] == 1
+    assert "1 task(s) of it can be claimed" in cli("channel", "activate", cid).out
+
+    assert cli("channel", "update", cid, "--max-concurrent", "3", "--json").json()[
+        "max_concurrent"] == 3
+    unlimited = cli("channel", "update", cid, "--no-limit", "--name", "Science II", "--json")
+    assert unlimited.json()["max_concurrent"] is None
+    assert unlimited.json()["channel_name"] == "Science II"
+    listing = {c["channel_id"]: c for c in cli("channel", "list", "--json").json()}
+    assert listing[cid]["max_concurrent"] is None and listing[cid]["is_active"] is True
+    assert_one_line_error(cli("channel", "update", cid), "nothing to change")
+    assert_one_line_error(cli("channel", "update", cid, "--max-concurrent", "0"),
+                          "max_concurrent")
+    assert_one_line_error(cli("channel", "update", cid, "--name", "  "), "channel_name")
+    both = cli("channel", "update", cid, "--max-concurrent", "2", "--no-limit")
+    assert both.code == 2 and "not allowed with argument" in both.err
+    assert_one_line_error(cli("channel", "activate", "UCnope"), "'UCnope' not found")
+
+    assert_one_line_error(cli("channel", "remove", cid), "has 1 task(s)", "deactivate it")
+    assert (await _tasks(cli, id=task.id))[0].channel_id == owner.id
+    gone = cli("channel", "remove", empty, "--json")
+    assert gone.code == 0 and gone.json() == {"channel_id": empty, "removed": True}
+    remaining = {c["channel_id"] for c in cli("channel", "list", "--json").json()}
+    assert empty not in remaining and cid in remaining
+    assert_one_line_error(cli("channel", "remove", empty), "not found")
 
 
 # --- enqueue ------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""``pipeline channel add | list | deactivate``."""
+"""``pipeline channel add | list | activate | deactivate | update | remove``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from app.commands.context import Context
 from app.db import session_scope
 from app.db.models import Channel
 from app.errors import PipelineError
-from app.schemas import ChannelCreate, ChannelResponse, field_errors
+from app.schemas import ChannelCreate, ChannelResponse, ChannelUpdate, field_errors
 from app.services import channels
 
 HEADERS = ("channel_id", "name", "active", "max_concurrent", "created")
@@ -56,4 +56,49 @@ async def deactivate(ctx: Context, args: argparse.Namespace) -> int:
         channel = await channels.deactivate_channel(session, args.channel_id)
     ctx.emit(_json([channel])[0], f"channel {channel.channel_id} deactivated: its queued tasks "
              "wait, running stages finish")
+    return 0
+
+
+async def activate(ctx: Context, args: argparse.Namespace) -> int:
+    async with session_scope(ctx.sessions) as session:
+        channel = await channels.activate_channel(session, args.channel_id)
+        waiting = await channels.runnable_tasks(session, channel)
+    await ctx.wake(waiting)
+    ctx.emit(_json([channel])[0] | {"runnable": waiting},
+             f"channel {channel.channel_id} active: {waiting} task(s) of it can be claimed")
+    return 0
+
+
+async def update(ctx: Context, args: argparse.Namespace) -> int:
+    given: dict[str, object] = {}
+    if args.name is not None:
+        given["channel_name"] = args.name
+    if args.no_limit:
+        given["max_concurrent"] = None
+    elif args.max_concurrent is not None:
+        given["max_concurrent"] = args.max_concurrent
+    if not given:
+        raise BadChannel(f"channel {args.channel_id!r}: nothing to change"
+                         " (give --name, --max-concurrent N or --no-limit)")
+    try:
+        changes = ChannelUpdate(**given)
+    except ValidationError as exc:
+        field, message = field_errors(exc)[0]
+        raise BadChannel(f"channel {args.channel_id!r}: {field}: {message}") from None
+    async with session_scope(ctx.sessions) as session:
+        channel = await channels.update_channel(session, args.channel_id, changes)
+        waiting = await channels.runnable_tasks(session, channel)
+    await ctx.wake(waiting)          # a higher cap (or none) may free slots
+    cap = ("no limit" if channel.max_concurrent is None
+           else f"at most {channel.max_concurrent} task(s) active at once")
+    ctx.emit(_json([channel])[0], f"channel {channel.channel_id} updated: "
+             f"{channel.channel_name!r}, {cap}")
+    return 0
+
+
+async def remove(ctx: Context, args: argparse.Namespace) -> int:
+    async with session_scope(ctx.sessions) as session:
+        await channels.remove_channel(session, args.channel_id)
+    ctx.emit({"channel_id": args.channel_id, "removed": True},
+             f"channel {args.channel_id} removed")
     return 0
