@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import logging
 import sys
-import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -32,11 +31,7 @@ Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 AdminCommand = Callable[[Context, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
-def task_id(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a task id (a UUID): {value!r}") from None
+TASK_HELP = "a task id, a unique prefix of it (8+ hex digits) or the task's Notion page id"
 
 
 def admin(command: AdminCommand) -> Command:
@@ -122,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.set_defaults(run=_sync, loop=False)
 
     approve = sub.add_parser("approve", parents=[data], help="pass the gate a task waits at")
-    approve.add_argument("task_id", type=task_id, metavar="TASK_ID")
+    approve.add_argument("task_id", metavar="TASK", help=TASK_HELP)
     approve.add_argument("--gate", choices=list(GATE_BY_NAME),
                          help="refuse unless the task waits at this gate")
     approve.add_argument("--note", help="recorded in the task's history")
@@ -131,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     errors = [s.value for s in TaskStatus if s in ERROR]
     requeue = sub.add_parser("requeue", parents=[data],
                              help="retry errored tasks at the stage that failed")
-    requeue.add_argument("task_ids", type=task_id, nargs="*", metavar="TASK_ID")
+    requeue.add_argument("task_ids", nargs="*", metavar="TASK", help=TASK_HELP)
     requeue.add_argument("--status", nargs="+", choices=errors, metavar="S",
                          help=f"every task in these error states ({', '.join(errors)})")
     requeue.add_argument("--channel", metavar="C", help="with --status: only this channel")
@@ -143,11 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", parents=[data], help="list tasks, oldest first")
     lst.add_argument("--status", nargs="+", choices=[s.value for s in TaskStatus], metavar="S")
     lst.add_argument("--channel", metavar="C", help="YouTube channel id")
+    lst.add_argument("--search", metavar="TEXT", help="titles containing TEXT (any case)")
+    lst.add_argument("--page-id", metavar="ID", help="the task of this Notion page")
+    lst.add_argument("--sort", choices=["oldest", "newest"], default="oldest",
+                     help="by creation time (oldest)")
     lst.add_argument("--limit", type=int, default=100, metavar="N",
                      help="show at most N tasks (100)")
+    lst.add_argument("--offset", type=int, default=0, metavar="N",
+                     help="skip the first N tasks (for pages)")
     lst.set_defaults(run=admin(tasks.list_))
     show = sub.add_parser("show", parents=[data], help="one task with its event history")
-    show.add_argument("task_id", type=task_id, metavar="TASK_ID")
+    show.add_argument("task_id", metavar="TASK", help=TASK_HELP)
     show.set_defaults(run=admin(tasks.show))
     stats = sub.add_parser("stats", parents=[data],
                            help="counts by status and channel, queue depth, oldest queued age")
@@ -168,11 +169,13 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Argument rules argparse cannot express."""
     if args.command == "requeue":
         if bool(args.task_ids) == bool(args.status):
-            parser.error("requeue: give TASK_IDs or --status S…, not both and not neither")
+            parser.error("requeue: give TASKs or --status S…, not both and not neither")
         if args.channel and not args.status:
             parser.error("requeue: --channel goes with --status")
     if args.command == "list" and args.limit < 1:
         parser.error("list: --limit must be at least 1")
+    if args.command == "list" and args.offset < 0:
+        parser.error("list: --offset must not be negative")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -46,6 +46,25 @@ class TaskNotFound(PipelineError):
         super().__init__(f"task {task_id} not found")
 
 
+class AmbiguousTask(PipelineError):
+    """A task id prefix that more than one task starts with."""
+
+    def __init__(self, ref: str, matches: list[uuid.UUID]) -> None:
+        self.ref = ref
+        self.matches = matches
+        shown = ", ".join(str(m) for m in matches[:3])
+        super().__init__(f"task {ref!r} is ambiguous: {shown}"
+                         f"{', …' if len(matches) > 3 else ''} (give more characters)")
+
+
+class BadTaskRef(PipelineError):
+    """Not a task id, a task id prefix or a Notion page id."""
+
+    def __init__(self, ref: str, why: str) -> None:
+        self.ref = ref
+        super().__init__(f"task {ref!r}: {why}")
+
+
 class ChannelNotFound(PipelineError):
     """No channel has this YouTube channel id."""
 

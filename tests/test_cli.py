@@ -14,6 +14,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -334,7 +335,7 @@ async def test_requeue_refuses_tasks_not_in_error_by_name_and_changes_nothing(cl
                           f"task {missing} not found", "nothing requeued")
     (task,) = await _tasks(cli, id=failed)
     assert task.attempts == 3                               # untouched
-    assert_one_line_error(cli("requeue"), "TASK_IDs or --status")
+    assert_one_line_error(cli("requeue"), "TASKs or --status")
     assert_one_line_error(cli("requeue", "--status", "queued"), "invalid choice")
 
 
@@ -383,6 +384,67 @@ async def test_list_show_stats(cli: Cli) -> None:
     assert cid in human and "oldest queued" in human
     assert_one_line_error(cli("show", str(uuid.uuid4())), "not found")
     assert_one_line_error(cli("list", "--channel", "UCnobody"), "not found")
+
+
+async def test_tasks_are_found_by_prefix_or_page_id(cli: Cli) -> None:
+    """``show``, ``approve`` and ``requeue`` take an id, a unique prefix of it or the Notion page
+    id; an ambiguous or too short prefix is one line naming the problem."""
+    cid = channel_id()
+    twin = uuid.uuid4().hex[:8]
+    first = await _task_in(cli, cid, TaskStatus.assets_ready,
+                           id=uuid.UUID(twin + "0" * 24), title="Twin A")
+    await _task_in(cli, None, TaskStatus.queued, id=uuid.UUID(twin + "f" * 24), title="Twin B")
+    page = page_id()
+    waiting = await _task_in(cli, None, TaskStatus.video_ready, notion_page_id=page)
+    failed = await _failed(cli, "video")
+
+    dashed = f"{page[:8]}-{page[8:12]}-{page[12:16]}-{page[16:20]}-{page[20:]}".upper()
+    for ref in (str(waiting), waiting.hex, page, dashed, str(waiting)[:13]):
+        assert cli("show", ref, "--json").json()["id"] == str(waiting), ref
+    assert cli("show", twin + "0", "--json").json()["id"] == str(first)
+    assert_one_line_error(cli("show", twin), "ambiguous", str(first), "more characters")
+    assert_one_line_error(cli("show", twin[:7]), "at least 8 hex digits")
+    assert_one_line_error(cli("show", "not-a-task"), "hex digits")
+    assert_one_line_error(cli("show", uuid.uuid4().hex[:10]), "not found")
+
+    approved = cli("approve", dashed, "--json")
+    assert approved.code == 0, approved
+    assert approved.json() == {"task_id": str(waiting), "from": "video_ready",
+                               "to": "video_approved"}
+    requeued = cli("requeue", str(failed)[:8 + 1 + 4], "--json")
+    assert requeued.code == 0, requeued
+    assert [t["task_id"] for t in requeued.json()["tasks"]] == [str(failed)]
+    assert (await _tasks(cli, id=failed))[0].retry_at is not None     # due again
+    refused = cli("requeue", str(failed), twin)
+    assert refused.code == 2 and "ambiguous" in refused.err
+
+
+async def test_list_searches_sorts_and_pages(cli: Cli) -> None:
+    cid = channel_id()
+    ids = [await _task_in(cli, cid if n == 0 else None, TaskStatus.queued,
+                          title=f"Volcanoes 100% {n}") for n in range(3)]
+    async with cli.sessions() as session, session.begin():
+        owner = (await _tasks(cli, id=ids[0]))[0].channel_id
+        channel = await session.get(Channel, owner)
+        assert channel is not None
+        later = transitions.utcnow() + timedelta(seconds=1)
+        more = [(await make_task(session, channel, title=f"Deep sea {n}",
+                                 created_at=later + timedelta(seconds=n))).id for n in range(4)]
+    page = (await _tasks(cli, id=more[2]))[0].notion_page_id
+
+    found = cli("list", "--search", "VOLCANOES 100%", "--json").json()
+    assert [t["id"] for t in found] == [str(i) for i in ids]
+    assert cli("list", "--search", "100_", "--json").json() == []     # no wildcards
+    assert [t["id"] for t in cli("list", "--page-id", page.upper(), "--json").json()] == [
+        str(more[2])]
+    newest = cli("list", "--channel", cid, "--sort", "newest", "--json").json()
+    assert [t["id"] for t in newest] == [str(i) for i in [*more[::-1], ids[0]]]
+    pages = [cli("list", "--channel", cid, "--limit", "2", "--offset", str(k), "--json").json()
+             for k in (0, 2, 4)]
+    assert [t["id"] for p in pages for t in p] == [str(i) for i in [ids[0], *more]]
+    text = cli("list", "--channel", cid, "--limit", "2", "--offset", "2").out
+    assert "tasks 3 to 4 shown; --offset 4 for the next page" in text
+    assert cli("list", "--offset", "-1").code == 2
 
 
 # --- configuration ------------------------------------------------------------------------------

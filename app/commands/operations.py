@@ -15,7 +15,7 @@ from app.db import session_scope
 from app.db.models import Task
 from app.errors import PipelineError
 from app.lifecycle import TaskStatus
-from app.services import channels, transitions
+from app.services import channels, tasks, transitions
 from app.services.transitions import RequeuePlan
 
 CHUNK = 200
@@ -28,8 +28,9 @@ class RequeueRefused(PipelineError):
 
 async def approve(ctx: Context, args: argparse.Namespace) -> int:
     async with session_scope(ctx.sessions) as session:
-        before = await transitions.current_status(session, args.task_id)
-        task = await transitions.approve(session, args.task_id, actor=ctx.actor, gate=args.gate,
+        task_id = await tasks.find_task(session, args.task_id)
+        before = await transitions.current_status(session, task_id)
+        task = await transitions.approve(session, task_id, actor=ctx.actor, gate=args.gate,
                                          note=args.note)
     await ctx.wake(1)
     ctx.emit({"task_id": str(task.id), "from": before.value, "to": task.status.value},
@@ -59,7 +60,15 @@ async def _plan(ctx: Context, args: argparse.Namespace) -> tuple[list[RequeuePla
     plans: list[RequeuePlan] = []
     refused: list[str] = []
     async with session_scope(ctx.sessions) as session:
-        ids = args.task_ids or await _ids_by_status(session, args.status, args.channel)
+        if args.task_ids:
+            ids = []
+            for ref in args.task_ids:
+                try:
+                    ids.append(await tasks.find_task(session, ref))
+                except PipelineError as exc:
+                    refused.append(str(exc))
+        else:
+            ids = await _ids_by_status(session, args.status, args.channel)
         for task_id in dict.fromkeys(ids):
             try:
                 plans.append(await transitions.plan_requeue(session, task_id))

@@ -27,7 +27,9 @@ async def list_(ctx: Context, args: argparse.Namespace) -> int:
     statuses = [TaskStatus(s) for s in args.status or []]
     async with session_scope(ctx.sessions) as session:
         found = await tasks.list_tasks(session, statuses=statuses, channel_id=args.channel,
-                                       limit=args.limit + 1)
+                                       search=args.search, page_id=args.page_id,
+                                       newest_first=args.sort == "newest",
+                                       limit=args.limit + 1, offset=args.offset)
         pairs = await session.execute(sa.select(Channel.id, Channel.channel_id))
         names = dict(pairs.tuples().all())
     more = len(found) > args.limit
@@ -38,15 +40,17 @@ async def list_(ctx: Context, args: argparse.Namespace) -> int:
              _when(t.updated_at), t.title) for t in found]
     human = tables.render(LIST_HEADERS, rows) if rows else "no tasks match"
     if more:
-        human += f"\n(the first {args.limit} shown; --limit N for more)"
+        shown = f"{args.offset + 1} to {args.offset + args.limit}"
+        human += (f"\n(tasks {shown} shown; --offset {args.offset + args.limit} for the next"
+                  " page, --limit N for more at once)")
     ctx.emit(data, human)
     return 0
 
 
 async def show(ctx: Context, args: argparse.Namespace) -> int:
     async with session_scope(ctx.sessions) as session:
-        task = await tasks.get_task(session, args.task_id)
-        events = await tasks.history(session, args.task_id)
+        task = await tasks.get_task(session, await tasks.find_task(session, args.task_id))
+        events = await tasks.history(session, task.id)
         channel = await session.get(Channel, task.channel_id)
     assert channel is not None    # tasks.channel_id is a NOT NULL foreign key
     detail = TaskInDB.model_validate(task).model_dump(mode="json")

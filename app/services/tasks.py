@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import statements
 from app.db.models import Task, TaskEvent
-from app.errors import TaskNotFound
+from app.errors import AmbiguousTask, BadTaskRef, TaskNotFound
 from app.lifecycle import TaskStatus
 from app.schemas import TaskCreate
 from app.services import channels, transitions
@@ -78,17 +78,62 @@ async def get_task(session: AsyncSession, task_id: uuid.UUID) -> Task:
     return task
 
 
+#: The shortest task id prefix accepted (8 hex digits: one in four billion ids share one).
+MIN_PREFIX = 8
+_HEX = frozenset("0123456789abcdef")
+
+
+async def find_task(session: AsyncSession, ref: str) -> uuid.UUID:
+    """The task ``ref`` names: its id, a unique prefix of it (8 hex digits or more, dashes
+    allowed), or its Notion page id (with or without dashes). ``TaskNotFound``,
+    ``AmbiguousTask`` or ``BadTaskRef``."""
+    digits = ref.strip().replace("-", "").lower()
+    if not digits or set(digits) - _HEX:
+        raise BadTaskRef(ref, "not a task id, an id prefix or a Notion page id (hex digits)")
+    if len(digits) > 32:
+        raise BadTaskRef(ref, "longer than a task id")
+    if len(digits) < MIN_PREFIX:
+        raise BadTaskRef(ref, f"an id prefix needs at least {MIN_PREFIX} hex digits")
+    if len(digits) == 32:
+        found = set(await session.scalars(sa.select(Task.id).where(sa.or_(
+            Task.id == uuid.UUID(digits), Task.notion_page_id == digits))))
+        if len(found) == 1:
+            return found.pop()
+        if found:
+            raise AmbiguousTask(ref, sorted(found))
+        raise TaskNotFound(ref)
+    # A prefix is a range of the primary key: ids sort as their hex digits do.
+    low, high = uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+    matches = list(await session.scalars(sa.select(Task.id).where(Task.id.between(low, high))
+                                         .order_by(Task.id).limit(4)))
+    if not matches:
+        raise TaskNotFound(ref)
+    if len(matches) > 1:
+        raise AmbiguousTask(ref, matches)
+    return matches[0]
+
+
 async def list_tasks(
     session: AsyncSession, *, statuses: list[TaskStatus] | None = None,
-    channel_id: str | None = None, limit: int | None = None,
+    channel_id: str | None = None, search: str | None = None, page_id: str | None = None,
+    newest_first: bool = False, limit: int | None = None, offset: int = 0,
 ) -> list[Task]:
-    """Tasks oldest first, filtered by status and/or YouTube channel id."""
-    stmt = sa.select(Task).order_by(Task.created_at, Task.id)
+    """Tasks by creation time (oldest first unless ``newest_first``), filtered by status,
+    YouTube channel id, a text in the title (any case) and/or Notion page id."""
+    order = (Task.created_at.desc(), Task.id.desc()) if newest_first else (Task.created_at,
+                                                                          Task.id)
+    stmt = sa.select(Task).order_by(*order)
     if statuses:
         stmt = stmt.where(Task.status.in_(statuses))
     if channel_id is not None:
         channel = await channels.get_channel(session, channel_id)
         stmt = stmt.where(Task.channel_id == channel.id)
+    if search:
+        stmt = stmt.where(Task.title.icontains(search, autoescape=True))
+    if page_id is not None:
+        stmt = stmt.where(Task.notion_page_id == page_id.replace("-", "").strip().lower())
+    if offset:
+        stmt = stmt.offset(offset)
     if limit is not None:
         stmt = stmt.limit(limit)
     return list(await session.scalars(stmt))
