@@ -116,11 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="repeat every NOTION_SYNC_INTERVAL_SECONDS until stopped")
     sync.set_defaults(run=_sync, loop=False)
 
-    approve = sub.add_parser("approve", parents=[data], help="pass the gate a task waits at")
-    approve.add_argument("task_id", metavar="TASK", help=TASK_HELP)
+    approve = sub.add_parser("approve", parents=[data],
+                             help="pass the gate tasks wait at (named, or all at --gate)")
+    approve.add_argument("task_ids", nargs="*", metavar="TASK", help=TASK_HELP)
     approve.add_argument("--gate", choices=list(GATE_BY_NAME),
-                         help="refuse unless the task waits at this gate")
-    approve.add_argument("--note", help="recorded in the task's history")
+                         help="this gate only; without TASKs: every task waiting there")
+    approve.add_argument("--channel", metavar="C",
+                         help="with --gate and no TASKs: only this channel's tasks")
+    approve.add_argument("--note", help="recorded in each task's history")
+    approve.add_argument("--dry-run", action="store_true",
+                         help="print what would be approved and change nothing")
     approve.set_defaults(run=admin(operations.approve))
 
     errors = [s.value for s in TaskStatus if s in ERROR]
@@ -172,6 +177,11 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error("requeue: give TASKs or --status S…, not both and not neither")
         if args.channel and not args.status:
             parser.error("requeue: --channel goes with --status")
+    if args.command == "approve":
+        if not args.task_ids and not args.gate:
+            parser.error("approve: give TASKs, or --gate G for every task waiting there")
+        if args.channel and (args.task_ids or not args.gate):
+            parser.error("approve: --channel goes with --gate and no TASKs")
     if args.command == "list" and args.limit < 1:
         parser.error("list: --limit must be at least 1")
     if args.command == "list" and args.offset < 0:

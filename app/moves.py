@@ -25,9 +25,11 @@ from app.lifecycle import (
     AUTOMATIC,
     ERROR,
     GATE_BY_WAITING,
+    GATES,
     STAGE_BY_ACTIVE,
     STAGE_BY_NAME,
     STAGES,
+    Gate,
     Stage,
     TaskStatus,
 )
@@ -105,6 +107,35 @@ def resume_stage(error: TaskStatus, failed_stage: str | None) -> Stage:
     if stage is not None and stage.error is error:
         return stage
     return next(st for st in STAGES if st.error is error)
+
+
+def stages_done(status: TaskStatus, failed_stage: str | None) -> int:
+    """How many stages, in pipeline order, lie behind a task in ``status``: 0 before the first
+    stage ends; an errored task is behind the stage its retry runs."""
+    if status in ERROR:
+        return STAGES.index(resume_stage(status, failed_stage))
+    for index, stage in enumerate(STAGES):
+        if status is stage.active:
+            return index
+        if status is stage.done:
+            return index + 1
+    for gate in GATES:
+        if status in (gate.waiting, gate.approved):
+            return _gate_after(gate) + 1
+    return 0
+
+
+def _gate_after(gate: Gate) -> int:
+    """The index of the stage a gate reviews (its waiting state follows that stage's end)."""
+    done = {AUTOMATIC.get(st.done, st.done): i for i, st in enumerate(STAGES)}
+    return done[gate.waiting]
+
+
+def past_gate(status: TaskStatus, failed_stage: str | None, gate: Gate) -> bool:
+    """Whether a task in ``status`` has passed ``gate`` (approved there, or beyond it)."""
+    reviewed = _gate_after(gate)
+    before = {gate.waiting, STAGES[reviewed].done}
+    return stages_done(status, failed_stage) > reviewed and status not in before
 
 
 def error_line(current: TaskStatus, target: TaskStatus, note: str | None, now: datetime) -> str:

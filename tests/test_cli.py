@@ -290,17 +290,58 @@ async def _failed(cli: Cli, stage: str, channel: str | None = None) -> uuid.UUID
 
 async def test_approve(cli: Cli) -> None:
     task_id = await _task_in(cli, None, TaskStatus.video_ready)
-    wrong = cli("approve", str(task_id), "--gate", "assets")
-    assert_one_line_error(wrong, "not waiting at assets_ready")
+    wrong = cli("approve", str(task_id), "--gate", "audio")
+    assert_one_line_error(wrong, "not waiting at audio_ready")
+    passed = cli("approve", str(task_id), "--gate", "assets", "--json")
+    assert passed.code == 0 and passed.json()["already_approved"][0]["gate"] == "assets"
     ok = cli("approve", str(task_id), "--gate", "video", "--note", "looks good", "--json")
     assert ok.code == 0, ok
     assert ok.json() == {"task_id": str(task_id), "from": "video_ready", "to": "video_approved"}
     last = (await _events(cli, task_id))[-1]
     assert (last.to_status, last.note) == (TaskStatus.video_approved, "looks good")
     assert last.actor.startswith("cli")
+    again = cli("approve", str(task_id), "--gate", "video")       # a script re-run
+    assert again.code == 0 and "already past their gate" in again.out
+    assert len(await _events(cli, task_id)) == 1
     assert_one_line_error(cli("approve", str(task_id)), "not waiting at a review gate")
     assert_one_line_error(cli("approve", str(uuid.uuid4())), "not found")
     assert_one_line_error(cli("approve", "nonsense"), "not a task id")
+    assert cli("approve").code == 2 and cli("approve", "--channel", "UCx").code == 2
+
+
+async def test_bulk_approve_by_gate_and_channel(cli: Cli) -> None:
+    """Every task at a gate (of one channel), previewed, then approved; re-running reports the
+    tasks already past it; a task short of the gate among named ones is refused, the rest
+    pass."""
+    cid = channel_id()
+    async with cli.sessions() as session, session.begin():
+        mine = await make_channel(session, channel_id=cid)
+        other = await make_channel(session)
+        at_gate = [(await make_task(session, mine, TaskStatus.assets_ready)).id for _ in range(3)]
+        elsewhere = (await make_task(session, other, TaskStatus.assets_ready)).id
+        short = (await make_task(session, mine, TaskStatus.generating_assets)).id
+
+    preview = cli("approve", "--gate", "assets", "--channel", cid, "--dry-run", "--json")
+    assert preview.code == 0, preview
+    assert {t["task_id"] for t in preview.json()["approved"]} == {str(t) for t in at_gate}
+    assert {t.status for t in await _tasks(cli, channel_id=mine.id)} == {
+        TaskStatus.assets_ready, TaskStatus.generating_assets}
+
+    done = cli("approve", "--gate", "assets", "--channel", cid, "--note", "batch")
+    assert done.code == 0, done
+    assert "3 task(s) approved, 0 already past their gate, 0 refused" in done.out
+    for task_id in at_gate:
+        assert (await _tasks(cli, id=task_id))[0].status is TaskStatus.assets_approved
+        assert (await _events(cli, task_id))[-1].note == "batch"
+    assert (await _tasks(cli, id=elsewhere))[0].status is TaskStatus.assets_ready
+
+    rerun = cli("approve", *map(str, at_gate), "--gate", "assets", "--json")
+    assert rerun.code == 0 and len(rerun.json()["already_approved"]) == 3
+    mixed = cli("approve", str(elsewhere), str(short), "--json")
+    assert mixed.code == 2
+    assert [t["task_id"] for t in mixed.json()["approved"]] == [str(elsewhere)]
+    assert mixed.json()["refused"] and "generating_assets" in mixed.err
+    assert (await _tasks(cli, id=short))[0].status is TaskStatus.generating_assets
 
 
 async def test_requeue_dry_run_changes_nothing_then_requeue_records_reason(cli: Cli) -> None:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app import lifecycle, moves
-from app.lifecycle import STAGES, TaskStatus
+from app.lifecycle import GATES, STAGES, TaskStatus
 from app.moves import AppendLine, Claim, MergeArtifact
 
 S = TaskStatus
@@ -124,3 +124,28 @@ def test_automatic_steps_follow_the_table_and_the_auto_approved_gates() -> None:
     assert moves.automatic_step(S.video_ready, frozenset()) is None
     step = moves.automatic_step(S.video_ready, frozenset({"video"}))
     assert step == moves.Step(S.video_approved, "video auto-approved", True)
+
+
+@pytest.mark.parametrize(("status", "failed", "passed"), [
+    (S.queued, None, set()),
+    (S.generating_assets, None, set()),
+    (S.assets_ready, None, set()),
+    (S.asset_error, "assets", set()),
+    (S.assets_approved, None, {"assets"}),
+    (S.asset_error, "composites", {"assets"}),
+    (S.generating_composites, None, {"assets"}),
+    (S.video_ready, None, {"assets"}),
+    (S.video_error, "video", {"assets"}),
+    (S.video_approved, None, {"assets", "video"}),
+    (S.audio_ready, None, {"assets", "video"}),
+    (S.audio_error, "sfx", {"assets", "video", "audio"}),
+    (S.assembly_ready, None, {"assets", "video", "audio"}),
+    (S.video_error, "assembly", {"assets", "video", "audio"}),
+    (S.final_review, None, {"assets", "video", "audio"}),
+    (S.approved, None, {"assets", "video", "audio", "final"}),
+    (S.upload_error, "upload", {"assets", "video", "audio", "final"}),
+    (S.published, None, {"assets", "video", "audio", "final"}),
+])
+def test_which_gates_a_task_has_passed(status: TaskStatus, failed: str | None,
+                                       passed: set[str]) -> None:
+    assert {g.name for g in GATES if moves.past_gate(status, failed, g)} == passed

@@ -16,26 +16,98 @@ from app.db.models import Task
 from app.errors import PipelineError
 from app.lifecycle import TaskStatus
 from app.services import channels, tasks, transitions
-from app.services.transitions import RequeuePlan
+from app.services.transitions import ApprovalPlan, RequeuePlan
 
 CHUNK = 200
 PLAN_HEADERS = ("id", "status", "failed stage", "resumes at", "title")
+APPROVAL_HEADERS = ("id", "status", "gate", "outcome", "title")
 
 
 class RequeueRefused(PipelineError):
     """Some tasks cannot be requeued."""
 
 
+class ApprovalRefused(PipelineError):
+    """The task cannot be approved."""
+
+
 async def approve(ctx: Context, args: argparse.Namespace) -> int:
+    """One task (its JSON: ``task_id``, ``from``, ``to``), or many: the TASKs given or every
+    task at ``--gate`` (of ``--channel``). A task already past the gate is reported, not an
+    error; one short of it is refused and the others go on (exit 2)."""
+    plans, refused = await _approval_plans(ctx, args)
+    single = len(args.task_ids) == 1 and not args.dry_run
+    if single and not refused and not plans[0].already:
+        plan = plans[0]
+        async with session_scope(ctx.sessions) as session:
+            task = await transitions.approve(session, plan.task_id, actor=ctx.actor,
+                                             gate=args.gate, note=args.note)
+        await ctx.wake(1)
+        ctx.emit({"task_id": str(task.id), "from": plan.status.value, "to": task.status.value},
+                 f"task {task.id}: {plan.status.value} → {task.status.value}")
+        return 0
+    if single and refused:
+        raise ApprovalRefused(refused[0])
+    to_pass = [p for p in plans if not p.already]
+    done: list[ApprovalPlan] = []
+    skipped: list[str] = []
+    if not args.dry_run and to_pass:
+        async def step(session: AsyncSession, plan: ApprovalPlan) -> ApprovalPlan:
+            await transitions.approve(session, plan.task_id, actor=ctx.actor,
+                                      gate=plan.gate.name, note=args.note)
+            return plan
+
+        outcomes = await ctx.each(to_pass, step, label="approve", chunk=CHUNK)
+        done = [p for _, p in outcomes if not isinstance(p, PipelineError)]
+        skipped = [str(e) for _, e in outcomes if isinstance(e, PipelineError)]
+        await ctx.wake(len(done))
+    for message in [*refused, *(f"skipped: {m}" for m in skipped)]:
+        print(f"pipeline: {message}", file=sys.stderr)
+    _print_approvals(ctx, to_pass if args.dry_run else done,
+                     [p for p in plans if p.already], refused + skipped, dry_run=args.dry_run)
+    return 2 if refused or skipped else 0
+
+
+async def _approval_plans(ctx: Context, args: argparse.Namespace) -> tuple[
+        list[ApprovalPlan], list[str]]:
+    plans: list[ApprovalPlan] = []
+    refused: list[str] = []
     async with session_scope(ctx.sessions) as session:
-        task_id = await tasks.find_task(session, args.task_id)
-        before = await transitions.current_status(session, task_id)
-        task = await transitions.approve(session, task_id, actor=ctx.actor, gate=args.gate,
-                                         note=args.note)
-    await ctx.wake(1)
-    ctx.emit({"task_id": str(task.id), "from": before.value, "to": task.status.value},
-             f"task {task.id}: {before.value} → {task.status.value}")
-    return 0
+        if args.task_ids:
+            ids = []
+            for ref in args.task_ids:
+                try:
+                    ids.append(await tasks.find_task(session, ref))
+                except PipelineError as exc:
+                    refused.append(str(exc))
+        else:
+            channel = (await channels.get_channel(session, args.channel)).id \
+                if args.channel else None
+            ids = await transitions.waiting_at_gate(session, args.gate, channel)
+        for task_id in dict.fromkeys(ids):
+            try:
+                plans.append(await transitions.plan_approval(session, task_id, gate=args.gate))
+            except PipelineError as exc:
+                refused.append(str(exc))
+    return plans, refused
+
+
+def _print_approvals(ctx: Context, passed: list[ApprovalPlan], already: list[ApprovalPlan],
+                     refused: list[str], *, dry_run: bool) -> None:
+    def item(p: ApprovalPlan) -> dict[str, str]:
+        return {"task_id": str(p.task_id), "title": p.title, "status": p.status.value,
+                "gate": p.gate.name}
+
+    data = {"dry_run": dry_run, "approved": [item(p) for p in passed],
+            "already_approved": [item(p) for p in already], "refused": refused}
+    rows = [(p.task_id, p.status.value, p.gate.name,
+             "already past it" if p.already else ("would pass" if dry_run else "passed"),
+             p.title) for p in [*passed, *already]]
+    verb = "would be approved" if dry_run else "approved"
+    verdict = (f"{len(passed)} task(s) {verb}, {len(already)} already past their gate, "
+               f"{len(refused)} refused" + ("; nothing changed" if dry_run else ""))
+    table = tables.render(APPROVAL_HEADERS, rows) + "\n" if rows else ""
+    ctx.emit(data, table + verdict)
 
 
 async def requeue(ctx: Context, args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from app import lifecycle, moves
 from app.db import statements
 from app.db.models import Task
 from app.errors import InvalidTransition, TaskNotFound, miss_error
-from app.lifecycle import ERROR, GATE_BY_NAME, GATE_BY_WAITING, Stage, TaskStatus
+from app.lifecycle import ERROR, GATE_BY_NAME, GATE_BY_WAITING, Gate, Stage, TaskStatus
 from app.moves import Move
 
 utcnow = moves.utcnow
@@ -98,6 +98,47 @@ async def approve(
                                 reason=f"is {status.value}, not waiting at {wanted}")
     return await transition(session, task_id, waiting_at.approved, actor=actor,
                             note=note or f"{waiting_at.name} approved", expected=status)
+
+
+@dataclass(frozen=True)
+class ApprovalPlan:
+    """What approving one task does: pass ``gate``, or nothing when it is already past it."""
+
+    task_id: uuid.UUID
+    title: str
+    status: TaskStatus
+    gate: Gate
+    already: bool
+
+
+async def plan_approval(session: AsyncSession, task_id: uuid.UUID, *,
+                        gate: str | None = None) -> ApprovalPlan:
+    """The approval of one task, without changing anything: the gate it waits at (``gate``
+    optionally names which one), or, when ``gate`` is given and the task is past it, a plan
+    that does nothing (scripts can re-run). Refuses a task short of the gate."""
+    task = await session.get(Task, task_id, populate_existing=True)
+    if task is None:
+        raise TaskNotFound(task_id)
+    waiting_at = GATE_BY_WAITING.get(task.status)
+    if waiting_at is not None and (gate is None or waiting_at.name == gate):
+        return ApprovalPlan(task.id, task.title, task.status, waiting_at, already=False)
+    named = GATE_BY_NAME.get(gate or "")
+    if named is not None and moves.past_gate(task.status, task.failed_stage, named):
+        return ApprovalPlan(task.id, task.title, task.status, named, already=True)
+    wanted = named.waiting.value if named else "a review gate"
+    raise InvalidTransition(task_id, task.status,
+                            waiting_at.approved if waiting_at else task.status,
+                            reason=f"is {task.status.value}, not waiting at {wanted}")
+
+
+async def waiting_at_gate(session: AsyncSession, gate: str,
+                          channel_id: uuid.UUID | None = None) -> list[uuid.UUID]:
+    """The tasks waiting at ``gate`` (of one channel), oldest first."""
+    stmt = (sa.select(Task.id).where(Task.status == GATE_BY_NAME[gate].waiting)
+            .order_by(Task.created_at, Task.id))
+    if channel_id is not None:
+        stmt = stmt.where(Task.channel_id == channel_id)
+    return list(await session.scalars(stmt))
 
 
 @dataclass(frozen=True)
