@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from importlib import metadata
 from typing import Any
 
 from pydantic import ValidationError
@@ -66,8 +69,16 @@ async def _sync(args: argparse.Namespace) -> int:
     return await command.run(get_settings(), loop=args.loop, as_json=args.json)
 
 
+def _version() -> str:
+    try:
+        return metadata.version("pipeline-queue")
+    except metadata.PackageNotFoundError:      # run from a source tree, not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"pipeline {_version()}")
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -205,7 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pipeline: configuration: {problems}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(command(args))
+        code = asyncio.run(command(args))
+        sys.stdout.flush()              # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:             # `pipeline list | head`: the reader has what it wants
+        _quiet_stdout()
+        return 128 + signal.SIGPIPE
     except (PipelineError, EmbeddedError) as exc:
         print(f"pipeline: {exc}", file=sys.stderr)
         return 2
@@ -214,6 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises nothing more."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _unreachable(exc: BaseException) -> str:

@@ -497,6 +497,17 @@ async def test_unmigrated_database_is_refused_with_the_fix(cli: Cli, pg_server_u
     assert_one_line_error(result, "alembic upgrade head")
 
 
+def test_version_and_a_closed_pipe(cli: Cli) -> None:
+    """``--version`` names the release; a reader that closes the pipe early (``| head``) ends
+    the command quietly, never with "connection failed"."""
+    version = cli("--version")
+    assert version.code == 0 and version.out.startswith("pipeline ")
+    env = os.environ | {"DATABASE_URL": cli.url, "REDIS_URL": cli.redis_url}
+    done = subprocess.run(["sh", "-c", f'"{PIPELINE}" list --limit 1000 | true'], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.stderr == "", done.stderr
+
+
 def test_bad_setting_is_one_line(cli: Cli) -> None:
     assert_one_line_error(cli("stats", env={"LEASE_SECONDS": "soon"}), "LEASE_SECONDS")
 
