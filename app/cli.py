@@ -116,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     drop.set_defaults(run=admin(channels.remove))
 
     imp = sub.add_parser("enqueue", parents=[data], help="import tasks from a JSON or CSV file")
-    imp.add_argument("file", metavar="FILE", help="JSON array of objects, or CSV with a header")
+    imp.add_argument("file", metavar="FILE",
+                     help="JSON array of objects, or CSV with a header; - reads standard input")
+    imp.add_argument("--ignore-extra-columns", action="store_true",
+                     help="drop columns (or JSON keys) that are not task fields, with a warning")
     imp.set_defaults(run=admin(enqueue.run))
 
     sync = sub.add_parser("sync-notion", parents=[data],

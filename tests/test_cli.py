@@ -52,11 +52,12 @@ class Cli:
     queue: str
     sessions: Sessions
 
-    def __call__(self, *args: str, env: dict[str, str] | None = None) -> Result:
+    def __call__(self, *args: str, env: dict[str, str] | None = None,
+                 stdin: str | None = None) -> Result:
         full = os.environ | {"DATABASE_URL": self.url, "REDIS_URL": self.redis_url,
                              "QUEUE_NAME": self.queue} | (env or {})
         done = subprocess.run([str(PIPELINE), *args], env=full, capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=120, input=stdin)
         return Result(done.returncode, done.stdout, done.stderr)
 
 
@@ -240,6 +241,33 @@ async def test_enqueue_json_queues_a_draft_and_wakes_workers(cli: Cli, tmp_path:
     assert task.status is TaskStatus.queued
     assert [e.to_status for e in await _events(cli, task.id)] == [TaskStatus.draft,
                                                                   TaskStatus.queued]
+
+
+async def test_enqueue_reads_stdin_and_drops_extra_columns_when_asked(cli: Cli) -> None:
+    """``enqueue -`` reads standard input; a spreadsheet export's extra columns are refused
+    unless ``--ignore-extra-columns``, which names what it dropped; a null priority is the
+    default one."""
+    cid = channel_id()
+    assert cli("channel", "add", "--channel-id", cid, "--name", "Exports").code == 0
+    pages = [page_id() for _ in range(3)]
+    export = (f"notion_page_id,title,channel,Created by,Tags\n"
+              f"{pages[0]},From a sheet,{cid},Ana,space\n")
+    assert_one_line_error(cli("enqueue", "-", stdin=export), "unknown CSV column(s) Created by",
+                          "--ignore-extra-columns", "nothing imported")
+    taken = cli("enqueue", "-", "--ignore-extra-columns", "--json", stdin=export)
+    assert taken.code == 0, taken
+    assert taken.json()["created"] == 1 and "ignored column(s): Created by, Tags" in taken.err
+    doc = json.dumps([{"notion_page_id": pages[1], "title": "Null priority", "channel": cid,
+                       "priority": None, "owner": "x"},
+                      {"notion_page_id": pages[2], "title": "High", "channel": cid,
+                       "priority": "HIGH"}])
+    assert "owner" in cli("enqueue", "-", stdin=doc).err
+    loaded = cli("enqueue", "-", "--ignore-extra-columns", "--json", stdin=doc)
+    assert loaded.code == 0, loaded
+    by_page = {t.notion_page_id: t for t in await _tasks(cli)}
+    assert by_page[pages[1]].priority.value == "normal"
+    assert by_page[pages[2]].priority.value == "high"
+    assert by_page[pages[0]].title == "From a sheet"
 
 
 def test_enqueue_refuses_unreadable_files(cli: Cli, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.commands import rows, tables
 from app.commands.batches import Stopped
-from app.commands.context import Context
+from app.commands.context import Context, warn
 from app.db import session_scope
 from app.db.models import Channel
 from app.errors import ChannelInactive, ChannelNotFound, InvalidTransition, PipelineError
@@ -127,9 +127,16 @@ def _first_rows(found: list[rows.Row]) -> dict[str, int]:
 
 async def run(ctx: Context, args: argparse.Namespace) -> int:
     try:
-        found = rows.read(Path(args.file))
+        if args.file == "-":
+            parsed = rows.parse("<stdin>", sys.stdin.buffer.read(),
+                                ignore_extra=args.ignore_extra_columns)
+        else:
+            parsed = rows.read(Path(args.file), ignore_extra=args.ignore_extra_columns)
     except rows.BadFile as exc:
         raise rows.BadFile(f"{exc}; nothing imported") from None
+    if parsed.ignored:
+        warn(f"ignored column(s): {', '.join(parsed.ignored)}")
+    found = parsed.rows
     async with session_scope(ctx.sessions) as session:
         active = dict((await session.execute(
             sa.select(Channel.channel_id, Channel.is_active))).tuples().all())

@@ -45,17 +45,32 @@ class Row:
     problems: tuple[tuple[str, str], ...] = ()
 
 
-def read(path: Path) -> list[Row]:
-    """The file's rows as dictionaries; JSON by content (``[`` or ``{``), else CSV."""
+def read(path: Path, *, ignore_extra: bool = False) -> Parsed:
+    """The file's rows as dictionaries (see ``parse``)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise BadFile(f"{path}: {exc.strerror or exc}") from None
+    return parse(str(path), raw, ignore_extra=ignore_extra)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    rows: list[Row]
+    #: Columns (CSV) or keys (JSON) that are not task fields, dropped by ``ignore_extra``.
+    ignored: tuple[str, ...] = ()
+
+
+def parse(name: str, raw: bytes, *, ignore_extra: bool = False) -> Parsed:
+    """Rows from a file's bytes (``name`` in messages): JSON by content (``[`` or ``{``), else
+    CSV. A null JSON value counts as absent (its default applies). ``ignore_extra`` drops
+    columns and keys that are not task fields (a CSV exported from Notion or a spreadsheet)
+    instead of refusing them."""
     # Undecodable bytes are kept as lone surrogates, so a CSV can name the rows they are on.
     text = raw.removeprefix(codecs.BOM_UTF8).decode("utf-8", "surrogateescape")
     if text.lstrip().startswith(("[", "{")):
-        return _json_rows(path, text)
-    return _csv_rows(path, text)
+        return _json_rows(name, text, ignore_extra)
+    return _csv_rows(name, text, ignore_extra)
 
 
 def _undecodable(value: str) -> str | None:
@@ -67,7 +82,7 @@ def _undecodable(value: str) -> str | None:
             f"at character {found.start() + 1})")
 
 
-def _json_rows(path: Path, text: str) -> list[Row]:
+def _json_rows(path: str, text: str, ignore_extra: bool) -> Parsed:
     if found := _UNDECODABLE.search(text):
         line = text.count("\n", 0, found.start()) + 1
         raise BadFile(f"{path}: not UTF-8 text (line {line}: byte "
@@ -82,23 +97,28 @@ def _json_rows(path: Path, text: str) -> list[Row]:
         raise BadFile(f"{path}: invalid JSON: {str(exc).split(':')[0]}") from None
     if not isinstance(data, list):
         raise BadFile(f"{path}: expected a JSON array of task objects")
-    return [Row(n, item) if isinstance(item, dict)
-            else Row(n, {}, (("row", f"expected an object, got {type(item).__name__}"),))
-            for n, item in enumerate(data, start=1)]
+    ignored = ({key for item in data if isinstance(item, dict) for key in item} - COLUMNS
+               if ignore_extra else set())
+    return Parsed([Row(n, {k: v for k, v in item.items() if v is not None and k not in ignored})
+                   if isinstance(item, dict)
+                   else Row(n, {}, (("row", f"expected an object, got {type(item).__name__}"),))
+                   for n, item in enumerate(data, start=1)], tuple(sorted(ignored)))
 
 
-def _csv_rows(path: Path, text: str) -> list[Row]:
+def _csv_rows(path: str, text: str, ignore_extra: bool) -> Parsed:
     with _field_size_limit(len(text) + 1):
         reader = csv.DictReader(io.StringIO(text, newline=""), restkey=_EXTRA)
         try:
-            header = _header(path, list(reader.fieldnames or []))
+            header = _header(path, list(reader.fieldnames or []), ignore_extra)
             reader.fieldnames = header
-            return [_csv_row(n, raw, header) for n, raw in enumerate(reader, start=1)]
+            ignored = tuple(dict.fromkeys(name for name in header if name not in COLUMNS))
+            return Parsed([_csv_row(n, raw, header) for n, raw in enumerate(reader, start=1)],
+                          ignored)
         except csv.Error as exc:
             raise BadFile(f"{path}: line {reader.line_num}: {exc}") from None
 
 
-def _header(path: Path, names: list[str]) -> list[str]:
+def _header(path: str, names: list[str], ignore_extra: bool) -> list[str]:
     header = [name.strip() for name in names]
     if not header:
         raise BadFile(f"{path}: empty file (expected a CSV header or a JSON array)")
@@ -107,10 +127,11 @@ def _header(path: Path, names: list[str]) -> list[str]:
             raise BadFile(f"{path}: CSV header: {why}")
     unknown = [name if name.isprintable() else repr(name)
                for name in header if name not in COLUMNS]
-    if unknown:
+    if unknown and not ignore_extra:
         raise BadFile(f"{path}: unknown CSV column(s) {', '.join(unknown)}; "
-                      f"known: {', '.join(sorted(COLUMNS))}")
-    twice = sorted({name for name in header if header.count(name) > 1})
+                      f"known: {', '.join(sorted(COLUMNS))} (--ignore-extra-columns drops"
+                      " the others)")
+    twice = sorted({name for name in header if header.count(name) > 1 and name in COLUMNS})
     if twice:
         raise BadFile(f"{path}: CSV header names {', '.join(twice)} more than once")
     missing = sorted(REQUIRED - set(header))
@@ -124,7 +145,7 @@ def _csv_row(number: int, raw: dict[str, Any], header: list[str]) -> Row:
     if extra:
         cells = f"{len(header) + len(extra)} cells for {len(header)} columns"
         return Row(number, {}, (("row", cells),))
-    fields = {k: v for k, v in raw.items() if v not in (None, "")}
+    fields = {k: v for k, v in raw.items() if v not in (None, "") and k in COLUMNS}
     problems = tuple((name, why) for name, value in fields.items()
                      if (why := _undecodable(value)))
     return Row(number, fields, problems)
