@@ -516,6 +516,22 @@ async def test_list_searches_sorts_and_pages(cli: Cli) -> None:
     assert cli("list", "--offset", "-1").code == 2
 
 
+async def test_stats_separates_retries_from_errors_that_need_a_person(cli: Cli) -> None:
+    before = cli("stats", "--json").json()["errors"]
+    soon = transitions.utcnow() + timedelta(minutes=5)
+    retrying = await _task_in(cli, None, TaskStatus.video_error, retry_at=soon, attempts=1)
+    await _task_in(cli, None, TaskStatus.upload_error, attempts=3)        # no retry left
+    after = cli("stats", "--json").json()["errors"]
+    assert after["retrying"] == before["retrying"] + 1
+    assert after["out_of_attempts"] == before["out_of_attempts"] + 1
+    assert after["next_retry_at"] is not None
+    human = cli("stats").out
+    assert "retrying" in human and "waiting for a person (pipeline requeue)" in human
+    shown = cli("list", "--status", "video_error").out
+    line = next(row for row in shown.splitlines() if row.startswith(str(retrying)))
+    assert f"{soon:%Y-%m-%d %H:%M}" in line
+
+
 # --- configuration ------------------------------------------------------------------------------
 
 

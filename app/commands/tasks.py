@@ -16,7 +16,8 @@ from app.lifecycle import TaskStatus
 from app.schemas import TaskEventResponse, TaskInDB
 from app.services import stats, tasks, transitions
 
-LIST_HEADERS = ("id", "channel", "status", "priority", "attempts", "updated", "title")
+LIST_HEADERS = ("id", "channel", "status", "priority", "attempts", "retry at", "updated",
+                "title")
 
 
 def _when(value: datetime | None) -> str | None:
@@ -37,7 +38,7 @@ async def list_(ctx: Context, args: argparse.Namespace) -> int:
     data = [{**TaskInDB.model_validate(t).model_dump(mode="json"), "channel": names[t.channel_id]}
             for t in found]
     rows = [(t.id, names[t.channel_id], t.status.value, t.priority.value, t.attempts,
-             _when(t.updated_at), t.title) for t in found]
+             _when(t.retry_at), _when(t.updated_at), t.title) for t in found]
     human = tables.render(LIST_HEADERS, rows) if rows else "no tasks match"
     if more:
         shown = f"{args.offset + 1} to {args.offset + args.limit}"
@@ -87,6 +88,18 @@ def _show_text(task: Task, channel: str, events: list[TaskEvent]) -> str:
     return "\n".join(lines)
 
 
+def _errors_line(found: stats.Stats, now: datetime) -> str:
+    """Errors the workers will retry (and when the next is due) apart from those that need a
+    person."""
+    retry = ""
+    if found.next_retry_at is not None:
+        wait = (found.next_retry_at - now).total_seconds()
+        retry = " (next due now)" if wait <= 0 else f" (next in {wait:,.0f}s)"
+    person = (f"{found.out_of_attempts} out of attempts, waiting for a person"
+              " (pipeline requeue)" if found.out_of_attempts else "0 out of attempts")
+    return f"errors: {found.retrying} retrying{retry}, {person}"
+
+
 async def stats_(ctx: Context, args: argparse.Namespace) -> int:
     now = transitions.utcnow()
     async with session_scope(ctx.sessions) as session:
@@ -98,7 +111,11 @@ async def stats_(ctx: Context, args: argparse.Namespace) -> int:
             "by_channel": {c: {s.value: n for (ch, s), n in found.counts.items() if ch == c}
                            for c in channels},
             "runnable": found.runnable, "blocked": dict(found.blocked),
-            "queued": found.queued, "oldest_queued_age_seconds": oldest_s}
+            "queued": found.queued, "oldest_queued_age_seconds": oldest_s,
+            "errors": {"retrying": found.retrying,
+                       "next_retry_at": found.next_retry_at.isoformat()
+                       if found.next_retry_at else None,
+                       "out_of_attempts": found.out_of_attempts}}
     present = [s for s in TaskStatus if s in by_status]
     rows = [(s.value, *(found.counts.get((c, s), 0) for c in channels), by_status[s])
             for s in present]
@@ -107,6 +124,7 @@ async def stats_(ctx: Context, args: argparse.Namespace) -> int:
     human = "\n".join([
         tables.render(("status", *channels, "total"), rows) if rows else "no tasks",
         "", f"runnable now: {found.runnable}   blocked: {blocked or 0}   queued: {found.queued}"
-            f"   oldest queued: {age}"])
+            f"   oldest queued: {age}",
+        _errors_line(found, now)])
     ctx.emit(data, human)
     return 0

@@ -1,5 +1,6 @@
 """Queue statistics for operators: counts by status and channel, what can be claimed now and
-what is blocked (by reason), queue depth, oldest queued age."""
+what is blocked (by reason), queue depth, oldest queued age, and the errors still retrying
+apart from those out of attempts (which need a person)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db.models import Channel, Task
-from app.lifecycle import TaskStatus
+from app.lifecycle import ERROR, TaskStatus
 from app.services import claims
 
 
@@ -25,6 +26,11 @@ class Stats:
     blocked: Counter[str]
     queued: int
     oldest_queued_at: datetime | None
+    #: Errored tasks with a retry scheduled, and the earliest of those retries.
+    retrying: int = 0
+    next_retry_at: datetime | None = None
+    #: Errored tasks out of attempts: they wait for a person (``pipeline requeue``).
+    out_of_attempts: int = 0
 
     def by_status(self) -> dict[TaskStatus, int]:
         totals: dict[TaskStatus, int] = {}
@@ -47,7 +53,18 @@ async def collect(session: AsyncSession, *, now: datetime) -> Stats:
     oldest = queued[1]
     if oldest is not None and oldest.tzinfo is None:    # SQLite keeps UTC without an offset
         oldest = oldest.replace(tzinfo=UTC)
+    errors = (await session.execute(
+        sa.select(sa.func.count(Task.retry_at), sa.func.min(Task.retry_at),
+                  sa.func.count().filter(Task.retry_at.is_(None)))
+        .where(Task.status.in_(ERROR)))).one()
     found = await claims.claimable(session, now=now)
     return Stats(counts={(row[0], TaskStatus(row[1])): int(row[2]) for row in rows},
                  runnable=found.runnable, blocked=found.blocked,
-                 queued=int(queued[0]), oldest_queued_at=oldest)
+                 queued=int(queued[0]), oldest_queued_at=oldest,
+                 retrying=int(errors[0]), next_retry_at=_utc(errors[1]),
+                 out_of_attempts=int(errors[2]))
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """SQLite keeps UTC without an offset."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
