@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--note", help="recorded in each task's history")
     approve.add_argument("--dry-run", action="store_true",
                          help="print what would be approved and change nothing")
-    approve.set_defaults(run=admin(operations.approve))
+    approve.set_defaults(run=admin(operations.approve), usage=approve)
 
     errors = [s.value for s in TaskStatus if s in ERROR]
     requeue = sub.add_parser("requeue", parents=[data],
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     requeue.add_argument("--reason", help="recorded with you as actor in each task's history")
     requeue.add_argument("--dry-run", action="store_true",
                          help="print the plan and change nothing")
-    requeue.set_defaults(run=admin(operations.requeue))
+    requeue.set_defaults(run=admin(operations.requeue), usage=requeue)
 
     lst = sub.add_parser("list", parents=[data], help="list tasks, oldest first")
     lst.add_argument("--status", nargs="+", choices=[s.value for s in TaskStatus], metavar="S")
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="show at most N tasks (100)")
     lst.add_argument("--offset", type=int, default=0, metavar="N",
                      help="skip the first N tasks (for pages)")
-    lst.set_defaults(run=admin(tasks.list_))
+    lst.set_defaults(run=admin(tasks.list_), usage=lst)
     show = sub.add_parser("show", parents=[data], help="one task with its event history")
     show.add_argument("task_id", metavar="TASK", help=TASK_HELP)
     show.set_defaults(run=admin(tasks.show))
@@ -185,21 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Argument rules argparse cannot express."""
+    """Argument rules argparse cannot express; a broken one shows the subcommand's usage."""
+    sub: argparse.ArgumentParser = getattr(args, "usage", parser)
     if args.command == "requeue":
         if bool(args.task_ids) == bool(args.status):
-            parser.error("requeue: give TASKs or --status S…, not both and not neither")
+            sub.error("give TASKs or --status S…, not both and not neither")
         if args.channel and not args.status:
-            parser.error("requeue: --channel goes with --status")
+            sub.error("--channel goes with --status")
     if args.command == "approve":
         if not args.task_ids and not args.gate:
-            parser.error("approve: give TASKs, or --gate G for every task waiting there")
+            sub.error("give TASKs, or --gate G for every task waiting there")
         if args.channel and (args.task_ids or not args.gate):
-            parser.error("approve: --channel goes with --gate and no TASKs")
+            sub.error("--channel goes with --gate and no TASKs")
     if args.command == "list" and args.limit < 1:
-        parser.error("list: --limit must be at least 1")
+        sub.error("--limit must be at least 1")
     if args.command == "list" and args.offset < 0:
-        parser.error("list: --offset must not be negative")
+        sub.error("--offset must not be negative")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
