@@ -7,11 +7,20 @@ worker start-up, Alembic's env, test fixtures).
 from __future__ import annotations
 
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from app.lifecycle import GATE_BY_NAME, STAGE_BY_ACTIVE, STAGE_BY_NAME, TaskStatus
+
+#: What ``DATABASE_URL`` may name: PostgreSQL (libpq's plain scheme is taken for asyncpg) or a
+#: SQLite file for the service layer alone.
+DATABASE_SCHEMES = frozenset({"postgresql", "postgres", "postgresql+asyncpg",
+                              "postgresql+psycopg2", "sqlite+aiosqlite"})
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
 
 class Settings(BaseSettings):
@@ -65,6 +74,29 @@ class Settings(BaseSettings):
     queue_name: str = "pipeline:queue"
     shutdown_grace_s: int = Field(25, ge=0, alias="SHUTDOWN_GRACE_SECONDS")
     job_timeout_s: int = Field(6 * 3600, ge=1, alias="JOB_TIMEOUT_SECONDS")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            scheme = make_url(value).drivername
+        except ArgumentError:
+            raise ValueError("not a database URL (postgresql+asyncpg://user@host/db or"
+                             " sqlite+aiosqlite:///path)") from None
+        if scheme not in DATABASE_SCHEMES:
+            raise ValueError(f"unsupported scheme {scheme!r}; use one of "
+                             f"{', '.join(sorted(DATABASE_SCHEMES))}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in REDIS_SCHEMES:
+            raise ValueError("not a Redis URL (redis://host:6379/0, rediss://… or"
+                             " unix:///path/to/socket)")
+        return value
 
     @field_validator("auto_approve_gates")
     @classmethod

@@ -555,6 +555,12 @@ def test_version_and_a_closed_pipe(cli: Cli) -> None:
 
 def test_bad_setting_is_one_line(cli: Cli) -> None:
     assert_one_line_error(cli("stats", env={"LEASE_SECONDS": "soon"}), "LEASE_SECONDS")
+    assert_one_line_error(cli("stats", env={"DATABASE_URL": "mysql://u@db/app"}),
+                          "DATABASE_URL: unsupported scheme 'mysql'")
+    assert_one_line_error(cli("stats", env={"DATABASE_URL": "not a url"}),
+                          "DATABASE_URL: not a database URL")
+    assert_one_line_error(cli("stats", env={"REDIS_URL": "http://cache"}),
+                          "REDIS_URL: not a Redis URL")
 
 
 
