@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from app import servers
-from app.commands import channels, demo, enqueue, operations, tasks
+from app.commands import channels, demo, enqueue, operations, retention, tasks
 from app.commands.context import Context, open_context
 from app.config import get_settings
 from app.db import make_engine, make_sessionmaker
@@ -172,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", parents=[data],
                            help="counts by status and channel, queue depth, oldest queued age")
     stats.set_defaults(run=admin(tasks.stats_))
+
+    prune = sub.add_parser("prune", parents=[data],
+                           help="remove published tasks and history older than a horizon")
+    prune.add_argument("--older-than", required=True, metavar="DURATION",
+                       help="the horizon: 30s, 10m, 1h, 24h, 7d or 2w")
+    prune.add_argument("--published-only", action="store_true",
+                       help="only published tasks (with their history), no other history")
+    prune.add_argument("--dry-run", action="store_true",
+                       help="count what would go and change nothing")
+    prune.set_defaults(run=admin(retention.prune))
 
     worker_cmd = sub.add_parser("worker", help="run an arq worker (same as the Procfile's)")
     worker_cmd.add_argument("--burst", action="store_true",

@@ -533,6 +533,50 @@ async def test_stats_separates_retries_from_errors_that_need_a_person(cli: Cli) 
     assert f"{soon:%Y-%m-%d %H:%M}" in line
 
 
+async def test_prune_removes_old_published_tasks_and_history_in_batches(cli: Cli) -> None:
+    """Published tasks past the horizon go with their events, in batches that each commit
+    (progress on stderr); a live task keeps its row and loses only old events; a dry run
+    counts and changes nothing."""
+    old = transitions.utcnow() - timedelta(days=40)
+    async with cli.sessions() as session, session.begin():
+        channel = await make_channel(session)
+        live = await make_task(session, channel, TaskStatus.queued)
+        recent = await make_task(session, channel, TaskStatus.published,
+                                 published_at=transitions.utcnow())
+        await session.execute(sa.text(
+            "INSERT INTO tasks (channel_id, notion_page_id, title, status, published_at)"
+            " SELECT :c, md5(:salt || g), 'Old ' || g, 'published', :old"
+            " FROM generate_series(1, 2500) g"), {"c": channel.id, "salt": page_id(), "old": old})
+        await session.execute(sa.text(
+            "INSERT INTO task_events (task_id, from_status, to_status, actor, created_at)"
+            " SELECT id, 'uploading', 'published', 'w', :old FROM tasks"
+            " WHERE channel_id = :c AND status = 'published' AND published_at = :old"),
+            {"c": channel.id, "old": old})
+        session.add_all([TaskEvent(task_id=live.id, from_status=TaskStatus.draft,
+                                   to_status=TaskStatus.queued, actor="cli", created_at=old),
+                         TaskEvent(task_id=live.id, from_status=TaskStatus.queued,
+                                   to_status=TaskStatus.queued, actor="cli", note="recent")])
+
+    preview = cli("prune", "--older-than", "30d", "--dry-run", "--json").json()
+    assert (preview["tasks"], preview["task_events"]) == (2500, 2500)
+    assert preview["older_events"] >= 1
+    assert len(await _tasks(cli, channel_id=channel.id)) == 2502
+
+    first = cli("prune", "--older-than", "30d", "--published-only", "--json")
+    assert first.code == 0, first
+    assert (first.json()["tasks"], first.json()["task_events"], first.json()["older_events"]) \
+        == (2500, 2500, 0)
+    assert [line for line in first.err.splitlines() if line.startswith("prune [")]
+    assert {t.id for t in await _tasks(cli, channel_id=channel.id)} == {live.id, recent.id}
+    assert len(await _events(cli, live.id)) == 2
+
+    second = cli("prune", "--older-than", "4w")
+    assert second.code == 0 and "removed 0 published task(s)" in second.out
+    assert [e.note for e in await _events(cli, live.id)] == ["recent"]
+    assert_one_line_error(cli("prune", "--older-than", "soon"), "--older-than 'soon'")
+    assert cli("prune").code == 2
+
+
 # --- configuration ------------------------------------------------------------------------------
 
 
