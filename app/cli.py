@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from app import servers
 from app.commands import channels, demo, enqueue, operations, retention, tasks
+from app.commands import workers as live_workers
 from app.commands.context import Context, open_context
 from app.config import get_settings
 from app.db import make_engine, make_sessionmaker
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="counts by status and channel, queue depth, oldest queued age")
     stats.set_defaults(run=admin(tasks.stats_))
 
+    live = sub.add_parser("workers", parents=[data],
+                          help="live worker processes and the tasks each holds now")
+    live.set_defaults(run=admin(live_workers.list_))
     prune = sub.add_parser("prune", parents=[data],
                            help="remove published tasks and history older than a horizon")
     prune.add_argument("--older-than", required=True, metavar="DURATION",

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(5.0, ge=0, alias="RETRY_BACKOFF_SECONDS")
     simulated_stage_s: float = Field(0.2, ge=0, alias="SIMULATED_STAGE_SECONDS")
     worker_concurrency: int = Field(10, ge=1)
+    #: How often a worker renews its record in the registry (``pipeline workers``); a worker
+    #: silent for three of these drops out.
+    worker_heartbeat_s: float = Field(5.0, gt=0, alias="WORKER_HEARTBEAT_SECONDS")
     queue_name: str = "pipeline:queue"
     shutdown_grace_s: int = Field(25, ge=0, alias="SHUTDOWN_GRACE_SECONDS")
     job_timeout_s: int = Field(6 * 3600, ge=1, alias="JOB_TIMEOUT_SECONDS")

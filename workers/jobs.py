@@ -9,6 +9,7 @@ log one line and return: leases and the next sweep make up for whatever was not 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -25,7 +26,7 @@ from app.db import (
     require_postgresql,
     session_scope,
 )
-from app.execution import wakeups
+from app.execution import registry, wakeups
 from app.execution.runner import Runner
 from app.handlers import load_registry
 from app.notion import cron as notion_cron
@@ -46,10 +47,16 @@ async def startup(ctx: Ctx) -> None:
     ctx["pool"] = pool = make_pool(settings, url, max_size=2 * settings.worker_concurrency + 1)
     ctx["runner"] = Runner(settings, make_sessionmaker(engine), handlers, pool)
     signals.install_over_arq(ctx, grace_s=settings.shutdown_grace_s)
+    ctx["registry"] = stack = contextlib.AsyncExitStack()
+    await stack.enter_async_context(registry.heartbeat(
+        ctx["redis"], settings.queue_name, ctx["runner"].worker_id,
+        concurrency=settings.worker_concurrency, every_s=settings.worker_heartbeat_s))
     log.info("worker %s started", ctx["runner"].worker_id)
 
 
 async def shutdown(ctx: Ctx) -> None:
+    if "registry" in ctx:
+        await ctx["registry"].aclose()
     if "pool" in ctx:
         await ctx["pool"].close()
     if "engine" in ctx:

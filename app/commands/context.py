@@ -45,6 +45,10 @@ class Context:
         """Print ``data`` as JSON with ``--json``, else the human rendering."""
         print(json.dumps(data, indent=2, default=str) if self.as_json else human)
 
+    def redis_url(self) -> str | None:
+        """``REDIS_URL``, or the embedded Redis while it runs (None: no Redis, so no worker)."""
+        return self.settings.redis_url or _running_embedded_redis()
+
     async def wake(self, count: int) -> None:
         """Wake idle workers after a commit made ``count`` tasks runnable.
 
@@ -53,7 +57,7 @@ class Context:
         """
         if count <= 0:
             return
-        url = self.settings.redis_url or _running_embedded_redis()
+        url = self.redis_url()
         if url is None:      # the embedded Redis is not running, so no worker is either
             return
         redis_settings = RedisSettings.from_dsn(url)
