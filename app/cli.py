@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from app import servers
+from app import logs, servers
 from app.commands import channels, demo, enqueue, operations, retention, tasks
 from app.commands import workers as live_workers
 from app.commands.context import Context, open_context
@@ -221,18 +221,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check(parser, args)
-    logging.basicConfig(level=logging.INFO if args.command in ("worker", "sync-notion")
-                        else logging.WARNING,
-                        format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("alembic").setLevel(logging.WARNING)   # no chatter on every start
     command: Command = args.run
     try:
-        get_settings()
+        settings = get_settings()
     except ValidationError as exc:      # settings from the environment
         problems = "; ".join(f"{field.upper()}: {message}"
                              for field, message in field_errors(exc))
         print(f"pipeline: configuration: {problems}", file=sys.stderr)
         return 2
+    logs.configure(level=settings.log_level, fmt=settings.log_format,
+                   default=logging.INFO if args.command in ("worker", "sync-notion")
+                   else logging.WARNING)
     try:
         code = asyncio.run(command(args))
         sys.stdout.flush()              # a closed pipe shows here, not at interpreter exit

@@ -7,6 +7,7 @@ worker start-up, Alembic's env, test fixtures).
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -70,6 +71,10 @@ class Settings(BaseSettings):
     stage_max_attempts: int = Field(3, ge=1)
     retry_backoff_s: float = Field(5.0, ge=0, alias="RETRY_BACKOFF_SECONDS")
     simulated_stage_s: float = Field(0.2, ge=0, alias="SIMULATED_STAGE_SECONDS")
+    #: ``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``; unset: INFO for workers and the sync,
+    #: WARNING for admin commands.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = None
+    log_format: Literal["text", "json"] = "text"
     worker_concurrency: int = Field(10, ge=1)
     #: How often a worker renews its record in the registry (``pipeline workers``); a worker
     #: silent for three of these drops out.

@@ -73,3 +73,22 @@ async def test_live_workers_with_what_they_hold_and_the_dead_dropping_out(
     idle.proc.send_signal(signal.SIGTERM)
     await idle.exited(timeout_s=30)
     assert _listed(url, redis_url, queue) == []          # removed on the way out
+
+
+async def test_json_logs_give_one_line_per_stage_outcome(
+        db: tuple[str, Sessions], workers: Workers, redis_url: str, queue: str) -> None:
+    """``LOG_FORMAT=json``: every line an object; a stage's success and a failure with its
+    retry each get one line naming the task, the stage and what came of it."""
+    _, sessions = db
+    worker = workers.start(LOG_FORMAT="json", AUTO_APPROVE_GATES="",
+                           STAGE_HANDLERS="simulated", RETRY_BACKOFF_SECONDS="30")
+    await worker.started()
+    [task_id] = await seed(sessions, [None], per_channel=1, title="[fail:assets] Doomed")
+    [fine] = await seed(sessions, [None], per_channel=1)
+    await wakeups.wake_url(redis_url, 2, queue_name=queue)
+    done = await worker.wait_for_line(str(fine), "assets → assets_ready")
+    failed = await worker.wait_for_line(str(task_id), "assets failed, attempt 1/3, retry in 30 s")
+    for line in (done, failed):
+        entry = json.loads(line)
+        assert entry["level"] == "INFO" and entry["logger"]
+    assert all(json.loads(line) for line in worker.text().splitlines() if line.strip())

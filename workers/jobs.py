@@ -15,7 +15,7 @@ from typing import Any
 
 from arq.connections import ArqRedis
 
-from app import servers
+from app import logs, servers
 from app.config import get_settings
 from app.db import (
     describe,
@@ -39,6 +39,8 @@ Ctx = dict[str, Any]
 
 async def startup(ctx: Ctx) -> None:
     settings = get_settings()
+    # Under the Procfile's arq CLI too: LOG_LEVEL and LOG_FORMAT, and the workers' INFO lines.
+    logs.configure(level=settings.log_level, fmt=settings.log_format, default=logging.INFO)
     url = require_postgresql(await servers.database_url(settings))
     engine = make_engine(settings, url)
     handlers = load_registry(settings.stage_handlers, simulated_s=settings.simulated_stage_s)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -153,6 +154,7 @@ class Runner:
         given = StageInput(claim.task_id, stage.name, task.title, task.topic,
                            task.story_direction, claim.run, task.artifacts)
         self.running[claim.task_id] = stage.name
+        began = time.monotonic()
         try:
             async with self._heartbeat(lease):
                 artefacts = await self.handlers[stage.name](given)
@@ -169,16 +171,24 @@ class Runner:
             return await _to_the_end(self._failed(lease, f"{type(exc).__name__}: {exc}"))
         finally:
             self.running.pop(claim.task_id, None)
-        return await _to_the_end(self._record(lease, lambda conn: hotpath.finish(
+        done = await _to_the_end(self._record(lease, lambda conn: hotpath.finish(
             conn, claim, artefacts=artefacts, actor=self.worker_id, now=self.now())))
+        log.info("%s: task %s %s → %s %.1f s", self.worker_id, claim.task_id, stage.name,
+                 done.value, time.monotonic() - began)
+        return done
 
     async def _failed(self, lease: Lease, message: str) -> TaskStatus:
         s = self.settings
+        claim = lease.claim
         status = await self._record(lease, lambda conn: hotpath.fail(
-            conn, lease.claim, message=message, actor=self.worker_id, now=self.now(),
+            conn, claim, message=message, actor=self.worker_id, now=self.now(),
             max_attempts=s.stage_max_attempts, backoff_s=s.retry_backoff_s))
-        log.info("%s: task %s %s (attempt %d/%d)", self.worker_id, lease.claim.task_id,
-                 message, lease.claim.attempt, s.stage_max_attempts)
+        delay = moves.retry_delay_s(claim.attempt, max_attempts=s.stage_max_attempts,
+                                    backoff_s=s.retry_backoff_s)
+        then = "out of attempts" if delay is None else f"retry in {delay:g} s"
+        log.info("%s: task %s %s failed, attempt %d/%d, %s: %s", self.worker_id, claim.task_id,
+                 STAGE_BY_ACTIVE[claim.status].name, claim.attempt, s.stage_max_attempts, then,
+                 message)
         return status
 
     async def _hand_back(self, claim: Claim, reason: str) -> None:
