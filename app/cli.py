@@ -172,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(run=admin(tasks.show))
     stats = sub.add_parser("stats", parents=[data],
                            help="counts by status and channel, queue depth, oldest queued age")
-    stats.set_defaults(run=admin(tasks.stats_))
+    stats.add_argument("--watch", action="store_true",
+                       help="one screen redrawn in place: stages, channels, errors")
+    stats.add_argument("--interval", type=float, default=1.0, metavar="S",
+                       help="with --watch: seconds between redraws (1)")
+    stats.set_defaults(run=admin(tasks.stats_), usage=stats)
 
     live = sub.add_parser("workers", parents=[data],
                           help="live worker processes and the tasks each holds now")
@@ -211,6 +215,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             sub.error("give TASKs, or --gate G for every task waiting there")
         if args.channel and (args.task_ids or not args.gate):
             sub.error("--channel goes with --gate and no TASKs")
+    if args.command == "stats" and args.interval <= 0:
+        sub.error("--interval must be positive")
     if args.command == "list" and args.limit < 1:
         sub.error("--limit must be at least 1")
     if args.command == "list" and args.offset < 0:

@@ -8,7 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from app import lifecycle
-from app.commands import tables
+from app.commands import tables, watch
 from app.commands.context import Context
 from app.db import session_scope
 from app.db.models import Channel, Task, TaskEvent
@@ -101,6 +101,9 @@ def _errors_line(found: stats.Stats, now: datetime) -> str:
 
 
 async def stats_(ctx: Context, args: argparse.Namespace) -> int:
+    if args.watch:
+        await watch.run(ctx.sessions, interval_s=args.interval)
+        return 0
     now = transitions.utcnow()
     async with session_scope(ctx.sessions) as session:
         found = await stats.collect(session, now=now)
