@@ -183,19 +183,26 @@ async def test_a_pick_waits_for_a_pick_in_flight_of_a_channel_behind(
         assert await _channel_of(pg_sessions, await claiming) == behind.id
 
 
-async def test_a_row_held_longer_than_a_pick_is_left_out(pg_sessions: Sessions,
-                                                         pg_pool: HotPool) -> None:
-    """An open transaction holding a channel's row (an admin script, not a pick) holds no one
-    up for longer than a pick's wait: the claim takes the next channel."""
-    held, free = await _channels_with_work(pg_sessions, [0, 1])
-    async with pg_pool.acquire() as holder, pg_pool.acquire() as claimer:
+async def test_a_pick_waits_out_an_open_transaction_on_a_channel_behind(
+        pg_sessions: Sessions, pg_pool: HotPool) -> None:
+    """An open transaction (an admin script, not a pick) holding the row of the channel behind:
+    the pick waits for it however long it takes (within the claim's lock timeout) rather than
+    give the other channel a turn ahead; when it ends, the channel behind gets its turn."""
+    behind, _ = await _channels_with_work(pg_sessions, [0, 1])
+    async with pg_pool.acquire() as holder, pg_pool.acquire() as claimer, \
+            pg_pool.acquire() as watcher:
         script = holder.transaction()
         await script.start()
-        await holder.execute("SELECT 1 FROM channels WHERE id = $1 FOR NO KEY UPDATE", held.id)
-        try:
-            assert await _channel_of(pg_sessions, await _claim(claimer)) == free.id
-        finally:
-            await script.rollback()
+        await holder.execute("SELECT 1 FROM channels WHERE id = $1 FOR NO KEY UPDATE",
+                             behind.id)
+        pid = await claimer.fetchval("SELECT pg_backend_pid()")
+        claiming = asyncio.create_task(_claim(claimer))
+        await eventually(lambda: _waiting_for_a_lock(watcher, pid), timeout_s=5,
+                         what="the claim to wait for the open transaction", every_s=0.005)
+        await asyncio.sleep(1.5)           # longer than any pick holds a row: still waiting
+        assert not claiming.done() and await _waiting_for_a_lock(watcher, pid)
+        await script.rollback()
+        assert await _channel_of(pg_sessions, await claiming) == behind.id
 
 
 async def test_claim_of_a_continuing_task_enters_its_stage(pg_sessions: Sessions,

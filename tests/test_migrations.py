@@ -316,7 +316,7 @@ GOLDEN = {
         "sqlite downgrade": "69bba11d23663a10",
     },
     "0007_pick_without_turnstile": {
-        "postgresql upgrade": "8ec20ad20e74338e",
+        "postgresql upgrade": "d2fdf6e42bdb0b72",
         "postgresql downgrade": "3e8032f5fe16891b",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",

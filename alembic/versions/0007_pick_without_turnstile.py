@@ -8,7 +8,7 @@ Create Date: 2026-12-04
 channels with work in turn order, then locks the first whose pick-ups do not exceed the
 fewest of the others at its priority, checked against the committed row in the locking
 statement itself. Past a channel another pick holds it takes only a channel level with that
-one, else it waits for that pick briefly, so turns stay strict. A channel alone with work at
+one, else it waits for that pick, so turns stay strict. A channel alone with work at
 its priority takes no turn from anyone: its pick-ups are neither counted nor locked. A pick
 that found nothing gives its count back only while it is still the channel's last
 (``claim_task``). A composite type carries the candidates; tables are unchanged.

@@ -19,9 +19,9 @@ two steps, so that turns are strict without holding claimers back:
    becomes the id of its claim event and the channel's turn). Pick-ups of different channels
    decide in parallel, each holding only its own channel's row, until its commit:
    - a channel whose row another pick holds is passed over only for a channel level with it
-     (same priority, as few pick-ups); otherwise the pick waits for that pick (at most
-     ``WAIT``, then reads the turns again), so no channel gets ahead of one whose pick is in
-     flight. A row held longer is not a pick's (a caller's open transaction): it is left out;
+     (same priority, as few pick-ups); otherwise the pick waits for that row (up to
+     ``LOCK_TIMEOUT``, as a capacity check waits), so no channel gets ahead of one whose pick
+     is in flight, however slow;
    - a channel alone with work at its priority takes no turn from anyone: its pick-ups are
      neither counted nor locked, so they run in parallel (a late-comer at that priority is
      raised to one below the most pick-ups there);
@@ -67,10 +67,6 @@ EVENT_IDS = "task_events_id_seq"
 #: Bounds every lock wait inside the functions (a channel, a task row): a claim that cannot
 #: get one fails with ``lock_not_available`` rather than hanging.
 LOCK_TIMEOUT = "30s"
-#: How long a pick waits for another pick's channel row, once per row (then reads the turns
-#: again): a pick holds the row for a statement and an asynchronous commit; a row held
-#: longer is not a pick's (a caller's open transaction) and is passed over.
-WAIT = "1s"
 #: Readings of the turns a pick makes at most (each after other picks moved them).
 MAX_PASSES = 100
 #: Every statement inside is planned once per connection: its plan is the same index probes
@@ -168,7 +164,7 @@ CANDIDATE_TYPE = (f"CREATE TYPE {CANDIDATE} AS"
 #: picked, then that task's age.
 _TURN_ORDER = "priority, picks, turn NULLS FIRST, created_at, id"
 #: The candidates again, with the pick-ups of now (their heads as first read), but for those
-#: left out (``passed``).
+#: a caller's transaction left out (``passed``: held by another transaction).
 _AGAIN = """SELECT c.id, x.priority, x.created_at, c.picks, c.turn
         FROM unnest(cands) AS x JOIN channels c ON c.id = x.id WHERE x.id <> ALL (passed)"""
 
@@ -304,8 +300,9 @@ BEGIN
     END LOOP;
     channel := NULL;
     IF w IS NOT NULL THEN
-      -- Every channel it may take is another pick's: wait for the first, briefly, and take it
-      -- if that leaves it no further ahead than the others. Never while holding a row: a lock
+      -- Every channel it may take is another pick's: wait for the first (as long as any lock
+      -- wait here, LOCK_TIMEOUT), and take it if that leaves it no further ahead than the
+      -- others. Turns stay strict however slow that pick is. Never while holding a row: a lock
       -- whose turn moved as it was taken stays held, and a pick waiting on it would wait in
       -- turn. Then it ends with no channel, and the caller commits and picks again.
       IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
@@ -316,15 +313,9 @@ BEGIN
       bound := (SELECT min(x.picks) FROM unnest(cands) x
                 WHERE x.priority = cand.priority AND x.id <> cand.id);
       top := (SELECT max(x.picks) FROM unnest(cands) x WHERE x.priority = cand.priority);
-      PERFORM set_config('lock_timeout', '{WAIT}', true);
-      BEGIN
-        UPDATE channels SET picks = greatest(picks + 1, top - 1), turn = nextval('{EVENT_IDS}')
-          WHERE id = cand.id AND picks <= bound
-          RETURNING id, turn INTO channel, ticket;
-      EXCEPTION WHEN lock_not_available THEN
-        passed := passed || cand.id;     -- held longer than a pick's: left out
-      END;
-      PERFORM set_config('lock_timeout', '{LOCK_TIMEOUT}', true);
+      UPDATE channels SET picks = greatest(picks + 1, top - 1), turn = nextval('{EVENT_IDS}')
+        WHERE id = cand.id AND picks <= bound
+        RETURNING id, turn INTO channel, ticket;
       IF channel IS NOT NULL THEN
         IF p_commit THEN
           PERFORM set_config('synchronous_commit', 'off', true);
