@@ -2,18 +2,19 @@
 
 Every path moves each task ``queued → claimed`` (the claim) and ``claimed → generating_assets``
 (the worker starts the first stage), and ends with the task in its first stage. Ours is exactly
-a worker's call, ``Runner.claim``: a connection from the worker's hot-path pool and one ``CALL
-claim_next``, which picks the channel whose turn it is (``pick_channel``), then claims that
-channel's best task, checking capacity, starting the stage in one write of the row and writing
-both ``task_events`` rows (``claim_task``). The service path is the same moves through the
+a worker's call, ``Runner.claim``: a connection from the worker's hot-path pool and one
+``claim_task`` statement that ranks the channels fairly, locks the channel row, checks capacity,
+claims and starts the stage in one write of the row, and writes both ``task_events`` rows and
+the channel's turn, all in one commit. The service path is the same moves through the
 service layer on ``AsyncSession`` (``claims.claim_next``, then ``transitions.transition`` with
-the claim token), as admin scripts call it. The baseline is two hand-written updates on a raw
-asyncpg connection, each its own commit. Every claimer makes ``WARMUP`` claims before the clock
-starts. Claim latency is the claim call, commit included (ours: claim and start). Each claimer
-owns one connection (ours: pool of one per claimer). Claimers run as asyncio tasks in one
-process by default: that process stays under one core, and on a 2-core machine extra client
-processes only compete with the server for CPU (measured: slower on every path). ``procs``
-spreads them over processes where cores are plentiful.
+the claim token), as admin scripts call it. The baseline is two hand-written updates on a
+raw asyncpg connection, each its own commit. Every claimer makes ``WARMUP`` claims before the
+clock starts. Claim latency is the claim call, commit included
+(ours: claim and start). Each claimer owns one connection (ours: pool of one per claimer).
+Claimers run as asyncio tasks in one process by default: that process stays under one core,
+and on a 2-core machine extra client processes only compete with the server for CPU
+(measured: slower on every path). ``procs`` spreads them over processes where cores are
+plentiful.
 """
 
 from __future__ import annotations

@@ -166,12 +166,11 @@ def _worker_checks(report: Report) -> list[_Check]:
 
 FOOTNOTES = f"""\
 ours: a worker's claim, Runner.claim: a connection from the worker's hot-path pool, then one
-  CALL claim_next, two steps: pick_channel (strict turns: a ranking of the channels with
-  work, then the chosen channel's row locked while it is still its turn, its pick count and
-  turn written, an asynchronous commit; a channel alone at its priority is neither locked nor
-  counted) and claim_task (the channel's best task no other claim holds, capacity where the
-  channel has a cap, one guarded write of the row queued → claimed → generating_assets with a
-  fresh claim token, two task_events rows, a commit).
+  CALL claim_next, committing two steps: pick_channel (strict turns: the channel ranking under
+  the turnstile, the channel's pick count and turn, an asynchronous commit) and claim_task
+  (the channel's best task no other claim holds, capacity where the channel has a cap, one
+  guarded write of the row queued → claimed → generating_assets with a fresh claim token, two
+  task_events rows, a commit).
 baseline: plain asyncpg, UPDATE … WHERE id = (SELECT … ORDER BY priority, created_at FOR UPDATE
   SKIP LOCKED LIMIT 1), then UPDATE … SET status = 'generating_assets'; each autocommitted; no
   events, no fairness, no capacity, no token check. It gets its own partial index
@@ -185,12 +184,10 @@ service: the same moves through the service layer on AsyncSession, as admin scri
 Every path: two transitions per task, ending in generating_assets; claims/s = tasks
   claimed and started per second; p50/p99 = the claim call in ms, commit included (ours: the
   claim and the start); CPU = the client process's CPU time over wall time (100% = one core);
-  misses = claims that came back empty while work remained (retried, not counted; a
-  service-layer claim finds nothing when other open transactions hold every channel).
-  Every cell starts from the same queue depth, VACUUM ANALYZEd; each claimer first
+  misses = claims that came back empty while work remained (retried, not
+  counted). Every cell starts from the same queue depth, VACUUM ANALYZEd; each claimer first
   makes {claimers.WARMUP} claims off the clock (a new connection's first calls load catalogs,
-  compile and plan: 10 to 70 ms once per connection). Strict turns cost a ranking of
-  every channel's best runnable task per pick-up (one index probe per channel, two while
-  other runnable states hold tasks) and, where channels take turns, a second (asynchronous)
-  commit. With 10 channels the data sets put every high-priority task in one channel (row i
-  goes to channel i mod 10, and its priority follows i mod 10)."""
+  compile and plan: 10 to 70 ms once per connection). Strict turns cost a second commit
+  per claim, and a ranking of every channel's best runnable task (two index probes
+  per channel) made one decision at a time: claimers many against few channels queue for the
+  turnstile."""

@@ -20,11 +20,10 @@ from app.db.hotpool import HotPool
 from app.db.models import Channel, Task, TaskEvent
 from app.errors import InvalidTransition, StaleClaim, TaskNotFound
 from app.execution import hotpath
-from app.lifecycle import PriorityLevel, TaskStatus
+from app.lifecycle import TaskStatus
 from app.moves import Claim
 from app.services import claims, transitions
 from tests.factories import make_channel, make_task
-from tests.workerprocs import eventually
 
 Sessions = async_sessionmaker[AsyncSession]
 S = TaskStatus
@@ -115,94 +114,6 @@ async def test_a_pick_that_finds_its_channel_full_is_given_back(pg_sessions: Ses
         assert await a.fetchval(count, capped.id) == before - 1
         held = await _claim(b)
     assert held is not None and held.task_id == spare.id
-
-
-async def _channels_with_work(sessions: Sessions, picks: list[int], *,
-                              priority: PriorityLevel = PriorityLevel.normal) -> list[Channel]:
-    """Fresh channels (every other parked) with two queued tasks each and the pick-ups given."""
-    async with sessions() as session, session.begin():
-        await session.execute(sa.update(Channel).values(is_active=False))
-        channels = []
-        for count in picks:
-            channel = await make_channel(session)
-            for _ in range(2):
-                await make_task(session, channel, priority=priority)
-            await session.execute(sa.update(Channel).where(Channel.id == channel.id)
-                                  .values(picks=count))
-            channels.append(channel)
-        return channels
-
-
-async def _channel_of(sessions: Sessions, claim: Claim | None) -> uuid.UUID:
-    assert claim is not None
-    return (await _task(sessions, claim.task_id)).channel_id
-
-
-async def _waiting_for_a_lock(conn: asyncpg.Connection, pid: int) -> bool:
-    return bool(await conn.fetchval(
-        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid))
-
-
-async def test_a_channel_alone_at_its_priority_takes_no_turn(pg_sessions: Sessions,
-                                                              pg_pool: HotPool) -> None:
-    """Urgent work in one channel is claimed without counting turns, so it costs that channel
-    no turns at normal priority; the others' pick-ups are counted."""
-    normal = await _channels_with_work(pg_sessions, [0, 0])
-    async with pg_sessions() as session, session.begin():
-        urgent = normal[0]
-        for _ in range(2):
-            await make_task(session, urgent, priority=PriorityLevel.high)
-    async with pg_pool.acquire() as conn:
-        taken = [await _claim(conn) for _ in range(4)]
-        turns = await conn.fetch("SELECT id, picks FROM channels WHERE id = ANY($1::uuid[])",
-                                 [c.id for c in normal])
-    priorities = [(await _task(pg_sessions, c.task_id)).priority for c in taken if c]
-    assert priorities == [PriorityLevel.high] * 2 + [PriorityLevel.normal] * 2
-    assert {await _channel_of(pg_sessions, c) for c in taken[2:]} == {c.id for c in normal}
-    assert {r["picks"] for r in turns} == {1}
-
-
-async def test_a_pick_waits_for_a_pick_in_flight_of_a_channel_behind(
-        pg_sessions: Sessions, pg_pool: HotPool) -> None:
-    """A channel one pick-up behind is held by a pick in flight: the next pick waits for it
-    rather than give the other channel a second turn ahead, then takes its own turn there."""
-    behind, _ = await _channels_with_work(pg_sessions, [0, 1])
-    async with pg_pool.acquire() as holder, pg_pool.acquire() as claimer, \
-            pg_pool.acquire() as watcher:
-        pick = holder.transaction()
-        await pick.start()
-        await holder.execute("SELECT 1 FROM channels WHERE id = $1 FOR NO KEY UPDATE",
-                             behind.id)
-        pid = await claimer.fetchval("SELECT pg_backend_pid()")
-        claiming = asyncio.create_task(_claim(claimer))
-        await eventually(lambda: _waiting_for_a_lock(watcher, pid), timeout_s=5,
-                         what="the claim to wait for the pick in flight", every_s=0.005)
-        assert not claiming.done()
-        await holder.execute("UPDATE channels SET picks = 1 WHERE id = $1", behind.id)
-        await pick.commit()
-        assert await _channel_of(pg_sessions, await claiming) == behind.id
-
-
-async def test_a_pick_waits_out_an_open_transaction_on_a_channel_behind(
-        pg_sessions: Sessions, pg_pool: HotPool) -> None:
-    """An open transaction (an admin script, not a pick) holding the row of the channel behind:
-    the pick waits for it however long it takes (within the claim's lock timeout) rather than
-    give the other channel a turn ahead; when it ends, the channel behind gets its turn."""
-    behind, _ = await _channels_with_work(pg_sessions, [0, 1])
-    async with pg_pool.acquire() as holder, pg_pool.acquire() as claimer, \
-            pg_pool.acquire() as watcher:
-        script = holder.transaction()
-        await script.start()
-        await holder.execute("SELECT 1 FROM channels WHERE id = $1 FOR NO KEY UPDATE",
-                             behind.id)
-        pid = await claimer.fetchval("SELECT pg_backend_pid()")
-        claiming = asyncio.create_task(_claim(claimer))
-        await eventually(lambda: _waiting_for_a_lock(watcher, pid), timeout_s=5,
-                         what="the claim to wait for the open transaction", every_s=0.005)
-        await asyncio.sleep(1.5)           # longer than any pick holds a row: still waiting
-        assert not claiming.done() and await _waiting_for_a_lock(watcher, pid)
-        await script.rollback()
-        assert await _channel_of(pg_sessions, await claiming) == behind.id
 
 
 async def test_claim_of_a_continuing_task_enters_its_stage(pg_sessions: Sessions,

@@ -46,8 +46,7 @@ def test_frozen_pairs_match_lifecycle() -> None:
 
 
 @pytest.mark.parametrize("name", ["0002_claim_task", "0004_claim_start",
-                                  "0005_claim_single_write", "0006_row_is_the_truth",
-                                  "0007_pick_without_turnstile"])
+                                  "0005_claim_single_write", "0006_row_is_the_truth"])
 def test_frozen_claim_data_matches_lifecycle(name: str) -> None:
     claim = _revision(name)
     starts = {st.start.value: st.active.value for st in lifecycle.STAGES
@@ -314,12 +313,6 @@ GOLDEN = {
         "postgresql downgrade": "e0767078e3832a54",
         "sqlite upgrade": "70e8c76f98ebeb82",
         "sqlite downgrade": "69bba11d23663a10",
-    },
-    "0007_pick_without_turnstile": {
-        "postgresql upgrade": "d2fdf6e42bdb0b72",
-        "postgresql downgrade": "3e8032f5fe16891b",
-        "sqlite upgrade": "e3b0c44298fc1c14",
-        "sqlite downgrade": "e3b0c44298fc1c14",
     },
 }
 

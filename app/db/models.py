@@ -118,13 +118,12 @@ class Channel(TimestampMixin, Base):
         sa.Boolean(create_constraint=True, name="is_active"), nullable=False,
         server_default=sa.true(), default=True)
     max_concurrent: Mapped[int | None] = mapped_column(sa.Integer)
-    #: The number of the channel's last pick-up that took a turn (the id of its claim event,
-    #: issued by the database as pick-ups decide; null: never). Channels with work take
-    #: turns, lowest first (``app.db.ddl.claim_task``).
+    #: The number of the channel's last pick-up (the id of its claim event, issued by the
+    #: database as pick-ups decide; null: never picked). Channels with work take turns, lowest
+    #: first (``app.db.ddl.claim_task``).
     turn: Mapped[int | None] = mapped_column(sa.BigInteger)
-    #: Pick-ups that took a turn (a late-comer is raised to one below the most at its first
-    #: pick; a channel alone with work at its priority takes none): channels with work at one
-    #: priority are picked fewest first, so none gets ahead.
+    #: Pick-ups so far (a late-comer is raised to one below the most at its first pick):
+    #: channels with work at one priority are picked fewest first, so none gets ahead.
     picks: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, server_default="0",
                                        default=0)
 

@@ -6,28 +6,18 @@ an automatic step, an errored task whose retry is due, or a stage handed back by
 worker (taken over in place). A *pick-up* is a claim of a task no worker held. It is made in
 two steps, so that turns are strict without holding claimers back:
 
-1. **``pick_channel``** decides which channel's turn it is. It reads the channels with
-   claimable work (two ordered index probes per channel: ``ix_tasks_queued`` and
-   ``ix_tasks_runnable``; a channel at its cap, in that snapshot, offers only a stage handed
-   back) in turn order: by the priority of their best task, then fewest pick-ups so far
-   (``channels.picks``), then least recently picked (``channels.turn``), then that task's
-   age. It takes the first channel whose pick-ups do not exceed the fewest of the others at
-   its priority (its *bound*), locking the channel's row with that condition
-   (``FOR NO KEY UPDATE SKIP LOCKED``): the lock and the count are checked in one statement
-   against the committed row, so a turn taken since the read is never taken twice; it then
-   counts the pick-up on the row and numbers it from ``task_events``' identity (the number
-   becomes the id of its claim event and the channel's turn). Pick-ups of different channels
-   decide in parallel, each holding only its own channel's row, until its commit:
-   - a channel whose row another pick holds is passed over only for a channel level with it
-     (same priority, as few pick-ups); otherwise the pick waits for that row (up to
-     ``LOCK_TIMEOUT``, as a capacity check waits), so no channel gets ahead of one whose pick
-     is in flight, however slow;
-   - a channel alone with work at its priority takes no turn from anyone: its pick-ups are
-     neither counted nor locked, so they run in parallel (a late-comer at that priority is
-     raised to one below the most pick-ups there);
-   - called on its own (``p_commit``, the workers' hot path) the pick commits
-     asynchronously; inside a caller's transaction (the service layer) it never waits, and
-     the rows it locked stay locked until the caller ends.
+1. **``pick_channel``** decides which channel's turn it is. Pick-ups decide one at a time,
+   under an advisory lock (the turnstile), over channels with claimable work: by the priority
+   of their best task, then fewest pick-ups so far (``channels.picks``), then least recently
+   picked (``channels.turn``), then that task's age (two ordered index probes per channel:
+   ``ix_tasks_queued`` and ``ix_tasks_runnable``). A channel at its cap (in the ranking's
+   snapshot) offers only a stage handed back. The decision counts the pick-up on the channel
+   and numbers it from ``task_events``' identity (the number becomes the id of its claim
+   event and the channel's turn). Called on its own (``p_commit``, the workers' hot path),
+   the turnstile is a transaction lock held through the statement's own commit, an
+   asynchronous one: the next decision sees this one, committed, so no ranking is ever
+   stale and no channel waits on another's pick in flight. Inside a caller's transaction
+   (the service layer) it is a session lock released at the end of the call.
 2. **``claim_task``** takes that channel's best task no other claim holds
    (``FOR UPDATE SKIP LOCKED``: several pick-ups of one channel may be in flight at once),
    with a guarded ``UPDATE … WHERE status = :runnable``, a fresh claim token and lease, the
@@ -36,8 +26,7 @@ two steps, so that turns are strict without holding claimers back:
    an old snapshot); at the cap only a handed-back stage, which keeps its slot, can be taken,
    and the claim event then gets its id after the count, so the history replays capacity in
    order. A pick-up that finds nothing to take (the channel emptied or filled meanwhile) gives
-   its count back (while it is still the channel's last) and returns nothing; the caller
-   picks again without that channel.
+   its count back and returns nothing; the caller picks again without that channel.
 
 Workers make a pick-up in one round trip, ``CALL claim_next(…)``: a procedure that commits the
 pick (asynchronously), then claims in a transaction of its own. With ``p_task`` set,
@@ -64,11 +53,11 @@ PICK = "pick_channel"
 NEXT = "claim_next"
 #: Numbers pick-ups: the sequence of ``task_events.id`` (an identity column).
 EVENT_IDS = "task_events_id_seq"
-#: Bounds every lock wait inside the functions (a channel, a task row): a claim that cannot
-#: get one fails with ``lock_not_available`` rather than hanging.
+#: The advisory lock under which pick-ups decide, one at a time.
+TURNSTILE = 7_245_001
+#: Bounds every lock wait inside the function (the turnstile, a channel, a task row): a claim
+#: that cannot get one fails with ``lock_not_available`` rather than hanging.
 LOCK_TIMEOUT = "30s"
-#: Readings of the turns a pick makes at most (each after other picks moved them).
-MAX_PASSES = 100
 #: Every statement inside is planned once per connection: its plan is the same index probes
 #: whatever the parameters, and a plan made for each call's values (PL/pgSQL's choice after
 #: fresh statistics, at times) cost more than the claim itself (0.5 to 0.9 ms a statement).
@@ -128,59 +117,24 @@ def _head(channel: str, other: str, *, seen: str = "", queued: str = "") -> str:
 
 
 def _ranking(starts: str, errors: str, active: str) -> str:
-    """The channels with claimable work, each with its best task's priority and age. A channel
-    at its cap (in this snapshot) offers only a stage handed back."""
+    """The pick-up's ranking: channels with claimable work by the priority of their best task,
+    then fewest pick-ups, then least recently picked, then the task's age. A channel at its
+    cap (in this snapshot) offers only a stage handed back. ``top`` is the most pick-ups of a
+    channel at that priority (a late-comer is raised to one below it)."""
     gated = (f"((NOT cap.full AND {_waiting('t', starts, errors)})"
              f" OR {_unheld('t', active)})")
     head = _head("c.id", gated, queued="NOT cap.full AND ")
-    return f"""SELECT c.id, best.priority, best.created_at, c.picks, c.turn
+    return f"""SELECT c.id AS channel, max(c.picks) OVER (PARTITION BY best.priority) AS top
+          INTO cand
         FROM channels c
         CROSS JOIN LATERAL (SELECT CASE WHEN c.max_concurrent IS NULL THEN false
                                    ELSE c.max_concurrent <= (
                                      SELECT count(*) FROM tasks a WHERE a.channel_id = c.id
                                        AND a.status IN ({active})) END AS full) cap
         CROSS JOIN LATERAL ({head}) best
-        WHERE c.is_active AND c.id <> ALL (p_skip)"""
-
-
-def _queued_ranking(active: str) -> str:
-    """``_ranking`` when no task is in ``ix_tasks_runnable``: queued heads only (one probe a
-    channel), channels at their cap left out."""
-    return f"""SELECT c.id, best.priority, best.created_at, c.picks, c.turn
-        FROM channels c
-        CROSS JOIN LATERAL (SELECT t.priority, t.created_at FROM tasks t
-          WHERE t.channel_id = c.id AND t.status = 'queued'
-          ORDER BY t.priority, t.created_at, t.id LIMIT 1) best
-        WHERE c.is_active AND c.id <> ALL (p_skip)
-          AND (c.max_concurrent IS NULL OR c.max_concurrent > (
-            SELECT count(*) FROM tasks a WHERE a.channel_id = c.id AND a.status IN ({active})))"""
-
-
-#: A channel with claimable work, as a pick reads it.
-CANDIDATE = "pick_candidate"
-CANDIDATE_TYPE = (f"CREATE TYPE {CANDIDATE} AS"
-                  " (id uuid, priority prioritylevel, created_at timestamptz, picks bigint)")
-#: Turn order: by the priority of the best task, then fewest pick-ups, then least recently
-#: picked, then that task's age.
-_TURN_ORDER = "priority, picks, turn NULLS FIRST, created_at, id"
-#: The candidates again, with the pick-ups of now (their heads as first read), but for those
-#: a caller's transaction left out (``passed``: held by another transaction).
-_AGAIN = """SELECT c.id, x.priority, x.created_at, c.picks, c.turn
-        FROM unnest(cands) AS x JOIN channels c ON c.id = x.id WHERE x.id <> ALL (passed)"""
-
-
-def _in_turn_order(source: str) -> str:
-    """``source``'s channels into ``cands``, in turn order; when the first is alone at its
-    priority it is the pick at once (``channel``, numbered in ``ticket``): no turn to take
-    from anyone, decided in the one statement."""
-    key = ", ".join(f"s.{part}" for part in _TURN_ORDER.split(", "))
-    alone = ("cardinality(r.cands) = 1 OR (r.cands[2]).priority <> (r.cands[1]).priority")
-    return f"""SELECT r.cands, CASE WHEN {alone} THEN (r.cands[1]).id END,
-             CASE WHEN {alone} THEN nextval('{EVENT_IDS}') END
-      INTO cands, channel, ticket
-      FROM (SELECT array_agg(ROW(s.id, s.priority, s.created_at, s.picks)::{CANDIDATE}
-                             ORDER BY {key}) AS cands
-            FROM ({source}) s) r;"""
+        WHERE c.is_active AND c.id <> ALL (held)
+        ORDER BY best.priority, c.picks, c.turn NULLS FIRST, best.created_at, c.id
+        LIMIT 1;"""
 
 
 def _unheld_head(channel: str, active: str) -> str:
@@ -218,120 +172,55 @@ def _one_status(status: str, targets: Targets) -> str:
 
 def render_pick(*, starts: Iterable[str], active: Iterable[str], errors: Iterable[str]) -> str:
     """``pick_channel``, from frozen lifecycle data."""
-    starts, active, errors = list(starts), list(active), list(errors)
     start_list, error_list, active_list = _list(starts), _list(errors), _list(active)
+    ranking = _ranking(start_list, error_list, active_list)
+    count = f"""LOOP
+      {ranking}
+      EXIT WHEN NOT FOUND;
+      -- The channel's row, unless a claim of it holds the row (a capped channel counting,
+      -- a caller's open transaction): then the next best, so no decision waits.
+      PERFORM 1 FROM channels c WHERE c.id = cand.channel FOR NO KEY UPDATE SKIP LOCKED;
+      IF FOUND THEN
+        channel := cand.channel;
+        ticket := nextval('{EVENT_IDS}');
+        UPDATE channels SET picks = greatest(picks + 1, cand.top - 1), turn = ticket
+          WHERE id = cand.channel;
+        EXIT;
+      END IF;
+      held := held || cand.channel;
+    END LOOP;"""
     return f"""CREATE FUNCTION {PICK}(
   p_now timestamptz, p_commit boolean DEFAULT false, p_skip uuid[] DEFAULT '{{}}')
 RETURNS TABLE (channel uuid, ticket bigint)
 LANGUAGE plpgsql SET lock_timeout = '{LOCK_TIMEOUT}' SET plan_cache_mode = {PLANS} AS $$
 DECLARE
-  cands {CANDIDATE}[];
-  cand {CANDIDATE};
-  n integer;
-  first integer;      -- the first candidate at cand's priority (the fewest pick-ups)
-  bound bigint;       -- the fewest pick-ups of the others at cand's priority (null: none)
-  top bigint;         -- the most pick-ups at cand's priority
-  passed uuid[] := '{{}}';
-  picked bigint;
-  w integer;
-  moved boolean;
+  cand record;
+  held uuid[] := p_skip;
+  turnstile boolean := false;
 BEGIN
-  -- Tasks other than queued ones wait for a claim rarely (the index of them is mostly empty):
-  -- without any, a channel's best task is its queued head.
-  IF EXISTS (SELECT 1 FROM tasks t WHERE {runnable_predicate(starts, errors, active)}) THEN
-    {_in_turn_order(_ranking(start_list, error_list, active_list))}
+  IF p_commit THEN
+    -- Alone in its transaction: the lock lasts through the (asynchronous) commit, so the next
+    -- decision sees this one.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM pg_advisory_xact_lock({TURNSTILE});
+    {count}
   ELSE
-    {_in_turn_order(_queued_ranking(active_list))}
+    -- In a caller's transaction: a session lock, released however the call ends.
+    BEGIN
+      PERFORM pg_advisory_lock({TURNSTILE});
+      turnstile := true;
+      {count}
+      PERFORM pg_advisory_unlock({TURNSTILE});
+    EXCEPTION WHEN query_canceled OR others THEN
+      IF turnstile THEN
+        PERFORM pg_advisory_unlock({TURNSTILE});
+      END IF;
+      RAISE;
+    END;
   END IF;
-  IF ticket IS NOT NULL THEN
-    RETURN NEXT;        -- alone at its priority (the common case: one statement)
-    RETURN;
+  IF channel IS NOT NULL THEN
+    RETURN NEXT;
   END IF;
-  FOR pass IN 1 .. {MAX_PASSES} LOOP
-    n := coalesce(array_length(cands, 1), 0);
-    w := NULL;
-    moved := false;
-    first := 1;
-    FOR i IN 1 .. n LOOP
-      cand := cands[i];
-      IF cand.priority <> cands[first].priority THEN
-        first := i;
-      END IF;
-      -- Past a channel another pick holds, only a channel level with it (same priority, as
-      -- few pick-ups): the held one gets its pick first.
-      EXIT WHEN w IS NOT NULL AND (cand.priority <> cands[w].priority
-                                   OR cand.picks > cands[w].picks);
-      bound := CASE WHEN i > first THEN cands[first].picks
-                    WHEN i < n AND cands[i + 1].priority = cand.priority
-                      THEN cands[i + 1].picks END;
-      channel := cand.id;
-      IF bound IS NULL THEN
-        -- Alone at its priority (behind others' picks in flight): no turn to take from anyone,
-        -- so nothing to count or lock; a late-comer is raised to it later.
-        ticket := nextval('{EVENT_IDS}');
-        RETURN NEXT;
-        RETURN;
-      END IF;
-      top := (SELECT max(x.picks) FROM unnest(cands[i:n]) x WHERE x.priority = cand.priority);
-      -- Its row, while it is still its turn (a row whose turn has passed is not locked).
-      PERFORM 1 FROM channels c WHERE c.id = cand.id AND c.picks <= bound
-        FOR NO KEY UPDATE SKIP LOCKED;
-      IF FOUND THEN
-        IF p_commit THEN
-          PERFORM set_config('synchronous_commit', 'off', true);
-        END IF;
-        ticket := nextval('{EVENT_IDS}');
-        UPDATE channels SET picks = greatest(picks + 1, top - 1), turn = ticket
-          WHERE id = channel;
-        RETURN NEXT;
-        RETURN;
-      END IF;
-      SELECT c.picks INTO picked FROM channels c WHERE c.id = cand.id;
-      IF picked > bound THEN
-        moved := true;    -- picked since it was read: others first
-      ELSIF NOT p_commit THEN
-        -- Another transaction's. A caller's transaction never waits (it may hold rows of its
-        -- own to its end): it leaves that channel out and reads the turns again.
-        passed := passed || cand.id;
-        moved := true;
-      ELSIF FOUND AND w IS NULL THEN
-        w := i;           -- another pick's, in flight
-      END IF;
-    END LOOP;
-    channel := NULL;
-    IF w IS NOT NULL THEN
-      -- Every channel it may take is another pick's: wait for the first (as long as any lock
-      -- wait here, LOCK_TIMEOUT), and take it if that leaves it no further ahead than the
-      -- others. Turns stay strict however slow that pick is. Never while holding a row: a lock
-      -- whose turn moved as it was taken stays held, and a pick waiting on it would wait in
-      -- turn. Then it ends with no channel, and the caller commits and picks again.
-      IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
-        RETURN NEXT;
-        RETURN;
-      END IF;
-      cand := cands[w];
-      bound := (SELECT min(x.picks) FROM unnest(cands) x
-                WHERE x.priority = cand.priority AND x.id <> cand.id);
-      top := (SELECT max(x.picks) FROM unnest(cands) x WHERE x.priority = cand.priority);
-      UPDATE channels SET picks = greatest(picks + 1, top - 1), turn = nextval('{EVENT_IDS}')
-        WHERE id = cand.id AND picks <= bound
-        RETURNING id, turn INTO channel, ticket;
-      IF channel IS NOT NULL THEN
-        IF p_commit THEN
-          PERFORM set_config('synchronous_commit', 'off', true);
-        END IF;
-        RETURN NEXT;
-        RETURN;
-      END IF;
-    ELSIF NOT moved THEN
-      EXIT;
-    END IF;
-    {_in_turn_order(_AGAIN)}
-    IF ticket IS NOT NULL THEN
-      RETURN NEXT;
-      RETURN;
-    END IF;
-  END LOOP;
 END
 $$"""
 
@@ -366,7 +255,7 @@ BEGIN
     IF p_task IS NULL AND p_channel IS NULL THEN
       -- A whole pick-up in the caller's transaction.
       SELECT p.channel, p.ticket INTO ch, tk FROM {PICK}(p_now, false, skip) p;
-      EXIT WHEN NOT FOUND OR ch IS NULL;
+      EXIT WHEN NOT FOUND;
     END IF;
     IF p_task IS NOT NULL THEN
       SELECT c.id, c.max_concurrent, t.id AS task, t.status, t.failed_stage INTO chan
@@ -448,7 +337,7 @@ BEGIN
     -- Nothing to take: a pick-up gives its count back; the caller (or the next round) picks
     -- again without this channel.
     IF tk IS NOT NULL THEN
-      UPDATE channels SET picks = greatest(picks - 1, 0) WHERE id = ch AND turn = tk;
+      UPDATE channels SET picks = greatest(picks - 1, 0) WHERE id = ch;
     END IF;
     EXIT WHEN p_task IS NOT NULL OR p_channel IS NOT NULL;
     skip := skip || ch;
@@ -459,7 +348,7 @@ $$"""
 
 def render_next() -> str:
     """``claim_next``: the workers' pick-up in one round trip. A procedure, so that it can
-    commit the pick (asynchronously, releasing its channel's row) before it claims the task, and
+    commit the pick (asynchronously, releasing the turnstile) before it claims the task, and
     the claim in its own transaction; called on its own (``CALL``, no transaction open)."""
     return f"""CREATE PROCEDURE {NEXT}(
   p_worker text, p_lease_s double precision, p_now timestamptz, p_start boolean,
@@ -472,20 +361,11 @@ DECLARE
   ch uuid;
   tk bigint;
   got record;
-  retries integer := 0;
 BEGIN
   LOOP
     SELECT p.channel, p.ticket INTO ch, tk FROM {PICK}(p_now, true, skip) p;
     EXIT WHEN NOT FOUND;
-    IF ch IS NULL THEN
-      COMMIT;       -- a row it held but did not take: let go, then pick again
-      retries := retries + 1;
-      EXIT WHEN retries > {MAX_PASSES};
-      CONTINUE;
-    END IF;
-    IF pg_current_xact_id_if_assigned() IS NOT NULL THEN
-      COMMIT;       -- the pick counted: release its channel's row
-    END IF;
+    COMMIT;
     SELECT c.* INTO got FROM {FUNCTION}(p_worker, p_lease_s, p_now, NULL, p_start, ch, tk) c;
     IF FOUND THEN
       task_id := got.task_id; from_status := got.from_status; to_status := got.to_status;
@@ -501,11 +381,10 @@ $$"""
 
 
 def drop() -> list[str]:
-    """Drop the procedure, both functions and the candidates' type (the claim's old signature
-    is ``claim_task_0005.drop``)."""
+    """Drop the procedure and both functions (the claim's old signature is
+    ``claim_task_0005.drop``)."""
     return [f"DROP PROCEDURE IF EXISTS {NEXT}(text, double precision, timestamptz, boolean,"
             " uuid, taskstatus, taskstatus, uuid, integer, integer)",
             f"DROP FUNCTION IF EXISTS {FUNCTION}(text, double precision, timestamptz, uuid,"
             " boolean, uuid, bigint)",
-            f"DROP FUNCTION IF EXISTS {PICK}(timestamptz, boolean, uuid[])",
-            f"DROP TYPE IF EXISTS {CANDIDATE}"]
+            f"DROP FUNCTION IF EXISTS {PICK}(timestamptz, boolean, uuid[])"]
