@@ -141,6 +141,20 @@ async def test_burst_worker_drains_what_is_runnable_then_exits(
     burst = workers.start((*PIPELINE_WORKER, "--burst"), WORKER_CONCURRENCY="2")
     assert await burst.exited(timeout_s=120) == 0
     assert await count(sessions, TaskStatus.published) == 12
+    assert burst.lines("burst done; left behind: 0 retrying later, 0 out of attempts, 0 waiting"
+                       " at review gates, 0 blocked, 0 runnable"), burst.text()[-2000:]
+
+
+async def test_burst_worker_says_what_it_leaves_behind(
+    db: tuple[str, Sessions], workers: Workers,
+) -> None:
+    """A stage that fails with a long backoff is left for later, and the burst says so."""
+    _, sessions = db
+    await seed(sessions, [None], per_channel=1, title="Later [fail:assets:1]")
+    burst = workers.start((*PIPELINE_WORKER, "--burst"), RETRY_BACKOFF_SECONDS="300")
+    assert await burst.exited(timeout_s=120) == 0
+    [line] = burst.lines("burst done; left behind: 1 retrying later (next in ")
+    assert "0 out of attempts" in line and "0 runnable" in line
 
 
 async def _jobs_in_progress(redis: aioredis.Redis, queue: str) -> set[str]:

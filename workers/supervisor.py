@@ -22,8 +22,10 @@ from arq.worker import Worker
 
 from app import servers
 from app.config import Settings
-from app.db import describe, require_postgresql
+from app.db import describe, make_engine, make_sessionmaker, require_postgresql, session_scope
 from app.execution import wakeups
+from app.lifecycle import GATES
+from app.services import stats, transitions
 from workers import signals
 from workers.settings import worker_options
 
@@ -36,7 +38,7 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 async def run(settings: Settings, *, burst: bool) -> int:
     """Run arq workers until stopped (or, with ``burst``, until nothing is runnable)."""
-    require_postgresql(await servers.database_url(settings))  # embedded default: started
+    url = require_postgresql(await servers.database_url(settings))  # embedded: started
     redis_url = servers.redis_url(settings)
     options = worker_options(settings, burst=burst)
     options["redis_settings"] = wakeups.redis_settings(redis_url)
@@ -48,6 +50,8 @@ async def run(settings: Settings, *, burst: bool) -> int:
         while True:
             started = loop.time()
             error = await _run_once(options, stop, redis_url=redis_url, settings=settings)
+            if error is None and burst and not stop.is_set():
+                await _left_behind(settings, url)
             if error is None or stop.is_set():
                 return 0
             if loop.time() - started > BACKOFF_MAX_S:
@@ -62,6 +66,25 @@ async def run(settings: Settings, *, burst: bool) -> int:
     finally:
         for signum in _SIGNALS:
             loop.remove_signal_handler(signum)
+
+
+async def _left_behind(settings: Settings, url: str) -> None:
+    """A burst is done: say what it leaves for later or for a person, in one line."""
+    engine = make_engine(settings, url)
+    try:
+        async with session_scope(make_sessionmaker(engine)) as session:
+            found = await stats.collect(session, now=transitions.utcnow())
+    finally:
+        await engine.dispose()
+    by_status = found.by_status()
+    gates = sum(by_status.get(gate.waiting, 0) for gate in GATES)
+    later = ""
+    if found.next_retry_at is not None:
+        later = f" (next in {(found.next_retry_at - transitions.utcnow()).total_seconds():.0f} s)"
+    blocked = sum(found.blocked.values())
+    log.info("burst done; left behind: %d retrying later%s, %d out of attempts, %d waiting at "
+             "review gates, %d blocked, %d runnable", found.retrying, later,
+             found.out_of_attempts, gates, blocked, found.runnable)
 
 
 def _handle_signals(stop: asyncio.Event) -> None:
