@@ -94,14 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     add.set_defaults(run=admin(channels.add))
     listing = channel_sub.add_parser("list", parents=[data], help="list channels")
     listing.set_defaults(run=admin(channels.list_))
-    off = channel_sub.add_parser("deactivate", parents=[data],
-                                 help="stop claiming a channel's tasks")
-    off.add_argument("channel_id", metavar="ID", help="the YouTube channel id")
-    off.set_defaults(run=admin(channels.deactivate))
-    on = channel_sub.add_parser("activate", parents=[data],
-                                help="claim a deactivated channel's tasks again")
-    on.add_argument("channel_id", metavar="ID", help="the YouTube channel id")
-    on.set_defaults(run=admin(channels.activate))
+    for verb, helped, run in (
+            ("deactivate", "stop claiming a channel's tasks", channels.deactivate),
+            ("activate", "claim a deactivated channel's tasks again", channels.activate),
+            ("remove", "delete a channel that has no tasks", channels.remove)):
+        one = channel_sub.add_parser(verb, parents=[data], help=helped)
+        one.add_argument("channel_id", metavar="ID", help="the YouTube channel id")
+        one.set_defaults(run=admin(run))
     change = channel_sub.add_parser("update", parents=[data],
                                     help="rename a channel or change its cap")
     change.add_argument("channel_id", metavar="ID", help="the YouTube channel id")
@@ -111,10 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="at most N of its tasks in active states at once")
     cap.add_argument("--no-limit", action="store_true", help="no cap")
     change.set_defaults(run=admin(channels.update))
-    drop = channel_sub.add_parser("remove", parents=[data],
-                                  help="delete a channel that has no tasks")
-    drop.add_argument("channel_id", metavar="ID", help="the YouTube channel id")
-    drop.set_defaults(run=admin(channels.remove))
 
     imp = sub.add_parser("enqueue", parents=[data], help="import tasks from a JSON or CSV file")
     imp.add_argument("file", metavar="FILE",

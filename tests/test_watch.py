@@ -9,28 +9,20 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.config import Settings
-from app.db import make_engine, make_sessionmaker
-from tests import dbtools
+from tests import workerprocs
 from tests.factories import make_channel, make_task
 from tests.workerprocs import eventually
 
+db = workerprocs.db   # fixture
+
 Sessions = async_sessionmaker[AsyncSession]
 PIPELINE = Path(sys.executable).with_name("pipeline")
-
-
-@pytest.fixture
-async def database(pg_server_url: str, settings: Settings) -> AsyncIterator[tuple[str, Sessions]]:
-    async with dbtools.scratch_database(pg_server_url, migrate=True) as url:
-        engine = make_engine(settings, url)
-        yield url, make_sessionmaker(engine)
-        await engine.dispose()
 
 
 @pytest.fixture
@@ -59,9 +51,9 @@ def _waiting_at_assets(screen: str) -> int | None:
     return int(rows[0][1]) if len(rows) == 1 else None
 
 
-async def test_the_live_view_redraws_one_screen(database: tuple[str, Sessions],
+async def test_the_live_view_redraws_one_screen(db: tuple[str, Sessions],
                                                 terminal: str, redis_url: str) -> None:
-    url, sessions = database
+    url, sessions = db
     async with sessions() as session, session.begin():
         channel = await make_channel(session, channel_id="UCwatched")
         for _ in range(2):

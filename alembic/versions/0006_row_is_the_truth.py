@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from app.db.ddl import claim_task_0005, claim_task_0006
+from app.db.ddl import claim_task, claim_task_0005
 
 revision: str = "0006"
 down_revision: str | None = "0005"
@@ -117,8 +117,7 @@ _FAILED_FROM_HISTORY = (
 
 def _runnable_index(predicate: str) -> None:
     where = sa.text(predicate)
-    op.create_index(claim_task_0006.RUNNABLE_INDEX, "tasks",
-                    list(claim_task_0006.RUNNABLE_COLUMNS),
+    op.create_index(claim_task.RUNNABLE_INDEX, "tasks", list(claim_task.RUNNABLE_COLUMNS),
                     postgresql_where=where, sqlite_where=where)
 
 
@@ -141,8 +140,8 @@ def upgrade() -> None:
                    " CONSTRAINT ck_tasks_stage_runs_non_negative CHECK (stage_runs >= 0)")
     op.execute(_FAILED_FROM_HISTORY)
     op.execute("UPDATE tasks SET stage_runs = attempts WHERE attempts <> 0")
-    op.drop_index(claim_task_0006.RUNNABLE_INDEX, table_name="tasks")
-    _runnable_index(claim_task_0006.runnable_predicate(STARTS, ERRORS, ACTIVE))
+    op.drop_index(claim_task.RUNNABLE_INDEX, table_name="tasks")
+    _runnable_index(claim_task.runnable_predicate(STARTS, ERRORS, ACTIVE))
     op.add_column("channels", sa.Column("turn", sa.BigInteger(), nullable=True))
     op.add_column("channels", sa.Column("picks", sa.BigInteger(), server_default="0",
                                         nullable=False))
@@ -152,15 +151,15 @@ def upgrade() -> None:
                " * -1 WHERE last_claimed_at IS NOT NULL")
     op.drop_column("channels", "last_claimed_at")
     if is_pg:
-        op.execute(claim_task_0006.render_pick(starts=STARTS, active=ACTIVE, errors=ERRORS))
-        op.execute(claim_task_0006.render(TARGETS, starts=STARTS, active=ACTIVE, errors=ERRORS))
-        op.execute(claim_task_0006.render_next())
+        op.execute(claim_task.render_pick(starts=STARTS, active=ACTIVE, errors=ERRORS))
+        op.execute(claim_task.render(TARGETS, starts=STARTS, active=ACTIVE, errors=ERRORS))
+        op.execute(claim_task.render_next())
 
 
 def downgrade() -> None:
     is_pg = op.get_bind().dialect.name == "postgresql"
     if is_pg:
-        for statement in claim_task_0006.drop():
+        for statement in claim_task.drop():
             op.execute(statement)
     # A stage handed back has no holder and no lease: the old claim does not take it over, so
     # its lease ends now and the old reaper takes it back.
@@ -175,8 +174,8 @@ def downgrade() -> None:
                    " WHERE turn IS NOT NULL")
     op.drop_column("channels", "picks")
     op.drop_column("channels", "turn")
-    op.drop_index(claim_task_0006.RUNNABLE_INDEX, table_name="tasks")
-    _runnable_index(claim_task_0006.runnable_predicate(STARTS, ERRORS))
+    op.drop_index(claim_task.RUNNABLE_INDEX, table_name="tasks")
+    _runnable_index(claim_task.runnable_predicate(STARTS, ERRORS))
     if is_pg:
         op.drop_constraint(op.f("ck_tasks_stage_runs_non_negative"), "tasks", type_="check")
         op.drop_constraint(op.f("ck_tasks_failed_stage_known"), "tasks", type_="check")

@@ -74,12 +74,7 @@ async def _approval_plans(ctx: Context, args: argparse.Namespace) -> tuple[
     refused: list[str] = []
     async with session_scope(ctx.sessions) as session:
         if args.task_ids:
-            ids = []
-            for ref in args.task_ids:
-                try:
-                    ids.append(await tasks.find_task(session, ref))
-                except PipelineError as exc:
-                    refused.append(str(exc))
+            ids = await _found(session, args.task_ids, refused)
         else:
             channel = (await channels.get_channel(session, args.channel)).id \
                 if args.channel else None
@@ -127,18 +122,24 @@ async def requeue(ctx: Context, args: argparse.Namespace) -> int:
     return 2 if skipped else 0
 
 
+async def _found(session: AsyncSession, refs: list[str], refused: list[str]) -> list[uuid.UUID]:
+    """The tasks ``refs`` name; a ref that names none (or several) goes to ``refused``."""
+    ids = []
+    for ref in refs:
+        try:
+            ids.append(await tasks.find_task(session, ref))
+        except PipelineError as exc:
+            refused.append(str(exc))
+    return ids
+
+
 async def _plan(ctx: Context, args: argparse.Namespace) -> tuple[list[RequeuePlan], list[str]]:
     """Every task's plan, or the reasons some cannot be requeued (nothing is changed)."""
     plans: list[RequeuePlan] = []
     refused: list[str] = []
     async with session_scope(ctx.sessions) as session:
         if args.task_ids:
-            ids = []
-            for ref in args.task_ids:
-                try:
-                    ids.append(await tasks.find_task(session, ref))
-                except PipelineError as exc:
-                    refused.append(str(exc))
+            ids = await _found(session, args.task_ids, refused)
         else:
             ids = await _ids_by_status(session, args.status, args.channel)
         for task_id in dict.fromkeys(ids):

@@ -50,9 +50,6 @@ async def collect(session: AsyncSession, *, now: datetime) -> Stats:
     queued = (await session.execute(
         sa.select(sa.func.count(), sa.func.min(Task.created_at))
         .where(Task.status == TaskStatus.queued))).one()
-    oldest = queued[1]
-    if oldest is not None and oldest.tzinfo is None:    # SQLite keeps UTC without an offset
-        oldest = oldest.replace(tzinfo=UTC)
     errors = (await session.execute(
         sa.select(sa.func.count(Task.retry_at), sa.func.min(Task.retry_at),
                   sa.func.count().filter(Task.retry_at.is_(None)))
@@ -60,7 +57,7 @@ async def collect(session: AsyncSession, *, now: datetime) -> Stats:
     found = await claims.claimable(session, now=now)
     return Stats(counts={(row[0], TaskStatus(row[1])): int(row[2]) for row in rows},
                  runnable=found.runnable, blocked=found.blocked,
-                 queued=int(queued[0]), oldest_queued_at=oldest,
+                 queued=int(queued[0]), oldest_queued_at=_utc(queued[1]),
                  retrying=int(errors[0]), next_retry_at=_utc(errors[1]),
                  out_of_attempts=int(errors[2]))
 
