@@ -96,6 +96,7 @@ async def test_claim_shaped_query_uses_partial_index(pg_engine: AsyncEngine) -> 
         await conn.execute(sa.text("ANALYZE tasks"))
         plan = "\n".join((await conn.execute(sa.text(
             "EXPLAIN SELECT id FROM tasks WHERE channel_id = :c AND status = 'queued'"
+            " AND hold_since IS NULL"
             " ORDER BY priority, created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED"),
             {"c": channel})).scalars())
         await conn.execute(sa.text("DELETE FROM tasks WHERE channel_id = :c"), {"c": channel})

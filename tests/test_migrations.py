@@ -46,7 +46,8 @@ def test_frozen_pairs_match_lifecycle() -> None:
 
 
 @pytest.mark.parametrize("name", ["0002_claim_task", "0004_claim_start",
-                                  "0005_claim_single_write", "0006_row_is_the_truth"])
+                                  "0005_claim_single_write", "0006_row_is_the_truth",
+                                  "0007_hold"])
 def test_frozen_claim_data_matches_lifecycle(name: str) -> None:
     claim = _revision(name)
     starts = {st.start.value: st.active.value for st in lifecycle.STAGES
@@ -313,6 +314,12 @@ GOLDEN = {
         "postgresql downgrade": "e0767078e3832a54",
         "sqlite upgrade": "70e8c76f98ebeb82",
         "sqlite downgrade": "69bba11d23663a10",
+    },
+    "0007_hold": {
+        "postgresql upgrade": "0af9d9ace409f361",
+        "postgresql downgrade": "5940cd048cc75681",
+        "sqlite upgrade": "fc0b8d8aaa921967",
+        "sqlite downgrade": "87050b64dd9aa032",
     },
 }
 

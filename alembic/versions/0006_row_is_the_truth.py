@@ -25,7 +25,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from alembic import op
-from app.db.ddl import claim_task, claim_task_0005
+from app.db.ddl import claim_task_0005
+from app.db.ddl import claim_task_0006 as claim_task
 
 revision: str = "0006"
 down_revision: str | None = "0005"

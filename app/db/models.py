@@ -174,6 +174,11 @@ class Task(TimestampMixin, Base):
     #: When an errored task's automatic retry is due (null: waits for an operator).
     retry_at: Mapped[datetime | None] = mapped_column(Timestamp)
     published_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    #: An operator's hold: since when, by whom and why. A task on hold is never claimed, and
+    #: its running stage is handed back at the next heartbeat; its status is unchanged.
+    hold_since: Mapped[datetime | None] = mapped_column(Timestamp)
+    hold_by: Mapped[str | None] = mapped_column(sa.String(100))
+    hold_reason: Mapped[str | None] = mapped_column(sa.Text)
     #: Stage outputs keyed by stage name.
     artifacts: Mapped[dict[str, Any]] = mapped_column(
         Json, nullable=False, server_default=sa.text("'{}'"), default=dict)
@@ -183,10 +188,11 @@ class Task(TimestampMixin, Base):
         sa.Index("ix_tasks_channel_id", "channel_id"),
         sa.Index("ix_tasks_created_at", "created_at"),
         sa.Index("ix_tasks_channel_id_status", "channel_id", "status"),
-        # The claim index: only queued rows, keyed for "per channel, by priority, then FIFO".
+        # The claim index: only queued rows not on hold, keyed for "per channel, by priority,
+        # then FIFO".
         sa.Index("ix_tasks_queued", "channel_id", "priority", "created_at", "id",
-                 postgresql_where=sa.text("status = 'queued'"),
-                 sqlite_where=sa.text("status = 'queued'")),
+                 postgresql_where=sa.text(claim_task.QUEUED_PREDICATE),
+                 sqlite_where=sa.text(claim_task.QUEUED_PREDICATE)),
         # The claim's probe of the other runnable rows (few; see app.db.ddl.claim_task).
         sa.Index(claim_task.RUNNABLE_INDEX, *claim_task.RUNNABLE_COLUMNS,
                  postgresql_where=sa.text(_RUNNABLE), sqlite_where=sa.text(_RUNNABLE)),

@@ -41,6 +41,11 @@ Where each runnable state goes is rendered from the pure rule ``app.moves.claim_
 migration passes the table frozen), so the function and the services cannot disagree about
 where a retry resumes: an errored task resumes at ``tasks.failed_stage``, or at the earliest
 stage of its error kind when the row names none. Nothing here reads ``task_events``.
+
+A task on hold (``tasks.hold_since`` set by an operator) is never claimed, whatever its state:
+every probe leaves it out, and so do both claim indexes, so a thousand held rows cost a claim
+nothing. A hold that commits while a claim holds the row's lock is seen by the runner's next
+heartbeat, which hands the stage back.
 """
 
 from __future__ import annotations
@@ -65,6 +70,10 @@ PLANS = "force_generic_plan"
 #: The partial index of runnable tasks other than queued ones (see ``runnable_predicate``).
 RUNNABLE_INDEX = "ix_tasks_runnable"
 RUNNABLE_COLUMNS = ("channel_id", "priority", "created_at", "id")
+#: A task on hold is never claimed (every claim probe carries this condition).
+NOT_ON_HOLD = "hold_since IS NULL"
+#: ``ix_tasks_queued``'s predicate: queued tasks a claim may take.
+QUEUED_PREDICATE = f"status = 'queued' AND {NOT_ON_HOLD}"
 #: Where a claim moves a task: ``(status, failed_stage or None, start) → target``.
 Targets = Mapping[tuple[str, str | None, bool], str]
 
@@ -74,17 +83,14 @@ def _list(values: Iterable[str]) -> str:
 
 
 def runnable_predicate(starts: Iterable[str], errors: Iterable[str],
-                       active: Iterable[str] = ()) -> str:
+                       active: Iterable[str]) -> str:
     """``ix_tasks_runnable``'s predicate: tasks waiting in a runnable state other than queued,
     errored tasks with a retry scheduled (an exhausted one waits for an operator, unindexed) and
-    stages handed back (active, no holder). Rows pass through these states briefly, so the
-    index stays small. Without ``active``: revision 0004's predicate."""
-    predicate = (f"status IN ({_list(starts)})"
-                 f" OR (status IN ({_list(errors)}) AND retry_at IS NOT NULL)")
-    active = list(active)
-    if active:
-        predicate += f" OR (status IN ({_list(active)}) AND claim_token IS NULL)"
-    return predicate
+    stages handed back (active, no holder); none on hold. Rows pass through these states
+    briefly, so the index stays small."""
+    return (f"(status IN ({_list(starts)})"
+            f" OR (status IN ({_list(errors)}) AND retry_at IS NOT NULL)"
+            f" OR (status IN ({_list(active)}) AND claim_token IS NULL)) AND {NOT_ON_HOLD}")
 
 
 def _waiting(t: str, starts: str, errors: str) -> str:
@@ -103,11 +109,11 @@ def _claimable(alias: str, starts: str, errors: str, active: str) -> str:
 
 
 def _head(channel: str, other: str, *, seen: str = "", queued: str = "") -> str:
-    """The channel's best runnable task: two ordered probes, no sort of the table. No row lock:
-    claimers of a channel are serialised by its row, and the UPDATE re-checks the task.
-    ``queued`` gates the queued probe (a condition and ``AND``)."""
+    """The channel's best runnable task not on hold: two ordered probes, no sort of the table.
+    No row lock: claimers of a channel are serialised by its row, and the UPDATE re-checks the
+    task. ``queued`` gates the queued probe (a condition and ``AND``)."""
     branch = ("(SELECT t.id, t.status, t.failed_stage, t.priority, t.created_at FROM tasks t"
-              " WHERE t.channel_id = {c} AND {cond}"
+              " WHERE t.channel_id = {c} AND t.hold_since IS NULL AND {cond}"
               " ORDER BY t.priority, t.created_at, t.id LIMIT 1)")
     conds = [f"{queued}t.status = 'queued'", other]
     branches = "\n        UNION ALL ".join(branch.format(c=channel, cond=c) for c in conds)
@@ -140,7 +146,8 @@ def _ranking(starts: str, errors: str, active: str) -> str:
 def _unheld_head(channel: str, active: str) -> str:
     """The channel's best handed-back stage: all a claim may take at the channel's cap."""
     return ("SELECT t.id, t.status, t.failed_stage FROM tasks t"
-            f" WHERE t.channel_id = {channel} AND t.status IN ({active})"
+            f" WHERE t.channel_id = {channel} AND t.hold_since IS NULL"
+            f" AND t.status IN ({active})"
             " AND t.claim_token IS NULL ORDER BY t.priority, t.created_at, t.id LIMIT 1")
 
 
@@ -260,7 +267,8 @@ BEGIN
     IF p_task IS NOT NULL THEN
       SELECT c.id, c.max_concurrent, t.id AS task, t.status, t.failed_stage INTO chan
         FROM tasks t JOIN channels c ON c.id = t.channel_id
-        WHERE t.id = p_task AND c.is_active AND (t.status = 'queued' OR {other});
+        WHERE t.id = p_task AND c.is_active AND t.hold_since IS NULL
+          AND (t.status = 'queued' OR {other});
     ELSE
       SELECT c.id, c.max_concurrent, NULL::uuid AS task INTO chan
         FROM channels c WHERE c.id = ch AND c.is_active;
@@ -277,7 +285,8 @@ BEGIN
       IF p_task IS NOT NULL THEN
         IF NOT at_cap OR chan.status IN ({active_list}) THEN
           SELECT t.id, t.status, t.failed_stage INTO head_id, head_status, head_failed
-            FROM tasks t WHERE t.id = p_task AND (t.status = 'queued' OR {other})
+            FROM tasks t WHERE t.id = p_task AND t.hold_since IS NULL
+              AND (t.status = 'queued' OR {other})
             FOR UPDATE;
         END IF;
       ELSIF at_cap THEN
@@ -287,11 +296,11 @@ BEGIN
         -- The channel's best task no other claim holds: the rare rows of the other runnable
         -- states first, then the queued head.
         SELECT t.id, t.status, t.failed_stage, t.priority, t.created_at INTO best_other
-          FROM tasks t WHERE t.channel_id = chan.id AND {other}
+          FROM tasks t WHERE t.channel_id = chan.id AND t.hold_since IS NULL AND {other}
           ORDER BY t.priority, t.created_at, t.id LIMIT 1 FOR UPDATE SKIP LOCKED;
         SELECT t.id, t.status, t.failed_stage INTO head_id, head_status, head_failed
           FROM tasks t WHERE t.channel_id = chan.id AND t.status = 'queued'
-            AND (best_other.id IS NULL OR (t.priority, t.created_at, t.id)
+            AND t.hold_since IS NULL AND (best_other.id IS NULL OR (t.priority, t.created_at, t.id)
                  < (best_other.priority, best_other.created_at, best_other.id))
           ORDER BY t.priority, t.created_at, t.id LIMIT 1 FOR UPDATE SKIP LOCKED;
         IF head_id IS NULL AND best_other.id IS NOT NULL THEN
@@ -381,8 +390,7 @@ $$"""
 
 
 def drop() -> list[str]:
-    """Drop the procedure and both functions (the claim's old signature is
-    ``claim_task_0005.drop``)."""
+    """Drop the procedure and both functions (signatures as since revision 0006)."""
     return [f"DROP PROCEDURE IF EXISTS {NEXT}(text, double precision, timestamptz, boolean,"
             " uuid, taskstatus, taskstatus, uuid, integer, integer)",
             f"DROP FUNCTION IF EXISTS {FUNCTION}(text, double precision, timestamptz, uuid,"
