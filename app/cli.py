@@ -21,14 +21,14 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from app import logs, servers
-from app.commands import channels, demo, enqueue, operations, retention, tasks
+from app.commands import channels, demo, enqueue, holds, operations, retention, tasks
 from app.commands import workers as live_workers
 from app.commands.context import Context, open_context
 from app.config import get_settings
 from app.db import make_engine, make_sessionmaker
 from app.embedded import EmbeddedError
 from app.errors import PipelineError
-from app.lifecycle import ERROR, GATE_BY_NAME, TaskStatus
+from app.lifecycle import ERROR, GATE_BY_NAME, TERMINAL, TaskStatus
 from app.schemas import field_errors
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -150,11 +150,28 @@ def build_parser() -> argparse.ArgumentParser:
                          help="print the plan and change nothing")
     requeue.set_defaults(run=admin(operations.requeue), usage=requeue)
 
+    for verb, helped, run, statuses in (
+            ("hold", "stop tasks from being claimed (a running stage stops at its next"
+             " heartbeat)", holds.hold, [s for s in TaskStatus if s not in TERMINAL]),
+            ("release", "make held tasks claimable again", holds.release, list(TaskStatus))):
+        names = [s.value for s in statuses]
+        one = sub.add_parser(verb, parents=[data], help=helped)
+        one.add_argument("task_ids", nargs="*", metavar="TASK", help=TASK_HELP)
+        one.add_argument("--status", nargs="+", choices=names, metavar="S",
+                         help="every task in these states")
+        one.add_argument("--channel", metavar="C", help="with --status: only this channel")
+        one.add_argument("--reason", help="recorded with you as actor in each task's history")
+        one.add_argument("--dry-run", action="store_true",
+                         help=f"print what would be {'held' if verb == 'hold' else 'released'}"
+                         " and change nothing")
+        one.set_defaults(run=admin(run), usage=one)
+
     lst = sub.add_parser("list", parents=[data], help="list tasks, oldest first")
     lst.add_argument("--status", nargs="+", choices=[s.value for s in TaskStatus], metavar="S")
     lst.add_argument("--channel", metavar="C", help="YouTube channel id")
     lst.add_argument("--search", metavar="TEXT", help="titles containing TEXT (any case)")
     lst.add_argument("--page-id", metavar="ID", help="the task of this Notion page")
+    lst.add_argument("--held", action="store_true", help="only tasks on hold")
     lst.add_argument("--sort", choices=["oldest", "newest"], default="oldest",
                      help="by creation time (oldest)")
     lst.add_argument("--limit", type=int, default=100, metavar="N",
@@ -200,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Argument rules argparse cannot express; a broken one shows the subcommand's usage."""
     sub: argparse.ArgumentParser = getattr(args, "usage", parser)
-    if args.command == "requeue":
+    if args.command in ("requeue", "hold", "release"):
         if bool(args.task_ids) == bool(args.status):
             sub.error("give TASKs or --status S…, not both and not neither")
         if args.channel and not args.status:

@@ -65,6 +65,14 @@ class BadTaskRef(PipelineError):
         super().__init__(f"task {ref!r}: {why}")
 
 
+class CannotHold(PipelineError):
+    """A finished task cannot be held."""
+
+    def __init__(self, task_id: uuid.UUID, status: TaskStatus) -> None:
+        self.task_id, self.status = task_id, status
+        super().__init__(f"task {task_id} is {status.value}: a finished task cannot be held")
+
+
 class ChannelNotFound(PipelineError):
     """No channel has this YouTube channel id."""
 

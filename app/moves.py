@@ -14,6 +14,7 @@ here reads ``task_events``.
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from app.lifecycle import (
     STAGE_BY_ACTIVE,
     STAGE_BY_NAME,
     STAGES,
+    TERMINAL,
     Gate,
     Stage,
     TaskStatus,
@@ -205,6 +207,45 @@ def hand_back(held: Claim, *, reason: str, now: datetime) -> Move:
                            "attempts": max(held.attempt - 1, 0),
                            "stage_runs": max(held.run - 1, 0)}
     return Move(held.status, held.status, changes, f"handed back: {reason}")
+
+
+#: What a hand-back records when the stage stopped for an operator's hold.
+ON_HOLD = "on hold"
+
+
+def can_hold(status: TaskStatus) -> bool:
+    """Any task not finished can be held (a hold is a fact on the row, not a state)."""
+    return status not in TERMINAL
+
+
+def hold(*, actor: str, reason: str | None, now: datetime) -> Changes:
+    """An operator's hold: no claim takes the task until it is released; a running stage is
+    handed back at its next heartbeat. The status is untouched."""
+    return {"hold_since": now, "hold_by": actor, "hold_reason": reason, "updated_at": now}
+
+
+def release(now: datetime) -> Changes:
+    """The hold lifted: the task is claimable again wherever it waits."""
+    return {"hold_since": None, "hold_by": None, "hold_reason": None, "updated_at": now}
+
+
+def hold_note(verb: str, reason: str | None) -> str:
+    """The ``task_events`` note of a hold or a release (``from_status = to_status``)."""
+    return f"{verb}: {reason}" if reason else verb
+
+
+class Renewal(enum.Enum):
+    """What a lease renewal found: the claim kept, lost, or kept on a task put on hold (its
+    stage is to be handed back)."""
+
+    kept = "kept"
+    lost = "lost"
+    on_hold = "on hold"
+
+    @classmethod
+    def found(cls, on_hold: bool | None) -> Renewal:
+        """From the renewal's ``RETURNING hold_since IS NOT NULL`` (None: no row matched)."""
+        return cls.lost if on_hold is None else cls.on_hold if on_hold else cls.kept
 
 
 def requeue(now: datetime) -> Changes:

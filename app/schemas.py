@@ -153,6 +153,10 @@ class TaskResponse(BaseModel):
     failed_stage: str | None
     retry_at: datetime | None
     published_at: datetime | None
+    #: An operator's hold (``pipeline hold``): since when, by whom and why; None when free.
+    hold_since: datetime | None = None
+    hold_by: str | None = None
+    hold_reason: str | None = None
     created_at: datetime
     updated_at: datetime
 

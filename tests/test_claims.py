@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Channel, Task
 from app.lifecycle import PriorityLevel, TaskStatus
+from app.moves import Renewal
 from app.services import claims, transitions
 from tests.factories import make_channel, make_task
 
@@ -256,11 +257,13 @@ async def test_renew_lease_holds_only_while_the_token_does(pg_sessions: Sessions
     assert claim is not None and claim.task_id == task.id
     later = transitions.utcnow() + timedelta(minutes=10)
     async with pg_sessions() as session, session.begin():
-        assert await claims.renew_lease(session, claim, lease_s=60, now=later)
+        assert await claims.renew_lease(session, claim, lease_s=60, now=later) \
+            is Renewal.kept
         row = await session.get(Task, task.id)
         assert row is not None and row.lease_expires_at == later + timedelta(seconds=60)
     async with pg_sessions() as session, session.begin():
         await claims.reap_expired(session, now=later + timedelta(minutes=2), actor="reaper",
                                   max_attempts=3, backoff_s=0)
     async with pg_sessions() as session, session.begin():
-        assert not await claims.renew_lease(session, claim, lease_s=60, now=later)
+        assert await claims.renew_lease(session, claim, lease_s=60, now=later) \
+            is Renewal.lost

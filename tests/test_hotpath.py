@@ -21,7 +21,7 @@ from app.db.models import Channel, Task, TaskEvent
 from app.errors import InvalidTransition, StaleClaim, TaskNotFound
 from app.execution import hotpath
 from app.lifecycle import TaskStatus
-from app.moves import Claim
+from app.moves import Claim, Renewal
 from app.services import claims, transitions
 from tests.factories import make_channel, make_task
 
@@ -170,7 +170,8 @@ async def test_a_reaped_claim_cannot_finish_or_renew(pg_sessions: Sessions,
     assert (task.id, S.asset_error) in {(r.task_id, r.to) for r in reaped}
     before = await _history(pg_sessions, task.id)
     async with pg_pool.acquire() as conn:
-        assert not await hotpath.renew(conn, held, lease_s=30, now=transitions.utcnow())
+        assert await hotpath.renew(conn, held, lease_s=30, now=transitions.utcnow()) \
+            is Renewal.lost
         with pytest.raises(StaleClaim, match="asset_error now"):
             await hotpath.finish(conn, held, artefacts={}, actor="w",
                                   now=transitions.utcnow())

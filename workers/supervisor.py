@@ -81,9 +81,10 @@ async def _left_behind(settings: Settings, url: str) -> None:
     later = ""
     if found.next_retry_at is not None:
         later = f" (next in {(found.next_retry_at - transitions.utcnow()).total_seconds():.0f} s)"
-    blocked = sum(found.blocked.values())
+    reasons = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in found.blocked.items())
+    blocked = f"{sum(found.blocked.values())} blocked" + (f" ({reasons})" if reasons else "")
     log.info("burst done; left behind: %d retrying later%s, %d out of attempts, %d waiting at "
-             "review gates, %d blocked, %d runnable", found.retrying, later,
+             "review gates, %s, %d runnable", found.retrying, later,
              found.out_of_attempts, gates, blocked, found.runnable)
 
 

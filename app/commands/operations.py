@@ -74,7 +74,7 @@ async def _approval_plans(ctx: Context, args: argparse.Namespace) -> tuple[
     refused: list[str] = []
     async with session_scope(ctx.sessions) as session:
         if args.task_ids:
-            ids = await _found(session, args.task_ids, refused)
+            ids = await found_tasks(session, args.task_ids, refused)
         else:
             channel = (await channels.get_channel(session, args.channel)).id \
                 if args.channel else None
@@ -122,7 +122,8 @@ async def requeue(ctx: Context, args: argparse.Namespace) -> int:
     return 2 if skipped else 0
 
 
-async def _found(session: AsyncSession, refs: list[str], refused: list[str]) -> list[uuid.UUID]:
+async def found_tasks(session: AsyncSession, refs: list[str],
+                      refused: list[str]) -> list[uuid.UUID]:
     """The tasks ``refs`` name; a ref that names none (or several) goes to ``refused``."""
     ids = []
     for ref in refs:
@@ -139,7 +140,7 @@ async def _plan(ctx: Context, args: argparse.Namespace) -> tuple[list[RequeuePla
     refused: list[str] = []
     async with session_scope(ctx.sessions) as session:
         if args.task_ids:
-            ids = await _found(session, args.task_ids, refused)
+            ids = await found_tasks(session, args.task_ids, refused)
         else:
             ids = await _ids_by_status(session, args.status, args.channel)
         for task_id in dict.fromkeys(ids):

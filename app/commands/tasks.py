@@ -16,8 +16,8 @@ from app.lifecycle import TaskStatus
 from app.schemas import TaskEventResponse, TaskInDB
 from app.services import stats, tasks, transitions
 
-LIST_HEADERS = ("id", "channel", "status", "priority", "attempts", "retry at", "updated",
-                "title")
+LIST_HEADERS = ("id", "channel", "status", "hold", "priority", "attempts", "retry at",
+                "updated", "title")
 
 
 def _when(value: datetime | None) -> str | None:
@@ -30,15 +30,17 @@ async def list_(ctx: Context, args: argparse.Namespace) -> int:
         found = await tasks.list_tasks(session, statuses=statuses, channel_id=args.channel,
                                        search=args.search, page_id=args.page_id,
                                        newest_first=args.sort == "newest",
-                                       limit=args.limit + 1, offset=args.offset)
+                                       limit=args.limit + 1, offset=args.offset,
+                                       on_hold=True if args.held else None)
         pairs = await session.execute(sa.select(Channel.id, Channel.channel_id))
         names = dict(pairs.tuples().all())
     more = len(found) > args.limit
     found = found[:args.limit]
     data = [{**TaskInDB.model_validate(t).model_dump(mode="json"), "channel": names[t.channel_id]}
             for t in found]
-    rows = [(t.id, names[t.channel_id], t.status.value, t.priority.value, t.attempts,
-             _when(t.retry_at), _when(t.updated_at), t.title) for t in found]
+    rows = [(t.id, names[t.channel_id], t.status.value, "held" if t.hold_since else None,
+             t.priority.value, t.attempts, _when(t.retry_at), _when(t.updated_at), t.title)
+            for t in found]
     human = tables.render(LIST_HEADERS, rows) if rows else "no tasks match"
     if more:
         shown = f"{args.offset + 1} to {args.offset + args.limit}"
@@ -69,13 +71,22 @@ def _holder(task: Task) -> str | None:
     return task.claimed_by
 
 
+def _hold(task: Task) -> str | None:
+    """Since when, by whom and why the task is on hold (``pipeline release`` lifts it)."""
+    if task.hold_since is None:
+        return None
+    why = f": {task.hold_reason}" if task.hold_reason else ""
+    return f"since {_when(task.hold_since)} by {task.hold_by}{why} (pipeline release)"
+
+
 def _show_text(task: Task, channel: str, events: list[TaskEvent]) -> str:
     fields = [("id", task.id), ("title", task.title), ("channel", channel),
               ("notion page", task.notion_page_id),
               ("status", f"{task.status.value} ({lifecycle.LABELS[task.status]})"),
               ("priority", task.priority.value), ("attempts", task.attempts),
               ("stage runs", task.stage_runs), ("failed stage", task.failed_stage),
-              ("retry at", _when(task.retry_at)), ("claimed by", _holder(task)),
+              ("retry at", _when(task.retry_at)), ("on hold", _hold(task)),
+              ("claimed by", _holder(task)),
               ("lease until", _when(task.lease_expires_at)), ("youtube", task.youtube_url),
               ("created", _when(task.created_at)), ("updated", _when(task.updated_at))]
     width = max(len(name) for name, _ in fields)

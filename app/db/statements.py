@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.sql.dml import ReturningUpdate
 
 from app.db.models import Task, TaskEvent, utc_now
-from app.lifecycle import TaskStatus
+from app.lifecycle import TERMINAL, TaskStatus
 from app.moves import AppendLine, Changes, MergeArtifact, Move
 
 # --- the hot path (asyncpg, positional parameters) ------------------------------------------
@@ -41,12 +41,16 @@ CLAIM_NEXT = "CALL claim_next($1, $2, $3, $4)"
 CLAIM = ("SELECT task_id, from_status, to_status, claim_token, attempt, run"
          " FROM claim_task($1, $2, $3, $4, $5)")
 
-#: What a stage handler is given (the attempt and run came with the claim).
-LOAD = "SELECT title, topic, story_direction, artifacts FROM tasks WHERE id = $1"
+#: What a stage handler is given (the attempt and run came with the claim), and whether the
+#: task was put on hold since it was claimed.
+LOAD = ("SELECT title, topic, story_direction, artifacts, hold_since IS NOT NULL"
+        " FROM tasks WHERE id = $1")
 
-#: Extend the lease while the claim is still this worker's (token and status unchanged).
+#: Extend the lease while the claim is still this worker's (token and status unchanged); the
+#: row says whether an operator put the task on hold meanwhile (``moves.Renewal``).
 RENEW_IF_HELD = ("UPDATE tasks SET lease_expires_at = $4"
-                 " WHERE id = $1 AND claim_token = $2 AND status = $3 RETURNING id")
+                 " WHERE id = $1 AND claim_token = $2 AND status = $3"
+                 " RETURNING hold_since IS NOT NULL")
 
 #: Why a guarded write matched no row: the task's status and claim now.
 FOUND = "SELECT status, claim_token FROM tasks WHERE id = $1"
@@ -163,11 +167,31 @@ def merge_artifact(merge: MergeArtifact, dialect: str) -> sa.ColumnElement[Any]:
                             sa.func.json(json.dumps(merge.value)))
 
 
+def set_hold(task_ids: list[uuid.UUID], changes: Changes, *,
+             on_hold: bool) -> ReturningUpdate[uuid.UUID, TaskStatus]:
+    """A hold or a release of ``task_ids`` (``moves.hold`` / ``moves.release``), guarded by
+    the hold as the caller saw it (``on_hold``: the tasks are held now), so a task another
+    operator changed meanwhile is left alone and not reported. Returns (id, status) written."""
+    guard = Task.hold_since.is_not(None) if on_hold else \
+        sa.and_(Task.hold_since.is_(None), Task.status.not_in(TERMINAL))
+    return (sa.update(Task).where(Task.id.in_(task_ids), guard).values(**changes)
+            .returning(Task.id, Task.status).execution_options(synchronize_session=False))
+
+
 def event(task_id: uuid.UUID, move: Move, *, actor: str, now: Any) -> sa.Insert:
     """The ``task_events`` row of a move (Core: no unit-of-work flush)."""
     return sa.insert(TaskEvent).values(task_id=task_id, from_status=move.current,
                                        to_status=move.target, actor=actor, note=move.note,
                                        created_at=now)
+
+
+def notes(rows: list[tuple[uuid.UUID, TaskStatus]], *, note: str, actor: str,
+          now: Any) -> tuple[sa.Insert, list[dict[str, Any]]]:
+    """``task_events`` rows for an action that leaves each task's status as it is (a hold, a
+    release), as one multi-row insert: (statement, parameters)."""
+    return sa.insert(TaskEvent), [
+        {"task_id": task_id, "from_status": status, "to_status": status, "actor": actor,
+         "note": note, "created_at": now} for task_id, status in rows]
 
 
 _UPSERT_FIELDS = ("channel_id", "title", "topic", "story_direction", "priority")

@@ -25,7 +25,7 @@ from app import lifecycle, moves
 from app.db import statements
 from app.errors import InvalidTransition, TaskNotFound, miss_error
 from app.lifecycle import TaskStatus
-from app.moves import Claim, Move
+from app.moves import Claim, Move, Renewal
 
 
 async def claim(
@@ -55,6 +55,8 @@ class Loaded:
     topic: str | None
     story_direction: str | None
     artifacts: dict[str, Any]
+    #: An operator put the task on hold since it was claimed: the stage is not to run.
+    on_hold: bool = False
 
 
 async def load(conn: asyncpg.Connection, task_id: uuid.UUID) -> Loaded:
@@ -62,7 +64,7 @@ async def load(conn: asyncpg.Connection, task_id: uuid.UUID) -> Loaded:
     row = await conn.fetchrow(statements.LOAD, task_id)
     if row is None:
         raise TaskNotFound(task_id)
-    return Loaded(row[0], row[1], row[2], json.loads(row[3]))
+    return Loaded(row[0], row[1], row[2], json.loads(row[3]), row[4])
 
 
 async def finish(conn: asyncpg.Connection, held: Claim, *, artefacts: dict[str, Any],
@@ -105,10 +107,12 @@ async def move(
 
 
 async def renew(conn: asyncpg.Connection, held: Claim, *, lease_s: float,
-                now: datetime) -> bool:
-    """Extend the lease while the token still matches; False means the claim was lost."""
-    return await conn.fetchval(statements.RENEW_IF_HELD, held.task_id, held.token,
-                               held.status.value, now + timedelta(seconds=lease_s)) is not None
+                now: datetime) -> Renewal:
+    """Extend the lease while the token still matches: the claim kept, lost, or kept on a
+    task an operator has put on hold."""
+    return Renewal.found(await conn.fetchval(statements.RENEW_IF_HELD, held.task_id, held.token,
+                                             held.status.value,
+                                             now + timedelta(seconds=lease_s)))
 
 
 async def _held(conn: asyncpg.Connection, held: Claim, move: Move, *, actor: str,

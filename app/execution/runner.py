@@ -9,7 +9,9 @@ call (claim and start, load, finish, fail, hand back, move on, renew) is one sta
 
 A stage stopped by a graceful shutdown (cancelled after the grace period) is handed back: the
 task keeps its status with no holder, its attempt not spent and nothing in ``error_log``, and
-the next claim takes it over.
+the next claim takes it over. So is a stage whose task an operator put on hold: the heartbeat's
+renewal reads the hold from the row and stops the stage (a hold that landed between the claim
+and the start stops it before it runs); no claim takes the task until it is released.
 
 Every write a runner makes to its task carries the claim token, so a runner whose lease was
 reaped is refused (``StaleClaim``) and stops. A runner also never runs a stage past the moment
@@ -40,7 +42,7 @@ from app.errors import InvalidTransition, PipelineError, StaleClaim
 from app.execution import hotpath
 from app.handlers import Registry, StageInput
 from app.lifecycle import STAGE_BY_ACTIVE, TaskStatus
-from app.moves import Claim
+from app.moves import Claim, Renewal
 
 T = TypeVar("T")
 
@@ -66,6 +68,10 @@ class LeaseNotRenewed(PipelineError):
     """The stage was stopped: its lease could not be renewed before it might expire."""
 
 
+class PutOnHold(PipelineError):
+    """An operator put the task on hold: its stage was handed back."""
+
+
 @dataclass
 class Lease:
     """A claim and what this process knows of its lease.
@@ -78,6 +84,8 @@ class Lease:
     claim: Claim
     expires: float
     lost: PipelineError | None = None
+    #: The renewal found the task put on hold: the stage is stopped and handed back.
+    on_hold: bool = False
 
 
 @dataclass
@@ -116,8 +124,9 @@ class Runner:
         lease_s = self.settings.lease_for(claim.status)
         if lease_s != self.settings.lease_s:         # a stage with its own lease length
             started = asyncio.get_running_loop().time()
-            if not await hotpath.renew(conn, claim, lease_s=lease_s, now=self.now()):
-                return None
+            renewal = await hotpath.renew(conn, claim, lease_s=lease_s, now=self.now())
+            if renewal is Renewal.lost:
+                return None                       # a hold is seen when the stage loads
         return Lease(claim, started + lease_s)
 
     async def run_next(self) -> uuid.UUID | None:
@@ -142,6 +151,9 @@ class Runner:
             try:
                 next_status = await self._run_stage(lease)
                 lease = await self._continue(task_id, next_status)
+            except PutOnHold as exc:
+                log.info("%s: %s", self.worker_id, exc)
+                return
             except PipelineError as exc:
                 log.warning("%s: %s: %s", self.worker_id, type(exc).__name__, exc)
                 return
@@ -151,6 +163,8 @@ class Runner:
         stage = STAGE_BY_ACTIVE[claim.status]
         async with self.pool.acquire() as conn:
             task = await hotpath.load(conn, claim.task_id)
+        if task.on_hold:
+            await self._stopped_for_hold(claim)
         given = StageInput(claim.task_id, stage.name, task.title, task.topic,
                            task.story_direction, claim.run, task.artifacts)
         self.running[claim.task_id] = stage.name
@@ -162,6 +176,8 @@ class Runner:
             me = asyncio.current_task()
             if lease.lost is not None and me is not None and me.uncancel() == 0:
                 raise lease.lost from None
+            if lease.on_hold and me is not None and me.uncancel() == 0:
+                await asyncio.shield(self._stopped_for_hold(claim))
             if self.stopping.is_set():           # a graceful stop: not the stage's fault
                 await asyncio.shield(self._hand_back(claim, "worker stopping"))
             else:                                # the job's timeout or an abort: it counts
@@ -205,6 +221,12 @@ class Runner:
             return
         log.info("%s: task %s: %s handed back (%s)", self.worker_id, claim.task_id,
                  STAGE_BY_ACTIVE[claim.status].name, reason)
+
+    async def _stopped_for_hold(self, claim: Claim) -> None:
+        """Hand the stage of a task put on hold back, then end the run (``PutOnHold``)."""
+        await self._hand_back(claim, moves.ON_HOLD)
+        raise PutOnHold(f"task {claim.task_id} is on hold: its"
+                        f" {STAGE_BY_ACTIVE[claim.status].name} stage was handed back")
 
     async def _gone(self, lease: Lease, message: str) -> None:
         """A stage cancelled for no stop of the worker's (the job's timeout, an abort): a
@@ -273,7 +295,7 @@ class Runner:
                     await self._hand_back(lease.claim, "claimed as the worker stopped")
             raise
 
-    async def _renew(self, claim: Claim, lease_s: float) -> bool:
+    async def _renew(self, claim: Claim, lease_s: float) -> Renewal:
         async with self.pool.acquire() as conn:
             return await hotpath.renew(conn, claim, lease_s=lease_s, now=self.now())
 
@@ -299,7 +321,7 @@ class Runner:
                 safe_s = max(lease.expires - every_s - started, min(every_s, 1.0))
                 try:
                     async with asyncio.timeout(safe_s):
-                        kept = await self._renew(claim, lease_s)
+                        renewal = await self._renew(claim, lease_s)
                 except Exception as exc:
                     if loop.time() < lease.expires - every_s:
                         log.warning("%s: task %s: lease not renewed (%s); retrying",
@@ -309,9 +331,16 @@ class Runner:
                         f"task {claim.task_id}: lease could not be renewed before it may expire"
                         f" ({db.describe(exc)}); stage stopped, outcome discarded")
                 else:
-                    if kept:
+                    if renewal is Renewal.kept:
                         lease.expires = started + lease_s
                         continue
+                    if renewal is Renewal.on_hold:
+                        lease.expires = started + lease_s
+                        lease.on_hold = True
+                        log.info("%s: task %s was put on hold; stopping the stage",
+                                 self.worker_id, claim.task_id)
+                        stage_task.cancel()
+                        return
                     lease.lost = StaleClaim(claim.task_id, claim.status, claim.status, reason=(
                         "lease renewal refused: the claim is no longer held; write refused,"
                         " stage stopped, outcome discarded"))

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import moves
 from app.db.models import Channel, Task
 from app.lifecycle import ACTIVE, AUTOMATIC, ERROR, GATES, TaskStatus
-from app.moves import Claim
+from app.moves import Claim, Renewal
 from app.services import transitions
 
 __all__ = ["Claim", "Claimable", "Reaped", "advance_stranded", "claim_batch", "claim_next",
@@ -72,14 +72,15 @@ async def claim_batch(
 
 async def renew_lease(
     session: AsyncSession, claim: Claim, *, lease_s: float, now: datetime,
-) -> bool:
-    """Extend the lease while the token still matches; False means the claim was lost."""
+) -> Renewal:
+    """Extend the lease while the token still matches: the claim kept, lost, or kept on a task
+    an operator has put on hold (its stage is to be handed back)."""
     stmt = (sa.update(Task)
             .where(Task.id == claim.task_id, Task.claim_token == claim.token,
                    Task.status == claim.status)
             .values(lease_expires_at=now + timedelta(seconds=lease_s))
-            .returning(Task.id))
-    return (await session.execute(stmt)).first() is not None
+            .returning(Task.hold_since.is_not(None)))
+    return Renewal.found((await session.execute(stmt)).scalar_one_or_none())
 
 
 async def finish_stage(session: AsyncSession, claim: Claim, *, artefacts: dict[str, Any],
@@ -176,8 +177,9 @@ WAITING = frozenset({TaskStatus.queued, *moves.STARTS})
 #: Why a waiting task cannot be claimed now.
 BLOCKED_INACTIVE = "inactive_channel"
 BLOCKED_CAP = "channel_at_cap"
+BLOCKED_HOLD = "on_hold"
 #: The reasons in the order they are shown.
-BLOCKED_REASONS = (BLOCKED_INACTIVE, BLOCKED_CAP)
+BLOCKED_REASONS = (BLOCKED_HOLD, BLOCKED_INACTIVE, BLOCKED_CAP)
 
 
 @dataclass(frozen=True)
@@ -194,20 +196,25 @@ def _flag(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
 
 async def claimable(session: AsyncSession, *, now: datetime) -> Claimable:
     """Tasks a claim could take now: waiting ones in active channels with a free slot, and
-    handed-back stages (which keep their slot). Tasks of inactive channels and those beyond
-    their channel's cap are blocked, not runnable: they wake nobody."""
+    handed-back stages (which keep their slot). Tasks on hold, of inactive channels and those
+    beyond their channel's cap are blocked, not runnable: they wake nobody. A stage handed
+    back for a hold keeps its slot too."""
+    not_held = Task.hold_since.is_(None)
     waiting = sa.or_(Task.status.in_(WAITING),
                      sa.and_(Task.status.in_(ERROR), Task.retry_at <= now))
     unheld = sa.and_(Task.status.in_(ACTIVE), Task.claim_token.is_(None))
     rows = (await session.execute(
         sa.select(Channel.is_active, Channel.max_concurrent,
                   _flag(Task.status.in_(ACTIVE)).label("slots"),
-                  _flag(unheld).label("unheld"), _flag(waiting).label("waiting"))
+                  _flag(sa.and_(unheld, not_held)).label("unheld"),
+                  _flag(sa.and_(waiting, not_held)).label("waiting"),
+                  _flag(sa.and_(sa.or_(waiting, unheld), ~not_held)).label("on_hold"))
         .join(Channel, Channel.id == Task.channel_id)
         .where(Task.status.in_(WAITING | ERROR | ACTIVE))
         .group_by(Channel.id, Channel.is_active, Channel.max_concurrent))).all()
     runnable, blocked = 0, Counter[str]()
     for row in rows:
+        blocked[BLOCKED_HOLD] += row.on_hold
         if not row.is_active:
             blocked[BLOCKED_INACTIVE] += row.waiting + row.unheld
             continue

@@ -117,9 +117,10 @@ async def list_tasks(
     session: AsyncSession, *, statuses: list[TaskStatus] | None = None,
     channel_id: str | None = None, search: str | None = None, page_id: str | None = None,
     newest_first: bool = False, limit: int | None = None, offset: int = 0,
+    on_hold: bool | None = None,
 ) -> list[Task]:
     """Tasks by creation time (oldest first unless ``newest_first``), filtered by status,
-    YouTube channel id, a text in the title (any case) and/or Notion page id."""
+    YouTube channel id, a text in the title (any case), Notion page id and/or hold."""
     order = (Task.created_at.desc(), Task.id.desc()) if newest_first else (Task.created_at,
                                                                           Task.id)
     stmt = sa.select(Task).order_by(*order)
@@ -132,6 +133,8 @@ async def list_tasks(
         stmt = stmt.where(Task.title.icontains(search, autoescape=True))
     if page_id is not None:
         stmt = stmt.where(Task.notion_page_id == page_id.replace("-", "").strip().lower())
+    if on_hold is not None:
+        stmt = stmt.where(Task.hold_since.is_not(None) if on_hold else Task.hold_since.is_(None))
     if offset:
         stmt = stmt.offset(offset)
     if limit is not None:
