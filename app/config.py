@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     notion_prop_status: str = "Status"
     notion_prop_error: str = "Error"
     notion_prop_youtube_url: str = "YouTube URL"
+    #: A text property showing an operator's hold (empty: holds are not pushed).
+    notion_prop_hold: str = ""
     notion_sync_interval_s: float = Field(30.0, gt=0, alias="NOTION_SYNC_INTERVAL_SECONDS")
     notion_sync_overlap_s: float = Field(120.0, ge=0, alias="NOTION_SYNC_OVERLAP_SECONDS")
     notion_sync_in_worker: bool = False

@@ -316,10 +316,10 @@ GOLDEN = {
         "sqlite downgrade": "69bba11d23663a10",
     },
     "0007_hold": {
-        "postgresql upgrade": "0af9d9ace409f361",
-        "postgresql downgrade": "5940cd048cc75681",
-        "sqlite upgrade": "fc0b8d8aaa921967",
-        "sqlite downgrade": "87050b64dd9aa032",
+        "postgresql upgrade": "84e8079cf36c2891",
+        "postgresql downgrade": "50b50092eded675b",
+        "sqlite upgrade": "17e821bc18bdaf2e",
+        "sqlite downgrade": "7f849b7c811558dc",
     },
 }
 

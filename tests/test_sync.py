@@ -24,7 +24,7 @@ from app.execution import wakeups
 from app.lifecycle import GATES, LABELS, Gate, PriorityLevel, TaskStatus
 from app.notion import client
 from app.notion.sync import SyncSummary, Wake, sync_loop, sync_once
-from app.services import transitions
+from app.services import holds, transitions
 from tests import factories
 from tests.notion_fake import (
     DEFAULT_SCHEMA,
@@ -593,3 +593,31 @@ async def test_the_sync_on_both_dialects(
 def test_fake_status_options_are_our_labels() -> None:
     assert tuple(LABELS.values()) == STATUS_OPTIONS
     assert tuple(p.value.title() for p in PriorityLevel) == PRIORITY_OPTIONS
+
+
+async def test_push_shows_a_hold_on_the_page_when_a_hold_property_is_named(
+        notion: FakeNotion, pg_sessions: async_sessionmaker[AsyncSession]) -> None:
+    world = await make_world(notion, pg_sessions,
+                             {**DEFAULT_SCHEMA, "On Hold": PropertySpec("rich_text")},
+                             notion_prop_hold="On Hold")
+    page = world.page("Video", "Queued")
+    await world.sync()
+    task = await world.task(page)
+    async with session_scope(world.sessions) as session:
+        await holds.hold(session, [task.id], actor="cli:ops", reason="wrong voice",
+                         now=transitions.utcnow())
+    assert (await world.sync()).pushed == 1
+    shown = world.shows(page, "On Hold")
+    assert shown is not None and shown.startswith("On hold since ")
+    assert shown.endswith("by cli:ops: wrong voice")
+    assert world.shows(page) == "Queued"
+    assert (await world.sync()).pushed == 0
+    async with session_scope(world.sessions) as session:
+        await holds.release(session, [task.id], actor="cli:ops", reason=None,
+                            now=transitions.utcnow())
+    assert (await world.sync()).pushed == 1
+    assert not world.shows(page, "On Hold")
+
+    missing = await make_world(notion, pg_sessions, notion_prop_hold="On Hold")
+    with pytest.raises(NotionConfigError, match="NOTION_PROP_HOLD"):
+        await missing.sync()

@@ -9,6 +9,7 @@ Create Date: 2026-12-05
 - Both claim indexes leave held rows out (``ix_tasks_queued``, ``ix_tasks_runnable``), and
   every probe of ``pick_channel`` and ``claim_task`` carries the same condition; otherwise
   the claim is revision 0006's (``app.db.ddl.claim_task``, frozen below as data).
+- ``notion_pages.hold_since``: the hold a page shows (pushed with ``NOTION_PROP_HOLD``).
 - A downgrade releases every hold (the old claim cannot see one).
 """
 
@@ -111,6 +112,8 @@ def upgrade() -> None:
     op.add_column("tasks", sa.Column("hold_since", sa.DateTime(timezone=True), nullable=True))
     op.add_column("tasks", sa.Column("hold_by", sa.String(100), nullable=True))
     op.add_column("tasks", sa.Column("hold_reason", sa.Text(), nullable=True))
+    op.add_column("notion_pages", sa.Column("hold_since", sa.DateTime(timezone=True),
+                                            nullable=True))
     _indexes(claim_task.QUEUED_PREDICATE, claim_task.runnable_predicate(STARTS, ERRORS, ACTIVE))
     if is_pg:
         op.execute(claim_task.render_pick(starts=STARTS, active=ACTIVE, errors=ERRORS))
@@ -124,6 +127,7 @@ def downgrade() -> None:
         for statement in claim_task.drop():
             op.execute(statement)
     _indexes("status = 'queued'", claim_task_0006.runnable_predicate(STARTS, ERRORS, ACTIVE))
+    op.drop_column("notion_pages", "hold_since")
     op.drop_column("tasks", "hold_reason")
     op.drop_column("tasks", "hold_by")
     op.drop_column("tasks", "hold_since")

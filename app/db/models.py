@@ -252,5 +252,7 @@ class NotionPage(Base):
     #: (null: they do not, push them).
     error_len: Mapped[int | None] = mapped_column(sa.Integer)
     youtube_url: Mapped[str | None] = mapped_column(sa.String(255))
+    #: The hold the page shows (``tasks.hold_since`` when pushed; null: none).
+    hold_since: Mapped[datetime | None] = mapped_column(Timestamp)
     updated_at: Mapped[datetime] = mapped_column(
         Timestamp, nullable=False, server_default=utc_now(), onupdate=utc_now())

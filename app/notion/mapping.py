@@ -36,6 +36,8 @@ class PropertyNames:
     status: str
     error: str
     youtube_url: str
+    #: Shows an operator's hold (``pipeline hold``); empty by default (not pushed).
+    hold: str = ""
     #: ``status`` or ``select``: how the status property is written.
     status_type: str = "status"
 
@@ -44,7 +46,8 @@ class PropertyNames:
         return cls(settings.notion_prop_title, settings.notion_prop_topic,
                    settings.notion_prop_story_direction, settings.notion_prop_channel,
                    settings.notion_prop_priority, settings.notion_prop_status,
-                   settings.notion_prop_error, settings.notion_prop_youtube_url)
+                   settings.notion_prop_error, settings.notion_prop_youtube_url,
+                   settings.notion_prop_hold)
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ def _fields(names: PropertyNames) -> dict[str, str]:
     return {"title": names.title, "topic": names.topic,
             "story_direction": names.story_direction, "channel": names.channel,
             "priority": names.priority, "status": names.status, "error": names.error,
-            "youtube_url": names.youtube_url}
+            "youtube_url": names.youtube_url, "hold": names.hold}
 
 
 def _task(page_id: str, values: dict[str, str | None], names: PropertyNames) -> TaskCreate:
@@ -139,9 +142,17 @@ def _value(page: dict[str, Any], page_id: str, name: str) -> str | None:
     raise BadPage(page_id, name, f"unsupported property type {kind!r}")
 
 
+def hold_text(since: datetime | None, by: str | None, reason: str | None) -> str:
+    """What the hold property shows: empty when the task is not on hold."""
+    if since is None:
+        return ""
+    return f"On hold since {since:%Y-%m-%d %H:%M} UTC by {by}" + (f": {reason}" if reason else "")
+
+
 def push_properties(names: PropertyNames, status: TaskStatus, error_log: str | None,
-                    youtube_url: str | None) -> dict[str, Any]:
-    """The ``properties`` of a ``pages.update`` showing the task's status, error and URL."""
+                    youtube_url: str | None, hold: str = "") -> dict[str, Any]:
+    """The ``properties`` of a ``pages.update`` showing the task's status, error, URL and
+    hold."""
     props: dict[str, Any] = {names.status: {names.status_type: {"name": LABELS[status]}}}
     if names.error:
         line = last_error_line(error_log)
@@ -149,6 +160,9 @@ def push_properties(names: PropertyNames, status: TaskStatus, error_log: str | N
                               if line else []}
     if names.youtube_url:
         props[names.youtube_url] = {"url": youtube_url}
+    if names.hold:
+        props[names.hold] = {"rich_text": [{"type": "text", "text": {"content": hold[:MAX_TEXT]}}]
+                             if hold else []}
     return props
 
 
@@ -162,6 +176,7 @@ ACCEPTED_TYPES: dict[str, frozenset[str]] = {
     "status": frozenset({"status", "select"}),
     "error": frozenset({"rich_text"}),
     "youtube_url": frozenset({"url"}),
+    "hold": frozenset({"rich_text"}),
 }
 REQUIRED = ("title", "channel", "status")
 

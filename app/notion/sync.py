@@ -223,7 +223,8 @@ class Round:
     # ---- push ------------------------------------------------------------------------------
 
     async def push(self) -> None:
-        """Write status, error line and YouTube URL to every page that does not show them."""
+        """Write status, error line, YouTube URL (and hold, with ``NOTION_PROP_HOLD``) to every
+        page that does not show them."""
         after: uuid.UUID | None = None
         batches = 0
         limit = self.settings.notion_push_limit
@@ -232,7 +233,8 @@ class Round:
                        limit - self.summary.pushed - self.summary.push_failed)
             async with session_scope(self.sessions) as session:
                 batch = await _push_candidates(session, self.notion.data_source_id,
-                                               after=after, limit=size)
+                                               after=after, limit=size,
+                                               hold=bool(self.names.hold))
             if not batch:
                 return
             after, batches = batch[-1].id, batches + 1
@@ -257,8 +259,9 @@ class Round:
         self.summary.pushed += sum(result is None for result in results)
 
     async def _push_one(self, row: sa.Row[Any]) -> None:
-        properties = mapping.push_properties(self.names, row.status, row.error_log,
-                                             row.youtube_url)
+        properties = mapping.push_properties(
+            self.names, row.status, row.error_log, row.youtube_url,
+            mapping.hold_text(row.hold_since, row.hold_by, row.hold_reason))
         await self.notion.update_page(row.notion_page_id, properties)
 
     # ---- bookkeeping -----------------------------------------------------------------------
@@ -332,19 +335,23 @@ async def _record_page(session: AsyncSession, task_id: uuid.UUID, view: PageView
     link.youtube_url = youtube_url
 
 
-def _needs_push() -> sa.ColumnElement[bool]:
-    return sa.or_(Task.status.is_distinct_from(NotionPage.status),
-                  NotionPage.error_len.is_(None),
-                  NotionPage.error_len != sa.func.coalesce(sa.func.length(Task.error_log), 0),
-                  Task.youtube_url.is_distinct_from(NotionPage.youtube_url))
+def _needs_push(*, hold: bool) -> sa.ColumnElement[bool]:
+    differs = [Task.status.is_distinct_from(NotionPage.status),
+               NotionPage.error_len.is_(None),
+               NotionPage.error_len != sa.func.coalesce(sa.func.length(Task.error_log), 0),
+               Task.youtube_url.is_distinct_from(NotionPage.youtube_url)]
+    if hold:
+        differs.append(Task.hold_since.is_distinct_from(NotionPage.hold_since))
+    return sa.or_(*differs)
 
 
 async def _push_candidates(session: AsyncSession, data_source_id: str, *,
-                           after: uuid.UUID | None, limit: int) -> list[sa.Row[Any]]:
+                           after: uuid.UUID | None, limit: int,
+                           hold: bool) -> list[sa.Row[Any]]:
     stmt = (sa.select(Task.id, Task.notion_page_id, Task.status, Task.error_log,
-                      Task.youtube_url)
+                      Task.youtube_url, Task.hold_since, Task.hold_by, Task.hold_reason)
             .join(NotionPage, NotionPage.task_id == Task.id)
-            .where(NotionPage.data_source_id == data_source_id, _needs_push())
+            .where(NotionPage.data_source_id == data_source_id, _needs_push(hold=hold))
             .order_by(Task.id).limit(limit))
     if after is not None:
         stmt = stmt.where(Task.id > after)
@@ -353,7 +360,8 @@ async def _push_candidates(session: AsyncSession, data_source_id: str, *,
 
 async def _record_push(session: AsyncSession, row: sa.Row[Any]) -> None:
     await session.execute(sa.update(NotionPage).where(NotionPage.task_id == row.id).values(
-        status=row.status, error_len=len(row.error_log or ""), youtube_url=row.youtube_url))
+        status=row.status, error_len=len(row.error_log or ""), youtube_url=row.youtube_url,
+        hold_since=row.hold_since))
 
 
 async def sync_once(sessions: async_sessionmaker[AsyncSession], notion: Notion,
