@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
-from app import logs, servers
+from app import logs
 from app.commands import channels, demo, enqueue, holds, operations, retention, tasks
 from app.commands import workers as live_workers
 from app.commands.context import Context, open_context
@@ -48,12 +48,11 @@ def admin(command: AdminCommand) -> Command:
 
 async def _demo(args: argparse.Namespace) -> int:
     settings = get_settings()
-    url = await servers.database_url(settings)
-    redis = servers.redis_url(settings)
+    place, url, redis = await demo.prepare(settings, reset=args.reset)
     engine = make_engine(settings, url)
     try:
-        return await demo.run(make_sessionmaker(engine), url=url, redis_url=redis,
-                              workers=args.workers, tasks=args.tasks)
+        return await demo.run(make_sessionmaker(engine), place, url=url, redis_url=redis,
+                              workers=args.workers, tasks=args.tasks, reset=args.reset)
     finally:
         await engine.dispose()
 
@@ -207,9 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     worker_cmd.add_argument("--burst", action="store_true",
                             help="exit once nothing is runnable")
     worker_cmd.set_defaults(run=_worker)
-    demo_cmd = sub.add_parser("demo", help="run the pipeline on the embedded default")
-    demo_cmd.add_argument("--workers", type=int, default=3, help="worker processes (3)")
-    demo_cmd.add_argument("--tasks", type=int, default=36, help="tasks to enqueue (36)")
+    demo_cmd = sub.add_parser(
+        "demo", help="run the pipeline with real workers on data of its own (.data-demo/)")
+    demo_cmd.add_argument("--workers", type=demo.count, default=3, metavar="N",
+                          help="worker processes (3)")
+    demo_cmd.add_argument("--tasks", type=demo.count, default=36, metavar="N",
+                          help="tasks to enqueue (36)")
+    demo_cmd.add_argument("--reset", action="store_true",
+                          help="first wipe the demo's data (with DATABASE_URL: its channels "
+                          "and their tasks only)")
     demo_cmd.set_defaults(run=_demo)
     return parser
 

@@ -1,11 +1,14 @@
-"""``pipeline stats --watch`` in a real terminal (tmux, 80x24): one screen redrawn in place as
-the queue changes, not lines scrolling by; Ctrl-C ends it."""
+"""The live view in a real terminal (tmux, 80x24): ``pipeline stats --watch`` and ``pipeline
+demo`` draw one screen redrawn in place as the queue changes, not lines scrolling by; Ctrl-C
+ends the watch. Off a terminal the watch prints a plain line per change instead."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -15,11 +18,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.lifecycle import TaskStatus
 from tests import workerprocs
 from tests.factories import make_channel, make_task
 from tests.workerprocs import eventually
 
-db = workerprocs.db   # fixture
+db = workerprocs.db   # fixtures
+queue = workerprocs.queue
 
 Sessions = async_sessionmaker[AsyncSession]
 PIPELINE = Path(sys.executable).with_name("pipeline")
@@ -40,8 +45,10 @@ def _tmux(socket: str, *args: str) -> None:
                    env=os.environ | {"TERM": "xterm-256color"})
 
 
-def _screen(socket: str) -> str:
-    done = subprocess.run(["tmux", "-L", socket, "capture-pane", "-p", "-t", "watch"],
+def _screen(socket: str, session: str = "watch", *, history: bool = False) -> str:
+    """The pane's screen; with ``history``, also every line scrolled off it."""
+    start = ["-S", "-"] if history else []
+    done = subprocess.run(["tmux", "-L", socket, "capture-pane", "-p", *start, "-t", session],
                           capture_output=True, text=True, check=False)
     return done.stdout
 
@@ -70,6 +77,7 @@ async def test_the_live_view_redraws_one_screen(db: tuple[str, Sessions],
 
     first = await eventually(lambda: shows(2), timeout_s=30, what="the first screen")
     assert "UCwatched" in first and "errors: 0 retrying" in first
+    assert "at gates: assets 0  video 0  audio 0  final 0" in first
     assert all(len(line) <= 80 for line in first.splitlines())
     async with sessions() as session, session.begin():
         for _ in range(3):
@@ -85,3 +93,69 @@ async def test_the_live_view_redraws_one_screen(db: tuple[str, Sessions],
         return "stage " in _screen(terminal) and _waiting_at_assets(_screen(terminal)) == 5
 
     await eventually(ended, timeout_s=10, what="the last screen left after Ctrl-C")
+
+
+async def test_off_a_terminal_the_watch_prints_a_line_per_change(
+        db: tuple[str, Sessions], redis_url: str) -> None:
+    url, sessions = db
+    async with sessions() as session, session.begin():
+        channel = await make_channel(session, channel_id="UCpiped")
+        await make_task(session, channel, TaskStatus.video_ready)
+    env = os.environ | {"DATABASE_URL": url, "REDIS_URL": redis_url}
+    proc = await asyncio.create_subprocess_exec(
+        str(PIPELINE), "stats", "--watch", "--interval", "0.1", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        async with sessions() as session, session.begin():
+            await make_task(session, channel)
+        second = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        proc.send_signal(signal.SIGINT)
+        out, errors = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    rest = out.decode()
+    assert first.endswith("  queued 0  running -  at gates video:1  published 0  "
+                          "errors 0 retrying, 0 out of attempts\n"), first
+    assert second.endswith("  queued 1  running -  at gates video:1  published 0  "
+                           "errors 0 retrying, 0 out of attempts\n"), second
+    assert proc.returncode == 130, errors.decode()
+    last = rest.splitlines()                 # the last view, whole, once stopped
+    assert last[1].split() == ["stage", "waiting", "running", "past", "it"], rest
+    assert "UCpiped" in rest and "at gates: assets 0  video 1  audio 0  final 0" in rest
+
+
+async def test_the_demo_redraws_one_screen(db: tuple[str, Sessions], redis_url: str,
+                                           queue: str, terminal: str, tmp_path: Path) -> None:
+    url, _ = db
+    env = {"DATABASE_URL": url, "REDIS_URL": redis_url, "QUEUE_NAME": queue,
+           "PIPELINE_DATA_DIR": str(tmp_path / "data")}
+    command = " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()),
+                        shlex.quote(str(PIPELINE)), "demo", "--tasks", "6", "--workers", "2"])
+    _tmux(terminal, "new-session", "-d", "-s", "demo", "-x", "80", "-y", "24",
+          f"env {command}; sleep 30")
+    views: list[str] = []
+
+    async def shows(text: str) -> str | None:
+        screen = _screen(terminal, "demo")
+        if "demo: " in screen and "pipeline at" in screen:
+            views.append(screen)
+        return screen if text in screen else None
+
+    await eventually(lambda: shows("demo: 0/6 published · stops at the final gate"),
+                     timeout_s=30, what="the demo's first screen")
+    await eventually(lambda: shows("6 tasks through 7 stages"), timeout_s=30,
+                     what="the demo's summary")
+    assert len(set(views)) >= 2, views                  # the view changed as tasks moved
+    for view in views:
+        assert "UCdemo-science" in view and "at gates: " in view, view
+    # Everything the terminal received, scrolled off or not: redrawn in place, the view was
+    # never pushed up into the history, so one copy of it is all there is (then the summary).
+    everything = _screen(terminal, "demo", history=True)
+    lines = everything.splitlines()
+    assert sum(line.startswith("demo: ") for line in lines) == 1, everything
+    assert everything.count("pipeline at") == 1, everything
+    assert lines.count("  $ pipeline approve --gate final --channel UCdemo-nature") == 1

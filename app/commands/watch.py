@@ -1,7 +1,11 @@
-"""``pipeline stats --watch``: one screen, redrawn in place, of the pipeline at work.
+"""The live view of the pipeline at work: ``pipeline stats --watch``, and the screen of
+``pipeline demo`` around it.
 
 Per stage: tasks waiting to start it, running it, and past it; per channel: tasks active
-against its cap; errors being retried apart from those out of attempts. It fits 80 columns.
+against its cap; tasks waiting at each review gate; errors being retried apart from those out
+of attempts. It fits 80 columns. On a terminal a ``Screen`` redraws it in place (rich's
+``Live``); elsewhere (a pipe, a log file) each change prints one plain line instead, and the
+last view is printed whole at the end.
 """
 
 from __future__ import annotations
@@ -9,9 +13,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime
+from types import TracebackType
 
 import sqlalchemy as sa
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -20,8 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import moves
 from app.db import session_scope
 from app.db.models import Channel, Task
-from app.lifecycle import ACTIVE, ERROR, STAGES, TaskStatus
+from app.lifecycle import ACTIVE, ERROR, GATES, STAGES, TaskStatus
 from app.services import stats
+
+#: The view's width: it must fit a standard terminal.
+WIDTH = 80
+#: How a view is stopped on purpose (Ctrl-C), which leaves the last view printed.
+STOPS = (KeyboardInterrupt, asyncio.CancelledError)
 
 
 @dataclass(frozen=True)
@@ -31,7 +41,13 @@ class Board:
     stages: list[tuple[str, int, int, int]]
     #: ``(channel id, active, cap or None, channel active?)``.
     channels: list[tuple[str, int, int | None, bool]]
+    #: ``(gate, tasks waiting there)`` in pipeline order.
+    gates: list[tuple[str, int]]
     found: stats.Stats
+
+    @property
+    def published(self) -> int:
+        return self.found.by_status().get(TaskStatus.published, 0)
 
 
 async def collect(session: AsyncSession, *, now: datetime) -> Board:
@@ -51,11 +67,12 @@ async def collect(session: AsyncSession, *, now: datetime) -> Board:
         .group_by(Task.channel_id))).tuples().all())
     channels = [(c.channel_id, active.get(c.id, 0), c.max_concurrent, c.is_active)
                 for c in await session.scalars(sa.select(Channel).order_by(Channel.channel_id))]
-    return Board(now, rows, channels, found)
+    gates = [(gate.name, by_status.get(gate.waiting, 0)) for gate in GATES]
+    return Board(now, rows, channels, gates, found)
 
 
 def render(board: Board, *, limit: int = 8) -> Group:
-    """The screen: two tables and two lines, at most 80 columns wide."""
+    """The view: two tables and three lines, at most 80 columns wide."""
     stages = Table(title=f"pipeline at {board.at:%H:%M:%S} UTC", title_justify="left",
                    width=60, box=None, pad_edge=False)
     for header in ("stage", "waiting", "running", "past it"):
@@ -72,21 +89,84 @@ def render(board: Board, *, limit: int = 8) -> Group:
     more = len(board.channels) - limit
     found = board.found
     blocked = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in found.blocked.items())
-    lines = [Text(f"… and {more} more channel(s)")] if more > 0 else []
-    lines.append(Text(f"runnable {found.runnable}   blocked {blocked or 0}   "
-                      f"published {found.by_status().get(TaskStatus.published, 0)}"))
-    lines.append(Text(f"errors: {found.retrying} retrying, {found.out_of_attempts} out of "
-                      "attempts (pipeline requeue)"))
-    return Group(stages, Text(""), channels, Text(""), *lines)
+    lines = [f"… and {more} more channel(s)"] if more > 0 else []
+    lines.append(f"runnable {found.runnable}   blocked {blocked or 0}   "
+                 f"published {board.published}")
+    lines.append("at gates: " + "  ".join(f"{name} {n}" for name, n in board.gates)
+                 + "  (pipeline approve)")
+    lines.append(f"errors: {found.retrying} retrying, {found.out_of_attempts} out of "
+                 "attempts (pipeline requeue)")
+    return Group(stages, Text(""), channels, Text(""), *map(one_line, lines))
+
+
+def one_line(text: str) -> Text:
+    """A line of the view: cut short with an ellipsis rather than wrapped, so the view keeps
+    its height."""
+    return Text(text, no_wrap=True, overflow="ellipsis")
+
+
+def line(board: Board) -> str:
+    """The view's numbers in one plain line, for output that is not a terminal."""
+    found = board.found
+    running = " ".join(f"{name}:{n}" for name, _, n, _ in board.stages if n) or "-"
+    gated = " ".join(f"{name}:{n}" for name, n in board.gates if n) or "-"
+    return (f"queued {found.queued}  running {running}  at gates {gated}  "
+            f"published {board.published}  errors {found.retrying} retrying, "
+            f"{found.out_of_attempts} out of attempts")
+
+
+def console() -> Console:
+    """The console every view is drawn on: stdout, 80 columns."""
+    return Console(width=WIDTH)
+
+
+class Screen:
+    """Where views are drawn. On a terminal: one view redrawn in place, with notes printed
+    above it; elsewhere: a plain line per change, notes as lines, the last view at the end."""
+
+    def __init__(self, out: Console) -> None:
+        self.console = out
+        self.redraws = out.is_terminal and not out.is_dumb_terminal
+        self._live: Live | None = None
+        self._view: RenderableType | None = None
+        self._line: str | None = None
+
+    def __enter__(self) -> Screen:
+        if self.redraws:
+            self._live = Live(console=self.console, auto_refresh=False, screen=False,
+                              transient=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if self._live is not None:
+            self._live.stop()        # leaves the last view on the screen
+        elif self._view is not None and (kind is None or issubclass(kind, STOPS)):
+            self.console.print(self._view)
+
+    def draw(self, view: RenderableType, plain: str, *, stamp: str = "") -> None:
+        """Show ``view`` on a terminal; elsewhere print ``stamp`` and ``plain`` when ``plain``
+        differs from the last one (so an idle pipeline prints nothing)."""
+        self._view = view
+        if self._live is not None:
+            self._live.update(view, refresh=True)
+        elif plain != self._line:
+            self.note(stamp + plain, wrap=False)
+        self._line = plain
+
+    def note(self, text: str, *, wrap: bool = True) -> None:
+        """A line that stays: above the view on a terminal, in sequence elsewhere. Wrapped at
+        80 columns between words unless ``wrap`` is false (a command to copy)."""
+        self.console.print(text, markup=False, highlight=False, soft_wrap=not wrap)
 
 
 async def run(sessions: async_sessionmaker[AsyncSession], *, interval_s: float,
-              console: Console | None = None) -> None:
-    """Redraw until interrupted (Ctrl-C leaves the last screen)."""
-    out = console or Console(width=80)
-    with Live(console=out, auto_refresh=False, screen=False, transient=False) as live:
+              out: Console | None = None) -> None:
+    """Redraw until interrupted (Ctrl-C leaves the last view)."""
+    with Screen(out or console()) as screen:
         while True:
             async with session_scope(sessions) as session:
                 board = await collect(session, now=moves.utcnow())
-            live.update(render(board), refresh=True)
+            screen.draw(render(board), line(board), stamp=f"{board.at:%H:%M:%S}  ")
             await asyncio.sleep(interval_s)
