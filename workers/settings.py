@@ -1,27 +1,30 @@
 """``arq workers.settings.WorkerSettings``: the worker process definition.
 
-Read at import by arq's CLI, so it reads settings but opens nothing; the engine and handlers
-are built in ``on_startup``. Without ``REDIS_URL`` it points at the embedded Redis socket under
-the data directory (start it with any ``pipeline`` command, or use ``pipeline worker``).
+``worker_options`` is shared by arq's CLI and ``pipeline worker``. Importing this module opens
+nothing; ``WorkerSettings`` is built when first read (a module ``__getattr__``), which arq's CLI
+does just before it runs the worker. On the embedded default that is where the worker starts or
+joins both servers, as ``pipeline worker`` does: arq connects to Redis before any start-up hook
+runs, so ``on_startup`` would be too late. The process stays a user of both servers until it
+exits; when they cannot be started it says why in one line and exits with status 2.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import sys
+from typing import Any, NoReturn
 
 from arq import cron
-from arq.connections import RedisSettings
 from arq.worker import func
+from pydantic import ValidationError
 
-from app import embedded
+from app import embedded, logs, servers
 from app.config import Settings, get_settings
+from app.embedded import EmbeddedError
 from app.execution import wakeups
 from app.notion import cron as notion_cron
+from app.schemas import field_errors
 from workers import jobs
-
-
-def _redis_url(settings: Settings) -> str:
-    return settings.redis_url or f"unix://{embedded.default_data_dir() / 'redis' / 'redis.sock'}"
 
 
 def _sweep_seconds(interval_s: float) -> set[int]:
@@ -29,14 +32,27 @@ def _sweep_seconds(interval_s: float) -> set[int]:
     return set(range(0, 60, step))
 
 
-def worker_options(settings: Settings, *, burst: bool = False) -> dict[str, Any]:
-    """Keyword arguments for ``arq.worker.Worker`` (shared by the CLI and ``pipeline worker``)."""
+async def startup(ctx: jobs.Ctx) -> None:
+    """The embedded default's database is brought to the latest migration first, as admin
+    commands do (a configured one is the release step's); then the worker's own start-up."""
+    await servers.database_url(get_settings(), migrated=True)
+    await jobs.startup(ctx)
+
+
+def worker_options(settings: Settings, *, redis_url: str | None = None,
+                   burst: bool = False) -> dict[str, Any]:
+    """Keyword arguments for ``arq.worker.Worker`` (shared by the CLI and ``pipeline worker``).
+
+    ``redis_url`` defaults to ``REDIS_URL`` or the embedded Redis socket, started or not."""
+    if redis_url is None:
+        socket = embedded.default_data_dir() / "redis" / "redis.sock"
+        redis_url = settings.redis_url or f"unix://{socket}"
     options: dict[str, Any] = {
         "functions": [func(jobs.work, name=wakeups.WORK_JOB, timeout=settings.job_timeout_s,
                            max_tries=3)],
         "queue_name": settings.queue_name,
-        "redis_settings": wakeups.redis_settings(_redis_url(settings)),
-        "on_startup": jobs.startup,
+        "redis_settings": wakeups.redis_settings(redis_url),
+        "on_startup": startup,
         "on_shutdown": jobs.shutdown,
         "max_jobs": settings.worker_concurrency,
         "poll_delay": 0.05,
@@ -59,22 +75,32 @@ def worker_options(settings: Settings, *, burst: bool = False) -> dict[str, Any]
     return options
 
 
-_settings = get_settings()
-_options = worker_options(_settings)
+def __getattr__(name: str) -> dict[str, Any]:
+    """``WorkerSettings``: arq reads a dict of ``Worker`` keyword arguments as it reads a
+    class. Built once, on first read."""
+    if name != "WorkerSettings":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    options = _arq_cli_options()
+    globals()[name] = options
+    return options
 
 
-class WorkerSettings:
-    """Attributes are read from the class ``__dict__`` by arq: keep them flat, no base class."""
+def _arq_cli_options() -> dict[str, Any]:
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        _exit("configuration: " + "; ".join(f"{field.upper()}: {message}"
+                                            for field, message in field_errors(exc)))
+    logs.configure(level=settings.log_level, fmt=settings.log_format, default=logging.INFO)
+    logs.defer_to_arq_cli()
+    try:
+        redis_url = servers.start_for_worker(settings)
+    except EmbeddedError as exc:
+        _exit(str(exc))
+    return worker_options(settings, redis_url=redis_url)
 
-    functions = _options["functions"]
-    cron_jobs = _options["cron_jobs"]
-    queue_name: str = _options["queue_name"]
-    redis_settings: RedisSettings = _options["redis_settings"]
-    on_startup = _options["on_startup"]
-    on_shutdown = _options["on_shutdown"]
-    max_jobs: int = _options["max_jobs"]
-    poll_delay: float = _options["poll_delay"]
-    queue_read_limit: int = _options["queue_read_limit"]
-    keep_result: int = _options["keep_result"]
-    job_completion_wait: int = _options["job_completion_wait"]
-    health_check_interval: int = _options["health_check_interval"]
+
+def _exit(message: str) -> NoReturn:
+    """One line on stderr, as ``pipeline worker`` says it, and no traceback."""
+    print(f"pipeline: {message}", file=sys.stderr)
+    raise SystemExit(2)

@@ -38,10 +38,10 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 async def run(settings: Settings, *, burst: bool) -> int:
     """Run arq workers until stopped (or, with ``burst``, until nothing is runnable)."""
-    url = require_postgresql(await servers.database_url(settings))  # embedded: started
-    redis_url = servers.redis_url(settings)
-    options = worker_options(settings, burst=burst)
-    options["redis_settings"] = wakeups.redis_settings(redis_url)
+    url = require_postgresql(await servers.database_url(settings))
+    # Embedded: started or joined, this process a user of both until it exits.
+    redis_url = servers.start_for_worker(settings)
+    options = worker_options(settings, redis_url=redis_url, burst=burst)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     pause_s = BACKOFF_FIRST_S
