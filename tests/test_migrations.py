@@ -316,10 +316,10 @@ GOLDEN = {
         "sqlite downgrade": "69bba11d23663a10",
     },
     "0007_hold": {
-        "postgresql upgrade": "84e8079cf36c2891",
-        "postgresql downgrade": "50b50092eded675b",
-        "sqlite upgrade": "17e821bc18bdaf2e",
-        "sqlite downgrade": "7f849b7c811558dc",
+        "postgresql upgrade": "40d1bcf38e2e1cfd",
+        "postgresql downgrade": "eb4e80436b888f44",
+        "sqlite upgrade": "745f40a7b9a3bdc7",
+        "sqlite downgrade": "ae145563960cacb2",
     },
 }
 

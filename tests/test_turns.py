@@ -155,3 +155,43 @@ async def test_several_worker_processes_take_strict_turns(
         db: tuple[str, Sessions], workers: Workers, redis_url: str, queue: str) -> None:
     assert await _worker_trials(db[1], workers, redis_url, queue, processes=3,
                                 trials=6) == []
+
+
+async def test_a_late_claim_still_takes_the_task_of_its_turn(
+        db: tuple[str, Sessions], settings: Settings) -> None:
+    """A pick-up's claim that runs late (its process descheduled between the two steps) takes
+    the task its pick reserved, under its own number: a later pick-up of the same channel
+    cannot take that task first, and the channel offers nothing more while its last task is
+    reserved. Before reservations the late claim found nothing and gave its turn back, so the
+    channel's pick-up landed after the other channel's next one."""
+    url, sessions = db
+    await seed(sessions, [None, None], 2, spaced=True, priority=PriorityLevel.normal)
+    pool = make_pool(settings, url, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            async def pick() -> tuple[uuid.UUID, int, uuid.UUID] | None:
+                row = await conn.fetchrow("SELECT * FROM pick_channel(now(), true)")
+                return None if row is None else (row["channel"], row["ticket"], row["task"])
+
+            async def claim(picked: tuple[uuid.UUID, int, uuid.UUID]) -> uuid.UUID | None:
+                channel, ticket, task = picked
+                return await conn.fetchval(  # type: ignore[no-any-return]
+                    "SELECT task_id FROM claim_task('w', 30, now(), $1, true, $2, $3)",
+                    task, channel, ticket)
+
+            first, other, again = await pick(), await pick(), await pick()
+            assert first and other and again
+            assert first[0] == again[0] != other[0] and first[2] != again[2]
+            assert await claim(again) == again[2]          # the later claim runs first
+            assert await claim(other) == other[2]
+            last = await pick()
+            assert last is not None and last[0] == other[0]
+            assert await claim(last) == last[2]
+            assert await pick() is None                    # the first's task is reserved
+            assert await claim(first) == first[2]          # late, and still its own task
+            events = await conn.fetch(
+                "SELECT id, task_id FROM task_events WHERE from_status = 'queued' ORDER BY id")
+    finally:
+        await pool.close()
+    assert [(e["id"], e["task_id"]) for e in events] == [
+        (first[1], first[2]), (other[1], other[2]), (again[1], again[2]), (last[1], last[2])]

@@ -1,4 +1,5 @@
-"""An operator's hold is a fact on the task row: a task on hold is never claimed.
+"""An operator's hold is a fact on the task row: a task on hold is never claimed; and a pick-up
+reserves the task it will claim.
 
 Revision ID: 0007
 Revises: 0006
@@ -10,12 +11,17 @@ Create Date: 2026-12-05
   every probe of ``pick_channel`` and ``claim_task`` carries the same condition; otherwise
   the claim is revision 0006's (``app.db.ddl.claim_task``, frozen below as data).
 - ``notion_pages.hold_since``: the hold a page shows (pushed with ``NOTION_PROP_HOLD``).
+- ``channels.reserved``, ``reserved_at``: the task each pick-up in flight will claim. A claim
+  that ran late used to find its task taken by a later pick-up of its channel and give its
+  turn back, so the channel's pick-up landed after another channel's next one; now each
+  pick-up claims the task it reserved (``app.db.ddl.claim_task``).
 - A downgrade releases every hold (the old claim cannot see one).
 """
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from alembic import op
 from app.db.ddl import claim_task, claim_task_0006
@@ -93,6 +99,8 @@ TARGETS = {
     ('uploading', None, False): 'uploading',
 }
 QUEUED_COLUMNS = ["channel_id", "priority", "created_at", "id"]
+UUIDS = postgresql.ARRAY(sa.Uuid()).with_variant(sa.JSON(), "sqlite")
+TIMES = postgresql.ARRAY(sa.DateTime(timezone=True)).with_variant(sa.JSON(), "sqlite")
 
 
 def _indexes(queued: str, runnable: str) -> None:
@@ -114,6 +122,10 @@ def upgrade() -> None:
     op.add_column("tasks", sa.Column("hold_reason", sa.Text(), nullable=True))
     op.add_column("notion_pages", sa.Column("hold_since", sa.DateTime(timezone=True),
                                             nullable=True))
+    op.add_column("channels", sa.Column("reserved", UUIDS, server_default="{}",
+                                        nullable=False))
+    op.add_column("channels", sa.Column("reserved_at", TIMES, server_default="{}",
+                                        nullable=False))
     _indexes(claim_task.QUEUED_PREDICATE, claim_task.runnable_predicate(STARTS, ERRORS, ACTIVE))
     if is_pg:
         op.execute(claim_task.render_pick(starts=STARTS, active=ACTIVE, errors=ERRORS))
@@ -127,6 +139,8 @@ def downgrade() -> None:
         for statement in claim_task.drop():
             op.execute(statement)
     _indexes("status = 'queued'", claim_task_0006.runnable_predicate(STARTS, ERRORS, ACTIVE))
+    op.drop_column("channels", "reserved_at")
+    op.drop_column("channels", "reserved")
     op.drop_column("notion_pages", "hold_since")
     op.drop_column("tasks", "hold_reason")
     op.drop_column("tasks", "hold_by")

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -92,6 +92,9 @@ def priority_type() -> sa.Enum:
 
 
 Timestamp = sa.DateTime(timezone=True)
+#: Arrays on PostgreSQL; SQLite (no claims there) keeps them as JSON text.
+UuidArray = ARRAY(sa.Uuid).with_variant(sa.JSON(), "sqlite")
+TimestampArray = ARRAY(Timestamp).with_variant(sa.JSON(), "sqlite")
 Json = sa.JSON().with_variant(JSONB(), "postgresql")
 #: Identity BIGINT on PostgreSQL; SQLite needs INTEGER for its rowid alias (AUTOINCREMENT below).
 EventId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -126,6 +129,12 @@ class Channel(TimestampMixin, Base):
     #: channels with work at one priority are picked fewest first, so none gets ahead.
     picks: Mapped[int] = mapped_column(sa.BigInteger, nullable=False, server_default="0",
                                        default=0)
+    #: The tasks reserved by pick-ups of the channel whose claims may not have run yet, and
+    #: when each was reserved (PostgreSQL; see ``app.db.ddl.claim_task``).
+    reserved: Mapped[list[uuid.UUID]] = mapped_column(
+        UuidArray, nullable=False, server_default="{}", default=list)
+    reserved_at: Mapped[list[datetime]] = mapped_column(
+        TimestampArray, nullable=False, server_default="{}", default=list)
 
     __table_args__ = (
         sa.CheckConstraint("max_concurrent IS NULL OR max_concurrent >= 1",

@@ -18,19 +18,27 @@ two steps, so that turns are strict without holding claimers back:
    asynchronous one: the next decision sees this one, committed, so no ranking is ever
    stale and no channel waits on another's pick in flight. Inside a caller's transaction
    (the service layer) it is a session lock released at the end of the call.
-2. **``claim_task``** takes that channel's best task no other claim holds
-   (``FOR UPDATE SKIP LOCKED``: several pick-ups of one channel may be in flight at once),
+   The decision also *reserves* the channel's best task for this pick-up
+   (``channels.reserved``): the rankings after it pass that task over, so two pick-ups of
+   one channel in flight never reach for the same task, and a pick-up whose claim runs late
+   (its process descheduled) still takes the task of its turn, under its own number. Without
+   that, a later pick-up of the channel could take the task first, the late one would find
+   nothing and give its turn back, and the channel's pick-up would land after another
+   channel's next one. A reservation ends when its task's row is next written (the claim),
+   or after ``RESERVE_S`` (a claimer killed between the two steps).
+2. **``claim_task``** takes that reserved task,
    with a guarded ``UPDATE … WHERE status = :runnable``, a fresh claim token and lease, the
    attempt and run counted, and the ``task_events`` rows. On a channel with a cap it first
    locks the channel's row and counts its active tasks in a new statement (never a count from
    an old snapshot); at the cap only a handed-back stage, which keeps its slot, can be taken,
    and the claim event then gets its id after the count, so the history replays capacity in
-   order. A pick-up that finds nothing to take (the channel emptied or filled meanwhile) gives
-   its count back and returns nothing; the caller picks again without that channel.
+   order. A pick-up that finds nothing to take (its task held or taken by a worker carrying
+   it, the channel deactivated or filled meanwhile) gives its count and its reservation back
+   and returns nothing; the caller picks again without that channel.
 
 Workers make a pick-up in one round trip, ``CALL claim_next(…)``: a procedure that commits the
-pick (asynchronously), then claims in a transaction of its own. With ``p_task`` set,
-``claim_task`` claims that task only: a worker carrying the task it just
+pick (asynchronously), then claims in a transaction of its own. With ``p_task`` set and no
+ticket, ``claim_task`` claims that task only: a worker carrying the task it just
 finished into its next stage. That takes no turn and needs a capacity slot like any claim.
 With neither ``p_task`` nor ``p_channel`` it makes a whole pick-up in the caller's
 transaction (``pick_channel`` then the claim). With ``p_start`` a claimed ``queued`` task
@@ -63,6 +71,9 @@ TURNSTILE = 7_245_001
 #: Bounds every lock wait inside the function (the turnstile, a channel, a task row): a claim
 #: that cannot get one fails with ``lock_not_available`` rather than hanging.
 LOCK_TIMEOUT = "30s"
+#: How long a pick-up's reservation of its task lasts at most (seconds): a claimer killed
+#: between its pick and its claim delays that task by this much.
+RESERVE_S = 10
 #: Every statement inside is planned once per connection: its plan is the same index probes
 #: whatever the parameters, and a plan made for each call's values (PL/pgSQL's choice after
 #: fresh statistics, at times) cost more than the claim itself (0.5 to 0.9 ms a statement).
@@ -108,12 +119,27 @@ def _claimable(alias: str, starts: str, errors: str, active: str) -> str:
     return f"({_waiting(alias, starts, errors)} OR {_unheld(alias, active)})"
 
 
-def _head(channel: str, other: str, *, seen: str = "", queued: str = "") -> str:
-    """The channel's best runnable task not on hold: two ordered probes, no sort of the table.
-    No row lock: claimers of a channel are serialised by its row, and the UPDATE re-checks the
-    task. ``queued`` gates the queued probe (a condition and ``AND``)."""
+def _live(channel: str) -> str:
+    """The reservations of ``channel`` (a ``channels`` alias) still standing: their task's row
+    not written since (by its claim, or anything else) and not older than ``RESERVE_S``.
+    Reservations are stamped with the clock, not the transaction's start: a pick-up's
+    transaction may have begun long before its turn came (waiting at the turnstile)."""
+    return (f"(SELECT coalesce(array_agg(u.r ORDER BY u.n), '{{}}'),"
+            f" coalesce(array_agg(u.at ORDER BY u.n), '{{}}')"
+            f" FROM unnest({channel}.reserved, {channel}.reserved_at) WITH ORDINALITY u (r, at, n)"
+            f" WHERE u.at > clock_timestamp() - interval '{RESERVE_S} seconds' AND NOT EXISTS ("
+            "SELECT 1 FROM tasks x WHERE x.id = u.r"
+            " AND (x.updated_at > u.at OR x.claim_token IS NOT NULL)))")
+
+
+def _head(channel: str, other: str, *, seen: str = "", queued: str = "",
+          reserved: str = "") -> str:
+    """The channel's best runnable task not on hold (nor in ``reserved``, an array): two
+    ordered probes, no sort of the table. No row lock: the claim locks the task it takes and
+    re-checks it. ``queued`` gates the queued probe (a condition and ``AND``)."""
+    free = f" AND t.id <> ALL ({reserved})" if reserved else ""
     branch = ("(SELECT t.id, t.status, t.failed_stage, t.priority, t.created_at FROM tasks t"
-              " WHERE t.channel_id = {c} AND t.hold_since IS NULL AND {cond}"
+              " WHERE t.channel_id = {c} AND t.hold_since IS NULL" + free + " AND {cond}"
               " ORDER BY t.priority, t.created_at, t.id LIMIT 1)")
     conds = [f"{queued}t.status = 'queued'", other]
     branches = "\n        UNION ALL ".join(branch.format(c=channel, cond=c) for c in conds)
@@ -129,14 +155,18 @@ def _ranking(starts: str, errors: str, active: str) -> str:
     channel at that priority (a late-comer is raised to one below it)."""
     gated = (f"((NOT cap.full AND {_waiting('t', starts, errors)})"
              f" OR {_unheld('t', active)})")
-    head = _head("c.id", gated, queued="NOT cap.full AND ")
-    return f"""SELECT c.id AS channel, max(c.picks) OVER (PARTITION BY best.priority) AS top
+    head = _head("c.id", gated, queued="NOT cap.full AND ", reserved="res.ids")
+    return f"""SELECT c.id AS channel, best.id AS task,
+               max(c.picks) OVER (PARTITION BY best.priority) AS top
           INTO cand
         FROM channels c
         CROSS JOIN LATERAL (SELECT CASE WHEN c.max_concurrent IS NULL THEN false
                                    ELSE c.max_concurrent <= (
                                      SELECT count(*) FROM tasks a WHERE a.channel_id = c.id
                                        AND a.status IN ({active})) END AS full) cap
+        CROSS JOIN LATERAL (SELECT CASE WHEN cardinality(c.reserved) = 0 THEN '{{}}'::uuid[]
+                                   ELSE (SELECT l.ids FROM {_live("c")} l (ids, ats)) END
+                                   AS ids) res
         CROSS JOIN LATERAL ({head}) best
         WHERE c.is_active AND c.id <> ALL (held)
         ORDER BY best.priority, c.picks, c.turn NULLS FIRST, best.created_at, c.id
@@ -189,8 +219,14 @@ def render_pick(*, starts: Iterable[str], active: Iterable[str], errors: Iterabl
       PERFORM 1 FROM channels c WHERE c.id = cand.channel FOR NO KEY UPDATE SKIP LOCKED;
       IF FOUND THEN
         channel := cand.channel;
+        task := cand.task;
         ticket := nextval('{EVENT_IDS}');
-        UPDATE channels SET picks = greatest(picks + 1, cand.top - 1), turn = ticket
+        -- Its task reserved for this pick-up, beside the reservations still standing.
+        SELECT l.ids, l.ats INTO keep_ids, keep_ats
+          FROM channels c CROSS JOIN LATERAL {_live("c")} l (ids, ats)
+          WHERE c.id = cand.channel;
+        UPDATE channels SET picks = greatest(picks + 1, cand.top - 1), turn = ticket,
+            reserved = keep_ids || cand.task, reserved_at = keep_ats || clock_timestamp()
           WHERE id = cand.channel;
         EXIT;
       END IF;
@@ -198,11 +234,13 @@ def render_pick(*, starts: Iterable[str], active: Iterable[str], errors: Iterabl
     END LOOP;"""
     return f"""CREATE FUNCTION {PICK}(
   p_now timestamptz, p_commit boolean DEFAULT false, p_skip uuid[] DEFAULT '{{}}')
-RETURNS TABLE (channel uuid, ticket bigint)
+RETURNS TABLE (channel uuid, ticket bigint, task uuid)
 LANGUAGE plpgsql SET lock_timeout = '{LOCK_TIMEOUT}' SET plan_cache_mode = {PLANS} AS $$
 DECLARE
   cand record;
   held uuid[] := p_skip;
+  keep_ids uuid[];
+  keep_ats timestamptz[];
   turnstile boolean := false;
 BEGIN
   IF p_commit THEN
@@ -249,6 +287,7 @@ DECLARE
   skip uuid[] := '{{}}';
   ch uuid := p_channel;
   tk bigint := p_ticket;
+  want uuid;
   at_cap boolean;
   head_id uuid;
   head_status taskstatus;
@@ -259,15 +298,17 @@ DECLARE
   token uuid;
 BEGIN
   FOR attempt_no IN 1..8 LOOP
+    want := p_task;
     IF p_task IS NULL AND p_channel IS NULL THEN
       -- A whole pick-up in the caller's transaction.
-      SELECT p.channel, p.ticket INTO ch, tk FROM {PICK}(p_now, false, skip) p;
+      SELECT p.channel, p.ticket, p.task INTO ch, tk, want FROM {PICK}(p_now, false, skip) p;
       EXIT WHEN NOT FOUND;
     END IF;
-    IF p_task IS NOT NULL THEN
+    IF want IS NOT NULL THEN
+      -- The task a pick-up reserved, or one a worker carries on.
       SELECT c.id, c.max_concurrent, t.id AS task, t.status, t.failed_stage INTO chan
         FROM tasks t JOIN channels c ON c.id = t.channel_id
-        WHERE t.id = p_task AND c.is_active AND t.hold_since IS NULL
+        WHERE t.id = want AND c.is_active AND t.hold_since IS NULL
           AND (t.status = 'queued' OR {other});
     ELSE
       SELECT c.id, c.max_concurrent, NULL::uuid AS task INTO chan
@@ -282,10 +323,10 @@ BEGIN
           WHERE channel_id = chan.id AND status IN ({active_list}));
       END IF;
       head_id := NULL;
-      IF p_task IS NOT NULL THEN
+      IF want IS NOT NULL THEN
         IF NOT at_cap OR chan.status IN ({active_list}) THEN
           SELECT t.id, t.status, t.failed_stage INTO head_id, head_status, head_failed
-            FROM tasks t WHERE t.id = p_task AND t.hold_since IS NULL
+            FROM tasks t WHERE t.id = want AND t.hold_since IS NULL
               AND (t.status = 'queued' OR {other})
             FOR UPDATE;
         END IF;
@@ -343,10 +384,16 @@ BEGIN
         RETURN;
       END IF;
     END IF;
-    -- Nothing to take: a pick-up gives its count back; the caller (or the next round) picks
-    -- again without this channel.
+    -- Nothing to take: a pick-up gives its count and its reservation back; the caller (or the
+    -- next round) picks again without this channel.
     IF tk IS NOT NULL THEN
-      UPDATE channels SET picks = greatest(picks - 1, 0) WHERE id = ch;
+      UPDATE channels c SET picks = greatest(c.picks - 1, 0),
+          reserved = coalesce((SELECT array_agg(u.r ORDER BY u.n) FROM unnest(c.reserved)
+                               WITH ORDINALITY u (r, n) WHERE u.r IS DISTINCT FROM want), '{{}}'),
+          reserved_at = coalesce((SELECT array_agg(u.at ORDER BY u.n)
+                                  FROM unnest(c.reserved, c.reserved_at) WITH ORDINALITY
+                                    u (r, at, n) WHERE u.r IS DISTINCT FROM want), '{{}}')
+        WHERE c.id = ch;
     END IF;
     EXIT WHEN p_task IS NOT NULL OR p_channel IS NOT NULL;
     skip := skip || ch;
@@ -369,13 +416,14 @@ DECLARE
   skip uuid[] := '{{}}';
   ch uuid;
   tk bigint;
+  want uuid;
   got record;
 BEGIN
   LOOP
-    SELECT p.channel, p.ticket INTO ch, tk FROM {PICK}(p_now, true, skip) p;
+    SELECT p.channel, p.ticket, p.task INTO ch, tk, want FROM {PICK}(p_now, true, skip) p;
     EXIT WHEN NOT FOUND;
     COMMIT;
-    SELECT c.* INTO got FROM {FUNCTION}(p_worker, p_lease_s, p_now, NULL, p_start, ch, tk) c;
+    SELECT c.* INTO got FROM {FUNCTION}(p_worker, p_lease_s, p_now, want, p_start, ch, tk) c;
     IF FOUND THEN
       task_id := got.task_id; from_status := got.from_status; to_status := got.to_status;
       claim_token := got.claim_token; attempt := got.attempt; run := got.run;
