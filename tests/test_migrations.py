@@ -316,7 +316,7 @@ GOLDEN = {
         "sqlite downgrade": "69bba11d23663a10",
     },
     "0007_hold": {
-        "postgresql upgrade": "40d1bcf38e2e1cfd",
+        "postgresql upgrade": "a3257d853dd9ede9",
         "postgresql downgrade": "eb4e80436b888f44",
         "sqlite upgrade": "745f40a7b9a3bdc7",
         "sqlite downgrade": "ae145563960cacb2",

@@ -121,15 +121,16 @@ def _claimable(alias: str, starts: str, errors: str, active: str) -> str:
 
 def _live(channel: str) -> str:
     """The reservations of ``channel`` (a ``channels`` alias) still standing: their task's row
-    not written since (by its claim, or anything else) and not older than ``RESERVE_S``.
+    not written since (by its claim, or anything else) and not older than ``RESERVE_S``. One
+    primary-key look-up each (a scalar subquery: never a join the planner could hash).
     Reservations are stamped with the clock, not the transaction's start: a pick-up's
     transaction may have begun long before its turn came (waiting at the turnstile)."""
     return (f"(SELECT coalesce(array_agg(u.r ORDER BY u.n), '{{}}'),"
             f" coalesce(array_agg(u.at ORDER BY u.n), '{{}}')"
             f" FROM unnest({channel}.reserved, {channel}.reserved_at) WITH ORDINALITY u (r, at, n)"
-            f" WHERE u.at > clock_timestamp() - interval '{RESERVE_S} seconds' AND NOT EXISTS ("
-            "SELECT 1 FROM tasks x WHERE x.id = u.r"
-            " AND (x.updated_at > u.at OR x.claim_token IS NOT NULL)))")
+            f" WHERE u.at > clock_timestamp() - interval '{RESERVE_S} seconds' AND (SELECT"
+            " x.updated_at <= u.at AND x.claim_token IS NULL FROM tasks x WHERE x.id = u.r)"
+            " IS TRUE)")
 
 
 def _head(channel: str, other: str, *, seen: str = "", queued: str = "",
