@@ -316,10 +316,10 @@ GOLDEN = {
         "sqlite downgrade": "69bba11d23663a10",
     },
     "0007_hold": {
-        "postgresql upgrade": "a3257d853dd9ede9",
-        "postgresql downgrade": "eb4e80436b888f44",
-        "sqlite upgrade": "745f40a7b9a3bdc7",
-        "sqlite downgrade": "ae145563960cacb2",
+        "postgresql upgrade": "d3e714113ffc1fc2",
+        "postgresql downgrade": "dcb26e21070da72e",
+        "sqlite upgrade": "01b17ff085eecb03",
+        "sqlite downgrade": "145a5cc12df0e6a0",
     },
 }
 

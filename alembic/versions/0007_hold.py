@@ -126,6 +126,8 @@ def upgrade() -> None:
                                         nullable=False))
     op.add_column("channels", sa.Column("reserved_at", TIMES, server_default="{}",
                                         nullable=False))
+    op.add_column("channels", sa.Column("reserved_until", sa.DateTime(timezone=True),
+                                        nullable=True))
     _indexes(claim_task.QUEUED_PREDICATE, claim_task.runnable_predicate(STARTS, ERRORS, ACTIVE))
     if is_pg:
         op.execute(claim_task.render_pick(starts=STARTS, active=ACTIVE, errors=ERRORS))
@@ -139,6 +141,7 @@ def downgrade() -> None:
         for statement in claim_task.drop():
             op.execute(statement)
     _indexes("status = 'queued'", claim_task_0006.runnable_predicate(STARTS, ERRORS, ACTIVE))
+    op.drop_column("channels", "reserved_until")
     op.drop_column("channels", "reserved_at")
     op.drop_column("channels", "reserved")
     op.drop_column("notion_pages", "hold_since")

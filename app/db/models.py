@@ -135,6 +135,8 @@ class Channel(TimestampMixin, Base):
         UuidArray, nullable=False, server_default="{}", default=list)
     reserved_at: Mapped[list[datetime]] = mapped_column(
         TimestampArray, nullable=False, server_default="{}", default=list)
+    #: When the last of them expires: until then rankings pass the reserved tasks over.
+    reserved_until: Mapped[datetime | None] = mapped_column(Timestamp)
 
     __table_args__ = (
         sa.CheckConstraint("max_concurrent IS NULL OR max_concurrent >= 1",

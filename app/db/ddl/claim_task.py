@@ -19,13 +19,15 @@ two steps, so that turns are strict without holding claimers back:
    stale and no channel waits on another's pick in flight. Inside a caller's transaction
    (the service layer) it is a session lock released at the end of the call.
    The decision also *reserves* the channel's best task for this pick-up
-   (``channels.reserved``): the rankings after it pass that task over, so two pick-ups of
-   one channel in flight never reach for the same task, and a pick-up whose claim runs late
-   (its process descheduled) still takes the task of its turn, under its own number. Without
-   that, a later pick-up of the channel could take the task first, the late one would find
-   nothing and give its turn back, and the channel's pick-up would land after another
-   channel's next one. A reservation ends when its task's row is next written (the claim),
-   or after ``RESERVE_S`` (a claimer killed between the two steps).
+   (``channels.reserved``): the rankings after it pass that task over (a queued one: the
+   reservations are read from the channel's row, no look-up, until the last of them
+   expires), so two pick-ups of one channel in flight never reach for the same task, and a
+   pick-up whose claim runs late (its process descheduled) still takes the task of its turn,
+   under its own number. Without that, a later pick-up of the channel could take the task
+   first, the late one would find nothing and give its turn back, and the channel's pick-up
+   would land after another channel's next one. A reservation ends when its task's row is
+   next written (the claim: the channel's next pick-up keeps only those still standing), or
+   after ``RESERVE_S`` (a claimer killed between the two steps).
 2. **``claim_task``** takes that reserved task,
    with a guarded ``UPDATE … WHERE status = :runnable``, a fresh claim token and lease, the
    attempt and run counted, and the ``task_events`` rows. On a channel with a cap it first
@@ -135,14 +137,14 @@ def _live(channel: str) -> str:
 
 def _head(channel: str, other: str, *, seen: str = "", queued: str = "",
           reserved: str = "") -> str:
-    """The channel's best runnable task not on hold (nor in ``reserved``, an array): two
-    ordered probes, no sort of the table. No row lock: the claim locks the task it takes and
-    re-checks it. ``queued`` gates the queued probe (a condition and ``AND``)."""
+    """The channel's best runnable task not on hold (nor, if queued, in ``reserved``, an
+    array): two ordered probes, no sort of the table. No row lock: the claim locks the task it
+    takes and re-checks it. ``queued`` gates the queued probe (a condition and ``AND``)."""
     free = f" AND t.id <> ALL ({reserved})" if reserved else ""
     branch = ("(SELECT t.id, t.status, t.failed_stage, t.priority, t.created_at FROM tasks t"
-              " WHERE t.channel_id = {c} AND t.hold_since IS NULL" + free + " AND {cond}"
+              " WHERE t.channel_id = {c} AND t.hold_since IS NULL AND {cond}"
               " ORDER BY t.priority, t.created_at, t.id LIMIT 1)")
-    conds = [f"{queued}t.status = 'queued'", other]
+    conds = [f"{queued}t.status = 'queued'{free}", other]
     branches = "\n        UNION ALL ".join(branch.format(c=channel, cond=c) for c in conds)
     return (f"SELECT h.id, h.status, h.failed_stage, h.priority, h.created_at{seen}"
             f" FROM (\n        {branches}\n      ) h ORDER BY h.priority, h.created_at, h.id"
@@ -165,9 +167,8 @@ def _ranking(starts: str, errors: str, active: str) -> str:
                                    ELSE c.max_concurrent <= (
                                      SELECT count(*) FROM tasks a WHERE a.channel_id = c.id
                                        AND a.status IN ({active})) END AS full) cap
-        CROSS JOIN LATERAL (SELECT CASE WHEN cardinality(c.reserved) = 0 THEN '{{}}'::uuid[]
-                                   ELSE (SELECT l.ids FROM {_live("c")} l (ids, ats)) END
-                                   AS ids) res
+        CROSS JOIN LATERAL (SELECT CASE WHEN c.reserved_until > clock_timestamp()
+                                   THEN c.reserved ELSE '{{}}'::uuid[] END AS ids) res
         CROSS JOIN LATERAL ({head}) best
         WHERE c.is_active AND c.id <> ALL (held)
         ORDER BY best.priority, c.picks, c.turn NULLS FIRST, best.created_at, c.id
@@ -227,7 +228,8 @@ def render_pick(*, starts: Iterable[str], active: Iterable[str], errors: Iterabl
           FROM channels c CROSS JOIN LATERAL {_live("c")} l (ids, ats)
           WHERE c.id = cand.channel;
         UPDATE channels SET picks = greatest(picks + 1, cand.top - 1), turn = ticket,
-            reserved = keep_ids || cand.task, reserved_at = keep_ats || clock_timestamp()
+            reserved = keep_ids || cand.task, reserved_at = keep_ats || clock_timestamp(),
+            reserved_until = clock_timestamp() + interval '{RESERVE_S} seconds'
           WHERE id = cand.channel;
         EXIT;
       END IF;
