@@ -46,6 +46,7 @@ async def prune(ctx: Context, args: argparse.Namespace) -> int:
         _report(ctx, planned, before, dry_run=True)
         return 0
     done = PruneCounts()
+    batches = 0
     progress = Progress("prune", planned.rows)
     steps: list[Batch] = [lambda s: retention.prune_tasks(s, before=before)]
     if not args.published_only:
@@ -58,14 +59,15 @@ async def prune(ctx: Context, args: argparse.Namespace) -> int:
                 if not batch.rows:
                     break
                 done += batch
+                batches += 1
                 progress.advance(batch.rows)
     except (asyncio.CancelledError, PipelineError, OSError) as exc:
         progress.close()
         print(f"pipeline: prune stopped ({type(exc).__name__}); already removed (committed): "
-              f"{_summary(done)}", file=sys.stderr)
+              f"{_summary(done)} in {batches} batch(es)", file=sys.stderr)
         raise
     progress.close()
-    _report(ctx, done, before, dry_run=False)
+    _report(ctx, done, before, dry_run=False, batches=batches)
     return 0
 
 
@@ -74,9 +76,13 @@ def _summary(counts: PruneCounts) -> str:
             f"{counts.older_events} older event(s) of other tasks")
 
 
-def _report(ctx: Context, counts: PruneCounts, before: datetime, *, dry_run: bool) -> None:
+def _report(ctx: Context, counts: PruneCounts, before: datetime, *, dry_run: bool,
+            batches: int = 0) -> None:
+    """What went (or would go); ``batches``: the transactions it took, each committed."""
     data = {"dry_run": dry_run, "before": before.isoformat(), "tasks": counts.tasks,
             "task_events": counts.task_events, "older_events": counts.older_events}
+    if not dry_run:
+        data["batches"] = batches
     verb = "would remove" if dry_run else "removed"
     ctx.emit(data, f"{verb} {_summary(counts)}, before {before:%Y-%m-%d %H:%M:%S} UTC"
-             + ("; nothing changed" if dry_run else ""))
+             + ("; nothing changed" if dry_run else f", in {batches} batch(es)"))
