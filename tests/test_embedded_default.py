@@ -141,3 +141,16 @@ def test_arq_cli_worker_that_cannot_start_the_servers_says_so_in_one_line(
     assert result.stderr.splitlines() == [
         f"pipeline: data directory path too long for a unix socket ({SUN_PATH_MAX + 1} chars,"
         f" max {SUN_PATH_MAX}): set PIPELINE_DATA_DIR to a shorter path"]
+
+
+def test_admin_commands_started_together_on_a_fresh_data_directory_all_work(
+        data_dir: Path) -> None:
+    """Three commands at once on a data directory with nothing in it: one starts the server,
+    the others join it, and they migrate one at a time (no "already exists" from a race)."""
+    procs = [subprocess.Popen([sys.executable, "-m", "app", "stats", "--json"], cwd=REPO,
+                              env=default_env(data_dir), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(*proc.communicate(timeout=45), proc.returncode) for proc in procs]
+    for out, err, code in results:
+        assert code == 0, err
+        assert json.loads(out)["queued"] == 0

@@ -101,10 +101,9 @@ def operator() -> str:
 async def ready_database(settings: Settings) -> str:
     """The database URL, at the latest migration: the embedded default is migrated on the
     spot, a configured database must have been (``alembic upgrade head``, the release step)."""
-    url = await servers.database_url(settings)
+    url = await servers.database_url(settings, migrated=True)
     if settings.database_url is None:
-        await migrate.upgrade(url)
-        return url
+        return url         # migrated one process at a time, as a worker's start does
     current, head = await migrate.revisions(url)
     if current != head:
         raise NotMigrated(f"database is at migration {current or 'none'}, the code needs "
