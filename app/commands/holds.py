@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from app import moves
 from app.commands import tables
 from app.commands.context import Context
-from app.commands.operations import found_tasks
+from app.commands.operations import chosen_tasks
 from app.commands.progress import Progress
 from app.db import session_scope
 from app.errors import PipelineError
 from app.lifecycle import TaskStatus
-from app.services import channels, holds
+from app.services import holds
 from app.services.holds import HoldState
 
 CHUNK = 500
@@ -68,14 +68,10 @@ async def _chosen(ctx: Context, args: argparse.Namespace, *, holding: bool) -> t
         list[HoldState], list[str]]:
     refused: list[str] = []
     async with session_scope(ctx.sessions) as session:
-        if args.task_ids:
-            ids = await found_tasks(session, args.task_ids, refused)
-        else:
-            channel = (await channels.get_channel(session, args.channel)).id \
-                if args.channel else None
-            ids = await holds.select(session, [TaskStatus(s) for s in args.status],
-                                     channel=channel, on_hold=not holding)
-        chosen = await holds.states(session, list(dict.fromkeys(ids)))
+        ids = await chosen_tasks(session, args, refused, lambda channel: holds.select(
+            session, [TaskStatus(s) for s in args.status], channel=channel,
+            on_hold=not holding))
+        chosen = await holds.states(session, ids)
     if holding:
         refused += [f"task {s.task_id} is {s.status.value}: a finished task cannot be held"
                     for s in chosen if not moves.can_hold(s.status)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -73,13 +74,9 @@ async def _approval_plans(ctx: Context, args: argparse.Namespace) -> tuple[
     plans: list[ApprovalPlan] = []
     refused: list[str] = []
     async with session_scope(ctx.sessions) as session:
-        if args.task_ids:
-            ids = await found_tasks(session, args.task_ids, refused)
-        else:
-            channel = (await channels.get_channel(session, args.channel)).id \
-                if args.channel else None
-            ids = await transitions.waiting_at_gate(session, args.gate, channel)
-        for task_id in dict.fromkeys(ids):
+        ids = await chosen_tasks(session, args, refused, lambda channel: (
+            transitions.waiting_at_gate(session, args.gate, channel)))
+        for task_id in ids:
             try:
                 plans.append(await transitions.plan_approval(session, task_id, gate=args.gate))
             except PipelineError as exc:
@@ -139,11 +136,9 @@ async def _plan(ctx: Context, args: argparse.Namespace) -> tuple[list[RequeuePla
     plans: list[RequeuePlan] = []
     refused: list[str] = []
     async with session_scope(ctx.sessions) as session:
-        if args.task_ids:
-            ids = await found_tasks(session, args.task_ids, refused)
-        else:
-            ids = await _ids_by_status(session, args.status, args.channel)
-        for task_id in dict.fromkeys(ids):
+        ids = await chosen_tasks(session, args, refused, lambda channel: (
+            _ids_by_status(session, args.status, channel)))
+        for task_id in ids:
             try:
                 plans.append(await transitions.plan_requeue(session, task_id))
             except PipelineError as exc:
@@ -151,12 +146,24 @@ async def _plan(ctx: Context, args: argparse.Namespace) -> tuple[list[RequeuePla
     return plans, refused
 
 
+async def chosen_tasks(
+    session: AsyncSession, args: argparse.Namespace, refused: list[str],
+    select: Callable[[uuid.UUID | None], Awaitable[list[uuid.UUID]]],
+) -> list[uuid.UUID]:
+    """The tasks a bulk verb acts on, each once: the TASKs named (a name that finds none goes
+    to ``refused``), or what ``select`` picks, within ``--channel`` when given."""
+    if args.task_ids:
+        return list(dict.fromkeys(await found_tasks(session, args.task_ids, refused)))
+    channel = (await channels.get_channel(session, args.channel)).id if args.channel else None
+    return list(dict.fromkeys(await select(channel)))
+
+
 async def _ids_by_status(session: AsyncSession, statuses: list[str],
-                         channel: str | None) -> list[uuid.UUID]:
+                         channel: uuid.UUID | None) -> list[uuid.UUID]:
     stmt = (sa.select(Task.id).where(Task.status.in_([TaskStatus(s) for s in statuses]))
             .order_by(Task.created_at, Task.id))
     if channel is not None:
-        stmt = stmt.where(Task.channel_id == (await channels.get_channel(session, channel)).id)
+        stmt = stmt.where(Task.channel_id == channel)
     return list(await session.scalars(stmt))
 
 
