@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     shutdown_grace_s: int = Field(25, ge=0, alias="SHUTDOWN_GRACE_SECONDS")
     job_timeout_s: int = Field(6 * 3600, ge=1, alias="JOB_TIMEOUT_SECONDS")
 
+    #: Bearer token for the HTTP API's writes (and its reads unless ``API_PUBLIC_READ``);
+    #: without it ``pipeline serve`` binds loopback only.
+    api_token: str | None = Field(None, repr=False)
+    api_public_read: bool = False
+    #: A worker's own Prometheus endpoint (off when unset).
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:

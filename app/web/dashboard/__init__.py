@@ -1,0 +1,7 @@
+"""The web dashboard: server-rendered pages, live by server-sent events."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
