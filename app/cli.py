@@ -63,6 +63,12 @@ async def _worker(args: argparse.Namespace) -> int:
     return await supervisor.run(get_settings(), burst=args.burst)
 
 
+async def _serve(args: argparse.Namespace) -> int:
+    from app.commands import serve
+
+    return await serve.run(get_settings(), host=args.host, port=args.port)
+
+
 async def _sync(args: argparse.Namespace) -> int:
     from app.notion import command
 
@@ -202,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="count what would go and change nothing")
     prune.set_defaults(run=admin(retention.prune))
 
+    serve_cmd = sub.add_parser("serve", help="HTTP API under /api, web dashboard, /metrics")
+    serve_cmd.add_argument("--host", default="127.0.0.1",
+                           help="address to listen on (127.0.0.1; others need API_TOKEN)")
+    serve_cmd.add_argument("--port", type=int, default=8000, help="port (8000)")
+    serve_cmd.set_defaults(run=_serve)
+
     worker_cmd = sub.add_parser("worker", help="run an arq worker (same as the Procfile's)")
     worker_cmd.add_argument("--burst", action="store_true",
                             help="exit once nothing is runnable")
@@ -253,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pipeline: configuration: {problems}", file=sys.stderr)
         return 2
     logs.configure(level=settings.log_level, fmt=settings.log_format,
-                   default=logging.INFO if args.command in ("worker", "sync-notion")
+                   default=logging.INFO if args.command in ("worker", "sync-notion", "serve")
                    else logging.WARNING)
     try:
         code = asyncio.run(command(args))
