@@ -30,6 +30,7 @@ from app.execution import registry, wakeups
 from app.execution.runner import Runner
 from app.handlers import load_registry
 from app.notion import cron as notion_cron
+from app.observability import endpoint, instruments
 from app.services import claims, transitions
 from workers import signals
 
@@ -53,6 +54,7 @@ async def startup(ctx: Ctx) -> None:
     await stack.enter_async_context(registry.heartbeat(
         ctx["redis"], settings.queue_name, ctx["runner"].worker_id,
         concurrency=settings.worker_concurrency, every_s=settings.worker_heartbeat_s))
+    endpoint.serve(settings.metrics_port)
     log.info("worker %s started", ctx["runner"].worker_id)
 
 
@@ -106,6 +108,7 @@ async def sweep(ctx: Ctx) -> dict[str, int]:
             raise
         log.warning("sweep: database unavailable (%s)", describe(exc))
         return {"reaped": 0, "moved": 0, "runnable": 0, "woken": 0}
+    instruments.reaped(reaped)
     redis: ArqRedis = ctx["redis"]
     waiting = await wakeups.pending(redis, queue_name=s.queue_name)
     wanted = min(runnable, s.worker_concurrency * 4) - waiting

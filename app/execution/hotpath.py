@@ -26,6 +26,7 @@ from app.db import statements
 from app.errors import InvalidTransition, TaskNotFound, miss_error
 from app.lifecycle import TaskStatus
 from app.moves import Claim, Move, Renewal
+from app.observability import instruments
 
 
 async def claim(
@@ -44,7 +45,8 @@ async def claim(
 def _claimed(row: Any) -> Claim | None:
     if row is None or row[0] is None:
         return None
-    return Claim(row[0], TaskStatus(row[1]), TaskStatus(row[2]), row[3], row[4], row[5])
+    return instruments.claimed(
+        Claim(row[0], TaskStatus(row[1]), TaskStatus(row[2]), row[3], row[4], row[5]))
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from app.execution import hotpath
 from app.handlers import Registry, StageInput
 from app.lifecycle import STAGE_BY_ACTIVE, TaskStatus
 from app.moves import Claim, Renewal
+from app.observability import instruments
 
 T = TypeVar("T")
 
@@ -173,6 +174,9 @@ class Runner:
             async with self._heartbeat(lease):
                 artefacts = await self.handlers[stage.name](given)
         except asyncio.CancelledError:
+            instruments.stage_stopped(stage.name, time.monotonic() - began,
+                                      lost=lease.lost is not None,
+                                      handed_back=lease.on_hold or self.stopping.is_set())
             me = asyncio.current_task()
             if lease.lost is not None and me is not None and me.uncancel() == 0:
                 raise lease.lost from None
@@ -184,11 +188,13 @@ class Runner:
                 await asyncio.shield(self._gone(lease, "stage cancelled (job timeout or abort)"))
             raise
         except Exception as exc:
+            instruments.stage_ended(stage.name, instruments.FAILURE, time.monotonic() - began)
             return await _to_the_end(self._failed(lease, f"{type(exc).__name__}: {exc}"))
         finally:
             self.running.pop(claim.task_id, None)
         done = await _to_the_end(self._record(lease, lambda conn: hotpath.finish(
             conn, claim, artefacts=artefacts, actor=self.worker_id, now=self.now())))
+        instruments.stage_ended(stage.name, instruments.SUCCESS, time.monotonic() - began)
         log.info("%s: task %s %s → %s %.1f s", self.worker_id, claim.task_id, stage.name,
                  done.value, time.monotonic() - began)
         return done
@@ -221,6 +227,7 @@ class Runner:
             return
         log.info("%s: task %s: %s handed back (%s)", self.worker_id, claim.task_id,
                  STAGE_BY_ACTIVE[claim.status].name, reason)
+        instruments.handed_back(claim.status)
 
     async def _stopped_for_hold(self, claim: Claim) -> None:
         """Hand the stage of a task put on hold back, then end the run (``PutOnHold``)."""

@@ -57,6 +57,7 @@ from app.notion import mapping
 from app.notion.client import Notion
 from app.notion.mapping import PageView, PropertyNames
 from app.notion.status_edits import Kind, StatusEdit, read_edit
+from app.observability import instruments
 from app.services import tasks, transitions
 
 ACTOR = "notion-sync"
@@ -289,6 +290,7 @@ class Round:
     def _problem(self, counter: str, message: str) -> None:
         setattr(self.summary, counter, getattr(self.summary, counter) + 1)
         self.summary.problems.append(message)
+        instruments.notion_error(counter)
         log.warning("notion sync: %s", message)
 
     def _report(self, message: str, long_run: bool) -> None:
@@ -370,8 +372,9 @@ async def sync_once(sessions: async_sessionmaker[AsyncSession], notion: Notion,
                     stop: asyncio.Event | None = None) -> SyncSummary:
     """One round: pull, apply, push. Raises ``NotionUnavailable`` on an outage (pages applied
     so far stay applied, the watermark stays) and ``NotionConfigError`` when misconfigured."""
-    return await Round(sessions, notion, settings, wake=wake, progress=progress,
-                       stop=stop).run()
+    with instruments.sync_round():
+        return await Round(sessions, notion, settings, wake=wake, progress=progress,
+                           stop=stop).run()
 
 
 async def sync_loop(sessions: async_sessionmaker[AsyncSession], notion: Notion,

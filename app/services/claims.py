@@ -188,6 +188,10 @@ class Claimable:
 
     runnable: int
     blocked: Counter[str] = field(default_factory=Counter)
+    #: Since when the longest-waiting task of a channel with a free slot has been claimable
+    #: (None: nothing is runnable). In a channel with fewer free slots than waiting tasks the
+    #: oldest waiting one stands for the channel.
+    oldest_since: datetime | None = None
 
 
 def _flag(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
@@ -203,16 +207,21 @@ async def claimable(session: AsyncSession, *, now: datetime) -> Claimable:
     waiting = sa.or_(Task.status.in_(WAITING),
                      sa.and_(Task.status.in_(ERROR), Task.retry_at <= now))
     unheld = sa.and_(Task.status.in_(ACTIVE), Task.claim_token.is_(None))
+    # Claimable since the move that made it so: a due retry since it fell due.
+    since = sa.case((Task.status.in_(ERROR), Task.retry_at), else_=Task.updated_at)
     rows = (await session.execute(
         sa.select(Channel.is_active, Channel.max_concurrent,
                   _flag(Task.status.in_(ACTIVE)).label("slots"),
                   _flag(sa.and_(unheld, not_held)).label("unheld"),
                   _flag(sa.and_(waiting, not_held)).label("waiting"),
-                  _flag(sa.and_(sa.or_(waiting, unheld), ~not_held)).label("on_hold"))
+                  _flag(sa.and_(sa.or_(waiting, unheld), ~not_held)).label("on_hold"),
+                  sa.func.min(sa.case((sa.and_(sa.or_(waiting, unheld), not_held), since)))
+                  .label("since"))
         .join(Channel, Channel.id == Task.channel_id)
         .where(Task.status.in_(WAITING | ERROR | ACTIVE))
         .group_by(Channel.id, Channel.is_active, Channel.max_concurrent))).all()
     runnable, blocked = 0, Counter[str]()
+    oldest: datetime | None = None
     for row in rows:
         blocked[BLOCKED_HOLD] += row.on_hold
         if not row.is_active:
@@ -222,8 +231,10 @@ async def claimable(session: AsyncSession, *, now: datetime) -> Claimable:
         taken = int(min(row.waiting, free))
         runnable += row.unheld + taken
         blocked[BLOCKED_CAP] += row.waiting - taken
+        if (row.unheld or taken) and row.since is not None:
+            oldest = row.since if oldest is None else min(oldest, row.since)
     return Claimable(runnable, Counter({reason: blocked[reason] for reason in BLOCKED_REASONS
-                                        if blocked[reason]}))
+                                        if blocked[reason]}), oldest)
 
 
 async def runnable_count(session: AsyncSession, *, now: datetime) -> int:

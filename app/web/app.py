@@ -31,5 +31,6 @@ def create_app(settings: Settings) -> FastAPI:
                   openapi_url="/api/openapi.json", redoc_url=None)
     app.include_router(api.router, prefix="/api")
     app.include_router(metrics.router)
+    metrics.instrument(app)
     app.include_router(dashboard.router)
     return app

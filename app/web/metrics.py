@@ -1,7 +1,113 @@
-"""``/metrics`` in the Prometheus text format."""
+"""``/metrics`` in the Prometheus text format: the queue as of the scrape, and this web
+process's own request counters.
+
+The queue's figures (``app.observability.queue``) are read per scrape, two statements and one
+Redis scan, and never cached. The request counters are the app's own (one registry per app,
+filled by ``instrument``'s middleware); a route is labelled by its template (``/api/tasks/{ref}``),
+so the label set stays bounded. ``/metrics`` is a read: it needs the token unless
+``API_PUBLIC_READ``.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import time
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import embedded
+from app.db import session_scope
+from app.moves import utcnow
+from app.observability import queue
+from app.web.auth import require_read
+from app.web.state import WebState, web_state
 
 router = APIRouter()
+
+#: Time to the response's first byte: a page's work, and a live stream's opening, not its life.
+HTTP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10)
+UNMATCHED = "unmatched"
+
+
+class HttpMetrics:
+    """The web process's request counters, in a registry of the app's own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("pipeline_http_requests_total", "HTTP requests answered.",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("pipeline_http_request_duration_seconds",
+                                 "Time from a request to its response's first byte.",
+                                 ["method", "route"], buckets=HTTP_BUCKETS_S,
+                                 registry=self.registry)
+
+    def record(self, scope: Scope, status: int, seconds: float) -> None:
+        route = scope.get("route")
+        template = getattr(route, "path", None) or UNMATCHED
+        method = scope.get("method", "GET")
+        self.requests.labels(method, template, str(status)).inc()
+        self.latency.labels(method, template).observe(seconds)
+
+
+class _Measured:
+    """ASGI middleware: every HTTP request counted once, when its response starts (or as a
+    500 when it ends without one)."""
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                self.metrics.record(scope, int(message["status"]), time.perf_counter() - began)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            if not started:
+                self.metrics.record(scope, 500, time.perf_counter() - began)
+
+
+def instrument(app: FastAPI) -> None:
+    """Count the app's requests (call once, when the app is built)."""
+    app.state.http_metrics = metrics = HttpMetrics()
+    app.add_middleware(_Measured, metrics=metrics)
+
+
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(require_read)])
+async def scrape(request: Request,
+                 state: Annotated[WebState, Depends(web_state)]) -> Response:
+    """The queue now, the live workers, and this process's request counters."""
+    async with session_scope(state.sessions) as session:
+        snapshot = await queue.read(session, now=utcnow())
+    workers = await queue.live_workers(_redis_url(state), state.settings.queue_name)
+    scraped = CollectorRegistry(auto_describe=False)
+    scraped.register(queue.QueueCollector(snapshot.with_workers(workers)))
+    own: HttpMetrics | None = getattr(request.app.state, "http_metrics", None)
+    if own is not None:
+        scraped.register(own.requests)
+        scraped.register(own.latency)
+    # The format the scraper asks for: Prometheus text, or OpenMetrics.
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(scraped), headers={"Content-Type": content_type})
+
+
+def _redis_url(state: WebState) -> str | None:
+    """``REDIS_URL``, or the embedded Redis while it runs (None: no Redis, so no worker)."""
+    if state.settings.redis_url:
+        return state.settings.redis_url
+    socket = embedded.default_data_dir() / "redis" / "redis.sock"
+    return f"unix://{socket}" if Path(socket).exists() else None

@@ -1,0 +1,171 @@
+"""Prometheus metrics from real processes: a ``pipeline serve``'s ``/metrics`` shows the rows
+the test wrote (tasks by channel and status, runnable and blocked work, the oldest runnable
+task's age, the live workers from the registry) and its own request counters; a ``pipeline
+worker`` with ``METRICS_PORT`` counts the stages it ran, by outcome, and its claims and retries.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+
+from app.db.models import Channel, Task
+from app.execution import registry
+from app.lifecycle import STAGES, TaskStatus
+from tests.webserver import Web, free_port, web
+from tests.workerprocs import (
+    Sessions,
+    Workers,
+    db,
+    eventually,
+    queue,
+    seed,
+    wait_published,
+    workers,
+)
+
+__all__ = ["db", "queue", "web", "workers"]
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of an exposition, by name and label set."""
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def named(samples: Samples, name: str) -> dict[frozenset[tuple[str, str]], float]:
+    return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+def _task(channel: Channel, status: TaskStatus, **values: object) -> dict[str, object]:
+    return {"id": uuid.uuid4(), "channel_id": channel.id, "notion_page_id": uuid.uuid4().hex,
+            "title": "Video", "status": status} | values
+
+
+async def _rows(sessions: Sessions) -> dict[str, Channel]:
+    """Three channels: ``open`` (no cap) with queued work waiting five minutes, one task on
+    hold, one at a gate, two published and one error out of attempts; ``capped`` (cap 1) with
+    its slot taken and two queued; ``off`` (inactive) with one queued."""
+    now = datetime.now(UTC)
+    async with sessions() as session, session.begin():
+        channels = {name: Channel(channel_id=f"UC{name}-{uuid.uuid4().hex[:6]}",
+                                  channel_name=name, **extra)
+                    for name, extra in (("open", {}), ("capped", {"max_concurrent": 1}),
+                                        ("off", {"is_active": False}))}
+        session.add_all(channels.values())
+        await session.flush()
+        c = channels
+        rows: Iterable[dict[str, object]] = [
+            *(_task(c["open"], TaskStatus.queued, updated_at=now - timedelta(minutes=5 - n))
+              for n in range(3)),
+            _task(c["open"], TaskStatus.queued, hold_since=now - timedelta(hours=1),
+                  hold_by="cli:test", updated_at=now - timedelta(hours=1)),
+            _task(c["open"], TaskStatus.assets_ready, updated_at=now - timedelta(hours=2)),
+            *(_task(c["open"], TaskStatus.published) for _ in range(2)),
+            _task(c["open"], TaskStatus.video_error, attempts=3, failed_stage="video",
+                  updated_at=now - timedelta(hours=3)),
+            _task(c["capped"], TaskStatus.generating_video, claimed_by="worker-elsewhere",
+                  claim_token=uuid.uuid4(), lease_expires_at=now + timedelta(minutes=5)),
+            *(_task(c["capped"], TaskStatus.queued, updated_at=now - timedelta(hours=4))
+              for _ in range(2)),
+            _task(c["off"], TaskStatus.queued, updated_at=now - timedelta(hours=5)),
+        ]
+        await session.execute(sa.insert(Task), list(rows))
+    return channels
+
+
+async def test_the_servers_metrics_are_the_rows_as_of_the_scrape(
+    db: tuple[str, Sessions], web: Web, redis_url: str, queue: str,
+) -> None:
+    _, sessions = db
+    channels = await _rows(sessions)
+    client = Redis.from_url(redis_url)
+    record = registry.WorkerRecord("worker-metrics0test", "host", 1, datetime.now(UTC)
+                                   .isoformat(), datetime.now(UTC).isoformat(), 4)
+    await registry.announce(client, queue, record, heartbeat_s=60)
+    server = await web.start()
+    async with httpx.AsyncClient(base_url=server.base_url, headers=server.headers()) as http:
+        try:
+            first = await http.get("/metrics")
+        finally:
+            await registry.retire(client, queue, record.id)
+            await client.aclose()
+        assert first.status_code == 200, first.text
+        assert first.headers["content-type"].startswith("text/plain; version=")
+        assert (await http.get("/no-such-page")).status_code == 404
+        second = parse((await http.get("/metrics")).text)
+    samples = parse(first.text)
+    ids = {name: channel.channel_id for name, channel in channels.items()}
+    assert named(samples, "pipeline_tasks") == {
+        frozenset({("channel", ids[name]), ("status", status)}): count
+        for name, status, count in (("open", "queued", 4), ("open", "assets_ready", 1),
+                                    ("open", "published", 2), ("open", "video_error", 1),
+                                    ("capped", "generating_video", 1), ("capped", "queued", 2),
+                                    ("off", "queued", 1))}
+    assert value(samples, "pipeline_tasks_runnable") == 3
+    assert named(samples, "pipeline_tasks_blocked") == {
+        frozenset({("reason", "on_hold")}): 1, frozenset({("reason", "inactive_channel")}): 1,
+        frozenset({("reason", "channel_at_cap")}): 2}
+    age = value(samples, "pipeline_oldest_runnable_age_seconds")
+    assert age is not None and 300 <= age < 360      # the open channel's oldest, not the rest
+    assert value(samples, "pipeline_workers_live") == 1
+    # The web process's own counters: the first scrape and the 404, as the second one saw them.
+    assert value(second, "pipeline_http_requests_total", method="GET", route="/metrics",
+                 status="200") == 1
+    assert value(second, "pipeline_http_requests_total", method="GET", route="unmatched",
+                 status="404") == 1
+    assert value(second, "pipeline_http_request_duration_seconds_count", method="GET",
+                 route="/metrics") == 1
+    assert value(second, "pipeline_workers_live") == 0       # the record was retired
+
+
+async def test_a_workers_endpoint_counts_its_stages_claims_and_retries(
+    db: tuple[str, Sessions], workers: Workers,
+) -> None:
+    """Three tasks through every stage, one failing its video stage once: the histogram
+    holds three successes of each stage and the one failure, the claims count the retry."""
+    _, sessions = db
+    port = free_port()
+    worker = workers.start(METRICS_PORT=str(port))
+    await worker.wait_for_line(f"metrics: serving on port {port}")
+    await seed(sessions, [None], per_channel=2)
+    await seed(sessions, [None], per_channel=1, title="Retried [fail:video:1]")
+    await wait_published(sessions, 3, timeout_s=60)
+
+    async def scraped() -> Samples | None:
+        async with httpx.AsyncClient() as http:
+            found = parse((await http.get(f"http://127.0.0.1:{port}/metrics")).text)
+        done = value(found, "pipeline_stage_duration_seconds_count", stage="upload",
+                     outcome="success")
+        return found if done == 3 else None
+
+    samples = await eventually(scraped, timeout_s=10, what="three uploads counted")
+    for stage in STAGES:
+        assert value(samples, "pipeline_stage_duration_seconds_count", stage=stage.name,
+                     outcome="success") == 3, stage.name
+        claims = 4 if stage.name == "video" else 3
+        assert value(samples, "pipeline_claims_total", stage=stage.name) == claims, stage.name
+    assert named(samples, "pipeline_retries_total") == {frozenset({("stage", "video")}): 1}
+    assert value(samples, "pipeline_stage_duration_seconds_count", stage="video",
+                 outcome="failure") == 1
+    failed_ms = value(samples, "pipeline_stage_duration_seconds_bucket", stage="video",
+                      outcome="failure", le="0.05")
+    assert failed_ms == 1                          # simulated stages take no time here
+    assert not named(samples, "pipeline_hand_backs_total")
+    # A second process on the same host and port runs without an endpoint, and says so.
+    other = workers.start(METRICS_PORT=str(port))
+    await other.wait_for_line(f"metrics: not served on port {port}")
+    await other.started()
+    assert other.alive
