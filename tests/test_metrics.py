@@ -18,6 +18,7 @@ from redis.asyncio import Redis
 from app.db.models import Channel, Task
 from app.execution import registry
 from app.lifecycle import STAGES, TaskStatus
+from app.services import holds
 from tests.webserver import Web, free_port, web
 from tests.workerprocs import (
     Sessions,
@@ -26,6 +27,7 @@ from tests.workerprocs import (
     eventually,
     queue,
     seed,
+    status_of,
     wait_published,
     workers,
 )
@@ -169,3 +171,48 @@ async def test_a_workers_endpoint_counts_its_stages_claims_and_retries(
     await other.wait_for_line(f"metrics: not served on port {port}")
     await other.started()
     assert other.alive
+
+
+async def test_a_workers_endpoint_counts_hand_backs_and_reaps(
+    db: tuple[str, Sessions], workers: Workers,
+) -> None:
+    """A running stage put on hold is handed back (counted with its time); a task whose holder
+    is gone (its lease expired) is reaped by this worker's sweep, and its retry claimed."""
+    _, sessions = db
+    port = free_port()
+    worker = workers.start(METRICS_PORT=str(port), SIMULATED_STAGE_SECONDS="30",
+                           LEASE_SECONDS="1.5", WORKER_CONCURRENCY="1")
+    worker_id = await worker.started()
+    [task_id] = await seed(sessions, [None], per_channel=1)
+
+    async def running() -> bool:
+        return await status_of(sessions, task_id) == (TaskStatus.generating_assets, worker_id)
+
+    await eventually(running, timeout_s=30, what="the assets stage running")
+    async with sessions() as session, session.begin():
+        await holds.hold(session, [task_id], actor="cli:test", reason="metrics",
+                         now=datetime.now(UTC))
+
+    async def scraped(name: str, **labels: str) -> Samples | None:
+        async with httpx.AsyncClient() as http:
+            found = parse((await http.get(f"http://127.0.0.1:{port}/metrics")).text)
+        return found if value(found, name, **labels) else None
+
+    samples = await eventually(lambda: scraped("pipeline_hand_backs_total", stage="assets"),
+                               timeout_s=15, what="the hand-back counted")
+    assert value(samples, "pipeline_hand_backs_total", stage="assets") == 1
+    assert value(samples, "pipeline_stage_duration_seconds_count", stage="assets",
+                 outcome="handed_back") == 1
+    assert not named(samples, "pipeline_reaps_total")
+    async with sessions() as session, session.begin():
+        channel_id = await session.scalar(sa.select(Task.channel_id).where(Task.id == task_id))
+        await session.execute(sa.insert(Task), [{
+            "id": uuid.uuid4(), "channel_id": channel_id, "notion_page_id": uuid.uuid4().hex,
+            "title": "Orphan", "status": TaskStatus.generating_video, "claimed_by": "worker-gone",
+            "claim_token": uuid.uuid4(), "attempts": 1,
+            "lease_expires_at": datetime.now(UTC) - timedelta(seconds=5)}])
+    samples = await eventually(lambda: scraped("pipeline_retries_total", stage="video"),
+                               timeout_s=15, what="the reap and the retry counted")
+    assert named(samples, "pipeline_reaps_total") == {
+        frozenset({("status", "generating_video")}): 1}
+    assert value(samples, "pipeline_claims_total", stage="video") == 1
