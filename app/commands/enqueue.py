@@ -153,7 +153,7 @@ async def run(ctx: Context, args: argparse.Namespace) -> int:
     results: list[dict[str, object]] = []
     for (number, data), result in outcomes:
         if isinstance(result, PipelineError):      # e.g. the channel deactivated meanwhile
-            bad.append(RowError(number, _field_of(result), str(result)))
+            bad.append(RowError(number, field_of(result), str(result)))
             continue
         results.append({"row": number, "task_id": str(result.task_id),
                         "notion_page_id": data.notion_page_id, "status": result.status.value,
@@ -167,7 +167,8 @@ async def run(ctx: Context, args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
-def _field_of(error: PipelineError) -> str:
+def field_of(error: PipelineError) -> str:
+    """The field an item's refusal at write time is about."""
     if isinstance(error, ChannelNotFound | ChannelInactive):
         return "channel"
     return "status" if isinstance(error, InvalidTransition) else "row"

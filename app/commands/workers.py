@@ -23,7 +23,9 @@ class RegistryUnavailable(PipelineError):
     """Redis, where workers register, cannot be read."""
 
 
-async def list_(ctx: Context, args: argparse.Namespace) -> int:
+async def live_workers(ctx: Context) -> list[tuple[registry.WorkerRecord, int]]:
+    """The live workers, oldest first, each with how many tasks it holds now (a claim
+    token set in its name). ``RegistryUnavailable`` when Redis cannot be read."""
     url = ctx.redis_url()
     records: list[registry.WorkerRecord] = []
     if url is not None:
@@ -39,10 +41,15 @@ async def list_(ctx: Context, args: argparse.Namespace) -> int:
         held = dict((await session.execute(
             sa.select(Task.claimed_by, sa.func.count()).where(Task.claim_token.is_not(None))
             .group_by(Task.claimed_by))).tuples().all())
+    return [(record, held.get(record.id, 0)) for record in records]
+
+
+async def list_(ctx: Context, args: argparse.Namespace) -> int:
+    found = await live_workers(ctx)
     now = utcnow()
-    data = [{**record.__dict__, "holds": held.get(record.id, 0)} for record in records]
-    rows = [(r.id, r.host, r.pid, _when(r.started), f"{_age(r.heartbeat_at, now)} ago",
-             held.get(r.id, 0)) for r in records]
+    data = [{**record.__dict__, "holds": holds} for record, holds in found]
+    rows = [(r.id, r.host, r.pid, _when(r.started), f"{_age(r.heartbeat_at, now)} ago", holds)
+            for r, holds in found]
     ctx.emit(data, tables.render(HEADERS, rows) if rows else "no live workers")
     return 0
 

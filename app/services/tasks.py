@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -117,10 +118,12 @@ async def list_tasks(
     session: AsyncSession, *, statuses: list[TaskStatus] | None = None,
     channel_id: str | None = None, search: str | None = None, page_id: str | None = None,
     newest_first: bool = False, limit: int | None = None, offset: int = 0,
-    on_hold: bool | None = None,
+    on_hold: bool | None = None, after: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[Task]:
     """Tasks by creation time (oldest first unless ``newest_first``), filtered by status,
-    YouTube channel id, a text in the title (any case), Notion page id and/or hold."""
+    YouTube channel id, a text in the title (any case), Notion page id and/or hold.
+    ``after`` (a task's ``(created_at, id)``) starts past that task in this order: a keyset
+    page, which neither skips nor repeats a task when others are added between pages."""
     order = (Task.created_at.desc(), Task.id.desc()) if newest_first else (Task.created_at,
                                                                           Task.id)
     stmt = sa.select(Task).order_by(*order)
@@ -135,6 +138,9 @@ async def list_tasks(
         stmt = stmt.where(Task.notion_page_id == page_id.replace("-", "").strip().lower())
     if on_hold is not None:
         stmt = stmt.where(Task.hold_since.is_not(None) if on_hold else Task.hold_since.is_(None))
+    if after is not None:
+        key = sa.tuple_(Task.created_at, Task.id)
+        stmt = stmt.where(key < sa.tuple_(*after) if newest_first else key > sa.tuple_(*after))
     if offset:
         stmt = stmt.offset(offset)
     if limit is not None:

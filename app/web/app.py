@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from app.commands.context import ready_database
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
-from app.web import api, dashboard, metrics
+from app.web import api, dashboard, errors, metrics
 from app.web.state import WebState
 
 
@@ -29,6 +29,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="pipeline", lifespan=lifespan, docs_url="/api/docs",
                   openapi_url="/api/openapi.json", redoc_url=None)
+    errors.install(app)
     app.include_router(api.router, prefix="/api")
     app.include_router(metrics.router)
     metrics.instrument(app)

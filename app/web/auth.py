@@ -9,7 +9,8 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.config import Settings
 from app.errors import PipelineError
@@ -38,21 +39,22 @@ def bearer(authorization: str | None) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
-def require_write(
-    state: Annotated[WebState, Depends(web_state)],
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> None:
+#: Reads the header and documents the scheme in OpenAPI; a missing header is ours to refuse.
+_BEARER = HTTPBearer(auto_error=False, description="API_TOKEN")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+
+
+def require_write(state: Annotated[WebState, Depends(web_state)],
+                  credentials: Credentials) -> None:
     """A dependency: refuses (401) a write without the right token."""
-    if not token_matches(state.settings, bearer(authorization)):
+    if not token_matches(state.settings, credentials.credentials if credentials else None):
         raise Unauthorized()
 
 
-def require_read(
-    state: Annotated[WebState, Depends(web_state)],
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> None:
+def require_read(state: Annotated[WebState, Depends(web_state)],
+                 credentials: Credentials) -> None:
     """A dependency: refuses (401) a read without the right token unless reads are public."""
     if state.settings.api_public_read:
         return
-    if not token_matches(state.settings, bearer(authorization)):
+    if not token_matches(state.settings, credentials.credentials if credentials else None):
         raise Unauthorized()
