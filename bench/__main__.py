@@ -1,4 +1,5 @@
-"""``python -m bench``: run the benchmark and print the table (progress goes to stderr).
+"""``python -m bench``: run the benchmark and print the table (progress goes to stderr);
+``--web`` runs the HTTP benchmark instead (``bench/web.py``).
 
 Uses ``DATABASE_URL`` / ``REDIS_URL`` when set, else the embedded servers; all work happens in
 scratch databases created and dropped by the run.
@@ -10,7 +11,7 @@ import argparse
 import asyncio
 
 from app.config import get_settings
-from bench import data, report
+from bench import data, report, web
 from bench.run import Dataset, Options, run
 
 FULL_SIZES = (10_000, 100_000, 1_000_000)
@@ -27,7 +28,7 @@ def _counts(text: str) -> tuple[int, ...]:
     return tuple(_count(part) for part in text.split(",") if part.strip())
 
 
-def parse(argv: list[str] | None = None) -> Options:
+def parse(argv: list[str] | None = None) -> Options | web.WebOptions:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="10k and 100k queued only, fewer claims and worker samples")
@@ -46,6 +47,11 @@ def parse(argv: list[str] | None = None) -> Options:
                         help="spread the claimers over this many processes (1)")
     parser.add_argument("--no-workers", dest="workers", action="store_false",
                         help="skip pickup, rescue and pipeline (worker processes)")
+    parser.add_argument("--web", action="store_true",
+                        help="instead: the HTTP API's and dashboard's reads and the live"
+                             " board's update lag on a real pipeline serve (bench/web.py)")
+    parser.add_argument("--web-tasks", type=_count, default=web.WebOptions.tasks,
+                        help="tasks in the web benchmark's data set (100k)")
     args = parser.parse_args(argv)
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     finished = args.finished if args.finished is not None else (0 if args.quick else 1_000_000)
@@ -53,6 +59,8 @@ def parse(argv: list[str] | None = None) -> Options:
                                                     else ())
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.web:
+        return web.WebOptions(tasks=args.web_tasks)
     if args.quick:
         return Options(datasets, args.claimers, args.claims or 300, args.rounds or 2,
                        args.channels, args.procs, args.workers, pickup_tasks=15, sweep_tasks=8,
@@ -61,7 +69,9 @@ def parse(argv: list[str] | None = None) -> Options:
                    args.channels, args.procs, args.workers)
 
 
-async def main(options: Options) -> int:
+async def main(options: Options | web.WebOptions) -> int:
+    if isinstance(options, web.WebOptions):
+        return await web.main(options)
     server_url, redis_url = await data.server_urls(get_settings())
     print(report.render(await run(options, server_url, redis_url)))
     return 0
