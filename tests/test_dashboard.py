@@ -86,28 +86,37 @@ async def make_tasks(sessions: Sessions, status: TaskStatus, titles: list[str],
 
 
 async def test_the_board_follows_a_worker_live(
-    page: Page, web: Web, workers: Workers, db: tuple[str, Sessions], tmp_path: Path,
+    web: Web, workers: Workers, db: tuple[str, Sessions], page: Page, tmp_path: Path,
 ) -> None:
     sessions = db[1]
-    ids = await seed(sessions, [2], 3, title="Live video")
+    ids = await seed(sessions, [2, 1, None], 3, title="Live video")
+    await make_tasks(sessions, TaskStatus.audio_ready, ["Waiting for a listen"])
+    await make_tasks(sessions, TaskStatus.upload_error, ["Quota exceeded"], failed_stage="upload",
+                     attempts=3, error_log="upload_error: quota exceeded")
     server = await web.start()
     await log_in(page, server)
-    await expect(page.locator("#queued")).to_have_text("3")
+    await expect(page.locator("#queued")).to_have_text("9")
     await expect(page.locator("#live-state")).to_have_class(re.compile(r"\bon\b"))
     await page.evaluate("window.notReloaded = true")
     # A transition written by someone else shows within a second, without a reload.
     async with sessions() as session, session.begin():
         await transitions.transition(session, ids[0], TaskStatus.draft, actor="test")
-    await expect(page.locator("#queued")).to_have_text("2", timeout=1500)
+    await expect(page.locator("#queued")).to_have_text("8", timeout=1500)
     async with sessions() as session, session.begin():
         await transitions.transition(session, ids[0], TaskStatus.queued, actor="test")
-    await expect(page.locator("#queued")).to_have_text("3", timeout=1500)
+    await expect(page.locator("#queued")).to_have_text("9", timeout=1500)
+    await expect(page.locator(".attention")).to_contain_text("Quota exceeded")
     await snap(page, tmp_path, "board-before")
 
+    worker = workers.start(SIMULATED_STAGE_SECONDS="0.15")
+    worker_id = await worker.started()
+    running = page.locator("tr.all td.r").filter(has_text=re.compile(r"^[1-9]"))
+    await expect(running.first).to_be_visible(timeout=10_000)
+    await snap(page, tmp_path, "board-live")
     worker = workers.start()
     worker_id = await worker.started()
-    await expect(page.locator("#published")).to_have_text("3", timeout=30_000)
-    await expect(page.locator("#all-upload-done")).to_have_text("3")
+    await expect(page.locator("#published")).to_have_text("9", timeout=30_000)
+    await expect(page.locator("#all-upload-done")).to_have_text("9")
     await expect(page.locator("#queued")).to_have_text("0")
     assert await page.evaluate("window.notReloaded") is True
     await snap(page, tmp_path, "board")
@@ -118,13 +127,13 @@ async def test_the_board_follows_a_worker_live(
     await page.get_by_role("link", name="Charts").click()
     await expect(page.locator("#throughput tbody tr").first).to_contain_text("assets")
     upload = page.locator("#throughput tbody tr").filter(has_text="upload")
-    await expect(upload.locator("td").first).to_have_text("3")
+    await expect(upload.locator("td").first).to_have_text("9")
     await expect(page.locator("#durations")).to_contain_text("p95")
     await snap(page, tmp_path, "charts")
 
 
 async def test_a_gate_is_approved_by_clicking(
-    page: Page, web: Web, db: tuple[str, Sessions], tmp_path: Path,
+    web: Web, page: Page, db: tuple[str, Sessions], tmp_path: Path,
 ) -> None:
     sessions = db[1]
     chosen, other = await make_tasks(sessions, TaskStatus.video_ready,
@@ -148,7 +157,7 @@ async def test_a_gate_is_approved_by_clicking(
 
 
 async def test_a_requeue_shows_its_preview_then_applies(
-    page: Page, web: Web, db: tuple[str, Sessions], tmp_path: Path,
+    web: Web, page: Page, db: tuple[str, Sessions], tmp_path: Path,
 ) -> None:
     sessions = db[1]
     [task_id] = await make_tasks(sessions, TaskStatus.video_error, ["Broken video"],
@@ -174,6 +183,7 @@ async def test_a_requeue_shows_its_preview_then_applies(
     await expect(page.locator("#hold-badge")).to_contain_text("on hold since")
     await page.get_by_role("button", name="Release").click()
     await expect(page.locator("#flash")).to_have_text("released")
+    await snap(page, tmp_path, "task-history")
     async with sessions() as session:
         row = (await session.execute(sa.select(Task.retry_at, Task.attempts, Task.hold_since)
                                      .where(Task.id == task_id))).one()
@@ -184,7 +194,7 @@ async def test_a_requeue_shows_its_preview_then_applies(
 
 
 async def test_titles_are_text_never_markup(
-    page: Page, web: Web, db: tuple[str, Sessions], tmp_path: Path,
+    web: Web, page: Page, db: tuple[str, Sessions], tmp_path: Path,
 ) -> None:
     [task_id] = await make_tasks(db[1], TaskStatus.assets_ready, [XSS])
     dialogs: list[str] = []
@@ -202,7 +212,7 @@ async def test_titles_are_text_never_markup(
 
 
 async def test_login_and_csrf_guard_every_page_and_form(
-    page: Page, web: Web, db: tuple[str, Sessions], tmp_path: Path,
+    web: Web, page: Page, db: tuple[str, Sessions], tmp_path: Path,
 ) -> None:
     [task_id] = await make_tasks(db[1], TaskStatus.assets_ready, ["Guarded"])
     server = await web.start()

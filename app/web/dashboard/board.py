@@ -78,6 +78,13 @@ class BoardView:
     attention: Attention
 
 
+async def one_snapshot(session: AsyncSession) -> None:
+    """Make the session's transaction read one snapshot (PostgreSQL's repeatable read): under
+    read committed each statement would see a later moment than the one before."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+
+
 def stage_cells(counts: Counts) -> list[Cell]:
     """Per stage, in pipeline order: tasks waiting to start it (an errored task waits for the
     stage its retry runs), running it, and past it."""
@@ -151,6 +158,9 @@ async def attention(session: AsyncSession, found: watch.Board, *, now: datetime,
 
 
 async def collect(session: AsyncSession, *, now: datetime, lease_s: float) -> BoardView:
+    """The whole board from one snapshot of the database (call it first in its transaction):
+    its counts, lists and totals agree with each other even while workers move tasks."""
+    await one_snapshot(session)
     summary = await watch.collect(session, now=now)
     return BoardView(summary, await channel_rows(session),
                      await attention(session, summary, now=now, lease_s=lease_s))
