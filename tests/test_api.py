@@ -459,6 +459,10 @@ async def test_bad_bodies_name_the_field(api: Api) -> None:
     prefix = await api.client.post("/api/hold", json={"ids": ["abc"]})
     assert (prefix.status_code, prefix.json()["error"]) == (
         422, "task 'abc': an id prefix needs at least 8 hex digits")
+    form = await api.client.post("/api/hold", data={"ids": "x"})
+    assert (form.status_code, form.json()["error"]) == (
+        422, "body: send a JSON object with Content-Type: application/json (not"
+             " 'application/x-www-form-urlencoded')")
     nowhere = await api.client.get("/api/nowhere")
     assert (nowhere.status_code, nowhere.json()) == (404, {"error": "Not Found"})
 

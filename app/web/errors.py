@@ -79,14 +79,23 @@ async def _refusal(request: Request, exc: Exception) -> Response:
 async def _invalid(request: Request, exc: Exception) -> Response:
     """FastAPI's validation errors as one line per field, the first one as ``error``."""
     assert isinstance(exc, RequestValidationError)
-    found = []
-    for error in exc.errors():
-        where = [str(part) for part in error.get("loc", ()) if part not in ("body", "query",
-                                                                          "path", "header")]
-        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-        found.append(f"{'.'.join(where)}: {message}" if where else message)
-    body = ErrorBody(error=found[0] if found else "invalid request", refused=found)
-    return JSONResponse(body.model_dump(), status_code=422)
+    found = [_line(error, request) for error in exc.errors()] or ["invalid request"]
+    body = ErrorBody(error=found[0], refused=found if len(found) > 1 else None)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=422)
+
+
+def _line(error: dict[str, object], request: Request) -> str:
+    """``field: why``; a body that is not a JSON object says what to send instead."""
+    loc = error.get("loc")
+    where = [str(part) for part in (loc if isinstance(loc, tuple | list) else ())]
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if where[:1] == ["body"] and len(where) == 1:
+        kind = request.headers.get("content-type", "")
+        if "json" not in kind:
+            return f"body: send a JSON object with Content-Type: application/json (not {kind!r})"
+        return f"body: {message}"
+    field = ".".join(p for p in where if p not in ("body", "query", "path", "header"))
+    return f"{field}: {message}" if field else message
 
 
 async def _http(request: Request, exc: Exception) -> Response:
