@@ -89,11 +89,9 @@ def _line(error: dict[str, object], request: Request) -> str:
     loc = error.get("loc")
     where = [str(part) for part in (loc if isinstance(loc, tuple | list) else ())]
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-    if where[:1] == ["body"] and len(where) == 1:
-        kind = request.headers.get("content-type", "")
-        if "json" not in kind:
-            return f"body: send a JSON object with Content-Type: application/json (not {kind!r})"
-        return f"body: {message}"
+    kind = request.headers.get("content-type", "")
+    if where == ["body"] and "json" not in kind:
+        return f"body: send a JSON object with Content-Type: application/json (not {kind!r})"
     field = ".".join(p for p in where if p not in ("body", "query", "path", "header"))
     return f"{field}: {message}" if field else message
 
