@@ -48,6 +48,8 @@ class Api:
     client: httpx.AsyncClient
     #: Sends no token.
     anon: httpx.AsyncClient
+    #: Starts more servers on the module's database.
+    servers: Web
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,7 @@ async def api(pg_server_url: str, settings: Settings, redis_url: str,
             async with httpx.AsyncClient(base_url=server.base_url, headers=server.headers(),
                                          timeout=30) as client, \
                     httpx.AsyncClient(base_url=server.base_url, timeout=30) as anon:
-                yield Api(make_sessionmaker(engine), server, public, client, anon)
+                yield Api(make_sessionmaker(engine), server, public, client, anon, servers)
         finally:
             servers.stop()
             await engine.dispose()
@@ -488,6 +490,21 @@ async def test_openapi_documents_every_endpoint(api: Api) -> None:
         assert operation["security"] == [{"HTTPBearer": []}], (method, path)
     docs = await api.anon.get("/api/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+async def test_without_redis_writes_work_and_the_registry_says_so(api: Api) -> None:
+    """Waking the workers is best effort; the worker list cannot be read and says why."""
+    _, (task,) = await channel_with(api.sessions, TaskStatus.audio_ready)
+    server = await api.servers.start(REDIS_URL="redis://127.0.0.1:1/0")
+    async with httpx.AsyncClient(base_url=server.base_url, headers=server.headers(),
+                                 timeout=30) as client:
+        approved = await client.post("/api/approve", json={"ids": [str(task.id)]})
+        assert approved.status_code == 200, approved.text
+        assert (await task_row(api.sessions, task.id)).status is TaskStatus.audio_approved
+        listed = await client.get("/api/workers")
+        assert listed.status_code == 503
+        assert listed.json()["error"].startswith("the worker registry (Redis) cannot be read")
+    assert "workers not woken" in server.process.text()
 
 
 # --- the workers ----------------------------------------------------------------------------

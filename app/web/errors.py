@@ -6,18 +6,23 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import errors
 from app.commands import channels, holds, operations, rows, workers
 from app.commands.batches import ItemRefused
+from app.db import describe, is_unavailable
 from app.errors import PipelineError
 from app.web.auth import Unauthorized
 from app.web.models import ErrorBody
+
+log = logging.getLogger("pipeline.web")
 
 #: The first match in this order decides (subclasses before their bases).
 STATUS: tuple[tuple[type[PipelineError], int], ...] = (
@@ -105,8 +110,23 @@ async def _http(request: Request, exc: Exception) -> Response:
                         headers=getattr(exc, "headers", None))
 
 
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    """A failure under ``/api`` as JSON: 503 when the database cannot be reached (a retry
+    may succeed), else 500. The details go to the server's log, never to the client."""
+    if not request.url.path.startswith("/api/"):
+        return PlainTextResponse("Internal Server Error", status_code=500)
+    if is_unavailable(exc):
+        log.warning("%s %s: database unavailable: %s", request.method, request.url.path,
+                    describe(exc))
+        return JSONResponse({"error": "the database is unavailable; try again shortly"},
+                            status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse({"error": "internal error (the server's log has the details)"},
+                        status_code=500)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
+    app.add_exception_handler(Exception, _unexpected)
     app.add_exception_handler(PipelineError, _refusal)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http)
