@@ -21,14 +21,14 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from app import logs
-from app.commands import channels, demo, enqueue, holds, operations, retention, tasks
+from app.commands import channels, demo, enqueue, holds, operations, quotas, retention, tasks
 from app.commands import workers as live_workers
 from app.commands.context import Context, open_context
 from app.config import get_settings
 from app.db import make_engine, make_sessionmaker
 from app.embedded import EmbeddedError
 from app.errors import PipelineError
-from app.lifecycle import ERROR, GATE_BY_NAME, TERMINAL, TaskStatus
+from app.lifecycle import ERROR, GATE_BY_NAME, STAGE_BY_NAME, TERMINAL, TaskStatus
 from app.schemas import field_errors
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
@@ -115,6 +115,28 @@ def build_parser() -> argparse.ArgumentParser:
                      help="at most N of its tasks in active states at once")
     cap.add_argument("--no-limit", action="store_true", help="no cap")
     change.set_defaults(run=admin(channels.update))
+
+    quota = sub.add_parser("quota", help="rate limits on stage starts (per channel or shared)")
+    quota_sub = quota.add_subparsers(dest="action", required=True, metavar="ACTION")
+    stages = ", ".join([*STAGE_BY_NAME, "all"])
+    qset = quota_sub.add_parser("set", parents=[data],
+                                help="at most LIMIT starts of STAGE in any rolling WINDOW")
+    qset.add_argument("stage", metavar="STAGE", help=f"{stages}")
+    qset.add_argument("rate", metavar="LIMIT/WINDOW",
+                      help="starts per window: 6/24h, 30/1h, 100/10m, 2/30s, 500/7d")
+    qremove = quota_sub.add_parser("remove", parents=[data], help="remove a quota")
+    qremove.add_argument("stage", metavar="STAGE", help=f"{stages}")
+    for one in (qset, qremove):
+        scope = one.add_mutually_exclusive_group(required=True)
+        scope.add_argument("--per-channel", dest="per_channel", action="store_true",
+                           help="counted for each channel on its own")
+        scope.add_argument("--shared", dest="per_channel", action="store_false",
+                           help="counted across every channel (one provider account)")
+    qset.set_defaults(run=admin(quotas.set_))
+    qremove.set_defaults(run=admin(quotas.remove))
+    qlist = quota_sub.add_parser("list", parents=[data],
+                                 help="quotas, with the starts in their window now")
+    qlist.set_defaults(run=admin(quotas.list_))
 
     imp = sub.add_parser("enqueue", parents=[data], help="import tasks from a JSON or CSV file")
     imp.add_argument("file", metavar="FILE",

@@ -150,3 +150,15 @@ def miss_error(
                           reason=f"claim no longer held ({held}); write refused")
     return InvalidTransition(task_id, status, target,
                              reason=f"expected {expected.value}, found {status.value}")
+
+
+class BadQuota(PipelineError):
+    """A quota's stage, limit or window is invalid."""
+
+
+class QuotaNotFound(PipelineError):
+    """No quota is set on this stage and scope."""
+
+    def __init__(self, stage: str, scope: str) -> None:
+        self.stage, self.scope = stage, scope
+        super().__init__(f"no {scope} quota on {stage}")

@@ -44,6 +44,18 @@ class StageFailed(Exception):
     """A handler's way to fail a stage with a clean message."""
 
 
+class RateLimited(Exception):
+    """A handler's provider refused for now (HTTP 429, a quota): the stage is handed back
+    without an error and without spending its attempt, the task waits ``retry_after_s``, and
+    every quota its stage counts against pauses as long, for every task that shares it."""
+
+    def __init__(self, retry_after_s: float, message: str = "rate limited") -> None:
+        if not retry_after_s >= 0:
+            raise ValueError(f"retry_after_s must be a number of seconds >= 0, not {retry_after_s}")
+        self.retry_after_s = float(retry_after_s)
+        super().__init__(f"{message} (retry after {self.retry_after_s:g} s)")
+
+
 _FAIL = re.compile(r"\[fail:(?P<stage>[a-z]+)(?::(?P<times>\d+))?\]")
 
 
@@ -56,12 +68,31 @@ def simulated_failures(title: str, stage: str) -> int | None:
     return None
 
 
+_LIMIT = re.compile(r"\[ratelimit:(?P<stage>[a-z]+):(?P<seconds>\d+(?:\.\d+)?)\]")
+
+
+def simulated_rate_limit(title: str, stage: str) -> float | None:
+    """The pause a title's ``[ratelimit:STAGE:SECONDS]`` marker asks of the stage's first run."""
+    for match in _LIMIT.finditer(title):
+        if match["stage"] == stage:
+            return float(match["seconds"])
+    return None
+
+
 def simulated(seconds: float) -> Registry:
-    """Handlers that take ``seconds`` and write a deterministic artefact record per stage."""
+    """Handlers that take ``seconds`` and write a deterministic artefact record per stage.
+
+    Titles steer them: ``[fail:STAGE[:N]]`` fails the first N runs of a stage;
+    ``[ratelimit:STAGE:SECONDS]`` has this process's first run of it raise ``RateLimited``."""
+    refused: set[tuple[uuid.UUID, str]] = set()
 
     def make(stage: str) -> Handler:
         async def handler(task: StageInput) -> dict[str, Any]:
             await asyncio.sleep(seconds)
+            limited = simulated_rate_limit(task.title, stage)
+            if limited is not None and (task.task_id, stage) not in refused:
+                refused.add((task.task_id, stage))      # a hand-back spends no run: remember
+                raise RateLimited(limited, f"simulated {stage} rate limit")
             failures = simulated_failures(task.title, stage)
             if failures is not None and task.attempt <= failures:
                 raise StageFailed(f"simulated {stage} failure on attempt {task.attempt}")

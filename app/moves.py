@@ -195,17 +195,19 @@ def fail(held: Claim, *, message: str, max_attempts: int, backoff_s: float, now:
     return Move(held.status, stage.error, changes, note)
 
 
-def hand_back(held: Claim, *, reason: str, now: datetime) -> Move:
-    """A stage stopped for a reason that is not its fault (a graceful stop): the task keeps its
-    status with no holder, claimable at once, and the attempt and run are not counted. No
-    error state, nothing in ``error_log``. A task only claimed, not started, goes back to
+def hand_back(held: Claim, *, reason: str, now: datetime,
+              not_before: datetime | None = None) -> Move:
+    """A stage stopped for a reason that is not its fault (a graceful stop, a provider's rate
+    limit): the task keeps its status with no holder, claimable at once (or from
+    ``not_before``, kept in ``retry_at``), and the attempt and run are not counted. No error
+    state, nothing in ``error_log``. A task only claimed, not started, goes back to
     ``queued``."""
     if held.status is S.claimed:           # claimed, not started: nothing was counted
         return Move(held.status, S.queued, END_CLAIM | {"status": S.queued, "updated_at": now},
                     f"handed back: {reason}")
     changes = END_CLAIM | {"status": held.status, "updated_at": now,
                            "attempts": max(held.attempt - 1, 0),
-                           "stage_runs": max(held.run - 1, 0)}
+                           "stage_runs": max(held.run - 1, 0), "retry_at": not_before}
     return Move(held.status, held.status, changes, f"handed back: {reason}")
 
 

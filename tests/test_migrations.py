@@ -321,7 +321,18 @@ GOLDEN = {
         "sqlite upgrade": "01b17ff085eecb03",
         "sqlite downgrade": "145a5cc12df0e6a0",
     },
+    "0008_quotas": {
+        "postgresql upgrade": "ce064cc7e55bcdbf",
+        "postgresql downgrade": "ec7938f60f294c5e",
+        "sqlite upgrade": "5d2be1eda0d36322",
+        "sqlite downgrade": "e154bd938d7bbc28",
+    },
 }
+
+
+def test_every_revision_is_frozen() -> None:
+    files = sorted(path.stem for path in VERSIONS.glob("0*.py"))
+    assert files == list(GOLDEN)
 
 
 @pytest.mark.parametrize("direction", ["upgrade", "downgrade"])

@@ -24,7 +24,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
-from app.db.ddl import claim_task, claim_task_0006
+from app.db.ddl import claim_task_0006
+from app.db.ddl import claim_task_0007 as claim_task
 
 revision: str = "0007"
 down_revision: str | None = "0006"

@@ -267,3 +267,40 @@ class NotionPage(Base):
     hold_since: Mapped[datetime | None] = mapped_column(Timestamp)
     updated_at: Mapped[datetime] = mapped_column(
         Timestamp, nullable=False, server_default=utc_now(), onupdate=utc_now())
+
+
+class Quota(Base):
+    """A rate limit: at most ``max_starts`` starts of ``stage`` (or of every stage: ``*``) in
+    any rolling ``window_s`` seconds, per channel or shared by all (``app.db.ddl.claim_task``
+    enforces it in the claim)."""
+
+    __tablename__ = "quotas"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    stage: Mapped[str] = mapped_column(sa.String(32), nullable=False)
+    per_channel: Mapped[bool] = mapped_column(
+        sa.Boolean(create_constraint=True, name="per_channel"), nullable=False)
+    max_starts: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    window_s: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(
+        Timestamp, nullable=False, server_default=utc_now())
+
+    __table_args__ = (
+        sa.UniqueConstraint("stage", "per_channel"),
+        sa.CheckConstraint("max_starts >= 1", name="max_starts_positive"),
+        sa.CheckConstraint("window_s >= 1", name="window_positive"),
+    )
+
+
+class QuotaUsage(Base):
+    """One bucket of a quota (a channel's, or the shared one: ``claim_task.SHARED``): the starts
+    still in its window, oldest first, and a pause a provider asked for (``RateLimited``)."""
+
+    __tablename__ = "quota_usage"
+
+    quota_id: Mapped[int] = mapped_column(
+        sa.Integer, sa.ForeignKey("quotas.id", ondelete="CASCADE"), primary_key=True)
+    channel_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    starts: Mapped[list[datetime]] = mapped_column(
+        TimestampArray, nullable=False, server_default="{}", default=list)
+    paused_until: Mapped[datetime | None] = mapped_column(Timestamp)

@@ -46,6 +46,10 @@ CLAIM = ("SELECT task_id, from_status, to_status, claim_token, attempt, run"
 LOAD = ("SELECT title, topic, story_direction, artifacts, hold_since IS NOT NULL"
         " FROM tasks WHERE id = $1")
 
+#: Pause the quotas a start of a stage of the task counts against (``quota_pause``, see
+#: ``app.db.ddl.claim_task``): its channel's buckets and the shared ones.
+PAUSE_QUOTAS = "SELECT quota_pause(channel_id, $2, $3) FROM tasks WHERE id = $1"
+
 #: Extend the lease while the claim is still this worker's (token and status unchanged); the
 #: row says whether an operator put the task on hold meanwhile (``moves.Renewal``).
 RENEW_IF_HELD = ("UPDATE tasks SET lease_expires_at = $4"

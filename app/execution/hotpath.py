@@ -86,10 +86,18 @@ async def fail(conn: asyncpg.Connection, held: Claim, *, message: str, actor: st
 
 
 async def hand_back(conn: asyncpg.Connection, held: Claim, *, reason: str, actor: str,
-                    now: datetime) -> TaskStatus:
+                    now: datetime, not_before: datetime | None = None) -> TaskStatus:
     """Give the stage back unfinished, not spending the attempt (``moves.hand_back``)."""
-    return await _held(conn, held, moves.hand_back(held, reason=reason, now=now), actor=actor,
-                       now=now)
+    return await _held(conn, held, moves.hand_back(held, reason=reason, now=now,
+                                                   not_before=not_before),
+                       actor=actor, now=now)
+
+
+async def pause_quotas(conn: asyncpg.Connection, task_id: uuid.UUID, *, stage: str,
+                       seconds: float) -> int:
+    """Pause every quota a start of ``stage`` of the task counts against (its channel's and
+    the shared ones: a provider's rate limit); how many buckets were paused."""
+    return int(await conn.fetchval(statements.PAUSE_QUOTAS, task_id, stage, seconds) or 0)
 
 
 async def move(

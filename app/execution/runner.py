@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
@@ -40,7 +40,7 @@ from app.config import Settings
 from app.db.hotpool import HotPool
 from app.errors import InvalidTransition, PipelineError, StaleClaim
 from app.execution import hotpath
-from app.handlers import Registry, StageInput
+from app.handlers import RateLimited, Registry, StageInput
 from app.lifecycle import STAGE_BY_ACTIVE, TaskStatus
 from app.moves import Claim, Renewal
 from app.observability import instruments
@@ -71,6 +71,10 @@ class LeaseNotRenewed(PipelineError):
 
 class PutOnHold(PipelineError):
     """An operator put the task on hold: its stage was handed back."""
+
+
+class Deferred(PipelineError):
+    """The stage's provider is rate limited: the stage was handed back to wait."""
 
 
 @dataclass
@@ -152,7 +156,7 @@ class Runner:
             try:
                 next_status = await self._run_stage(lease)
                 lease = await self._continue(task_id, next_status)
-            except PutOnHold as exc:
+            except (PutOnHold, Deferred) as exc:
                 log.info("%s: %s", self.worker_id, exc)
                 return
             except PipelineError as exc:
@@ -187,6 +191,8 @@ class Runner:
             else:                                # the job's timeout or an abort: it counts
                 await asyncio.shield(self._gone(lease, "stage cancelled (job timeout or abort)"))
             raise
+        except RateLimited as exc:
+            return await _to_the_end(self._rate_limited(lease, exc))
         except Exception as exc:
             instruments.stage_ended(stage.name, instruments.FAILURE, time.monotonic() - began)
             return await _to_the_end(self._failed(lease, f"{type(exc).__name__}: {exc}"))
@@ -228,6 +234,28 @@ class Runner:
         log.info("%s: task %s: %s handed back (%s)", self.worker_id, claim.task_id,
                  STAGE_BY_ACTIVE[claim.status].name, reason)
         instruments.handed_back(claim.status)
+
+    async def _rate_limited(self, lease: Lease, exc: RateLimited) -> TaskStatus:
+        """The provider refused for now: the quotas of the stage pause for every task that
+        shares them, and the stage is handed back to wait as long (no error, no attempt)."""
+        claim = lease.claim
+        stage = STAGE_BY_ACTIVE[claim.status].name
+        try:
+            async with self.pool.acquire() as conn:
+                paused = await hotpath.pause_quotas(conn, claim.task_id, stage=stage,
+                                                    seconds=exc.retry_after_s)
+        except Exception as error:
+            if not db.is_unavailable(error):
+                raise
+            paused = 0                    # the task still waits; the other tasks may try
+        not_before = self.now() + timedelta(seconds=exc.retry_after_s)
+        status = await self._record(lease, lambda conn: hotpath.hand_back(
+            conn, claim, reason=f"rate limited: {exc}", actor=self.worker_id, now=self.now(),
+            not_before=not_before))
+        log.info("%s: task %s %s %s; handed back, %s", self.worker_id, claim.task_id, stage,
+                 exc, f"{paused} quota bucket(s) paused" if paused else "no quota to pause")
+        raise Deferred(f"task {claim.task_id}: {stage} waits {exc.retry_after_s:g} s"
+                       f" ({status.value})")
 
     async def _stopped_for_hold(self, claim: Claim) -> None:
         """Hand the stage of a task put on hold back, then end the run (``PutOnHold``)."""

@@ -9,6 +9,7 @@ fenced out. What each outcome writes is ``app.moves``, the same rules the worker
 
 from __future__ import annotations
 
+import itertools
 import math
 import uuid
 from collections import Counter
@@ -21,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import moves
 from app.db.models import Channel, Task
-from app.lifecycle import ACTIVE, AUTOMATIC, ERROR, GATES, TaskStatus
+from app.lifecycle import ACTIVE, AUTOMATIC, ERROR, GATES, STAGE_BY_ACTIVE, TaskStatus
 from app.moves import Claim, Renewal
-from app.services import transitions
+from app.services import quotas, transitions
 
 __all__ = ["Claim", "Claimable", "Reaped", "advance_stranded", "claim_batch", "claim_next",
            "claimable",
@@ -178,8 +179,11 @@ WAITING = frozenset({TaskStatus.queued, *moves.STARTS})
 BLOCKED_INACTIVE = "inactive_channel"
 BLOCKED_CAP = "channel_at_cap"
 BLOCKED_HOLD = "on_hold"
+BLOCKED_QUOTA = "quota"
+BLOCKED_RATE_LIMITED = "rate_limited"
 #: The reasons in the order they are shown.
-BLOCKED_REASONS = (BLOCKED_HOLD, BLOCKED_INACTIVE, BLOCKED_CAP)
+BLOCKED_REASONS = (BLOCKED_HOLD, BLOCKED_INACTIVE, BLOCKED_QUOTA, BLOCKED_RATE_LIMITED,
+                   BLOCKED_CAP)
 
 
 @dataclass(frozen=True)
@@ -192,49 +196,101 @@ class Claimable:
     #: (None: nothing is runnable). In a channel with fewer free slots than waiting tasks the
     #: oldest waiting one stands for the channel.
     oldest_since: datetime | None = None
+    #: When the first task waiting for a quota (or a provider's pause) can go (None: none
+    #: waits).
+    next_slot: datetime | None = None
 
 
 def _flag(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
     return sa.func.sum(sa.case((condition, 1), else_=0))
 
 
+def stage_of(status: TaskStatus, failed_stage: str | None) -> str:
+    """The stage a claim of a task in ``status`` starts (the rule the claim renders)."""
+    return STAGE_BY_ACTIVE[moves.claim_target(status, failed_stage, start=True)].name
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
 async def claimable(session: AsyncSession, *, now: datetime) -> Claimable:
-    """Tasks a claim could take now: waiting ones in active channels with a free slot, and
-    handed-back stages (which keep their slot). Tasks on hold, of inactive channels and those
+    """Tasks a claim could take now: waiting ones in active channels with a free slot and their
+    stage's quota not spent, and handed-back stages (which keep their slot) whose time has come.
+    Tasks on hold, of inactive channels, waiting for a quota or a provider's pause, and those
     beyond their channel's cap are blocked, not runnable: they wake nobody. A stage handed
     back for a hold keeps its slot too."""
     not_held = Task.hold_since.is_(None)
     waiting = sa.or_(Task.status.in_(WAITING),
                      sa.and_(Task.status.in_(ERROR), Task.retry_at <= now))
     unheld = sa.and_(Task.status.in_(ACTIVE), Task.claim_token.is_(None))
+    later = sa.and_(unheld, Task.retry_at > now)          # handed back to wait (rate limited)
     # Claimable since the move that made it so: a due retry since it fell due.
     since = sa.case((Task.status.in_(ERROR), Task.retry_at), else_=Task.updated_at)
     rows = (await session.execute(
-        sa.select(Channel.is_active, Channel.max_concurrent,
+        sa.select(Channel.id, Channel.is_active, Channel.max_concurrent, Task.status,
+                  Task.failed_stage,
                   _flag(Task.status.in_(ACTIVE)).label("slots"),
-                  _flag(sa.and_(unheld, not_held)).label("unheld"),
+                  _flag(sa.and_(unheld, ~later, not_held)).label("unheld"),
+                  _flag(sa.and_(later, not_held)).label("later"),
+                  sa.func.min(sa.case((sa.and_(later, not_held), Task.retry_at)))
+                  .label("later_at"),
                   _flag(sa.and_(waiting, not_held)).label("waiting"),
                   _flag(sa.and_(sa.or_(waiting, unheld), ~not_held)).label("on_hold"),
                   sa.func.min(sa.case((sa.and_(sa.or_(waiting, unheld), not_held), since)))
                   .label("since"))
         .join(Channel, Channel.id == Task.channel_id)
         .where(Task.status.in_(WAITING | ERROR | ACTIVE))
-        .group_by(Channel.id, Channel.is_active, Channel.max_concurrent))).all()
-    runnable, blocked = 0, Counter[str]()
+        .group_by(Channel.id, Channel.is_active, Channel.max_concurrent, Task.status,
+                  Task.failed_stage)
+        .order_by(Channel.id))).all()
+    spent = await quotas.spent(session)
+    tally = _Tally()
+    for _, group in itertools.groupby(rows, key=lambda row: row.id):
+        tally.channel(list(group), spent)
+    return Claimable(tally.runnable,
+                     Counter({reason: tally.blocked[reason] for reason in BLOCKED_REASONS
+                              if tally.blocked[reason]}), tally.oldest, tally.next_slot)
+
+
+@dataclass
+class _Tally:
+    runnable: int = 0
+    blocked: Counter[str] = field(default_factory=Counter)
     oldest: datetime | None = None
-    for row in rows:
-        blocked[BLOCKED_HOLD] += row.on_hold
-        if not row.is_active:
-            blocked[BLOCKED_INACTIVE] += row.waiting + row.unheld
-            continue
-        free = math.inf if row.max_concurrent is None else max(row.max_concurrent - row.slots, 0)
-        taken = int(min(row.waiting, free))
-        runnable += row.unheld + taken
-        blocked[BLOCKED_CAP] += row.waiting - taken
-        if (row.unheld or taken) and row.since is not None:
-            oldest = row.since if oldest is None else min(oldest, row.since)
-    return Claimable(runnable, Counter({reason: blocked[reason] for reason in BLOCKED_REASONS
-                                        if blocked[reason]}), oldest)
+    next_slot: datetime | None = None
+
+    def channel(self, rows: list[Any], spent: quotas.Spent) -> None:
+        """Add one channel's groups (one row per status and failed stage)."""
+        head = rows[0]
+        self.blocked[BLOCKED_HOLD] += sum(row.on_hold for row in rows)
+        self.blocked[BLOCKED_RATE_LIMITED] += sum(row.later for row in rows)
+        for row in rows:
+            self.next_slot = _earliest(self.next_slot, row.later_at)
+        if not head.is_active:
+            self.blocked[BLOCKED_INACTIVE] += sum(row.waiting + row.unheld for row in rows)
+            return
+        slots = sum(row.slots for row in rows)
+        free = (math.inf if head.max_concurrent is None
+                else max(head.max_concurrent - slots, 0))
+        waiting = unheld = 0
+        since: datetime | None = None
+        for row in rows:
+            if not row.waiting and not row.unheld:
+                continue
+            slot = spent.next_slot(head.id, stage_of(row.status, row.failed_stage))
+            if slot is not None:
+                self.blocked[BLOCKED_QUOTA] += row.waiting + row.unheld
+                self.next_slot = _earliest(self.next_slot, slot)
+                continue
+            waiting += row.waiting
+            unheld += row.unheld
+            since = _earliest(since, row.since)
+        taken = int(min(waiting, free))
+        self.runnable += unheld + taken
+        self.blocked[BLOCKED_CAP] += waiting - taken
+        if (unheld or taken) and since is not None:
+            self.oldest = _earliest(self.oldest, since)
 
 
 async def runnable_count(session: AsyncSession, *, now: datetime) -> int:

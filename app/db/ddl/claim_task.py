@@ -52,6 +52,19 @@ migration passes the table frozen), so the function and the services cannot disa
 where a retry resumes: an errored task resumes at ``tasks.failed_stage``, or at the earliest
 stage of its error kind when the row names none. Nothing here reads ``task_events``.
 
+**Quotas** (``quotas``: a stage or every stage, per channel or shared, a limit of starts in a
+rolling window) are enforced here too. The ranking and the probes pass over work whose stage's
+quota is spent or paused (``quota_spent``, from the buckets' rows), so the claim takes the next
+claimable task in fair order and a spent quota stalls nothing else. The decision itself is
+serialised like the channel cap, never taken from a snapshot: ``quota_take`` locks the buckets
+the stage counts against (``quota_usage``, in a fixed order), counts the starts still in their
+windows and records this start, stamped with the clock after the locks; the claim's events carry
+the same stamp, so the history replays every window exactly. A claim that finds the quota spent
+after all takes nothing (a pick-up gives its turn back and picks again without that channel).
+Every claim into an active state counts as a start of its stage, a stage taken over included (it
+calls its provider again). A stage handed back with a time (``retry_at``: a provider's rate
+limit) is not claimed before it.
+
 A task on hold (``tasks.hold_since`` set by an operator) is never claimed, whatever its state:
 every probe leaves it out, and so do both claim indexes, so a thousand held rows cost a claim
 nothing. A hold that commits while a claim holds the row's lock is seen by the runner's next
@@ -89,6 +102,18 @@ NOT_ON_HOLD = "hold_since IS NULL"
 QUEUED_PREDICATE = f"status = 'queued' AND {NOT_ON_HOLD}"
 #: Where a claim moves a task: ``(status, failed_stage or None, start) → target``.
 Targets = Mapping[tuple[str, str | None, bool], str]
+#: The stage a claim starts: ``task_stage(status, failed_stage)``.
+TASK_STAGE = "task_stage"
+#: The stages whose quota is spent or paused for a channel: ``quota_spent(channel)``.
+QUOTA_SPENT = "quota_spent"
+#: Checks and records one start of a stage: ``quota_take(channel, stage)``.
+QUOTA_TAKE = "quota_take"
+#: Pauses a stage's quotas: ``quota_pause(channel, stage, seconds)``.
+QUOTA_PAUSE = "quota_pause"
+#: The bucket key of a shared quota (``quota_usage.channel_id``).
+SHARED = "00000000-0000-0000-0000-000000000000"
+#: A quota on every stage.
+EVERY_STAGE = "*"
 
 
 def _list(values: Iterable[str]) -> str:
@@ -112,8 +137,15 @@ def _waiting(t: str, starts: str, errors: str) -> str:
 
 
 def _unheld(t: str, active: str) -> str:
-    """A stage handed back: active, no holder; it keeps its capacity slot."""
-    return f"({t}.status IN ({active}) AND {t}.claim_token IS NULL)"
+    """A stage handed back: active, no holder, its time come if it was given one (a provider's
+    rate limit); it keeps its capacity slot."""
+    return (f"({t}.status IN ({active}) AND {t}.claim_token IS NULL"
+            f" AND ({t}.retry_at IS NULL OR {t}.retry_at <= p_now))")
+
+
+def _free(t: str, spent: str) -> str:
+    """The task's next stage is not among ``spent`` (an array of stage names)."""
+    return f"{TASK_STAGE}({t}.status, {t}.failed_stage) <> ALL ({spent})"
 
 
 def _claimable(alias: str, starts: str, errors: str, active: str) -> str:
@@ -135,30 +167,39 @@ def _live(channel: str) -> str:
             " IS TRUE)")
 
 
-def _head(channel: str, other: str, *, seen: str = "", queued: str = "",
-          reserved: str = "") -> str:
+def _head(channel: str, other: str, *, first: str, spent: str, seen: str = "",
+          queued: str = "", reserved: str = "") -> str:
     """The channel's best runnable task not on hold (nor, if queued, in ``reserved``, an
     array): two ordered probes, no sort of the table. No row lock: the claim locks the task it
-    takes and re-checks it. ``queued`` gates the queued probe (a condition and ``AND``)."""
+    takes and re-checks it. ``queued`` gates the queued probe (a condition and ``AND``);
+    neither probe offers a task whose stage is in ``spent`` (``first``: a queued task's)."""
     free = f" AND t.id <> ALL ({reserved})" if reserved else ""
     branch = ("(SELECT t.id, t.status, t.failed_stage, t.priority, t.created_at FROM tasks t"
               " WHERE t.channel_id = {c} AND t.hold_since IS NULL AND {cond}"
               " ORDER BY t.priority, t.created_at, t.id LIMIT 1)")
-    conds = [f"{queued}t.status = 'queued'{free}", other]
+    conds = [f"{queued}'{first}' <> ALL ({spent}) AND t.status = 'queued'{free}",
+             f"{other} AND {_free('t', spent)}"]
     branches = "\n        UNION ALL ".join(branch.format(c=channel, cond=c) for c in conds)
     return (f"SELECT h.id, h.status, h.failed_stage, h.priority, h.created_at{seen}"
             f" FROM (\n        {branches}\n      ) h ORDER BY h.priority, h.created_at, h.id"
             " LIMIT 1")
 
 
-def _ranking(starts: str, errors: str, active: str) -> str:
+def _spent(channel: str) -> str:
+    """The stages spent for ``channel`` (none without quotas: no look-up at all)."""
+    return (f"CASE WHEN quotas_on THEN {QUOTA_SPENT}({channel})"
+            " ELSE '{}'::text[] END")
+
+
+def _ranking(starts: str, errors: str, active: str, first: str) -> str:
     """The pick-up's ranking: channels with claimable work by the priority of their best task,
     then fewest pick-ups, then least recently picked, then the task's age. A channel at its
     cap (in this snapshot) offers only a stage handed back. ``top`` is the most pick-ups of a
     channel at that priority (a late-comer is raised to one below it)."""
     gated = (f"((NOT cap.full AND {_waiting('t', starts, errors)})"
              f" OR {_unheld('t', active)})")
-    head = _head("c.id", gated, queued="NOT cap.full AND ", reserved="res.ids")
+    head = _head("c.id", gated, first=first, spent="sp.stages", queued="NOT cap.full AND ",
+                 reserved="res.ids")
     return f"""SELECT c.id AS channel, best.id AS task,
                max(c.picks) OVER (PARTITION BY best.priority) AS top
           INTO cand
@@ -169,6 +210,7 @@ def _ranking(starts: str, errors: str, active: str) -> str:
                                        AND a.status IN ({active})) END AS full) cap
         CROSS JOIN LATERAL (SELECT CASE WHEN c.reserved_until > clock_timestamp()
                                    THEN c.reserved ELSE '{{}}'::uuid[] END AS ids) res
+        CROSS JOIN LATERAL (SELECT {_spent("c.id")} AS stages) sp
         CROSS JOIN LATERAL ({head}) best
         WHERE c.is_active AND c.id <> ALL (held)
         ORDER BY best.priority, c.picks, c.turn NULLS FIRST, best.created_at, c.id
@@ -179,8 +221,8 @@ def _unheld_head(channel: str, active: str) -> str:
     """The channel's best handed-back stage: all a claim may take at the channel's cap."""
     return ("SELECT t.id, t.status, t.failed_stage FROM tasks t"
             f" WHERE t.channel_id = {channel} AND t.hold_since IS NULL"
-            f" AND t.status IN ({active})"
-            " AND t.claim_token IS NULL ORDER BY t.priority, t.created_at, t.id LIMIT 1")
+            f" AND {_unheld('t', active)} AND {_free('t', 'spent')}"
+            " ORDER BY t.priority, t.created_at, t.id LIMIT 1")
 
 
 def _target_case(targets: Targets) -> str:
@@ -209,10 +251,11 @@ def _one_status(status: str, targets: Targets) -> str:
     return f"(CASE head_failed {cases} ELSE {default} END)"
 
 
-def render_pick(*, starts: Iterable[str], active: Iterable[str], errors: Iterable[str]) -> str:
-    """``pick_channel``, from frozen lifecycle data."""
+def render_pick(*, starts: Iterable[str], active: Iterable[str], errors: Iterable[str],
+                first: str) -> str:
+    """``pick_channel``, from frozen lifecycle data (``first``: the first stage's name)."""
     start_list, error_list, active_list = _list(starts), _list(errors), _list(active)
-    ranking = _ranking(start_list, error_list, active_list)
+    ranking = _ranking(start_list, error_list, active_list, first)
     count = f"""LOOP
       {ranking}
       EXIT WHEN NOT FOUND;
@@ -245,6 +288,7 @@ DECLARE
   keep_ids uuid[];
   keep_ats timestamptz[];
   turnstile boolean := false;
+  quotas_on boolean := EXISTS (SELECT 1 FROM quotas);
 BEGIN
   IF p_commit THEN
     -- Alone in its transaction: the lock lasts through the (asynchronous) commit, so the next
@@ -274,9 +318,10 @@ $$"""
 
 
 def render(targets: Targets, *, starts: Iterable[str], active: Iterable[str],
-           errors: Iterable[str]) -> str:
+           errors: Iterable[str], first: str) -> str:
     """``claim_task``, from frozen lifecycle data: ``targets`` (see ``Targets``), the runnable
-    states other than queued and errors (``starts``), the active states and the error states."""
+    states other than queued and errors (``starts``), the active states, the error states and
+    the first stage's name."""
     start_list, error_list, active_list = _list(starts), _list(errors), _list(active)
     other = _claimable("t", start_list, error_list, active_list)
     return f"""CREATE FUNCTION {FUNCTION}(
@@ -299,6 +344,9 @@ DECLARE
   mid taskstatus;
   target taskstatus;
   token uuid;
+  quotas_on boolean := EXISTS (SELECT 1 FROM quotas);
+  spent text[] := '{{}}';
+  stamp timestamptz;
 BEGIN
   FOR attempt_no IN 1..8 LOOP
     want := p_task;
@@ -326,6 +374,7 @@ BEGIN
           WHERE channel_id = chan.id AND status IN ({active_list}));
       END IF;
       head_id := NULL;
+      spent := {_spent("chan.id")};
       IF want IS NOT NULL THEN
         IF NOT at_cap OR chan.status IN ({active_list}) THEN
           SELECT t.id, t.status, t.failed_stage INTO head_id, head_status, head_failed
@@ -341,9 +390,11 @@ BEGIN
         -- states first, then the queued head.
         SELECT t.id, t.status, t.failed_stage, t.priority, t.created_at INTO best_other
           FROM tasks t WHERE t.channel_id = chan.id AND t.hold_since IS NULL AND {other}
+            AND {_free('t', 'spent')}
           ORDER BY t.priority, t.created_at, t.id LIMIT 1 FOR UPDATE SKIP LOCKED;
         SELECT t.id, t.status, t.failed_stage INTO head_id, head_status, head_failed
           FROM tasks t WHERE t.channel_id = chan.id AND t.status = 'queued'
+            AND '{first}' <> ALL (spent)
             AND t.hold_since IS NULL AND (best_other.id IS NULL OR (t.priority, t.created_at, t.id)
                  < (best_other.priority, best_other.created_at, best_other.id))
           ORDER BY t.priority, t.created_at, t.id LIMIT 1 FOR UPDATE SKIP LOCKED;
@@ -356,10 +407,18 @@ BEGIN
       IF head_id IS NOT NULL THEN
         target := {_target_case(targets)};
       END IF;
+      stamp := clock_timestamp();
+      IF head_id IS NOT NULL AND target IS NOT NULL AND quotas_on THEN
+        -- The start counted against its stage's quotas, under their buckets' locks.
+        stamp := {QUOTA_TAKE}(chan.id, {TASK_STAGE}(target, NULL));
+        IF stamp IS NULL THEN
+          head_id := NULL;
+        END IF;
+      END IF;
       IF head_id IS NOT NULL AND target IS NOT NULL THEN
         token := gen_random_uuid();
         UPDATE tasks t SET status = target, claimed_by = p_worker,
-            claimed_at = clock_timestamp(), claim_token = token,
+            claimed_at = stamp, claim_token = token,
             lease_expires_at = p_now + make_interval(secs => p_lease_s),
             retry_at = NULL, failed_stage = NULL,
             attempts = CASE WHEN target = 'claimed' THEN t.attempts ELSE t.attempts + 1 END,
@@ -375,7 +434,7 @@ BEGIN
           SELECT CASE WHEN e.n = 1 AND chan.max_concurrent IS NULL
                       THEN coalesce(tk, nextval('{EVENT_IDS}'))
                       ELSE nextval('{EVENT_IDS}') END,
-                 head_id, e.src, e.dst, p_worker, e.note, clock_timestamp()
+                 head_id, e.src, e.dst, p_worker, e.note, stamp
           FROM (VALUES (head_status, mid, CASE WHEN head_status IN ({active_list})
                                                THEN 'claim: taken over' ELSE 'claim' END, 1),
                        (mid, target, NULL, 2)) e (src, dst, note, n)
@@ -440,10 +499,108 @@ END
 $$"""
 
 
+def _stage_case(targets: Targets, stage_of: Mapping[str, str]) -> str:
+    """``CASE`` over ``p_status`` (and ``p_failed``): the stage a claim of it starts."""
+    whens = []
+    for status in dict.fromkeys(status for status, _, _ in targets):
+        default = stage_of[targets[(status, None, True)]]
+        named = {f: stage_of[targets[(status, f, True)]] for s, f, start in targets
+                 if s == status and f is not None and start}
+        named = {f: stage for f, stage in named.items() if stage != default}
+        if named:
+            cases = " ".join(f"WHEN '{f}' THEN '{stage}'" for f, stage in named.items())
+            whens.append(f"    WHEN '{status}' THEN CASE p_failed {cases} ELSE '{default}' END")
+        else:
+            whens.append(f"    WHEN '{status}' THEN '{default}'")
+    return "CASE p_status::text\n" + "\n".join(whens) + "\n  END"
+
+
+def _buckets(stage: str | None) -> str:
+    """The buckets of ``p_channel`` (``u``, with its quota ``q``): those a start of ``stage``
+    counts against, or every one."""
+    counts = f"q.stage IN ({stage}, '{EVERY_STAGE}') AND " if stage else ""
+    return (f"quota_usage u JOIN quotas q ON q.id = u.quota_id WHERE {counts}u.channel_id ="
+            f" CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END")
+
+
+def _ensure() -> str:
+    """Create the buckets of ``p_channel`` a start of ``p_stage`` counts against, if missing."""
+    return ("INSERT INTO quota_usage (quota_id, channel_id)"
+            f" SELECT q.id, CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END"
+            f" FROM quotas q WHERE q.stage IN (p_stage, '{EVERY_STAGE}')"
+            " ON CONFLICT DO NOTHING;")
+
+
+def _window(at: str) -> str:
+    return f"{at} - make_interval(secs => q.window_s)"
+
+
+def render_quotas(targets: Targets, stage_of: Mapping[str, str]) -> list[str]:
+    """The quota functions, from frozen lifecycle data: ``targets`` and the stage of each state a
+    claim moves into (``stage_of``)."""
+    every = ", ".join(f"'{name}'" for name in dict.fromkeys(stage_of.values()))
+    spent = f"""CREATE FUNCTION {QUOTA_SPENT}(p_channel uuid) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+  SELECT coalesce(array_agg(DISTINCT st), '{{}}')
+  FROM (SELECT q.stage FROM {_buckets(None)}
+          AND (u.paused_until > clock_timestamp() OR q.max_starts <= (
+                SELECT count(*) FROM unnest(u.starts) s
+                WHERE s > {_window("clock_timestamp()")}))) b
+  CROSS JOIN LATERAL unnest(CASE WHEN b.stage = '{EVERY_STAGE}' THEN ARRAY[{every}]
+                                 ELSE ARRAY[b.stage] END) st
+$$"""
+    take = f"""CREATE FUNCTION {QUOTA_TAKE}(p_channel uuid, p_stage text) RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+DECLARE
+  at timestamptz;
+BEGIN
+  -- The buckets, created on first use, locked in one order (no two claims deadlock).
+  {_ensure()}
+  PERFORM 1 FROM {_buckets("p_stage")} ORDER BY u.quota_id, u.channel_id FOR UPDATE OF u;
+  at := clock_timestamp();
+  IF EXISTS (SELECT 1 FROM {_buckets("p_stage")} AND (u.paused_until > at OR q.max_starts <= (
+               SELECT count(*) FROM unnest(u.starts) s WHERE s > {_window("at")}))) THEN
+    RETURN NULL;
+  END IF;
+  -- This start recorded; the starts out of their window dropped.
+  UPDATE quota_usage u SET starts = ARRAY(SELECT s FROM unnest(u.starts) s
+                                          WHERE s > {_window("at")} ORDER BY s) || at
+    FROM quotas q WHERE q.id = u.quota_id AND q.stage IN (p_stage, '{EVERY_STAGE}')
+      AND u.channel_id = CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END;
+  RETURN at;
+END
+$$"""
+    pause = f"""CREATE FUNCTION {QUOTA_PAUSE}(p_channel uuid, p_stage text,
+                                        p_seconds double precision) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  n integer;
+BEGIN
+  {_ensure()}
+  PERFORM 1 FROM {_buckets("p_stage")} ORDER BY u.quota_id, u.channel_id FOR UPDATE OF u;
+  UPDATE quota_usage u SET paused_until = greatest(
+      u.paused_until, clock_timestamp() + make_interval(secs => p_seconds))
+    FROM quotas q WHERE q.id = u.quota_id AND q.stage IN (p_stage, '{EVERY_STAGE}')
+      AND u.channel_id = CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END;
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN n;
+END
+$$"""
+    stage = f"""CREATE FUNCTION {TASK_STAGE}(p_status taskstatus, p_failed text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT {_stage_case(targets, stage_of)}
+$$"""
+    return [stage, spent, take, pause]
+
+
 def drop() -> list[str]:
-    """Drop the procedure and both functions (signatures as since revision 0006)."""
+    """Drop the procedure, both claim functions and the quota functions."""
     return [f"DROP PROCEDURE IF EXISTS {NEXT}(text, double precision, timestamptz, boolean,"
             " uuid, taskstatus, taskstatus, uuid, integer, integer)",
             f"DROP FUNCTION IF EXISTS {FUNCTION}(text, double precision, timestamptz, uuid,"
             " boolean, uuid, bigint)",
-            f"DROP FUNCTION IF EXISTS {PICK}(timestamptz, boolean, uuid[])"]
+            f"DROP FUNCTION IF EXISTS {PICK}(timestamptz, boolean, uuid[])",
+            f"DROP FUNCTION IF EXISTS {QUOTA_TAKE}(uuid, text)",
+            f"DROP FUNCTION IF EXISTS {QUOTA_PAUSE}(uuid, text, double precision)",
+            f"DROP FUNCTION IF EXISTS {QUOTA_SPENT}(uuid)",
+            f"DROP FUNCTION IF EXISTS {TASK_STAGE}(taskstatus, text)"]
