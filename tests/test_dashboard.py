@@ -8,11 +8,12 @@ page goes to ``tmp_path`` and to ``$TEST_ARTIFACTS_DIR`` (default ``.artifacts/s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -24,9 +25,10 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from app.db.models import Task, TaskEvent
 from app.lifecycle import TaskStatus
 from app.services import transitions
+from app.web.dashboard.live import Poller
 from tests.factories import make_channel, make_task
 from tests.webserver import TOKEN, Server, Web, web
-from tests.workerprocs import REPO, Sessions, Workers, db, queue, seed, workers
+from tests.workerprocs import REPO, Sessions, Workers, db, eventually, queue, seed, workers
 
 __all__ = ["db", "queue", "web", "workers"]
 
@@ -244,13 +246,47 @@ async def test_login_and_csrf_guard_every_page_and_form(
     assert status is TaskStatus.assets_ready
 
 
+async def test_one_poller_feeds_every_board_and_sends_changes_only() -> None:
+    """Three watchers cost one read per interval; an unchanged board is not sent again; the
+    poller stops when the last watcher leaves."""
+    reads: list[int] = []
+    state = {"value": 1}
+
+    async def fetch() -> tuple[object, Callable[[], str]]:
+        reads.append(state["value"])
+        value = state["value"]
+        return value, lambda: f"board {value}"
+
+    poller = Poller(fetch, interval_s=0.05)
+    async with contextlib.AsyncExitStack() as stack:
+        queues = [await stack.enter_async_context(poller.subscribe()) for _ in range(3)]
+        assert [await q.get() for q in queues] == ["board 1"] * 3
+        await eventually(lambda: _true(len(reads) >= 4), timeout_s=5, what="four polls")
+        assert all(q.empty() for q in queues)        # nothing changed, nothing sent
+        state["value"] = 2
+        assert [await q.get() for q in queues] == ["board 2"] * 3
+        polls = len(reads)
+        assert poller.polls == polls and poller.watching == 3
+    await eventually(lambda: _true(not poller.running), timeout_s=5,
+                     what="the poller to stop")
+    assert len(reads) <= polls + 2
+    await poller.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def test_pages_are_open_without_a_token_and_forms_still_need_csrf(
     web: Web, db: tuple[str, Sessions],
 ) -> None:
     [task_id] = await make_tasks(db[1], TaskStatus.assets_ready, ["Open"])
     server = await web.start(API_TOKEN="")
     async with httpx.AsyncClient(base_url=server.base_url) as client:
-        assert (await client.get("/")).status_code == 200
+        board = await client.get("/")
+        assert board.status_code == 200
+        assert "script-src" not in board.headers["content-security-policy"]
+        assert board.headers["content-security-policy"].startswith("default-src 'self'")
         review = await client.get("/review")
         csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', review.text)
         assert csrf is not None

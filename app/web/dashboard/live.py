@@ -31,6 +31,10 @@ class Poller:
     def watching(self) -> int:
         return len(self._subscribers)
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[asyncio.Queue[str]]:
         """A queue that always holds the newest board not yet taken (older ones are dropped:
