@@ -113,6 +113,7 @@ async def test_every_route_refuses_no_token_and_a_wrong_one(api: Api) -> None:
                                ("POST", "/api/requeue", {"statuses": ["video_error"]}),
                                ("POST", "/api/hold", {"statuses": ["queued"]}),
                                ("POST", "/api/release", {"statuses": ["queued"]}),
+                               ("POST", "/api/channels", {"channel_id": "UCx"}),
                                ("POST", "/api/channels/UCx/activate", None),
                                ("POST", "/api/channels/UCx/deactivate", None),
                                ("PATCH", "/api/channels/UCx", {"max_concurrent": 2})):
@@ -396,6 +397,18 @@ async def test_channel_verbs(api: Api) -> None:
              " (give channel_name or max_concurrent)")
     zero = await api.client.patch(path, json={"max_concurrent": 0})
     assert zero.status_code == 422 and zero.json()["error"].startswith("max_concurrent: ")
+    fresh = f"UC{uuid.uuid4().hex[:10]}"
+    trial = await api.client.post("/api/channels", json={"channel_id": fresh,
+                                                         "channel_name": "New", "dry_run": True})
+    assert trial.status_code == 200, trial.text
+    assert fresh not in {c["channel_id"] for c in (await api.client.get("/api/channels")).json()}
+    made = await api.client.post("/api/channels", json={"channel_id": fresh,
+                                                        "channel_name": "New"})
+    assert made.json()["message"] == f"channel {fresh} added"
+    taken = await api.client.post("/api/channels", json={"channel_id": fresh,
+                                                         "channel_name": "Again"})
+    assert (taken.status_code, taken.json()) == (409, {
+        "error": f"channel {fresh!r} already exists"})
     unknown = await api.client.post("/api/channels/UC-none/activate")
     assert (unknown.status_code, unknown.json()) == (404, {"error": "channel 'UC-none' not found"})
 
@@ -476,7 +489,8 @@ async def test_openapi_documents_every_endpoint(api: Api) -> None:
         ("get", "/api/tasks"), ("post", "/api/tasks"), ("get", "/api/tasks/{ref}"),
         ("get", "/api/stats"), ("get", "/api/channels"), ("get", "/api/workers"),
         ("post", "/api/approve"), ("post", "/api/requeue"), ("post", "/api/hold"),
-        ("post", "/api/release"), ("post", "/api/channels/{channel_id}/activate"),
+        ("post", "/api/release"), ("post", "/api/channels"),
+        ("post", "/api/channels/{channel_id}/activate"),
         ("post", "/api/channels/{channel_id}/deactivate"),
         ("patch", "/api/channels/{channel_id}")}
     for method, path in routes:

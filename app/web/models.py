@@ -14,7 +14,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from app.lifecycle import ERROR, GATE_BY_NAME, TERMINAL, TaskStatus
-from app.schemas import ChannelName, ChannelResponse, TaskEventResponse, TaskInDB
+from app.schemas import (
+    ChannelCreate,
+    ChannelName,
+    ChannelResponse,
+    TaskEventResponse,
+    TaskInDB,
+)
 
 #: The most tasks one ``GET /api/tasks`` page returns.
 MAX_PAGE = 500
@@ -103,6 +109,13 @@ class StatsBody(BaseModel):
 class ChannelBody(ChannelResponse):
     #: Tasks of the channel waiting for a claim.
     runnable: int | None = None
+
+
+class ChannelNew(ChannelCreate):
+    """``POST /api/channels``: ``pipeline channel add``'s fields (``max_concurrent`` null: no
+    cap)."""
+
+    dry_run: bool = False
 
 
 class ChannelChange(_Body):

@@ -1,4 +1,4 @@
-"""Channel writes: activate, deactivate and update, each with a dry run (the real change in a
+"""Channel writes: add, activate, deactivate and update, each with a dry run (the real change in a
 transaction that is rolled back: what it would give, and nothing kept)."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.commands.channels import BadChannel
 from app.db import session_scope
 from app.db.models import Channel
-from app.schemas import ChannelUpdate, field_errors
+from app.schemas import ChannelCreate, ChannelUpdate, field_errors
 from app.services import channels
 from app.web.api.context import Ctx, rehearsal
-from app.web.models import ChannelBody, ChannelChange, ChannelResult, DryRun
+from app.web.models import ChannelBody, ChannelChange, ChannelNew, ChannelResult, DryRun
 
 router = APIRouter(tags=["channels"])
 Change = Callable[[AsyncSession], Awaitable[Channel]]
@@ -31,6 +31,16 @@ async def _run(ctx: Ctx, change: Change, *, dry_run: bool, wake: bool) -> Channe
     if wake and not dry_run:
         await ctx.wake(body.runnable or 0)
     return body
+
+
+@router.post("/channels", response_model=ChannelResult)
+async def add(ctx: Ctx, body: ChannelNew) -> ChannelResult:
+    """Add a channel (409 when its YouTube id is taken), as ``pipeline channel add``."""
+    data = ChannelCreate(**body.model_dump(exclude={"dry_run"}))
+    found = await _run(ctx, lambda s: channels.create_channel(s, data), dry_run=body.dry_run,
+                       wake=False)
+    return ChannelResult(dry_run=body.dry_run, channel=found,
+                         message=f"channel {found.channel_id} added")
 
 
 @router.post("/channels/{channel_id}/activate", response_model=ChannelResult)
