@@ -94,8 +94,7 @@ async def approve(ctx: Ctx, body: ApproveBody) -> ApproveResult:
         outcomes = await ctx.each(passed, step, label="approve", chunk=operations.CHUNK)
         if single and outcomes and isinstance(outcomes[0][1], PipelineError):
             raise outcomes[0][1]
-        done, skipped = _split(outcomes)
-        passed = [p for p in passed if p in done]
+        passed, skipped = _split(outcomes)
         await ctx.wake(len(passed))
     return ApproveResult(dry_run=body.dry_run, approved=[_approval(p) for p in passed],
                          already_approved=[_approval(p) for p in plans if p.already],
@@ -135,9 +134,8 @@ async def requeue(ctx: Ctx, body: RequeueBody) -> RequeueResult:
             return await transitions.requeue(session, plan.task_id, actor=ctx.actor,
                                              reason=body.reason)
 
-        done, skipped = _split(await ctx.each(plans, step, label="requeue",
-                                              chunk=operations.CHUNK))
-        plans = [p for p in plans if p in done]
+        plans, skipped = _split(await ctx.each(plans, step, label="requeue",
+                                               chunk=operations.CHUNK))
         await ctx.wake(len(plans))
     return RequeueResult(dry_run=body.dry_run, count=len(plans), skipped=skipped, tasks=[
         RequeueItem(task_id=p.task_id, title=p.title, status=p.status, stage=p.stage.name,
