@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from app.db.models import Channel, Task
 from app.execution import registry
 from app.lifecycle import STAGES, TaskStatus
-from app.services import holds
+from app.services import claims, holds
 from tests.webserver import Web, free_port, web
 from tests.workerprocs import (
     Sessions,
@@ -107,6 +107,8 @@ async def test_the_servers_metrics_are_the_rows_as_of_the_scrape(
         assert first.status_code == 200, first.text
         assert first.headers["content-type"].startswith("text/plain; version=")
         assert (await http.get("/no-such-page")).status_code == 404
+        refused = await http.get("/metrics", headers={"Authorization": "Bearer wrong"})
+        assert refused.status_code == 401, refused.text      # a read: the token is needed
         second = parse((await http.get("/metrics")).text)
     samples = parse(first.text)
     ids = {name: channel.channel_id for name, channel in channels.items()}
@@ -117,19 +119,23 @@ async def test_the_servers_metrics_are_the_rows_as_of_the_scrape(
                                     ("capped", "generating_video", 1), ("capped", "queued", 2),
                                     ("off", "queued", 1))}
     assert value(samples, "pipeline_tasks_runnable") == 3
+    blocked = {"on_hold": 1, "inactive_channel": 1, "channel_at_cap": 2}
     assert named(samples, "pipeline_tasks_blocked") == {
-        frozenset({("reason", "on_hold")}): 1, frozenset({("reason", "inactive_channel")}): 1,
-        frozenset({("reason", "channel_at_cap")}): 2}
+        frozenset({("reason", reason)}): blocked.get(reason, 0)
+        for reason in claims.BLOCKED_REASONS}
     age = value(samples, "pipeline_oldest_runnable_age_seconds")
     assert age is not None and 300 <= age < 360      # the open channel's oldest, not the rest
     assert value(samples, "pipeline_workers_live") == 1
-    # The web process's own counters: the first scrape and the 404, as the second one saw them.
+    # The web process's own counters: the first scrape, the 404 and the refusal, as the last
+    # scrape saw them.
     assert value(second, "pipeline_http_requests_total", method="GET", route="/metrics",
                  status="200") == 1
     assert value(second, "pipeline_http_requests_total", method="GET", route="unmatched",
                  status="404") == 1
+    assert value(second, "pipeline_http_requests_total", method="GET", route="/metrics",
+                 status="401") == 1
     assert value(second, "pipeline_http_request_duration_seconds_count", method="GET",
-                 route="/metrics") == 1
+                 route="/metrics") == 2
     assert value(second, "pipeline_workers_live") == 0       # the record was retired
 
 
