@@ -1,0 +1,142 @@
+"""Quotas with real worker processes: no window ever holds more starts than its quota, other
+work flows while one is spent, and a provider's rate limit pauses the quota without an error
+or a spent attempt. Plus the ``pipeline quota`` commands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections import defaultdict
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from app.db.models import Task, TaskEvent
+from app.lifecycle import TaskStatus
+from app.services import quotas
+from tests.workerprocs import (
+    REPO,
+    Sessions,
+    Workers,
+    db,
+    events,
+    queue,
+    seed,
+    wait_published,
+    workers,
+)
+
+__all__ = ["db", "queue", "workers"]
+
+WINDOW_S = 3
+
+
+async def _set(sessions: Sessions, stage: str, limit: int, *, per_channel: bool) -> None:
+    async with sessions() as session, session.begin():
+        await quotas.set_quota(session, stage=stage, per_channel=per_channel, max_starts=limit,
+                               window_s=WINDOW_S)
+
+
+def _most_in_a_window(starts: list[datetime]) -> int:
+    """The most starts any window of ``WINDOW_S`` seconds holds, ending at each start."""
+    starts = sorted(starts)
+    window = timedelta(seconds=WINDOW_S)
+    return max((sum(1 for s in starts if end - window < s <= end) for end in starts), default=0)
+
+
+async def _starts(sessions: Sessions, status: TaskStatus) -> list[tuple[uuid.UUID, datetime]]:
+    """Every start of the stage whose active state is ``status`` (a stage taken over too), with
+    the task's channel, from the history."""
+    async with sessions() as session:
+        rows = (await session.execute(
+            sa.select(Task.channel_id, TaskEvent.created_at)
+            .join(Task, Task.id == TaskEvent.task_id)
+            .where(TaskEvent.to_status == status,
+                   sa.or_(TaskEvent.from_status != status,
+                          TaskEvent.note == "claim: taken over")))).all()
+    return [(row.channel_id, row.created_at) for row in rows]
+
+
+async def test_no_window_holds_more_starts_than_its_quota(
+        db: tuple[str, Sessions], workers: Workers) -> None:
+    _, sessions = db
+    await seed(sessions, [None, None, None], 4, spaced=True)
+    await _set(sessions, "upload", 2, per_channel=True)
+    await _set(sessions, "video", 4, per_channel=False)
+    for _ in range(4):
+        workers.start(WORKER_CONCURRENCY="4")
+    await wait_published(sessions, 12, timeout_s=90)
+
+    uploads = await _starts(sessions, TaskStatus.uploading)
+    by_channel: dict[uuid.UUID, list[datetime]] = defaultdict(list)
+    for channel, at in uploads:
+        by_channel[channel].append(at)
+    assert len(uploads) == 12 and len(by_channel) == 3
+    assert all(_most_in_a_window(starts) == 2 for starts in by_channel.values())
+    # One channel's spent upload quota held no other channel back.
+    assert _most_in_a_window([at for _, at in uploads]) > 2
+    videos = await _starts(sessions, TaskStatus.generating_video)
+    assert len(videos) == 12
+    assert _most_in_a_window([at for _, at in videos]) == 4
+    # Other stages ran while the shared video quota was spent: the video starts took at least
+    # two windows, and assets or audio started inside them.
+    first, last = min(at for _, at in videos), max(at for _, at in videos)
+    assert last - first > timedelta(seconds=WINDOW_S)
+    others = [at for status in (TaskStatus.generating_audio, TaskStatus.generating_assets)
+              for _, at in await _starts(sessions, status)]
+    assert any(first < at < last for at in others)
+
+
+async def test_rate_limited_pauses_the_quota_and_spends_no_attempt(
+        db: tuple[str, Sessions], workers: Workers) -> None:
+    _, sessions = db
+    [limited, other] = await seed(sessions, [None], 2, spaced=True)
+    async with sessions() as session, session.begin():
+        await session.execute(sa.update(Task).where(Task.id == limited)
+                              .values(title="Video [ratelimit:video:2]"))
+        await quotas.set_quota(session, stage="video", per_channel=False, max_starts=100,
+                               window_s=3600)
+    workers.start(WORKER_CONCURRENCY="1")
+    await wait_published(sessions, 2, timeout_s=60)
+
+    history = await events(sessions, limited)
+    back = [e for e in history if e.note and e.note.startswith("handed back: rate limited")]
+    assert len(back) == 1
+    assert not [e for e in history if e.to_status in (TaskStatus.video_error,)]
+    async with sessions() as session:
+        task = await session.get(Task, limited)
+        assert task is not None and not task.error_log
+        # The run that met the limit was not counted: the stage's output says run 1.
+        assert task.artifacts["video"]["attempt"] == 1
+    # No video started anywhere while the shared quota was paused.
+    starts = [at for _, at in await _starts(sessions, TaskStatus.generating_video)]
+    paused_from = back[0].created_at
+    assert not [at for at in starts if paused_from < at < paused_from + timedelta(seconds=1.9)]
+    assert other  # the second task went through too (both published)
+
+
+def _pipeline(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "app", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_quota_commands(db: tuple[str, Sessions]) -> None:
+    env = os.environ | {"DATABASE_URL": db[0]}
+    done = _pipeline("quota", "set", "upload", "6/24h", "--per-channel", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "quota set: upload: 6 starts per 24h per channel"
+    again = _pipeline("quota", "set", "upload", "5/24h", "--per-channel", env=env)
+    assert again.stdout.strip() == "quota replaced: upload: 5 starts per 24h per channel"
+    listed = _pipeline("quota", "list", env=env)
+    assert "upload  per-channel      5  24h" in listed.stdout
+    for args, message in (
+            (("set", "uploads", "6/24h", "--shared"), "stage 'uploads': expected one of"),
+            (("set", "upload", "6/day", "--shared"), "'6/day': expected LIMIT/WINDOW"),
+            (("set", "upload", "0/1h", "--shared"), "'0/1h': the limit and the window"),
+            (("remove", "video", "--shared"), "no shared quota on video")):
+        bad = _pipeline("quota", *args, env=env)
+        assert bad.returncode == 2 and bad.stderr.startswith(f"pipeline: {message}"), bad.stderr
+    assert _pipeline("quota", "remove", "upload", "--per-channel", env=env).returncode == 0
+    assert _pipeline("quota", "list", env=env).stdout.strip() == "no quotas"
