@@ -13,9 +13,10 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from app import moves
 from app.db.models import Task, TaskEvent
 from app.lifecycle import TaskStatus
-from app.services import quotas
+from app.services import claims, quotas
 from tests.workerprocs import (
     REPO,
     Sessions,
@@ -140,3 +141,24 @@ def test_quota_commands(db: tuple[str, Sessions]) -> None:
         assert bad.returncode == 2 and bad.stderr.startswith(f"pipeline: {message}"), bad.stderr
     assert _pipeline("quota", "remove", "upload", "--per-channel", env=env).returncode == 0
     assert _pipeline("quota", "list", env=env).stdout.strip() == "no quotas"
+
+
+async def test_work_waiting_for_a_quota_is_blocked_not_runnable(db: tuple[str, Sessions]) -> None:
+    url, sessions = db
+    [first, second] = await seed(sessions, [None], 2, spaced=True)
+    async with sessions() as session, session.begin():
+        await quotas.set_quota(session, stage="assets", per_channel=True, max_starts=1,
+                               window_s=3600)
+        channel = await session.scalar(sa.select(Task.channel_id).where(Task.id == first))
+        await session.execute(sa.text("SELECT quota_take(:c, 'assets')"), {"c": channel})
+        found = await claims.claimable(session, now=moves.utcnow())
+        assert found.runnable == 0 and found.blocked == {claims.BLOCKED_QUOTA: 2}
+        assert found.next_slot is not None
+        # No claim takes the work while the quota is spent.
+        assert await claims.claim_next(session, worker_id="w", lease_s=30,
+                                       now=moves.utcnow(), start=True) is None
+    env = os.environ | {"DATABASE_URL": url}
+    stats = _pipeline("stats", env=env)
+    assert "runnable now: 0   blocked: 2 quota (next slot " in stats.stdout, stats.stdout
+    shown = _pipeline("show", str(second), env=env)
+    assert "quota         spent: next slot " in shown.stdout, shown.stdout

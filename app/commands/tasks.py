@@ -6,6 +6,7 @@ import argparse
 from datetime import datetime
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import lifecycle
 from app.commands import tables, watch
@@ -14,7 +15,7 @@ from app.db import session_scope
 from app.db.models import Channel, Task, TaskEvent
 from app.lifecycle import TaskStatus
 from app.schemas import TaskEventResponse, TaskInDB
-from app.services import stats, tasks, transitions
+from app.services import claims, quotas, stats, tasks, transitions
 
 LIST_HEADERS = ("id", "channel", "status", "hold", "priority", "attempts", "retry at",
                 "updated", "title")
@@ -55,11 +56,13 @@ async def show(ctx: Context, args: argparse.Namespace) -> int:
         task = await tasks.get_task(session, await tasks.find_task(session, args.task_id))
         events = await tasks.history(session, task.id)
         channel = await session.get(Channel, task.channel_id)
+        quota = await _quota_slot(session, task)
     assert channel is not None    # tasks.channel_id is a NOT NULL foreign key
     detail = TaskInDB.model_validate(task).model_dump(mode="json")
     history = [TaskEventResponse.model_validate(e).model_dump(mode="json") for e in events]
-    ctx.emit({**detail, "channel": channel.channel_id, "events": history},
-             _show_text(task, channel.channel_id, events))
+    ctx.emit({**detail, "channel": channel.channel_id, "events": history,
+              "quota_slot_at": quota.isoformat() if quota else None},
+             _show_text(task, channel.channel_id, events, quota))
     return 0
 
 
@@ -79,13 +82,26 @@ def _hold(task: Task) -> str | None:
     return f"since {_when(task.hold_since)} by {task.hold_by}{why} (pipeline release)"
 
 
-def _show_text(task: Task, channel: str, events: list[TaskEvent]) -> str:
+async def _quota_slot(session: AsyncSession, task: Task) -> datetime | None:
+    """When the task's next stage can start, if a quota (or a provider's pause) holds it back
+    now; None otherwise (or when it does not wait for a claim)."""
+    waiting = task.status in claims.WAITING or task.status in lifecycle.ERROR or (
+        task.status in lifecycle.ACTIVE and task.claimed_by is None)
+    if not waiting:
+        return None
+    spent = await quotas.spent(session)
+    return spent.next_slot(task.channel_id, claims.stage_of(task.status, task.failed_stage))
+
+
+def _show_text(task: Task, channel: str, events: list[TaskEvent],
+               quota: datetime | None = None) -> str:
     fields = [("id", task.id), ("title", task.title), ("channel", channel),
               ("notion page", task.notion_page_id),
               ("status", f"{task.status.value} ({lifecycle.LABELS[task.status]})"),
               ("priority", task.priority.value), ("attempts", task.attempts),
               ("stage runs", task.stage_runs), ("failed stage", task.failed_stage),
               ("retry at", _when(task.retry_at)), ("on hold", _hold(task)),
+              ("quota", None if quota is None else f"spent: next slot {_when(quota)}"),
               ("claimed by", _holder(task)),
               ("lease until", _when(task.lease_expires_at)), ("youtube", task.youtube_url),
               ("created", _when(task.created_at)), ("updated", _when(task.updated_at))]
@@ -125,6 +141,7 @@ async def stats_(ctx: Context, args: argparse.Namespace) -> int:
             "by_channel": {c: {s.value: n for (ch, s), n in found.counts.items() if ch == c}
                            for c in channels},
             "runnable": found.runnable, "blocked": dict(found.blocked),
+            "next_slot_at": found.next_slot_at.isoformat() if found.next_slot_at else None,
             "queued": found.queued, "oldest_queued_age_seconds": oldest_s,
             "errors": {"retrying": found.retrying,
                        "next_retry_at": found.next_retry_at.isoformat()
@@ -135,6 +152,8 @@ async def stats_(ctx: Context, args: argparse.Namespace) -> int:
             for s in present]
     age = f"{oldest_s:,.0f}s" if oldest_s is not None else "-"
     blocked = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in found.blocked.items())
+    if found.next_slot_at is not None:
+        blocked += f" (next slot {found.next_slot_at.astimezone():%H:%M:%S})"
     human = "\n".join([
         tables.render(("status", *channels, "total"), rows) if rows else "no tasks",
         "", f"runnable now: {found.runnable}   blocked: {blocked or 0}   queued: {found.queued}"

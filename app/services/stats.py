@@ -31,6 +31,8 @@ class Stats:
     next_retry_at: datetime | None = None
     #: Errored tasks out of attempts: they wait for a person (``pipeline requeue``).
     out_of_attempts: int = 0
+    #: When the first task waiting for a quota or a provider's pause can go.
+    next_slot_at: datetime | None = None
 
     def by_status(self) -> dict[TaskStatus, int]:
         totals: dict[TaskStatus, int] = {}
@@ -59,7 +61,7 @@ async def collect(session: AsyncSession, *, now: datetime) -> Stats:
                  runnable=found.runnable, blocked=found.blocked,
                  queued=int(queued[0]), oldest_queued_at=_utc(queued[1]),
                  retrying=int(errors[0]), next_retry_at=_utc(errors[1]),
-                 out_of_attempts=int(errors[2]))
+                 out_of_attempts=int(errors[2]), next_slot_at=found.next_slot)
 
 
 def _utc(value: datetime | None) -> datetime | None:
