@@ -88,9 +88,11 @@ async def fail(conn: asyncpg.Connection, held: Claim, *, message: str, actor: st
 async def hand_back(conn: asyncpg.Connection, held: Claim, *, reason: str, actor: str,
                     now: datetime, not_before: datetime | None = None) -> TaskStatus:
     """Give the stage back unfinished, not spending the attempt (``moves.hand_back``)."""
-    return await _held(conn, held, moves.hand_back(held, reason=reason, now=now,
-                                                   not_before=not_before),
-                       actor=actor, now=now)
+    status = await _held(conn, held, moves.hand_back(held, reason=reason, now=now,
+                                                     not_before=not_before),
+                         actor=actor, now=now)
+    instruments.handed_back(held.status)
+    return status
 
 
 async def pause_quotas(conn: asyncpg.Connection, task_id: uuid.UUID, *, stage: str,

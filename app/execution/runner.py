@@ -192,6 +192,8 @@ class Runner:
                 await asyncio.shield(self._gone(lease, "stage cancelled (job timeout or abort)"))
             raise
         except RateLimited as exc:
+            instruments.stage_ended(stage.name, instruments.RATE_LIMITED,
+                                    time.monotonic() - began)
             return await _to_the_end(self._rate_limited(lease, exc))
         except Exception as exc:
             instruments.stage_ended(stage.name, instruments.FAILURE, time.monotonic() - began)
@@ -233,7 +235,6 @@ class Runner:
             return
         log.info("%s: task %s: %s handed back (%s)", self.worker_id, claim.task_id,
                  STAGE_BY_ACTIVE[claim.status].name, reason)
-        instruments.handed_back(claim.status)
 
     async def _rate_limited(self, lease: Lease, exc: RateLimited) -> TaskStatus:
         """The provider refused for now: the quotas of the stage pause for every task that

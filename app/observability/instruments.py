@@ -20,9 +20,11 @@ from app.lifecycle import ERROR, STAGE_BY_ACTIVE, TaskStatus
 from app.moves import Claim
 
 #: How a stage run ended: recorded (done state), failed (attempt spent, including a stage
-#: cancelled by its job's timeout), handed back (worker stopping, task put on hold) or lost
-#: (its lease was reaped or could not be renewed; the outcome was discarded).
-SUCCESS, FAILURE, HANDED_BACK, LOST = "success", "failure", "handed_back", "lost"
+#: cancelled by its job's timeout), handed back (worker stopping, task put on hold), rate
+#: limited (the provider said wait: handed back to wait, its quotas paused) or lost (its lease
+#: was reaped or could not be renewed; the outcome was discarded).
+SUCCESS, FAILURE, HANDED_BACK, RATE_LIMITED, LOST = (
+    "success", "failure", "handed_back", "rate_limited", "lost")
 
 #: From a simulated 0.2 s stage to a half-hour render.
 STAGE_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
@@ -35,7 +37,8 @@ CLAIMS = Counter("pipeline_claims_total",
 RETRIES = Counter("pipeline_retries_total",
                   "Claims that resume a failed stage from its error state.", ["stage"])
 HAND_BACKS = Counter("pipeline_hand_backs_total",
-                     "Stages handed back unfinished (no attempt spent).", ["stage"])
+                     "Stages handed back unfinished (no attempt spent): a stop, a hold, a"
+                     " provider's rate limit.", ["stage"])
 REAPS = Counter("pipeline_reaps_total",
                 "Tasks this worker's sweep took back after their lease expired, by the status"
                 " they were reaped from.", ["status"])
