@@ -6,12 +6,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from app.web import auth
-from app.web.api import actions, channels, reads, tasks
+from app.web.api.actions import router as actions
+from app.web.api.channels import router as channels
+from app.web.api.reads import router as reads
+from app.web.api.tasks import reads as task_reads
+from app.web.api.tasks import writes as task_writes
 from app.web.errors import RESPONSES
 
 router = APIRouter(responses=RESPONSES)
-router.include_router(reads.router, dependencies=[Depends(auth.require_read)])
-router.include_router(tasks.reads, dependencies=[Depends(auth.require_read)])
-router.include_router(tasks.writes, dependencies=[Depends(auth.require_write)])
-router.include_router(actions.router, dependencies=[Depends(auth.require_write)])
-router.include_router(channels.router, dependencies=[Depends(auth.require_write)])
+router.include_router(reads, dependencies=[Depends(auth.require_read)])
+router.include_router(task_reads, dependencies=[Depends(auth.require_read)])
+router.include_router(task_writes, dependencies=[Depends(auth.require_write)])
+router.include_router(actions, dependencies=[Depends(auth.require_write)])
+router.include_router(channels, dependencies=[Depends(auth.require_write)])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Query
@@ -45,7 +45,7 @@ async def list_tasks(
     search: Annotated[str | None, Query(description="titles containing it (any case)")] = None,
     page_id: Annotated[str | None, Query(description="the task of this Notion page")] = None,
     held: Annotated[bool, Query(description="only tasks on hold")] = False,
-    sort: Annotated[str, Query(pattern="^(oldest|newest)$")] = "oldest",
+    sort: Annotated[Literal["oldest", "newest"], Query()] = "oldest",
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     cursor: Annotated[str | None, Query(description="`next` of the page before")] = None,
 ) -> TaskPage:
