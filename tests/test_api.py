@@ -141,6 +141,17 @@ async def test_public_reads_open_the_reads_only(api: Api) -> None:
     assert (await task_row(api.sessions, task.id)).hold_by == "api"
 
 
+async def test_without_a_token_everything_is_open_on_loopback(api: Api) -> None:
+    _, (task,) = await channel_with(api.sessions, TaskStatus.queued)
+    server = await api.servers.start(API_TOKEN="")
+    assert server.token is None
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as anon:
+        assert (await anon.get(f"/api/tasks/{task.id}")).status_code == 200
+        held = await anon.post("/api/hold", json={"ids": [str(task.id)]})
+        assert held.status_code == 200, held.text
+    assert (await task_row(api.sessions, task.id)).hold_by == "api"
+
+
 # --- reads ----------------------------------------------------------------------------------
 
 
