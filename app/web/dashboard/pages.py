@@ -133,6 +133,6 @@ async def charts_page(viewer: Reader) -> Response:
 
 
 @router.get("/find")
-async def find(viewer: Reader, ref: str = "") -> Response:
-    """The header's search box: straight to the task page."""
-    return RedirectResponse(f"/tasks/{quote(ref.strip(), safe='')}", status_code=303)
+async def find(viewer: Reader, q: str = "") -> Response:
+    """The header's search box: straight to the task page of the id, prefix or page id."""
+    return RedirectResponse(f"/tasks/{quote(q.strip(), safe='')}", status_code=303)
