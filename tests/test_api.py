@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.config import Settings
-from app.db import make_engine, make_sessionmaker
+from app.db import make_engine, make_sessionmaker, migrate
 from app.db.models import Channel, Task, TaskEvent
 from app.errors import BadTaskRef, TaskNotFound
 from app.lifecycle import TaskStatus
@@ -26,17 +27,19 @@ from tests import dbtools
 from tests.factories import make_channel, make_task
 from tests.webserver import TOKEN, Server, Web, web
 from tests.workerprocs import (
+    OwnServer,
     Sessions,
     Workers,
     db,
     drop_queue,
     eventually,
+    own_postgres,
     queue,
     status_of,
     workers,
 )
 
-__all__ = ["db", "queue", "web", "workers"]
+__all__ = ["db", "own_postgres", "queue", "web", "workers"]
 
 
 @dataclass
@@ -530,6 +533,34 @@ async def test_without_redis_writes_work_and_the_registry_says_so(api: Api) -> N
         assert listed.status_code == 503
         assert listed.json()["error"].startswith("the worker registry (Redis) cannot be read")
     assert "workers not woken" in server.process.text()
+
+
+async def test_database_gone_is_503_and_back_is_200(
+        own_postgres: OwnServer, redis_url: str, queue: str, tmp_path: Path) -> None:
+    """With PostgreSQL stopped a read answers 503 with Retry-After (JSON, no details); once it
+    is back the same server answers again."""
+    await migrate.upgrade(own_postgres.url)
+    servers = Web(tmp_path, {"DATABASE_URL": own_postgres.url, "REDIS_URL": redis_url,
+                             "QUEUE_NAME": queue})
+    try:
+        server = await servers.start()
+        async with httpx.AsyncClient(base_url=server.base_url, headers=server.headers(),
+                                     timeout=30) as client:
+            assert (await client.get("/api/tasks")).status_code == 200
+            own_postgres.stop()
+            gone = await client.get("/api/tasks")
+            assert (gone.status_code, gone.json()) == (503, {
+                "error": "the database is unavailable; try again shortly"})
+            assert gone.headers["retry-after"] == "5"
+            own_postgres.start()
+
+            async def back() -> bool:
+                return (await client.get("/api/stats")).status_code == 200
+
+            await eventually(back, timeout_s=30, what="answers once PostgreSQL is back")
+    finally:
+        servers.stop()
+    assert "database unavailable" in server.process.text()
 
 
 # --- the workers ----------------------------------------------------------------------------
