@@ -1,7 +1,9 @@
 """Refusals as HTTP: ``{"error": "<the CLI's one line>"}`` with the status that says why.
 
 404 for what does not exist, 409 for a move the lifecycle refuses now, 422 for bad input
-(FastAPI's validation errors reshaped to name the field), 401 without the right token.
+(FastAPI's validation errors reshaped to name the field), 401 without the right token, 503
+when the database or the worker registry cannot be reached; any other refusal of the service
+layer is 400. The status is decided here, from the error's type, never by a route.
 """
 
 from __future__ import annotations
