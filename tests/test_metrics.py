@@ -11,14 +11,20 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db.models import Channel, Task
+from app.errors import NotionUnavailable
 from app.execution import registry
 from app.lifecycle import STAGES, TaskStatus
 from app.services import claims, holds
+from tests.notion_fake import FakeNotion
+from tests.test_sync import make_world
 from tests.webserver import Web, free_port, web
 from tests.workerprocs import (
     Sessions,
@@ -222,3 +228,29 @@ async def test_a_workers_endpoint_counts_hand_backs_and_reaps(
     assert named(samples, "pipeline_reaps_total") == {
         frozenset({("status", "generating_video")}): 1}
     assert value(samples, "pipeline_claims_total", stage="video") == 1
+
+
+def _counted(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_sync_rounds_and_notion_errors_are_counted(
+    notion: FakeNotion, pg_sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Against the fake Notion: a round with a bad page, then an outage. (Counted in this
+    process's registry, which a worker serves on ``METRICS_PORT``.)"""
+    world = await make_world(notion, pg_sessions)
+    kinds = ("bad", "refused", "push_failed", "unavailable")
+    outcomes = ("ok", "unavailable", "misconfigured", "failed")
+    errors = {kind: _counted("pipeline_notion_errors_total", kind=kind) for kind in kinds}
+    rounds = {o: _counted("pipeline_sync_rounds_total", outcome=o) for o in outcomes}
+    world.page("Good", "Queued")
+    world.page("")                                  # no title: refused as input
+    assert (await world.sync()).bad == 1
+    notion.fail_next(1, 500, path_contains="/query")
+    with pytest.raises(NotionUnavailable):
+        await world.sync()
+    assert {kind: _counted("pipeline_notion_errors_total", kind=kind) - errors[kind]
+            for kind in kinds} == {"bad": 1, "refused": 0, "push_failed": 0, "unavailable": 1}
+    assert {o: _counted("pipeline_sync_rounds_total", outcome=o) - rounds[o]
+            for o in outcomes} == {"ok": 1, "unavailable": 1, "misconfigured": 0, "failed": 0}
