@@ -250,6 +250,7 @@ async def test_a_task_by_id_prefix_or_page_id_with_history_and_artefacts(api: Ap
         assert body["id"] == str(task.id)
     assert body["artifacts"] == {"assets": {"uri": "sim://a"}}
     assert body["error_log"] == "first line\nsecond line"
+    assert body["quota_slot_at"] is None
     assert [(e["to_status"], e["actor"]) for e in body["events"]] == [
         ("video_ready", "worker-1")]
 
@@ -270,6 +271,7 @@ async def test_stats_and_channels(api: Api) -> None:
     assert stats["runnable"] >= 2 and stats["queued"] >= 2
     assert stats["oldest_queued_age_seconds"] >= 290
     assert set(stats["errors"]) == {"retrying", "next_retry_at", "out_of_attempts"}
+    assert stats["next_slot_at"] is None
     listed = {c["channel_id"]: c for c in (await api.client.get("/api/channels")).json()}
     assert listed[channel.channel_id]["is_active"] is True
     assert listed[channel.channel_id]["runnable"] == 2

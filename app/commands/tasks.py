@@ -56,7 +56,7 @@ async def show(ctx: Context, args: argparse.Namespace) -> int:
         task = await tasks.get_task(session, await tasks.find_task(session, args.task_id))
         events = await tasks.history(session, task.id)
         channel = await session.get(Channel, task.channel_id)
-        quota = await _quota_slot(session, task)
+        quota = await quota_slot(session, task)
     assert channel is not None    # tasks.channel_id is a NOT NULL foreign key
     detail = TaskInDB.model_validate(task).model_dump(mode="json")
     history = [TaskEventResponse.model_validate(e).model_dump(mode="json") for e in events]
@@ -82,7 +82,7 @@ def _hold(task: Task) -> str | None:
     return f"since {_when(task.hold_since)} by {task.hold_by}{why} (pipeline release)"
 
 
-async def _quota_slot(session: AsyncSession, task: Task) -> datetime | None:
+async def quota_slot(session: AsyncSession, task: Task) -> datetime | None:
     """When the task's next stage can start, if a quota (or a provider's pause) holds it back
     now; None otherwise (or when it does not wait for a claim)."""
     waiting = task.status in claims.WAITING or task.status in lifecycle.ERROR or (

@@ -81,6 +81,8 @@ class TaskDetail(TaskItem):
     """A task with its artefacts (``artifacts``, by stage) and its history, oldest first."""
 
     events: list[TaskEventResponse]
+    #: When its next stage can start, if a quota holds it back now.
+    quota_slot_at: datetime | None = None
 
 
 class ChannelStatusCounts(BaseModel):
@@ -101,6 +103,8 @@ class StatsBody(BaseModel):
     by_channel: dict[str, dict[str, int]]
     runnable: int
     blocked: dict[str, int]
+    #: When a quota blocking work now frees its next slot (null: no quota blocks anything).
+    next_slot_at: datetime | None = None
     queued: int
     oldest_queued_age_seconds: float | None
     errors: ErrorsSummary

@@ -26,7 +26,8 @@ async def get_stats(ctx: Ctx) -> StatsBody:
         by_status={s.value: n for s, n in found.by_status().items()},
         by_channel={c: {s.value: n for (ch, s), n in found.counts.items() if ch == c}
                     for c in found.channels()},
-        runnable=found.runnable, blocked=dict(found.blocked), queued=found.queued,
+        runnable=found.runnable, blocked=dict(found.blocked), next_slot_at=found.next_slot_at,
+        queued=found.queued,
         oldest_queued_age_seconds=(now - oldest).total_seconds() if oldest else None,
         errors=ErrorsSummary(retrying=found.retrying, next_retry_at=found.next_retry_at,
                              out_of_attempts=found.out_of_attempts))
