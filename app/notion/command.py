@@ -25,6 +25,7 @@ from app.execution import wakeups
 from app.notion import client
 from app.notion.client import Notion
 from app.notion.sync import SyncSummary, Wake, sync_loop, sync_once
+from app.observability import endpoint
 
 log = logging.getLogger("app.notion")
 
@@ -68,6 +69,7 @@ async def _loop(settings: Settings, sessions: async_sessionmaker[AsyncSession],
                 notion: Notion) -> int:
     stop = asyncio.Event()
     running = asyncio.get_running_loop()
+    endpoint.serve(settings.metrics_port)       # its rounds and Notion errors, as a worker's
     for sig in (signal.SIGTERM, signal.SIGINT):
         running.add_signal_handler(sig, stop.set)
     try:

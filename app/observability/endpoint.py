@@ -1,4 +1,5 @@
-"""A worker process's own Prometheus endpoint on ``METRICS_PORT``.
+"""A worker process's own Prometheus endpoint on ``METRICS_PORT`` (``pipeline sync-notion
+--loop`` serves its sync counters the same way).
 
 One endpoint per process, however many arq Workers it runs one after another (``pipeline
 worker`` replaces a Worker that lost Redis; each one's start-up calls ``serve`` again). Worker
@@ -14,7 +15,7 @@ import threading
 
 from prometheus_client import start_http_server
 
-log = logging.getLogger("workers")
+log = logging.getLogger("pipeline.metrics")
 
 _lock = threading.Lock()
 #: The port this process serves on, once it does (one endpoint per process).
