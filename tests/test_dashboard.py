@@ -8,12 +8,13 @@ page goes to ``tmp_path`` and to ``$TEST_ARTIFACTS_DIR`` (default ``.artifacts/s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -247,28 +248,30 @@ async def test_login_and_csrf_guard_every_page_and_form(
 
 
 async def test_one_poller_feeds_every_board_and_sends_changes_only() -> None:
-    """Three watchers cost one read per interval; an unchanged board is not sent again; the
-    poller stops when the last watcher leaves."""
+    """Three watchers and a burst of page views cost one read per interval; an unchanged board
+    is not sent again; the poller stops when the last watcher leaves."""
     reads: list[int] = []
     state = {"value": 1}
 
-    async def fetch() -> tuple[object, Callable[[], str]]:
+    async def read() -> int:
         reads.append(state["value"])
-        value = state["value"]
-        return value, lambda: f"board {value}"
+        await asyncio.sleep(0.01)
+        return state["value"]
 
-    poller = Poller(fetch, interval_s=0.05)
+    poller = Poller(read, facts=lambda v: v, render=lambda v: f"board {v}", interval_s=0.05)
     async with contextlib.AsyncExitStack() as stack:
         queues = [await stack.enter_async_context(poller.subscribe()) for _ in range(3)]
         assert [await q.get() for q in queues] == ["board 1"] * 3
+        before = len(reads)
+        views = await asyncio.gather(*(poller.latest(max_age_s=1) for _ in range(20)))
+        assert views == [1] * 20 and len(reads) <= before + 1
         await eventually(lambda: _true(len(reads) >= 4), timeout_s=5, what="four polls")
         assert all(q.empty() for q in queues)        # nothing changed, nothing sent
         state["value"] = 2
         assert [await q.get() for q in queues] == ["board 2"] * 3
         polls = len(reads)
         assert poller.polls == polls and poller.watching == 3
-    await eventually(lambda: _true(not poller.running), timeout_s=5,
-                     what="the poller to stop")
+    await eventually(lambda: _true(not poller.running), timeout_s=5, what="the poller to stop")
     assert len(reads) <= polls + 2
     await poller.stop()
 

@@ -13,9 +13,18 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
 
-from app.web.dashboard import actions, assets, login, pages, render, sessions, stream
+from app.web.dashboard import (
+    actions,
+    assets,
+    charts,
+    login,
+    pages,
+    render,
+    sessions,
+    stream,
+)
 from app.web.dashboard.context import Dashboard
-from app.web.dashboard.live import Poller
+from app.web.dashboard.live import SharedRead
 from app.web.state import WebState
 
 #: How often the live board is read while anyone watches it.
@@ -26,9 +35,9 @@ POLL_INTERVAL_S = 0.5
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     web: WebState = app.state.web
     templates = render.templates()
-    poller = Poller(stream.board_fetch(web, templates), interval_s=POLL_INTERVAL_S)
+    poller = stream.board_poller(web, templates, interval_s=POLL_INTERVAL_S)
     app.state.dashboard = Dashboard(sessions.signing_key(web.settings, secrets.token_bytes(32)),
-                                    templates, poller)
+                                    templates, poller, SharedRead(charts.reader(web.sessions)))
     try:
         yield
     finally:

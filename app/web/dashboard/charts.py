@@ -8,12 +8,15 @@ primary key, so the page costs the same at any table size. PostgreSQL only (perc
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app import moves
+from app.db import session_scope
 from app.db.models import TaskEvent
 from app.lifecycle import STAGES, TaskStatus
 
@@ -54,34 +57,31 @@ def _runs(since: datetime) -> sa.Subquery:
 
 
 async def stage_times(session: AsyncSession, *, now: datetime) -> list[StageTimes]:
-    """Every stage's figures over the hour before ``now``, in pipeline order."""
+    """Every stage's figures over the hour before ``now``, in pipeline order: one pass over
+    the window, grouped by stage (percentiles, runs, failures) and by stage and minute (runs
+    finished well)."""
     since = now - HOUR
     runs = _runs(since)
     seconds = sa.extract("epoch", runs.c.ended - runs.c.began)
-    ends = [s.done for s in STAGES] + [s.error for s in STAGES]
-    finished = sa.and_(runs.c.next.in_(ends), runs.c.ended.is_not(None))
-    by_status = {TaskStatus(r[0]): r for r in await session.execute(
-        sa.select(runs.c.status, sa.func.percentile_cont(0.5).within_group(seconds),
+    minute = sa.func.floor(sa.extract("epoch", runs.c.ended - since) / BUCKET_S).label("minute")
+    failed = runs.c.next.in_([s.error for s in STAGES])
+    rows = await session.execute(
+        sa.select(runs.c.status, minute, sa.func.percentile_cont(0.5).within_group(seconds),
                   sa.func.percentile_cont(0.95).within_group(seconds), sa.func.count(),
-                  sa.func.count().filter(runs.c.next.in_([s.error for s in STAGES])))
-        .where(runs.c.status.in_([s.active for s in STAGES]), finished)
-        .group_by(runs.c.status))}
-    minute = sa.func.floor(sa.extract("epoch", runs.c.ended - since) / BUCKET_S)
+                  sa.func.count().filter(failed))
+        .where(runs.c.status.in_([s.active for s in STAGES]), runs.c.ended.is_not(None),
+               runs.c.next.in_([s.done for s in STAGES] + [s.error for s in STAGES]))
+        .group_by(sa.func.grouping_sets(sa.tuple_(runs.c.status),
+                                        sa.tuple_(runs.c.status, minute))))
+    overall: dict[TaskStatus, tuple[float | None, float | None, int, int]] = {}
     per_minute: dict[TaskStatus, list[int]] = {s.active: [0] * BUCKETS for s in STAGES}
-    for status, bucket, n in await session.execute(
-            sa.select(runs.c.status, minute, sa.func.count())
-            .where(runs.c.status.in_([s.active for s in STAGES]),
-                   runs.c.next.in_([s.done for s in STAGES]), runs.c.ended.is_not(None))
-            .group_by(runs.c.status, minute)):
-        if 0 <= int(bucket) < BUCKETS:
-            per_minute[TaskStatus(status)][int(bucket)] += int(n)
-    found = []
-    for stage in STAGES:
-        row = by_status.get(stage.active)
-        found.append(StageTimes(stage.name, _float(row[1]) if row else None,
-                                _float(row[2]) if row else None, int(row[3]) if row else 0,
-                                int(row[4]) if row else 0, per_minute[stage.active]))
-    return found
+    for status, bucket, p50, p95, n, errors in rows:
+        if bucket is None:
+            overall[TaskStatus(status)] = (_float(p50), _float(p95), int(n), int(errors))
+        elif 0 <= int(bucket) < BUCKETS:
+            per_minute[TaskStatus(status)][int(bucket)] += int(n) - int(errors)
+    return [StageTimes(st.name, *overall.get(st.active, (None, None, 0, 0)),
+                       per_minute[st.active]) for st in STAGES]
 
 
 def _float(value: object) -> float | None:
@@ -123,3 +123,24 @@ def spark_points(per_minute: list[int]) -> list[tuple[float, float, float]]:
     top = max(per_minute, default=0) or 1
     step = (WIDTH - LABEL_W - 150) / max(len(per_minute), 1)
     return [(i * step, SPARK_H * n / top, max(step - 1, 1)) for i, n in enumerate(per_minute)]
+
+
+@dataclass(frozen=True)
+class Charts:
+    """The charts' figures and when they were read (None: the database is not PostgreSQL)."""
+
+    at: datetime
+    times: list[StageTimes] | None
+
+
+def reader(sessions: async_sessionmaker[AsyncSession]) -> Callable[[], Awaitable[Charts]]:
+    """A read of the charts' figures, for a ``SharedRead`` (they cover an hour: a reading a
+    few seconds old is as good as a new one, and a page view need not cost one)."""
+    async def read() -> Charts:
+        now = moves.utcnow()
+        async with session_scope(sessions) as session:
+            if session.get_bind().dialect.name != "postgresql":
+                return Charts(now, None)
+            return Charts(now, await stage_times(session, now=now))
+
+    return read

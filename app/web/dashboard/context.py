@@ -13,7 +13,9 @@ from fastapi.templating import Jinja2Templates
 
 from app.commands.context import Context
 from app.web.dashboard import sessions
-from app.web.dashboard.live import Poller
+from app.web.dashboard.board import BoardView
+from app.web.dashboard.charts import Charts
+from app.web.dashboard.live import Poller, SharedRead
 from app.web.dashboard.sessions import Session
 from app.web.state import WebState, web_state
 
@@ -34,7 +36,8 @@ SECURITY_HEADERS = {
 class Dashboard:
     key: bytes
     templates: Jinja2Templates
-    poller: Poller
+    poller: Poller[BoardView]
+    charts: SharedRead[Charts]
 
 
 @dataclass

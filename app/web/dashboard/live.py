@@ -1,31 +1,66 @@
-"""The live board's one poller per server process: it reads the board every ``interval_s``
-while anyone watches, and hands each change to every subscriber. A thousand open boards cost
-the database what one does; an idle server (nobody watching) costs it nothing."""
+"""The board's one reader per server process: it reads the board every ``interval_s`` while
+anyone watches it live, hands each change to every subscriber, and lends its latest reading to
+page views. A thousand open boards cost the database what one does; an idle server (nobody
+watching, no page views) costs it nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Generic, TypeVar
 
 log = logging.getLogger("pipeline.web")
-
-#: What one poll returns: a value equal between polls when nothing changed, and the rendering
-#: of the board (called only when it did).
-Fetch = Callable[[], Awaitable[tuple[object, Callable[[], str]]]]
+V = TypeVar("V")
 
 
-class Poller:
-    def __init__(self, fetch: Fetch, *, interval_s: float) -> None:
-        self._fetch = fetch
+class SharedRead(Generic[V]):
+    """A read shared by every caller: its last result is lent while it is fresh enough, and
+    callers arriving during a read wait for that one (one read at a time)."""
+
+    def __init__(self, read: Callable[[], Awaitable[V]]) -> None:
+        self._read = read
+        self._lock = asyncio.Lock()
+        self._value: tuple[float, V] | None = None
+        #: Reads made so far.
+        self.reads = 0
+
+    async def latest(self, *, max_age_s: float) -> V:
+        """The value read at most ``max_age_s`` ago, reading it again when it is older."""
+        fresh = self._fresh(max_age_s)
+        if fresh is not None:
+            return fresh
+        async with self._lock:
+            fresh = self._fresh(max_age_s)
+            if fresh is not None:
+                return fresh
+            self.reads += 1
+            value = await self._read()
+            self._value = (time.monotonic(), value)
+            return value
+
+    def _fresh(self, max_age_s: float) -> V | None:
+        if self._value is None or time.monotonic() - self._value[0] > max_age_s:
+            return None
+        return self._value[1]
+
+
+class Poller(Generic[V]):
+    """``read`` gives the board; ``facts`` what must differ for it to count as changed (not
+    its clock); ``render`` its HTML, made once per change for every subscriber."""
+
+    def __init__(self, read: Callable[[], Awaitable[V]], *, facts: Callable[[V], object],
+                 render: Callable[[V], str], interval_s: float) -> None:
+        self._board = SharedRead(read)
+        self._facts = facts
+        self._render = render
         self.interval_s = interval_s
         self._subscribers: set[asyncio.Queue[str]] = set()
         self._task: asyncio.Task[None] | None = None
         self._key: object = None
         self._latest: str | None = None
-        #: Polls made so far (what the server spends on live boards).
-        self.polls = 0
 
     @property
     def watching(self) -> int:
@@ -35,6 +70,15 @@ class Poller:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    @property
+    def polls(self) -> int:
+        """Reads of the board so far (what the server spends on boards)."""
+        return self._board.reads
+
+    async def latest(self, *, max_age_s: float) -> V:
+        """The board read at most ``max_age_s`` ago (``SharedRead.latest``)."""
+        return await self._board.latest(max_age_s=max_age_s)
+
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[asyncio.Queue[str]]:
         """A queue that always holds the newest board not yet taken (older ones are dropped:
@@ -43,7 +87,7 @@ class Poller:
         if self._latest is not None:
             queue.put_nowait(self._latest)
         self._subscribers.add(queue)
-        if self._task is None or self._task.done():
+        if not self.running:
             self._task = asyncio.create_task(self._run(), name="dashboard-poller")
         try:
             yield queue
@@ -66,15 +110,15 @@ class Poller:
         self._key, self._latest = None, None
 
     async def _poll_once(self) -> None:
-        self.polls += 1
         try:
-            key, render = await self._fetch()
+            view = await self.latest(max_age_s=self.interval_s / 2)
         except Exception:       # the database away for a moment: the board waits for it
-            log.warning("live board: poll failed", exc_info=True)
+            log.warning("live board: read failed", exc_info=True)
             return
+        key = self._facts(view)
         if key == self._key and self._latest is not None:
             return
-        self._key, self._latest = key, render()
+        self._key, self._latest = key, self._render(view)
         for queue in list(self._subscribers):
             if queue.full():
                 queue.get_nowait()

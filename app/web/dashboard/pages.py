@@ -19,10 +19,16 @@ from app.errors import AmbiguousTask, BadTaskRef, PipelineError, TaskNotFound
 from app.execution import registry, wakeups
 from app.lifecycle import ERROR, GATES
 from app.services import tasks, transitions
-from app.web.dashboard import board, charts
+from app.web.dashboard import charts
 from app.web.dashboard.context import Viewer, reader
 
 router = APIRouter(include_in_schema=False)
+#: A board page shows the process's latest reading of the board when it is this fresh (it is
+#: refreshed every half second while anyone watches live), so page views cost no more reads
+#: than watchers do.
+BOARD_MAX_AGE_S = 1.0
+#: The charts cover the last hour: a reading this old is shown as it is.
+CHARTS_MAX_AGE_S = 10.0
 #: Tasks listed per gate on the review page, and held tasks on the workers page.
 PAGE_SIZE = 100
 
@@ -38,9 +44,7 @@ def status_code(error: PipelineError) -> int:
 
 @router.get("/")
 async def board_page(viewer: Reader) -> Response:
-    web = viewer.web
-    async with session_scope(web.sessions) as session:
-        view = await board.collect(session, now=moves.utcnow(), lease_s=web.settings.lease_s)
+    view = await viewer.dashboard.poller.latest(max_age_s=BOARD_MAX_AGE_S)
     return viewer.page("board.html", view=view, now=view.summary.at, nav="board")
 
 
@@ -123,13 +127,11 @@ async def workers_page(viewer: Reader) -> Response:
 
 @router.get("/charts")
 async def charts_page(viewer: Reader) -> Response:
-    now = moves.utcnow()
-    async with session_scope(viewer.web.sessions) as session:
-        if session.get_bind().dialect.name != "postgresql":
-            return viewer.error("the charts need PostgreSQL", 501)
-        times = await charts.stage_times(session, now=now)
-    return viewer.page("charts.html", times=times, bars=charts.duration_bars(times),
-                       spark=charts.spark_points, geometry=charts, now=now, nav="charts")
+    found = await viewer.dashboard.charts.latest(max_age_s=CHARTS_MAX_AGE_S)
+    if found.times is None:
+        return viewer.error("the charts need PostgreSQL", 501)
+    return viewer.page("charts.html", times=found.times, bars=charts.duration_bars(found.times),
+                       spark=charts.spark_points, geometry=charts, now=found.at, nav="charts")
 
 
 @router.get("/find")

@@ -4,7 +4,7 @@ board's HTML, rendered once for all of them."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -15,7 +15,7 @@ from app import moves
 from app.db import session_scope
 from app.web.dashboard import board
 from app.web.dashboard.context import Viewer, reader
-from app.web.dashboard.live import Fetch
+from app.web.dashboard.live import Poller
 from app.web.state import WebState
 
 router = APIRouter(include_in_schema=False)
@@ -23,19 +23,26 @@ router = APIRouter(include_in_schema=False)
 PING_S = 15
 
 
-def board_fetch(web: WebState, templates: Jinja2Templates) -> Fetch:
-    """One poll of the board: its facts (equal while nothing moved) and their rendering."""
+def board_poller(web: WebState, templates: Jinja2Templates, *,
+                 interval_s: float) -> Poller[board.BoardView]:
+    """The process's board reader: one snapshot of the board per read, rendered as the board
+    page's live part."""
     fragment = templates.env.get_template("_board.html")
 
-    async def fetch() -> tuple[object, Callable[[], str]]:
+    async def read() -> board.BoardView:
         async with session_scope(web.sessions) as session:
-            view = await board.collect(session, now=moves.utcnow(), lease_s=web.settings.lease_s)
-        summary = view.summary
-        facts = (summary.stages, summary.channels, summary.gates, summary.found, view.channels,
-                 view.attention)
-        return facts, lambda: fragment.render(view=view, now=summary.at)
+            return await board.collect(session, now=moves.utcnow(),
+                                       lease_s=web.settings.lease_s)
 
-    return fetch
+    def facts(view: board.BoardView) -> object:
+        summary = view.summary
+        return (summary.stages, summary.channels, summary.gates, summary.found, view.channels,
+                view.attention)
+
+    def render(view: board.BoardView) -> str:
+        return fragment.render(view=view, now=view.summary.at)
+
+    return Poller(read, facts=facts, render=render, interval_s=interval_s)
 
 
 @router.get("/events")
