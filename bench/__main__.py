@@ -45,6 +45,8 @@ def parse(argv: list[str] | None = None) -> Options | web.WebOptions:
                         help=f"channels the queued tasks are spread over ({data.CHANNELS})")
     parser.add_argument("--procs", type=int, default=1,
                         help="spread the claimers over this many processes (1)")
+    parser.add_argument("--quotas", action="store_true",
+                        help="claim with quotas configured (none spent; see bench/run.py)")
     parser.add_argument("--no-workers", dest="workers", action="store_false",
                         help="skip pickup, rescue and pipeline (worker processes)")
     parser.add_argument("--web", action="store_true",
@@ -64,9 +66,9 @@ def parse(argv: list[str] | None = None) -> Options | web.WebOptions:
     if args.quick:
         return Options(datasets, args.claimers, args.claims or 300, args.rounds or 2,
                        args.channels, args.procs, args.workers, pickup_tasks=15, sweep_tasks=8,
-                       rescue_trials=2, pipeline_tasks=100)
+                       rescue_trials=2, pipeline_tasks=100, quotas=args.quotas)
     return Options(datasets, args.claimers, args.claims or 1000, args.rounds or 3,
-                   args.channels, args.procs, args.workers)
+                   args.channels, args.procs, args.workers, quotas=args.quotas)
 
 
 async def main(options: Options | web.WebOptions) -> int:

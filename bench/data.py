@@ -115,6 +115,7 @@ class Loader:
             "WITH d AS (DELETE FROM tasks WHERE status = $1 RETURNING 1) SELECT count(*) FROM d",
             MOVED_TO)
         await self.add_tasks(int(moved))
+        await self.conn.execute("DELETE FROM quota_usage")   # each cell's quotas start unspent
         await vacuum(self.conn)
         return int(moved)
 

@@ -50,6 +50,14 @@ class Options:
     rescue_sweep_s: float = 1.0
     pipeline_tasks: int = 200
     pipeline_workers: tuple[int, ...] = (1, 2, 4)
+    #: Claim with quotas configured (``QUOTAS``), none of them spent.
+    quotas: bool = False
+
+
+#: The quotas of ``--quotas``: one every claim here counts against (the first stage, per
+#: channel), and two it does not (the ranking still reads every channel's buckets).
+QUOTAS = (("assets", True, 1_000_000, 3600), ("upload", True, 6, 86_400),
+          ("video", False, 30, 3600))
 
 
 @dataclass
@@ -100,6 +108,9 @@ async def _claims(report: Report, dataset: Dataset, url: str) -> None:
         if dataset.finished:
             await loader.add_tasks(dataset.finished, "published", label="loading published")
         await loader.add_tasks(dataset.queued, label="loading queued")
+        if options.quotas:
+            await conn.executemany("INSERT INTO quotas (stage, per_channel, max_starts, window_s)"
+                                   " VALUES ($1, $2, $3, $4)", QUOTAS)
         await conn.execute(claimers.BASELINE_INDEX)
         await data.vacuum(conn)
         await data.checkpoint(conn)

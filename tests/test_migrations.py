@@ -322,9 +322,9 @@ GOLDEN = {
         "sqlite downgrade": "145a5cc12df0e6a0",
     },
     "0008_quotas": {
-        "postgresql upgrade": "ce064cc7e55bcdbf",
-        "postgresql downgrade": "ec7938f60f294c5e",
-        "sqlite upgrade": "5d2be1eda0d36322",
+        "postgresql upgrade": "a252285bce81b029",
+        "postgresql downgrade": "2cd42f30e33466ce",
+        "sqlite upgrade": "fa8075db5d70d2aa",
         "sqlite downgrade": "e154bd938d7bbc28",
     },
 }

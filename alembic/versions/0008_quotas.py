@@ -6,8 +6,8 @@ Create Date: 2026-12-05
 
 - ``quotas``: a stage (or ``*``, every stage), per channel or shared, at most ``max_starts``
   starts in any rolling ``window_s`` seconds.
-- ``quota_usage``: each quota's buckets (per channel, or the shared one): the starts still in
-  the window, and a pause a provider asked for.
+- ``quota_usage``: each quota's buckets (per channel, or the shared one): its newest starts
+  (at most the limit), a pause a provider asked for, and when it frees if it is spent.
 - The claim passes over work whose quota is spent and counts each start under the buckets'
   locks (``app.db.ddl.claim_task``); a stage handed back with a time (``retry_at``) waits for
   it. Revision 0007's claim is frozen as ``claim_task_0007``.
@@ -129,14 +129,17 @@ def upgrade() -> None:
     )
     op.create_table(
         "quota_usage",
-        sa.Column("quota_id", sa.Integer(), nullable=False),
         sa.Column("channel_id", sa.Uuid(), nullable=False),
+        sa.Column("quota_id", sa.Integer(), nullable=False),
+        sa.Column("stage", sa.String(32), nullable=False),
         sa.Column("starts", TIMES, nullable=False, server_default="{}"),
         sa.Column("paused_until", sa.DateTime(timezone=True), nullable=True),
-        sa.PrimaryKeyConstraint("quota_id", "channel_id", name="pk_quota_usage"),
+        sa.Column("blocked_until", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("channel_id", "quota_id", name="pk_quota_usage"),
         sa.ForeignKeyConstraint(["quota_id"], ["quotas.id"], ondelete="CASCADE",
                                 name="fk_quota_usage_quota_id_quotas"),
     )
+    op.create_index("ix_quota_usage_blocked_until", "quota_usage", ["blocked_until"])
     if is_pg:
         for statement in claim_task.render_quotas(TARGETS, STAGE_OF):
             op.execute(statement)

@@ -293,14 +293,19 @@ class Quota(Base):
 
 
 class QuotaUsage(Base):
-    """One bucket of a quota (a channel's, or the shared one: ``claim_task.SHARED``): the starts
-    still in its window, oldest first, and a pause a provider asked for (``RateLimited``)."""
+    """One bucket of a quota (a channel's, or the shared one: ``claim_task.SHARED``): its newest
+    starts (at most the quota's limit, oldest first), a pause a provider asked for
+    (``RateLimited``), and when the bucket frees if it is spent or paused now (``blocked_until``,
+    written with every start: what claims and ``stats`` read)."""
 
     __tablename__ = "quota_usage"
 
+    channel_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     quota_id: Mapped[int] = mapped_column(
         sa.Integer, sa.ForeignKey("quotas.id", ondelete="CASCADE"), primary_key=True)
-    channel_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    #: The quota's stage (a quota's stage never changes), so blocks are read without a join.
+    stage: Mapped[str] = mapped_column(sa.String(32), nullable=False)
     starts: Mapped[list[datetime]] = mapped_column(
         TimestampArray, nullable=False, server_default="{}", default=list)
     paused_until: Mapped[datetime | None] = mapped_column(Timestamp)
+    blocked_until: Mapped[datetime | None] = mapped_column(Timestamp, index=True)

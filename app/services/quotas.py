@@ -87,6 +87,10 @@ async def set_quota(session: AsyncSession, *, stage: str, per_channel: bool, max
     if old is not None:
         old.max_starts, old.window_s = max_starts, window_s
         await session.flush()
+        if session.get_bind().dialect.name == "postgresql":   # when its buckets free now
+            await session.execute(sa.text("SELECT quota_refresh(:id)"), {"id": old.id})
+            await session.execute(sa.select(QuotaUsage).where(QuotaUsage.quota_id == old.id)
+                                  .execution_options(populate_existing=True))
         return old, True
     quota = Quota(stage=stage, per_channel=per_channel, max_starts=max_starts, window_s=window_s)
     session.add(quota)
@@ -109,8 +113,9 @@ async def remove_quota(session: AsyncSession, *, stage: str, per_channel: bool) 
 
 
 async def buckets(session: AsyncSession) -> tuple[datetime, list[Bucket]]:
-    """Every bucket with starts or a pause, by the database's clock (the one the claim reads),
-    and that clock."""
+    """Every bucket, by the database's clock (the one the claim reads), and that clock. What is
+    spent is read from the row (``blocked_until``, written with each start); ``used`` counts the
+    starts in the window, for showing."""
     now = await session.scalar(sa.select(sa.func.clock_timestamp()))
     assert now is not None
     rows = (await session.execute(
@@ -119,15 +124,11 @@ async def buckets(session: AsyncSession) -> tuple[datetime, list[Bucket]]:
     found = []
     for quota, usage in rows:
         since = now - timedelta(seconds=quota.window_s)
-        starts = sorted(s for s in usage.starts if s > since)
+        used = sum(1 for start in usage.starts if start > since)
         paused = usage.paused_until if usage.paused_until and usage.paused_until > now else None
-        slot = None
-        if len(starts) >= quota.max_starts:
-            slot = starts[len(starts) - quota.max_starts] + timedelta(seconds=quota.window_s)
-        if paused is not None:
-            slot = max(slot or paused, paused)
+        slot = usage.blocked_until if usage.blocked_until and usage.blocked_until > now else None
         channel = None if usage.channel_id == SHARED_KEY else usage.channel_id
-        found.append(Bucket(quota, channel, len(starts), paused, slot))
+        found.append(Bucket(quota, channel, used, paused, slot))
     return now, found
 
 

@@ -54,16 +54,17 @@ stage of its error kind when the row names none. Nothing here reads ``task_event
 
 **Quotas** (``quotas``: a stage or every stage, per channel or shared, a limit of starts in a
 rolling window) are enforced here too. The ranking and the probes pass over work whose stage's
-quota is spent or paused (``quota_spent``, from the buckets' rows), so the claim takes the next
-claimable task in fair order and a spent quota stalls nothing else. The decision itself is
-serialised like the channel cap, never taken from a snapshot: ``quota_take`` locks the buckets
-the stage counts against (``quota_usage``, in a fixed order), counts the starts still in their
-windows and records this start, stamped with the clock after the locks; the claim's events carry
-the same stamp, so the history replays every window exactly. A claim that finds the quota spent
-after all takes nothing (a pick-up gives its turn back and picks again without that channel).
-Every claim into an active state counts as a start of its stage, a stage taken over included (it
-calls its provider again). A stage handed back with a time (``retry_at``: a provider's rate
-limit) is not claimed before it.
+quota is spent or paused (``quota_blocks``, read from the buckets' rows once per call), so the
+claim takes the next claimable task in fair order and a spent quota stalls nothing else. The
+decision itself is serialised like the channel cap, never taken from a snapshot: ``quota_take``
+locks the buckets the stage counts against (``quota_usage``, in a fixed order), checks when each
+frees (a bucket keeps its newest ``max_starts`` starts and ``blocked_until``, the oldest of them
+plus the window) and records this start, stamped with the clock after the locks; the claim's
+events carry the same stamp, so the history replays every window exactly. A claim that finds
+the quota spent after all takes nothing (a pick-up gives its turn back and picks again without
+that channel). Every claim into an active state counts as a start of its stage, a stage taken
+over included (it calls its provider again). A stage handed back with a time (``retry_at``: a
+provider's rate limit) is not claimed before it.
 
 A task on hold (``tasks.hold_since`` set by an operator) is never claimed, whatever its state:
 every probe leaves it out, and so do both claim indexes, so a thousand held rows cost a claim
@@ -104,8 +105,10 @@ QUEUED_PREDICATE = f"status = 'queued' AND {NOT_ON_HOLD}"
 Targets = Mapping[tuple[str, str | None, bool], str]
 #: The stage a claim starts: ``task_stage(status, failed_stage)``.
 TASK_STAGE = "task_stage"
-#: The stages whose quota is spent or paused for a channel: ``quota_spent(channel)``.
-QUOTA_SPENT = "quota_spent"
+#: The buckets spent or paused now, one row per stage they hold back: ``quota_blocks()``.
+QUOTA_BLOCKS = "quota_blocks"
+#: Recomputes a quota's buckets after its limit or window changed: ``quota_refresh(quota)``.
+QUOTA_REFRESH = "quota_refresh"
 #: Checks and records one start of a stage: ``quota_take(channel, stage)``.
 QUOTA_TAKE = "quota_take"
 #: Pauses a stage's quotas: ``quota_pause(channel, stage, seconds)``.
@@ -186,9 +189,16 @@ def _head(channel: str, other: str, *, first: str, spent: str, seen: str = "",
 
 
 def _spent(channel: str) -> str:
-    """The stages spent for ``channel`` (none without quotas: no look-up at all)."""
-    return (f"CASE WHEN quotas_on THEN {QUOTA_SPENT}({channel})"
-            " ELSE '{}'::text[] END")
+    """The stages spent for ``channel``, from the blocks read once per call (``blocked``)."""
+    return ("CASE WHEN cardinality(blk_ch) = 0 THEN '{}'::text[] ELSE ARRAY(SELECT b.st"
+            f" FROM unnest(blk_ch, blk_st) b (ch, st) WHERE b.ch IN ({channel}, '{SHARED}'))"
+            " END")
+
+
+def _blocks() -> str:
+    """Read the buckets spent or paused now into ``blk_ch`` and ``blk_st`` (usually none)."""
+    return ("SELECT coalesce(array_agg(b.channel), '{}'), coalesce(array_agg(b.stage), '{}')"
+            f" INTO blk_ch, blk_st FROM {QUOTA_BLOCKS}() b;")
 
 
 def _ranking(starts: str, errors: str, active: str, first: str) -> str:
@@ -288,8 +298,10 @@ DECLARE
   keep_ids uuid[];
   keep_ats timestamptz[];
   turnstile boolean := false;
-  quotas_on boolean := EXISTS (SELECT 1 FROM quotas);
+  blk_ch uuid[];
+  blk_st text[];
 BEGIN
+  {_blocks()}
   IF p_commit THEN
     -- Alone in its transaction: the lock lasts through the (asynchronous) commit, so the next
     -- decision sees this one.
@@ -347,7 +359,10 @@ DECLARE
   quotas_on boolean := EXISTS (SELECT 1 FROM quotas);
   spent text[] := '{{}}';
   stamp timestamptz;
+  blk_ch uuid[];
+  blk_st text[];
 BEGIN
+  {_blocks()}
   FOR attempt_no IN 1..8 LOOP
     want := p_task;
     IF p_task IS NULL AND p_channel IS NULL THEN
@@ -515,56 +530,58 @@ def _stage_case(targets: Targets, stage_of: Mapping[str, str]) -> str:
     return "CASE p_status::text\n" + "\n".join(whens) + "\n  END"
 
 
-def _buckets(stage: str | None) -> str:
-    """The buckets of ``p_channel`` (``u``, with its quota ``q``): those a start of ``stage``
-    counts against, or every one."""
-    counts = f"q.stage IN ({stage}, '{EVERY_STAGE}') AND " if stage else ""
-    return (f"quota_usage u JOIN quotas q ON q.id = u.quota_id WHERE {counts}u.channel_id ="
+def _buckets(stage: str) -> str:
+    """The buckets of ``p_channel`` a start of ``stage`` counts against (``u``, with its quota
+    ``q``)."""
+    return (f"quota_usage u JOIN quotas q ON q.id = u.quota_id WHERE q.stage IN ({stage},"
+            f" '{EVERY_STAGE}') AND u.channel_id ="
             f" CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END")
 
 
-def _ensure() -> str:
-    """Create the buckets of ``p_channel`` a start of ``p_stage`` counts against, if missing."""
-    return ("INSERT INTO quota_usage (quota_id, channel_id)"
-            f" SELECT q.id, CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END"
-            f" FROM quotas q WHERE q.stage IN (p_stage, '{EVERY_STAGE}')"
-            " ON CONFLICT DO NOTHING;")
+def _lock(stage: str) -> str:
+    """Create the buckets if missing, then lock them in one order (no two claims deadlock)."""
+    return ("INSERT INTO quota_usage (channel_id, quota_id, stage)"
+            f" SELECT CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END, q.id,"
+            f" q.stage FROM quotas q WHERE q.stage IN ({stage}, '{EVERY_STAGE}')"
+            " ON CONFLICT DO NOTHING;\n"
+            f"  PERFORM 1 FROM {_buckets(stage)} ORDER BY u.channel_id, u.quota_id"
+            " FOR UPDATE OF u;")
 
 
-def _window(at: str) -> str:
-    return f"{at} - make_interval(secs => q.window_s)"
+def _blocked_until(starts: str) -> str:
+    """When a bucket whose newest starts are ``starts`` frees: the ``max_starts``-th newest start
+    plus the window (null: not spent), or its pause if later. A bucket keeps only its newest
+    ``max_starts`` starts, so checking one is one comparison."""
+    return (f"greatest(u.paused_until, CASE WHEN cardinality({starts}) >= q.max_starts"
+            f" THEN ({starts})[cardinality({starts}) - q.max_starts + 1]"
+            " + make_interval(secs => q.window_s) END)")
 
 
 def render_quotas(targets: Targets, stage_of: Mapping[str, str]) -> list[str]:
     """The quota functions, from frozen lifecycle data: ``targets`` and the stage of each state a
     claim moves into (``stage_of``)."""
     every = ", ".join(f"'{name}'" for name in dict.fromkeys(stage_of.values()))
-    spent = f"""CREATE FUNCTION {QUOTA_SPENT}(p_channel uuid) RETURNS text[]
+    blocks = f"""CREATE FUNCTION {QUOTA_BLOCKS}() RETURNS TABLE (channel uuid, stage text)
 LANGUAGE sql STABLE AS $$
-  SELECT coalesce(array_agg(DISTINCT st), '{{}}')
-  FROM (SELECT q.stage FROM {_buckets(None)}
-          AND (u.paused_until > clock_timestamp() OR q.max_starts <= (
-                SELECT count(*) FROM unnest(u.starts) s
-                WHERE s > {_window("clock_timestamp()")}))) b
-  CROSS JOIN LATERAL unnest(CASE WHEN b.stage = '{EVERY_STAGE}' THEN ARRAY[{every}]
-                                 ELSE ARRAY[b.stage] END) st
+  SELECT u.channel_id, st FROM quota_usage u
+  CROSS JOIN LATERAL unnest(CASE WHEN u.stage = '{EVERY_STAGE}' THEN ARRAY[{every}]
+                                 ELSE ARRAY[u.stage] END) st
+  WHERE u.blocked_until > clock_timestamp()
 $$"""
     take = f"""CREATE FUNCTION {QUOTA_TAKE}(p_channel uuid, p_stage text) RETURNS timestamptz
 LANGUAGE plpgsql AS $$
 DECLARE
   at timestamptz;
 BEGIN
-  -- The buckets, created on first use, locked in one order (no two claims deadlock).
-  {_ensure()}
-  PERFORM 1 FROM {_buckets("p_stage")} ORDER BY u.quota_id, u.channel_id FOR UPDATE OF u;
+  {_lock("p_stage")}
   at := clock_timestamp();
-  IF EXISTS (SELECT 1 FROM {_buckets("p_stage")} AND (u.paused_until > at OR q.max_starts <= (
-               SELECT count(*) FROM unnest(u.starts) s WHERE s > {_window("at")}))) THEN
+  IF EXISTS (SELECT 1 FROM {_buckets("p_stage")} AND u.blocked_until > at) THEN
     RETURN NULL;
   END IF;
-  -- This start recorded; the starts out of their window dropped.
-  UPDATE quota_usage u SET starts = ARRAY(SELECT s FROM unnest(u.starts) s
-                                          WHERE s > {_window("at")} ORDER BY s) || at
+  -- This start recorded (only the newest max_starts kept), and when each bucket frees.
+  UPDATE quota_usage u
+    SET starts = (u.starts || at)[greatest(cardinality(u.starts) + 2 - q.max_starts, 1):],
+        blocked_until = {_blocked_until("u.starts || at")}
     FROM quotas q WHERE q.id = u.quota_id AND q.stage IN (p_stage, '{EVERY_STAGE}')
       AND u.channel_id = CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END;
   RETURN at;
@@ -575,22 +592,27 @@ $$"""
 LANGUAGE plpgsql AS $$
 DECLARE
   n integer;
+  until timestamptz := clock_timestamp() + make_interval(secs => p_seconds);
 BEGIN
-  {_ensure()}
-  PERFORM 1 FROM {_buckets("p_stage")} ORDER BY u.quota_id, u.channel_id FOR UPDATE OF u;
-  UPDATE quota_usage u SET paused_until = greatest(
-      u.paused_until, clock_timestamp() + make_interval(secs => p_seconds))
+  {_lock("p_stage")}
+  UPDATE quota_usage u SET paused_until = greatest(u.paused_until, until),
+                           blocked_until = greatest(u.blocked_until, until)
     FROM quotas q WHERE q.id = u.quota_id AND q.stage IN (p_stage, '{EVERY_STAGE}')
       AND u.channel_id = CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END;
   GET DIAGNOSTICS n = ROW_COUNT;
   RETURN n;
 END
 $$"""
+    refresh = f"""CREATE FUNCTION {QUOTA_REFRESH}(p_quota integer) RETURNS void
+LANGUAGE sql AS $$
+  UPDATE quota_usage u SET blocked_until = {_blocked_until("u.starts")}
+    FROM quotas q WHERE q.id = u.quota_id AND q.id = p_quota
+$$"""
     stage = f"""CREATE FUNCTION {TASK_STAGE}(p_status taskstatus, p_failed text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
   SELECT {_stage_case(targets, stage_of)}
 $$"""
-    return [stage, spent, take, pause]
+    return [stage, blocks, take, pause, refresh]
 
 
 def drop() -> list[str]:
@@ -602,5 +624,6 @@ def drop() -> list[str]:
             f"DROP FUNCTION IF EXISTS {PICK}(timestamptz, boolean, uuid[])",
             f"DROP FUNCTION IF EXISTS {QUOTA_TAKE}(uuid, text)",
             f"DROP FUNCTION IF EXISTS {QUOTA_PAUSE}(uuid, text, double precision)",
-            f"DROP FUNCTION IF EXISTS {QUOTA_SPENT}(uuid)",
+            f"DROP FUNCTION IF EXISTS {QUOTA_BLOCKS}()",
+            f"DROP FUNCTION IF EXISTS {QUOTA_REFRESH}(integer)",
             f"DROP FUNCTION IF EXISTS {TASK_STAGE}(taskstatus, text)"]
