@@ -103,9 +103,12 @@ class Poller(Generic[V]):
                 await task
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._subscribers:
+            began = loop.time()
             await self._poll_once()
-            await asyncio.sleep(self.interval_s)
+            # A steady cadence: a change waits at most one interval plus one read.
+            await asyncio.sleep(max(0.0, began + self.interval_s - loop.time()))
         # Nobody watches: the next subscriber starts a fresh poller with a fresh first view.
         self._key, self._latest = None, None
 
