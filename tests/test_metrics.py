@@ -145,6 +145,34 @@ async def test_the_servers_metrics_are_the_rows_as_of_the_scrape(
     assert value(second, "pipeline_workers_live") == 0       # the record was retired
 
 
+async def test_the_live_boards_streams_and_reads_are_counted(web: Web) -> None:
+    """With public reads, ``/metrics`` and the live board need no token; an open board is one
+    watcher, until it is closed."""
+    server = await web.start(API_PUBLIC_READ="true")
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+
+        async def scraped() -> Samples:
+            answer = await http.get("/metrics")
+            assert answer.status_code == 200, answer.text
+            return parse(answer.text)
+
+        assert value(await scraped(), "pipeline_live_board_watchers") == 0
+        async with http.stream("GET", "/events") as stream:
+            lines = stream.aiter_lines()        # held: a dropped reader would close the stream
+            async for line in lines:
+                if line.startswith("event: board"):
+                    break                       # subscribed, and the board was read for it
+            samples = await scraped()
+            assert value(samples, "pipeline_live_board_watchers") == 1
+            reads = value(samples, "pipeline_live_board_reads_total")
+            assert reads is not None and reads >= 1
+
+        async def closed() -> bool:
+            return value(await scraped(), "pipeline_live_board_watchers") == 0
+
+        await eventually(closed, timeout_s=10, what="the closed board no longer watching")
+
+
 async def test_a_workers_endpoint_counts_its_stages_claims_and_retries(
     db: tuple[str, Sessions], workers: Workers,
 ) -> None:

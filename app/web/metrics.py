@@ -1,5 +1,5 @@
 """``/metrics`` in the Prometheus text format: the queue as of the scrape, and this web
-process's own request counters.
+process's own counters (requests, and the live board's streams and reads).
 
 The queue's figures (``app.observability.queue``) are read per scrape, two statements and one
 Redis scan, and never cached. The request counters are the app's own (one registry per app,
@@ -11,12 +11,15 @@ so the label set stays bounded. ``/metrics`` is a read: it needs the token unles
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import embedded
@@ -81,6 +84,32 @@ class _Measured:
                 self.metrics.record(scope, 500, time.perf_counter() - began)
 
 
+class _Watched(Protocol):
+    """What the live board's poller tells of itself (``app.web.dashboard.live.Poller``)."""
+
+    @property
+    def watching(self) -> int: ...
+
+    @property
+    def polls(self) -> int: ...
+
+
+class LiveBoardCollector(Collector):
+    """The live board's cost in this process: open streams, and reads of the board made for
+    them (one per interval however many watch)."""
+
+    def __init__(self, poller: _Watched) -> None:
+        self.poller = poller
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("pipeline_live_board_watchers",
+                                "Live boards (event streams) open on this web process.",
+                                value=self.poller.watching)
+        yield CounterMetricFamily("pipeline_live_board_reads",
+                                  "Reads of the board made for the live boards.",
+                                  value=self.poller.polls)
+
+
 def instrument(app: FastAPI) -> None:
     """Count the app's requests (call once, when the app is built)."""
     app.state.http_metrics = metrics = HttpMetrics()
@@ -100,6 +129,9 @@ async def scrape(request: Request,
     if own is not None:
         scraped.register(own.requests)
         scraped.register(own.latency)
+    dashboard = getattr(request.app.state, "dashboard", None)
+    if dashboard is not None:
+        scraped.register(LiveBoardCollector(dashboard.poller))
     # The format the scraper asks for: Prometheus text, or OpenMetrics.
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
     return Response(encode(scraped), headers={"Content-Type": content_type})
