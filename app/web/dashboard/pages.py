@@ -27,6 +27,8 @@ router = APIRouter(include_in_schema=False)
 #: refreshed every half second while anyone watches live), so page views cost no more reads
 #: than watchers do.
 BOARD_MAX_AGE_S = 1.0
+#: Events drawn on a task's timeline (the newest; ``pipeline show`` lists them all).
+HISTORY_SHOWN = 300
 #: The charts cover the last hour: a reading this old is shown as it is.
 CHARTS_MAX_AGE_S = 10.0
 #: Tasks listed per gate on the review page, and held tasks on the workers page.
@@ -78,7 +80,9 @@ async def task_page(viewer: Reader, ref: str, done: str | None = None) -> Respon
             history = await tasks.history(session, task.id)
     except PipelineError as exc:
         return viewer.error(str(exc), status_code(exc))
-    return viewer.page("task.html", task=task, channel=channel, history=history,
+    earlier = max(0, len(history) - HISTORY_SHOWN)
+    return viewer.page("task.html", task=task, channel=channel, history=history[earlier:],
+                       earlier=earlier,
                        now=moves.utcnow(), done=done, errored=task.status in ERROR,
                        can_hold=moves.can_hold(task.status), nav="")
 

@@ -12,6 +12,9 @@ from fastapi.templating import Jinja2Templates
 
 from app import moves
 
+#: Channels drawn on the board (in channel id order); the totals count every channel.
+CHANNELS_SHOWN = 50
+
 
 def age(then: datetime | None, now: datetime | None = None) -> str:
     """How long ago ``then`` was, in the two largest units (``3m 12s``, ``2h 05m``)."""
@@ -46,4 +49,5 @@ def templates() -> Jinja2Templates:
                              trim_blocks=True, lstrip_blocks=True)
     env.filters.update(age=age, when=when, iso=iso, as_json=as_json)
     env.globals["label"] = lambda text: str(text).replace("_", " ")
+    env.globals["channels_shown"] = CHANNELS_SHOWN
     return Jinja2Templates(env=env)
