@@ -15,16 +15,11 @@ from datetime import datetime
 from app.commands import tables
 from app.commands.context import Context
 from app.db import session_scope
-from app.db.ddl.claim_task import EVERY_STAGE
 from app.db.models import Quota
 from app.services import quotas
 from app.services.quotas import Bucket
 
 HEADERS = ("stage", "scope", "limit", "window", "busiest", "used", "spent until", "paused until")
-
-
-def _stage(name: str) -> str:
-    return "all" if name == EVERY_STAGE else name
 
 
 def _at(value: datetime | None) -> str | None:
@@ -38,9 +33,8 @@ async def set_(ctx: Context, args: argparse.Namespace) -> int:
         quota, replaced = await quotas.set_quota(session, stage=stage,
                                                  per_channel=args.per_channel,
                                                  max_starts=limit, window_s=window_s)
-        data = _json(quota, [])
-    what = (f"{_stage(stage)}: {limit} starts per {quotas.window_text(window_s)}"
-            f" {'per channel' if args.per_channel else 'shared by all channels'}")
+        data = quota_json(quota, [])
+    what = quotas.describe(stage, limit, window_s, args.per_channel)
     ctx.emit(data | {"replaced": replaced},
              f"quota {'replaced' if replaced else 'set'}: {what}")
     return 0
@@ -54,11 +48,11 @@ async def list_(ctx: Context, args: argparse.Namespace) -> int:
     rows, data = [], []
     for quota in found:
         mine = [b for b in buckets if b.quota.id == quota.id]
-        data.append(_json(quota, mine, names))
+        data.append(quota_json(quota, mine, names))
         busiest = max(mine, key=lambda b: (b.next_slot is not None, b.used), default=None)
         where = None if busiest is None or busiest.channel_id is None \
             else names.get(busiest.channel_id, str(busiest.channel_id))
-        rows.append((_stage(quota.stage), quotas.scope(quota.per_channel), quota.max_starts,
+        rows.append((quotas.display(quota.stage), quotas.scope(quota.per_channel), quota.max_starts,
                      quotas.window_text(quota.window_s), where,
                      busiest.used if busiest else 0,
                      _at(busiest.next_slot) if busiest else None,
@@ -72,17 +66,21 @@ async def remove(ctx: Context, args: argparse.Namespace) -> int:
     async with session_scope(ctx.sessions) as session:
         await quotas.remove_quota(session, stage=stage, per_channel=args.per_channel)
     scope = quotas.scope(args.per_channel)
-    ctx.emit({"stage": _stage(stage), "scope": scope, "removed": True},
-             f"removed the {scope} quota on {_stage(stage)}")
+    ctx.emit({"stage": quotas.display(stage), "scope": scope, "removed": True},
+             f"removed the {scope} quota on {quotas.display(stage)}")
     return 0
 
 
-def _json(quota: Quota, buckets: list[Bucket],
-          names: dict[uuid.UUID, str] | None = None) -> dict[str, object]:
-    return {"stage": _stage(quota.stage), "scope": quotas.scope(quota.per_channel),
+def quota_json(quota: Quota, buckets: list[Bucket], names: dict[uuid.UUID, str] | None = None,
+               *, iso: bool = False) -> dict[str, object]:
+    """A quota and its buckets for ``--json`` and the API (``iso``: times as ISO strings)."""
+    def when(value: datetime | None) -> object:
+        return value.isoformat() if iso and value is not None else value
+
+    return {"stage": quotas.display(quota.stage), "scope": quotas.scope(quota.per_channel),
             "limit": quota.max_starts, "window_s": quota.window_s,
             "window": quotas.window_text(quota.window_s),
             "buckets": [{"channel": None if b.channel_id is None
                          else (names or {}).get(b.channel_id, str(b.channel_id)),
-                         "used": b.used, "spent_until": b.next_slot,
-                         "paused_until": b.paused_until} for b in buckets]}
+                         "used": b.used, "spent_until": when(b.next_slot),
+                         "paused_until": when(b.paused_until)} for b in buckets]}

@@ -65,6 +65,17 @@ def scope(per_channel: bool) -> str:
     return "per-channel" if per_channel else "shared"
 
 
+def display(stage: str) -> str:
+    """A stage name as people write it (``all`` for every stage)."""
+    return "all" if stage == EVERY_STAGE else stage
+
+
+def describe(stage: str, max_starts: int, window_s: int, per_channel: bool) -> str:
+    """``upload: 6 starts per 24h per channel``."""
+    return (f"{display(stage)}: {max_starts} starts per {window_text(window_s)}"
+            f" {'per channel' if per_channel else 'shared by all channels'}")
+
+
 @dataclass(frozen=True)
 class Bucket:
     """One quota's starts still in its window, for one channel (or shared: ``channel_id`` is

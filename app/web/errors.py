@@ -31,6 +31,8 @@ STATUS: tuple[tuple[type[PipelineError], int], ...] = (
     (Unauthorized, 401),
     (errors.TaskNotFound, 404),
     (errors.ChannelNotFound, 404),
+    (errors.QuotaNotFound, 404),
+    (errors.BadQuota, 422),
     (errors.BadTaskRef, 422),
     (errors.AmbiguousTask, 422),
     (rows.BadFile, 422),
@@ -50,7 +52,7 @@ STATUS: tuple[tuple[type[PipelineError], int], ...] = (
 RESPONSES: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody, "description": why} for code, why in (
         (401, "No token, or not the right one (Authorization: Bearer <API_TOKEN>)"),
-        (404, "No such task or channel"),
+        (404, "No such task, channel or quota"),
         (409, "The lifecycle refuses the move now"),
         (422, "Bad input: the field and why"))}
 
