@@ -20,6 +20,7 @@ from app.db.models import Channel, Task, TaskEvent
 from app.execution import hotpath, wakeups
 from app.lifecycle import PriorityLevel, TaskStatus
 from app.moves import utcnow
+from app.services import quotas
 from tests.workerprocs import (
     PIPELINE_WORKER,
     Sessions,
@@ -116,6 +117,35 @@ async def test_many_claimers_in_one_process_take_strict_turns(
     finally:
         await pool.close()
     assert seen == []
+
+
+async def test_strict_turns_hold_with_quotas(db: tuple[str, Sessions],
+                                            settings: Settings) -> None:
+    """Every pick-up counted against a per-channel quota and a shared one (neither spent), ten
+    claims at a time: the turns are those without quotas."""
+    url, sessions = db
+    async with sessions() as session, session.begin():
+        await quotas.set_quota(session, stage="assets", per_channel=True, max_starts=10_000,
+                               window_s=3600)
+        await quotas.set_quota(session, stage="all", per_channel=False, max_starts=10_000,
+                               window_s=3600)
+    pool = make_pool(settings, url, max_size=10)
+    seen: list[str] = []
+    try:
+        for _ in range(10):
+            ids, totals = await _trial_channels(sessions, 5, 6)
+            await _drain(pool, ids, claimers=10)
+            picks = await _pickups(sessions, ids)
+            assert len(picks) == 30
+            seen += violations(picks, totals)
+    finally:
+        await pool.close()
+    assert seen == []
+    async with sessions() as session:
+        counted = await session.scalar(sa.text(
+            "SELECT sum(cardinality(starts)) FROM quota_usage u JOIN quotas q"
+            " ON q.id = u.quota_id WHERE q.per_channel"))
+    assert counted == 300
 
 
 async def _all_at_the_gate(sessions: Sessions, channel_ids: list[uuid.UUID]) -> bool:
