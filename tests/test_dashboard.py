@@ -26,6 +26,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from app.db.models import Task, TaskEvent
 from app.lifecycle import TaskStatus
 from app.services import transitions
+from app.web.dashboard import sessions
 from app.web.dashboard.live import Poller
 from tests.factories import make_channel, make_task
 from tests.webserver import TOKEN, Server, Web, web
@@ -211,6 +212,9 @@ async def test_titles_are_text_never_markup(
     await expect(page.locator("#task-title")).to_have_text(XSS)
     await snap(page, tmp_path, "task-xss")
     assert await page.locator("script:not([src])").count() == 0
+    await page.get_by_role("button", name="Approve (assets gate)").click()
+    await expect(page.locator("#flash")).to_have_text("approved: now assets_approved")
+    await expect(page.locator("#timeline")).to_contain_text("assets approved")
     assert dialogs == []
 
 
@@ -280,10 +284,25 @@ async def _true(value: bool) -> bool:
     return value
 
 
+def test_a_session_cookie_cannot_be_forged_or_reused_across_keys() -> None:
+    key, other_key = b"k" * 32, b"o" * 32
+    visitor = sessions.new_session(logged_in=False)
+    cookie = sessions.encode(key, visitor)
+    assert sessions.decode(key, cookie) == visitor
+    sid, _, mac = cookie.split(".")
+    assert sessions.decode(key, f"{sid}.1.{mac}") is None          # promoted by hand
+    assert sessions.decode(other_key, cookie) is None                 # another token's key
+    assert sessions.decode(key, "garbage") is None
+    token = sessions.csrf_token(key, visitor)
+    assert sessions.csrf_matches(key, visitor, token)
+    assert not sessions.csrf_matches(key, sessions.new_session(logged_in=False), token)
+    assert not sessions.csrf_matches(key, visitor, None)
+
+
 async def test_pages_are_open_without_a_token_and_forms_still_need_csrf(
     web: Web, db: tuple[str, Sessions],
 ) -> None:
-    [task_id] = await make_tasks(db[1], TaskStatus.assets_ready, ["Open"])
+    [task_id, public] = await make_tasks(db[1], TaskStatus.assets_ready, ["Open", "Public"])
     server = await web.start(API_TOKEN="")
     async with httpx.AsyncClient(base_url=server.base_url) as client:
         board = await client.get("/")
@@ -301,3 +320,16 @@ async def test_pages_are_open_without_a_token_and_forms_still_need_csrf(
             303, "/review?approved=1&refused=0")
         assert (await client.get("/static/dashboard.css")).status_code == 200
         assert (await client.get("/static/..%2Fpages.py")).status_code == 404
+    # With a token and public reads: pages open, actions still need the login.
+    server = await web.start(API_PUBLIC_READ="true")
+    async with httpx.AsyncClient(base_url=server.base_url) as client:
+        review = await client.get("/review")
+        assert review.status_code == 200 and 'href="/login?next=/review"' in review.text
+        csrf = re.search(r'name="csrf" value="([0-9a-f]{64})"', review.text)
+        assert csrf is not None
+        refused = await client.post("/review/approve",
+                                    data={"task_id": str(public), "csrf": csrf.group(1)})
+        assert refused.status_code == 403
+    async with db[1]() as session:
+        status = await session.scalar(sa.select(Task.status).where(Task.id == public))
+    assert status is TaskStatus.assets_ready

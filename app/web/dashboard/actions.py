@@ -58,6 +58,19 @@ async def approve(viewer: Writer,
     return _back(f"/review?approved={approved}&refused={len(chosen) - approved}")
 
 
+@router.post("/tasks/{ref}/approve")
+async def approve_one(viewer: Writer, ref: str) -> Response:
+    """Pass the gate the task waits at (from its page)."""
+    try:
+        async with session_scope(viewer.web.sessions) as session:
+            task = await transitions.approve(session, await tasks.find_task(session, ref),
+                                             actor=ACTOR)
+    except PipelineError as exc:
+        return viewer.error(str(exc), status_code(exc))
+    await viewer.commands.wake(1)
+    return _back(_task_path(task.id, f"approved: now {task.status.value}"))
+
+
 @router.post("/tasks/{ref}/requeue")
 async def requeue(viewer: Writer, ref: str,
                   reason: Annotated[str | None, Form()] = None) -> Response:

@@ -17,7 +17,7 @@ from app.db import session_scope
 from app.db.models import Channel, Task
 from app.errors import AmbiguousTask, BadTaskRef, PipelineError, TaskNotFound
 from app.execution import registry, wakeups
-from app.lifecycle import ERROR, GATES
+from app.lifecycle import ERROR, GATE_BY_WAITING, GATES
 from app.services import tasks, transitions
 from app.web.dashboard import charts
 from app.web.dashboard.context import Viewer, reader
@@ -84,7 +84,8 @@ async def task_page(viewer: Reader, ref: str, done: str | None = None) -> Respon
     return viewer.page("task.html", task=task, channel=channel, history=history[earlier:],
                        earlier=earlier,
                        now=moves.utcnow(), done=done, errored=task.status in ERROR,
-                       can_hold=moves.can_hold(task.status), nav="")
+                       can_hold=moves.can_hold(task.status), nav="",
+                       at_gate=gate.name if (gate := GATE_BY_WAITING.get(task.status)) else None)
 
 
 @router.get("/tasks/{ref}/requeue")
