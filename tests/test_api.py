@@ -7,6 +7,7 @@ worker on a database of its own.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -520,6 +521,11 @@ async def test_openapi_documents_every_endpoint(api: Api) -> None:
         assert operation["security"] == [{"HTTPBearer": []}], (method, path)
     docs = await api.anon.get("/api/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    # Every script and style of the page comes from the app itself, none from a CDN.
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert assets and all(url.startswith("/api/docs-assets/") for url in assets), assets
+    for url in assets:
+        assert (await api.anon.get(url)).status_code == 200, url
 
 
 async def test_without_redis_writes_work_and_the_registry_says_so(api: Api) -> None:

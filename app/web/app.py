@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from app.commands.context import ready_database
 from app.config import Settings
 from app.db import make_engine, make_sessionmaker
-from app.web import api, dashboard, errors, metrics
+from app.web import api, dashboard, docs, errors, metrics
 from app.web.state import WebState
 
 #: The front page of ``/api/docs``.
@@ -37,9 +37,10 @@ def create_app(settings: Settings) -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(title="pipeline", description=API_DESCRIPTION, lifespan=lifespan,
-                  docs_url="/api/docs",
+                  docs_url=None,
                   openapi_url="/api/openapi.json", redoc_url=None)
     errors.install(app)
+    docs.install(app)
     app.include_router(api.router, prefix="/api")
     app.include_router(metrics.router)
     metrics.instrument(app)
