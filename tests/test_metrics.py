@@ -113,6 +113,8 @@ async def test_the_servers_metrics_are_the_rows_as_of_the_scrape(
         assert first.status_code == 200, first.text
         assert first.headers["content-type"].startswith("text/plain; version=")
         assert (await http.get("/no-such-page")).status_code == 404
+        one = (await http.get("/api/tasks", params={"limit": 1})).json()["tasks"][0]
+        assert (await http.get(f"/api/tasks/{one['id']}")).status_code == 200
         refused = await http.get("/metrics", headers={"Authorization": "Bearer wrong"})
         assert refused.status_code == 401, refused.text      # a read: the token is needed
         second = parse((await http.get("/metrics")).text)
@@ -140,6 +142,11 @@ async def test_the_servers_metrics_are_the_rows_as_of_the_scrape(
                  status="404") == 1
     assert value(second, "pipeline_http_requests_total", method="GET", route="/metrics",
                  status="401") == 1
+    # Routes by their whole template, an included router's prefix too: never a task's id.
+    assert value(second, "pipeline_http_requests_total", method="GET", route="/api/tasks",
+                 status="200") == 1
+    assert value(second, "pipeline_http_requests_total", method="GET",
+                 route="/api/tasks/{ref}", status="200") == 1
     assert value(second, "pipeline_http_request_duration_seconds_count", method="GET",
                  route="/metrics") == 2
     assert value(second, "pipeline_workers_live") == 0       # the record was retired

@@ -49,11 +49,28 @@ class HttpMetrics:
                                  registry=self.registry)
 
     def record(self, scope: Scope, status: int, seconds: float) -> None:
-        route = scope.get("route")
-        template = getattr(route, "path", None) or UNMATCHED
+        template = route_template(scope)
         method = scope.get("method", "GET")
         self.requests.labels(method, template, str(status)).inc()
         self.latency.labels(method, template).observe(seconds)
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that answered (``/api/tasks/{ref}``), prefix included:
+    a route of an included router knows only its own part (``/tasks/{ref}``), so the prefix
+    is the part of the path before the one the route matches."""
+    route = scope.get("route")
+    template: str | None = getattr(route, "path", None)
+    if not template:
+        return UNMATCHED
+    regex = getattr(route, "path_regex", None)
+    path: str = scope.get("path", "")
+    if regex is None or regex.match(path):
+        return template
+    for cut in (n for n, char in enumerate(path) if char == "/" and n):
+        if regex.match(path[cut:]):
+            return path[:cut] + template
+    return template
 
 
 class _Measured:
