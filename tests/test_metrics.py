@@ -113,6 +113,7 @@ async def test_the_servers_metrics_are_the_rows_as_of_the_scrape(
         assert first.status_code == 200, first.text
         assert first.headers["content-type"].startswith("text/plain; version=")
         assert (await http.get("/no-such-page")).status_code == 404
+        assert (await http.request("BREW", "/metrics")).status_code == 405
         one = (await http.get("/api/tasks", params={"limit": 1})).json()["tasks"][0]
         assert (await http.get(f"/api/tasks/{one['id']}")).status_code == 200
         refused = await http.get("/metrics", headers={"Authorization": "Bearer wrong"})
@@ -142,6 +143,9 @@ async def test_the_servers_metrics_are_the_rows_as_of_the_scrape(
                  status="404") == 1
     assert value(second, "pipeline_http_requests_total", method="GET", route="/metrics",
                  status="401") == 1
+    assert [labels for labels in named(second, "pipeline_http_requests_total")
+            if ("method", "other") in labels] == [
+        frozenset({("method", "other"), ("route", "/metrics"), ("status", "405")})]
     # Routes by their whole template, an included router's prefix too: never a task's id.
     assert value(second, "pipeline_http_requests_total", method="GET", route="/api/tasks",
                  status="200") == 1

@@ -34,6 +34,8 @@ router = APIRouter()
 #: Time to the response's first byte: a page's work, and a live stream's opening, not its life.
 HTTP_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5, 10)
 UNMATCHED = "unmatched"
+#: Methods labelled by name; any other a client sends is ``other`` (labels stay bounded).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class HttpMetrics:
@@ -50,7 +52,7 @@ class HttpMetrics:
 
     def record(self, scope: Scope, status: int, seconds: float) -> None:
         template = route_template(scope)
-        method = scope.get("method", "GET")
+        method = scope.get("method", "GET") if scope.get("method") in METHODS else "other"
         self.requests.labels(method, template, str(status)).inc()
         self.latency.labels(method, template).observe(seconds)
 
