@@ -61,6 +61,7 @@ class Poller(Generic[V]):
         self._task: asyncio.Task[None] | None = None
         self._key: object = None
         self._latest: str | None = None
+        self._failing = False
 
     @property
     def watching(self) -> int:
@@ -116,8 +117,13 @@ class Poller(Generic[V]):
         try:
             view = await self.latest(max_age_s=self.interval_s / 2)
         except Exception:       # the database away for a moment: the board waits for it
-            log.warning("live board: read failed", exc_info=True)
+            if not self._failing:           # once per outage, not twice a second
+                log.warning("live board: read failed", exc_info=True)
+            self._failing = True
             return
+        if self._failing:
+            log.info("live board: reading again")
+        self._failing = False
         key = self._facts(view)
         if key == self._key and self._latest is not None:
             return
