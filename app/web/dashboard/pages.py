@@ -125,7 +125,8 @@ async def workers_page(viewer: Reader) -> Response:
     for row in rows:
         held.setdefault(row.claimed_by or "", []).append(row)
     live = {r.id for r in records}
-    orphans = {worker: rows for worker, rows in held.items() if worker not in live}
+    # Without the registry nobody can be told dead: orphans only when Redis answered.
+    orphans = {} if problem else {w: rows for w, rows in held.items() if w not in live}
     return viewer.page("workers.html", records=records, held=held, orphans=orphans,
                        problem=problem, now=moves.utcnow(), nav="workers")
 
