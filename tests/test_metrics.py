@@ -187,36 +187,38 @@ async def test_the_live_boards_streams_and_reads_are_counted(web: Web) -> None:
 async def test_a_workers_endpoint_counts_its_stages_claims_and_retries(
     db: tuple[str, Sessions], workers: Workers,
 ) -> None:
-    """Three tasks through every stage, one failing its video stage once: the histogram
-    holds three successes of each stage and the one failure, the claims count the retry."""
+    """Four tasks through every stage, one failing its video stage once and one told by its
+    provider to wait: the histogram holds four successes of each stage, the failure and the
+    rate-limited run; the claims count the retry and the claim after the wait."""
     _, sessions = db
     port = free_port()
     worker = workers.start(METRICS_PORT=str(port))
     await worker.wait_for_line(f"metrics: serving on port {port}")
     await seed(sessions, [None], per_channel=2)
     await seed(sessions, [None], per_channel=1, title="Retried [fail:video:1]")
-    await wait_published(sessions, 3, timeout_s=60)
+    await seed(sessions, [None], per_channel=1, title="Waited [ratelimit:video:0.3]")
+    await wait_published(sessions, 4, timeout_s=60)
 
     async def scraped() -> Samples | None:
         async with httpx.AsyncClient() as http:
             found = parse((await http.get(f"http://127.0.0.1:{port}/metrics")).text)
         done = value(found, "pipeline_stage_duration_seconds_count", stage="upload",
                      outcome="success")
-        return found if done == 3 else None
+        return found if done == 4 else None
 
-    samples = await eventually(scraped, timeout_s=10, what="three uploads counted")
+    samples = await eventually(scraped, timeout_s=10, what="four uploads counted")
     for stage in STAGES:
         assert value(samples, "pipeline_stage_duration_seconds_count", stage=stage.name,
-                     outcome="success") == 3, stage.name
-        claims = 4 if stage.name == "video" else 3
+                     outcome="success") == 4, stage.name
+        claims = 6 if stage.name == "video" else 4
         assert value(samples, "pipeline_claims_total", stage=stage.name) == claims, stage.name
     assert named(samples, "pipeline_retries_total") == {frozenset({("stage", "video")}): 1}
-    assert value(samples, "pipeline_stage_duration_seconds_count", stage="video",
-                 outcome="failure") == 1
-    failed_ms = value(samples, "pipeline_stage_duration_seconds_bucket", stage="video",
-                      outcome="failure", le="0.05")
-    assert failed_ms == 1                          # simulated stages take no time here
-    assert not named(samples, "pipeline_hand_backs_total")
+    for outcome in ("failure", "rate_limited"):
+        assert value(samples, "pipeline_stage_duration_seconds_count", stage="video",
+                     outcome=outcome) == 1, outcome
+        assert value(samples, "pipeline_stage_duration_seconds_bucket", stage="video",
+                     outcome=outcome, le="0.05") == 1      # simulated stages take no time here
+    assert named(samples, "pipeline_hand_backs_total") == {frozenset({("stage", "video")}): 1}
     # A second process on the same host and port runs without an endpoint, and says so.
     other = workers.start(METRICS_PORT=str(port))
     await other.wait_for_line(f"metrics: not served on port {port}")
