@@ -112,7 +112,7 @@ async def test_the_board_follows_a_worker_live(
     await expect(page.locator(".attention")).to_contain_text("Quota exceeded")
     await snap(page, tmp_path, "board-before")
 
-    worker = workers.start(SIMULATED_STAGE_SECONDS="0.15")
+    worker = workers.start(SIMULATED_STAGE_SECONDS="0.1")
     worker_id = await worker.started()
     running = page.locator("tr.all td.r").filter(has_text=re.compile(r"^[1-9]"))
     await expect(running.first).to_be_visible(timeout=10_000)
