@@ -162,3 +162,24 @@ async def test_work_waiting_for_a_quota_is_blocked_not_runnable(db: tuple[str, S
     assert "runnable now: 0   blocked: 2 quota (next slot " in stats.stdout, stats.stdout
     shown = _pipeline("show", str(second), env=env)
     assert "quota         spent: next slot " in shown.stdout, shown.stdout
+
+
+async def test_a_stage_handed_back_to_wait_is_not_claimed_before_its_time(
+        db: tuple[str, Sessions]) -> None:
+    _, sessions = db
+    [task_id] = await seed(sessions, [None], 1)
+    later = moves.utcnow() + timedelta(minutes=5)
+    async with sessions() as session, session.begin():
+        for status in (TaskStatus.claimed, TaskStatus.generating_assets):
+            await session.execute(sa.update(Task).where(Task.id == task_id)
+                                  .values(status=status, retry_at=later))
+        found = await claims.claimable(session, now=moves.utcnow())
+        assert (found.runnable, found.blocked) == (0, {claims.BLOCKED_RATE_LIMITED: 1})
+        assert found.next_slot == later
+        assert await claims.claim_next(session, worker_id="w", lease_s=30,
+                                       now=moves.utcnow()) is None
+        await session.execute(sa.update(Task).where(Task.id == task_id)
+                              .values(retry_at=moves.utcnow() - timedelta(seconds=1)))
+        assert (await claims.claimable(session, now=moves.utcnow())).runnable == 1
+        claim = await claims.claim_next(session, worker_id="w", lease_s=30, now=moves.utcnow())
+        assert claim is not None and claim.status is TaskStatus.generating_assets

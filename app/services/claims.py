@@ -224,6 +224,7 @@ async def claimable(session: AsyncSession, *, now: datetime) -> Claimable:
     waiting = sa.or_(Task.status.in_(WAITING),
                      sa.and_(Task.status.in_(ERROR), Task.retry_at <= now))
     unheld = sa.and_(Task.status.in_(ACTIVE), Task.claim_token.is_(None))
+    due = sa.or_(Task.retry_at.is_(None), Task.retry_at <= now)
     later = sa.and_(unheld, Task.retry_at > now)          # handed back to wait (rate limited)
     # Claimable since the move that made it so: a due retry since it fell due.
     since = sa.case((Task.status.in_(ERROR), Task.retry_at), else_=Task.updated_at)
@@ -231,7 +232,7 @@ async def claimable(session: AsyncSession, *, now: datetime) -> Claimable:
         sa.select(Channel.id, Channel.is_active, Channel.max_concurrent, Task.status,
                   Task.failed_stage,
                   _flag(Task.status.in_(ACTIVE)).label("slots"),
-                  _flag(sa.and_(unheld, ~later, not_held)).label("unheld"),
+                  _flag(sa.and_(unheld, due, not_held)).label("unheld"),
                   _flag(sa.and_(later, not_held)).label("later"),
                   sa.func.min(sa.case((sa.and_(later, not_held), Task.retry_at)))
                   .label("later_at"),
