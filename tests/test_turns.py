@@ -104,19 +104,25 @@ async def test_many_claimers_in_one_process_take_strict_turns(
     they can, over 25 trials of five channels with six tasks each (one priority): not one
     pick-up out of turn."""
     url, sessions = db
+    assert await _claim_trials(url, sessions, settings, trials=25) == []
+
+
+async def _claim_trials(url: str, sessions: Sessions, settings: Settings, *,
+                        trials: int) -> list[str]:
+    """Trials of five fresh channels with six tasks each, drained by ten concurrent claim
+    loops; the violations seen."""
     pool = make_pool(settings, url, max_size=10)
     seen: list[str] = []
     try:
-        for _ in range(25):
+        for _ in range(trials):
             ids, totals = await _trial_channels(sessions, 5, 6)
-
             await _drain(pool, ids, claimers=10)
             picks = await _pickups(sessions, ids)
             assert len(picks) == 30
             seen += violations(picks, totals)
     finally:
         await pool.close()
-    assert seen == []
+    return seen
 
 
 async def test_strict_turns_hold_with_quotas(db: tuple[str, Sessions],
@@ -129,18 +135,7 @@ async def test_strict_turns_hold_with_quotas(db: tuple[str, Sessions],
                                window_s=3600)
         await quotas.set_quota(session, stage="all", per_channel=False, max_starts=10_000,
                                window_s=3600)
-    pool = make_pool(settings, url, max_size=10)
-    seen: list[str] = []
-    try:
-        for _ in range(10):
-            ids, totals = await _trial_channels(sessions, 5, 6)
-            await _drain(pool, ids, claimers=10)
-            picks = await _pickups(sessions, ids)
-            assert len(picks) == 30
-            seen += violations(picks, totals)
-    finally:
-        await pool.close()
-    assert seen == []
+    assert await _claim_trials(url, sessions, settings, trials=10) == []
     async with sessions() as session:
         counted = await session.scalar(sa.text(
             "SELECT sum(cardinality(starts)) FROM quota_usage u JOIN quotas q"
