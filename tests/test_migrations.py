@@ -322,7 +322,7 @@ GOLDEN = {
         "sqlite downgrade": "145a5cc12df0e6a0",
     },
     "0008_quotas": {
-        "postgresql upgrade": "a252285bce81b029",
+        "postgresql upgrade": "75f375b048698b7a",
         "postgresql downgrade": "2cd42f30e33466ce",
         "sqlite upgrade": "fa8075db5d70d2aa",
         "sqlite downgrade": "e154bd938d7bbc28",

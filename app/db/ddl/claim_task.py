@@ -266,7 +266,8 @@ def render_pick(*, starts: Iterable[str], active: Iterable[str], errors: Iterabl
     """``pick_channel``, from frozen lifecycle data (``first``: the first stage's name)."""
     start_list, error_list, active_list = _list(starts), _list(errors), _list(active)
     ranking = _ranking(start_list, error_list, active_list, first)
-    count = f"""LOOP
+    count = f"""{_blocks()}
+    LOOP
       {ranking}
       EXIT WHEN NOT FOUND;
       -- The channel's row, unless a claim of it holds the row (a capped channel counting,
@@ -301,7 +302,6 @@ DECLARE
   blk_ch uuid[];
   blk_st text[];
 BEGIN
-  {_blocks()}
   IF p_commit THEN
     -- Alone in its transaction: the lock lasts through the (asynchronous) commit, so the next
     -- decision sees this one.
