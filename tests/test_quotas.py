@@ -162,6 +162,8 @@ async def test_work_waiting_for_a_quota_is_blocked_not_runnable(db: tuple[str, S
     assert "runnable now: 0   blocked: 2 quota (next slot " in stats.stdout, stats.stdout
     shown = _pipeline("show", str(second), env=env)
     assert "quota         spent: next slot " in shown.stdout, shown.stdout
+    listed = _pipeline("list", env=env)
+    assert listed.stdout.count("quota until ") == 2, listed.stdout
 
 
 async def test_a_stage_handed_back_to_wait_is_not_claimed_before_its_time(

@@ -17,12 +17,23 @@ from app.lifecycle import TaskStatus
 from app.schemas import TaskEventResponse, TaskInDB
 from app.services import claims, quotas, stats, tasks, transitions
 
-LIST_HEADERS = ("id", "channel", "status", "hold", "priority", "attempts", "retry at",
+LIST_HEADERS = ("id", "channel", "status", "blocked", "priority", "attempts", "retry at",
                 "updated", "title")
 
 
 def _when(value: datetime | None) -> str | None:
     return f"{value:%Y-%m-%d %H:%M:%S}" if value is not None else None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _blocked(task: Task, quota: datetime | None) -> str | None:
+    """Why a waiting task is not taken: an operator's hold, or a quota until its next slot."""
+    if task.hold_since is not None:
+        return "held"
+    return None if quota is None else f"quota until {quota.astimezone():%H:%M:%S}"
 
 
 async def list_(ctx: Context, args: argparse.Namespace) -> int:
@@ -35,11 +46,13 @@ async def list_(ctx: Context, args: argparse.Namespace) -> int:
                                        on_hold=True if args.held else None)
         pairs = await session.execute(sa.select(Channel.id, Channel.channel_id))
         names = dict(pairs.tuples().all())
+        spent = await quotas.spent(session)
     more = len(found) > args.limit
     found = found[:args.limit]
-    data = [{**TaskInDB.model_validate(t).model_dump(mode="json"), "channel": names[t.channel_id]}
-            for t in found]
-    rows = [(t.id, names[t.channel_id], t.status.value, "held" if t.hold_since else None,
+    slots = {t.id: claims.quota_wait(spent, t) for t in found}
+    data = [{**TaskInDB.model_validate(t).model_dump(mode="json"), "channel": names[t.channel_id],
+             "quota_slot_at": _iso(slots[t.id])} for t in found]
+    rows = [(t.id, names[t.channel_id], t.status.value, _blocked(t, slots[t.id]),
              t.priority.value, t.attempts, _when(t.retry_at), _when(t.updated_at), t.title)
             for t in found]
     human = tables.render(LIST_HEADERS, rows) if rows else "no tasks match"
@@ -83,14 +96,8 @@ def _hold(task: Task) -> str | None:
 
 
 async def quota_slot(session: AsyncSession, task: Task) -> datetime | None:
-    """When the task's next stage can start, if a quota (or a provider's pause) holds it back
-    now; None otherwise (or when it does not wait for a claim)."""
-    waiting = task.status in claims.WAITING or task.status in lifecycle.ERROR or (
-        task.status in lifecycle.ACTIVE and task.claimed_by is None)
-    if not waiting:
-        return None
-    spent = await quotas.spent(session)
-    return spent.next_slot(task.channel_id, claims.stage_of(task.status, task.failed_stage))
+    """When the task's next stage can start, if a quota holds it back (``claims.quota_wait``)."""
+    return claims.quota_wait(await quotas.spent(session), task)
 
 
 def _show_text(task: Task, channel: str, events: list[TaskEvent],

@@ -210,6 +210,16 @@ def stage_of(status: TaskStatus, failed_stage: str | None) -> str:
     return STAGE_BY_ACTIVE[moves.claim_target(status, failed_stage, start=True)].name
 
 
+def quota_wait(spent: quotas.Spent, task: Task) -> datetime | None:
+    """When the task's next stage can start, if a spent quota (or a provider's pause) holds it
+    back now; None otherwise, or when the task does not wait for a claim."""
+    waiting = task.status in WAITING or task.status in ERROR or (
+        task.status in ACTIVE and task.claimed_by is None)
+    if not waiting:
+        return None
+    return spent.next_slot(task.channel_id, stage_of(task.status, task.failed_stage))
+
+
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
     return b if a is None else a if b is None else min(a, b)
 
