@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from app import moves
-from app.db.models import Task, TaskEvent
+from app.db.models import QuotaUsage, Task, TaskEvent
 from app.lifecycle import TaskStatus
 from app.services import claims, quotas
 from tests.workerprocs import (
@@ -185,3 +185,24 @@ async def test_a_stage_handed_back_to_wait_is_not_claimed_before_its_time(
         assert (await claims.claimable(session, now=moves.utcnow())).runnable == 1
         claim = await claims.claim_next(session, worker_id="w", lease_s=30, now=moves.utcnow())
         assert claim is not None and claim.status is TaskStatus.generating_assets
+
+
+async def test_buckets_are_cleaned_as_their_windows_pass(db: tuple[str, Sessions]) -> None:
+    _, sessions = db
+    [task_id] = await seed(sessions, [None], 1)
+    async with sessions() as session, session.begin():
+        quota, _ = await quotas.set_quota(session, stage="video", per_channel=True,
+                                          max_starts=2, window_s=60)
+        channel = await session.scalar(sa.select(Task.channel_id).where(Task.id == task_id))
+        old, recent = moves.utcnow() - timedelta(minutes=5), moves.utcnow()
+        session.add(QuotaUsage(channel_id=channel, quota_id=quota.id, stage="video",
+                               starts=[old, recent], paused_until=old, blocked_until=old))
+    async with sessions() as session, session.begin():
+        assert await quotas.clean(session) == 1
+    async with sessions() as session:
+        bucket = await session.get(QuotaUsage, (channel, quota.id))
+        assert bucket is not None
+        assert (bucket.starts, bucket.paused_until, bucket.blocked_until) == ([recent], None,
+                                                                             None)
+    async with sessions() as session, session.begin():
+        assert await quotas.clean(session) == 0        # nothing left to clean

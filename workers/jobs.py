@@ -31,7 +31,7 @@ from app.execution.runner import Runner
 from app.handlers import load_registry
 from app.notion import cron as notion_cron
 from app.observability import endpoint, instruments
-from app.services import claims, transitions
+from app.services import claims, quotas, transitions
 from workers import signals
 
 log = logging.getLogger("workers")
@@ -88,8 +88,9 @@ async def work(ctx: Ctx) -> str | None:
 
 
 async def sweep(ctx: Ctx) -> dict[str, int]:
-    """Reap expired leases, move on stranded tasks; top the queue up to one wake-up per
-    runnable task (bounded)."""
+    """Reap expired leases, move on stranded tasks, clean quota buckets whose window passed; top
+    the queue up to one wake-up per runnable task (bounded: a task waiting for a quota is not
+    runnable, so it wakes a worker once its slot frees)."""
     runner: Runner = ctx["runner"]
     s = runner.settings
     now = transitions.utcnow()
@@ -103,6 +104,7 @@ async def sweep(ctx: Ctx) -> dict[str, int]:
                                                   auto_approved=s.auto_approved,
                                                   stranded_s=s.lease_s, actor=runner.worker_id)
             runnable = await claims.runnable_count(session, now=now)
+            await quotas.clean(session)
     except Exception as exc:
         if not is_unavailable(exc):
             raise

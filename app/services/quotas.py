@@ -183,6 +183,31 @@ async def pause(session: AsyncSession, *, channel_id: uuid.UUID, stage: str,
 
 
 
+#: Drop the starts that left their window, and pauses and blocks that have passed, from the
+#: buckets no claim holds now (a held bucket is cleaned by its own claim's write).
+CLEAN = sa.text("""
+UPDATE quota_usage u
+   SET starts = ARRAY(SELECT s FROM unnest(u.starts) s
+                      WHERE s > clock_timestamp() - make_interval(secs => q.window_s) ORDER BY s),
+       paused_until = CASE WHEN u.paused_until > clock_timestamp() THEN u.paused_until END,
+       blocked_until = CASE WHEN u.blocked_until > clock_timestamp() THEN u.blocked_until END
+  FROM quotas q
+ WHERE q.id = u.quota_id AND (u.channel_id, u.quota_id) IN (
+       SELECT v.channel_id, v.quota_id FROM quota_usage v JOIN quotas w ON w.id = v.quota_id
+        WHERE v.starts[1] <= clock_timestamp() - make_interval(secs => w.window_s)
+           OR v.paused_until <= clock_timestamp() OR v.blocked_until <= clock_timestamp()
+          FOR UPDATE OF v SKIP LOCKED)""")
+
+
+async def clean(session: AsyncSession) -> int:
+    """Clean the buckets as their windows pass (``CLEAN``; the workers' sweep runs it): how
+    many were cleaned. Nothing on SQLite, where no claim runs."""
+    if session.get_bind().dialect.name != "postgresql":
+        return 0
+    result = await session.execute(CLEAN)
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def channel_names(session: AsyncSession) -> dict[uuid.UUID, str]:
     """The YouTube channel id of each channel row (for showing buckets)."""
     rows = await session.execute(sa.select(Channel.id, Channel.channel_id))
