@@ -77,22 +77,34 @@ async def update(ctx: Context, args: argparse.Namespace) -> int:
         given["max_concurrent"] = None
     elif args.max_concurrent is not None:
         given["max_concurrent"] = args.max_concurrent
-    if not given:
-        raise BadChannel(f"channel {args.channel_id!r}: nothing to change"
-                         " (give --name, --max-concurrent N or --no-limit)")
-    try:
-        changes = ChannelUpdate(**given)
-    except ValidationError as exc:
-        field, message = field_errors(exc)[0]
-        raise BadChannel(f"channel {args.channel_id!r}: {field}: {message}") from None
+    changes = channel_changes(args.channel_id, given,
+                              hint="give --name, --max-concurrent N or --no-limit")
     async with session_scope(ctx.sessions) as session:
         channel = await channels.update_channel(session, args.channel_id, changes)
         waiting = await channels.runnable_tasks(session, channel)
     await ctx.wake(waiting)          # a higher cap (or none) may free slots
-    cap = ("no limit" if channel.max_concurrent is None
-           else f"at most {channel.max_concurrent} task(s) active at once")
-    ctx.emit(_json([channel])[0], f"channel {channel.channel_id} updated: "
-             f"{channel.channel_name!r}, {cap}")
+    ctx.emit(_json([channel])[0], updated(channel.channel_id, channel.channel_name,
+                                          channel.max_concurrent))
+    return 0
+
+
+def channel_changes(channel_id: str, given: dict[str, object], *, hint: str) -> ChannelUpdate:
+    """The changes asked of a channel, validated (``BadChannel`` names what is wrong; ``hint``
+    says how to ask for one when none was given)."""
+    if not given:
+        raise BadChannel(f"channel {channel_id!r}: nothing to change ({hint})")
+    try:
+        return ChannelUpdate(**given)
+    except ValidationError as exc:
+        field, message = field_errors(exc)[0]
+        raise BadChannel(f"channel {channel_id!r}: {field}: {message}") from None
+
+
+def updated(channel_id: str, name: str, max_concurrent: int | None) -> str:
+    """What an update says it did."""
+    cap = ("no limit" if max_concurrent is None
+           else f"at most {max_concurrent} task(s) active at once")
+    return f"channel {channel_id} updated: {name!r}, {cap}"
     return 0
 
 

@@ -53,12 +53,7 @@ async def approve(ctx: Context, args: argparse.Namespace) -> int:
     done: list[ApprovalPlan] = []
     skipped: list[str] = []
     if not args.dry_run and to_pass:
-        async def step(session: AsyncSession, plan: ApprovalPlan) -> ApprovalPlan:
-            await transitions.approve(session, plan.task_id, actor=ctx.actor,
-                                      gate=plan.gate.name, note=args.note)
-            return plan
-
-        outcomes = await ctx.each(to_pass, step, label="approve", chunk=CHUNK)
+        outcomes = await approve_plans(ctx, to_pass, note=args.note)
         done = [p for _, p in outcomes if not isinstance(p, PipelineError)]
         skipped = [str(e) for _, e in outcomes if isinstance(e, PipelineError)]
         await ctx.wake(len(done))
@@ -191,3 +186,15 @@ def _print_plans(ctx: Context, plans: list[RequeuePlan], *, done: bool) -> None:
     verdict = (f"requeued {len(plans)} task(s): each retries when a worker takes it" if done
                else f"dry run: {len(plans)} task(s) would be requeued; nothing changed")
     ctx.emit(data, f"{tables.render(PLAN_HEADERS, rows)}\n{verdict}")
+
+
+async def approve_plans(ctx: Context, plans: list[ApprovalPlan], *, note: str | None,
+                        ) -> list[tuple[ApprovalPlan, ApprovalPlan | PipelineError]]:
+    """Pass each planned task's gate, a short transaction per chunk (``Context.each``); a task
+    moved meanwhile comes back as its error."""
+    async def step(session: AsyncSession, plan: ApprovalPlan) -> ApprovalPlan:
+        await transitions.approve(session, plan.task_id, actor=ctx.actor, gate=plan.gate.name,
+                                  note=note)
+        return plan
+
+    return await ctx.each(plans, step, label="approve", chunk=CHUNK)

@@ -6,7 +6,6 @@ import argparse
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import lifecycle
 from app.commands import tables, watch
@@ -69,7 +68,7 @@ async def show(ctx: Context, args: argparse.Namespace) -> int:
         task = await tasks.get_task(session, await tasks.find_task(session, args.task_id))
         events = await tasks.history(session, task.id)
         channel = await session.get(Channel, task.channel_id)
-        quota = await quota_slot(session, task)
+        quota = await claims.quota_slot(session, task)
     assert channel is not None    # tasks.channel_id is a NOT NULL foreign key
     detail = TaskInDB.model_validate(task).model_dump(mode="json")
     history = [TaskEventResponse.model_validate(e).model_dump(mode="json") for e in events]
@@ -93,11 +92,6 @@ def _hold(task: Task) -> str | None:
         return None
     why = f": {task.hold_reason}" if task.hold_reason else ""
     return f"since {_when(task.hold_since)} by {task.hold_by}{why} (pipeline release)"
-
-
-async def quota_slot(session: AsyncSession, task: Task) -> datetime | None:
-    """When the task's next stage can start, if a quota holds it back (``claims.quota_wait``)."""
-    return claims.quota_wait(await quotas.spent(session), task)
 
 
 def _show_text(task: Task, channel: str, events: list[TaskEvent],

@@ -220,6 +220,11 @@ def quota_wait(spent: quotas.Spent, task: Task) -> datetime | None:
     return spent.next_slot(task.channel_id, stage_of(task.status, task.failed_stage))
 
 
+async def quota_slot(session: AsyncSession, task: Task) -> datetime | None:
+    """When the task's next stage can start, if a quota holds it back now (``quota_wait``)."""
+    return quota_wait(await quotas.spent(session), task)
+
+
 def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
     return b if a is None else a if b is None else min(a, b)
 

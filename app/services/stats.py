@@ -44,13 +44,20 @@ class Stats:
         return sorted({channel for channel, _ in self.counts})
 
 
-async def collect(session: AsyncSession, *, now: datetime) -> Stats:
-    # Grouped on the (channel_id, status) index first, the names joined to the groups after.
+async def counts(session: AsyncSession) -> dict[tuple[str, TaskStatus], int]:
+    """``(YouTube channel id, status) → tasks`` for every pair that has tasks. Grouped on the
+    (channel_id, status) index alone (an index-only scan), then named: joining first would
+    hash every task row (2.5x the time at 100k tasks)."""
     groups = (sa.select(Task.channel_id, Task.status, sa.func.count().label("n"))
               .group_by(Task.channel_id, Task.status).subquery())
     rows = (await session.execute(
         sa.select(Channel.channel_id, groups.c.status, groups.c.n)
         .join(Channel, Channel.id == groups.c.channel_id))).all()
+    return {(row[0], TaskStatus(row[1])): int(row[2]) for row in rows}
+
+
+async def collect(session: AsyncSession, *, now: datetime) -> Stats:
+    by_pair = await counts(session)
     queued = (await session.execute(
         sa.select(sa.func.count(), sa.func.min(Task.created_at))
         .where(Task.status == TaskStatus.queued))).one()
@@ -59,7 +66,7 @@ async def collect(session: AsyncSession, *, now: datetime) -> Stats:
                   sa.func.count().filter(Task.retry_at.is_(None)))
         .where(Task.status.in_(ERROR)))).one()
     found = await claims.claimable(session, now=now)
-    return Stats(counts={(row[0], TaskStatus(row[1])): int(row[2]) for row in rows},
+    return Stats(counts=by_pair,
                  runnable=found.runnable, blocked=found.blocked,
                  queued=int(queued[0]), oldest_queued_at=_utc(queued[1]),
                  retrying=int(errors[0]), next_retry_at=_utc(errors[1]),

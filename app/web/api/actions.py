@@ -86,12 +86,7 @@ async def approve(ctx: Ctx, body: ApproveBody) -> ApproveResult:
     passed = [p for p in plans if not p.already]
     skipped: list[str] = []
     if not body.dry_run and passed:
-        async def step(session: AsyncSession, plan: ApprovalPlan) -> ApprovalPlan:
-            await transitions.approve(session, plan.task_id, actor=ctx.actor,
-                                      gate=plan.gate.name, note=body.note)
-            return plan
-
-        outcomes = await ctx.each(passed, step, label="approve", chunk=operations.CHUNK)
+        outcomes = await operations.approve_plans(ctx, passed, note=body.note)
         if single and outcomes and isinstance(outcomes[0][1], PipelineError):
             raise outcomes[0][1]
         passed, skipped = _split(outcomes)

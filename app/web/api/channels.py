@@ -6,13 +6,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter
-from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.commands.channels import BadChannel
+from app.commands.channels import channel_changes, updated
 from app.db import session_scope
 from app.db.models import Channel
-from app.schemas import ChannelCreate, ChannelUpdate, field_errors
+from app.schemas import ChannelCreate
 from app.services import channels
 from app.web.api.context import Ctx, rehearsal
 from app.web.models import ChannelBody, ChannelChange, ChannelNew, ChannelResult, DryRun
@@ -68,18 +67,10 @@ async def deactivate(ctx: Ctx, channel_id: str, body: DryRun | None = None) -> C
 async def update(ctx: Ctx, channel_id: str, body: ChannelChange) -> ChannelResult:
     """Rename the channel or change its cap (``max_concurrent`` null: no cap); a higher cap
     wakes the workers."""
-    given = body.model_dump(exclude_unset=True, exclude={"dry_run"})
-    if not given:
-        raise BadChannel(f"channel {channel_id!r}: nothing to change"
-                         " (give channel_name or max_concurrent)")
-    try:
-        changes = ChannelUpdate(**given)
-    except ValidationError as exc:
-        field, message = field_errors(exc)[0]
-        raise BadChannel(f"channel {channel_id!r}: {field}: {message}") from None
+    changes = channel_changes(channel_id, body.model_dump(exclude_unset=True,
+                                                          exclude={"dry_run"}),
+                              hint="give channel_name or max_concurrent")
     found = await _run(ctx, lambda s: channels.update_channel(s, channel_id, changes),
                        dry_run=body.dry_run, wake=True)
-    cap = ("no limit" if found.max_concurrent is None
-           else f"at most {found.max_concurrent} task(s) active at once")
-    return ChannelResult(dry_run=body.dry_run, channel=found, message=(
-        f"channel {found.channel_id} updated: {found.channel_name!r}, {cap}"))
+    return ChannelResult(dry_run=body.dry_run, channel=found, message=updated(
+        found.channel_id, found.channel_name, found.max_concurrent))

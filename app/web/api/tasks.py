@@ -14,13 +14,12 @@ from fastapi import APIRouter, Query
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.commands import enqueue, rows
-from app.commands import tasks as show_command
 from app.db import session_scope
 from app.db.models import Channel, Task
 from app.errors import PipelineError
 from app.lifecycle import TaskStatus
 from app.schemas import TaskEventResponse, TaskInDB
-from app.services import tasks
+from app.services import claims, tasks
 from app.web import pagination
 from app.web.api.context import Ctx, rehearsal
 from app.web.models import (
@@ -85,7 +84,7 @@ async def get_task(ctx: Ctx, ref: str) -> TaskDetail:
         task = await tasks.get_task(session, await tasks.find_task(session, ref))
         events = await tasks.history(session, task.id)
         channel = await session.get(Channel, task.channel_id)
-        quota = await show_command.quota_slot(session, task)
+        quota = await claims.quota_slot(session, task)
     assert channel is not None    # tasks.channel_id is a NOT NULL foreign key
     return TaskDetail.model_validate({
         **_item(task, channel.channel_id).__dict__, "quota_slot_at": quota,
