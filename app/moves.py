@@ -290,6 +290,10 @@ def claim_targets() -> dict[tuple[TaskStatus, str | None, bool], TaskStatus]:
     return table
 
 
+#: Who a gate passed by ``AUTO_APPROVE_GATES`` is recorded as having approved it.
+AUTO_APPROVER = "auto-approve"
+
+
 @dataclass(frozen=True)
 class Step:
     """A move a worker makes on its own, without a claim: an automatic step or a gate listed in
@@ -297,7 +301,7 @@ class Step:
 
     target: TaskStatus
     note: str | None
-    #: Recorded with the actor ``auto-approve`` rather than the worker.
+    #: Recorded with the actor ``AUTO_APPROVER`` rather than the worker.
     approval: bool
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.pool import NullPool
 
 from app import lifecycle, moves
 from app.db import migrate
-from app.db.ddl import guard
+from app.db.ddl import boundary, guard
 from app.lifecycle import PriorityLevel, TaskStatus
 from tests import dbtools
 
@@ -192,7 +192,8 @@ def _inspect_sync(conn: sa.Connection) -> None:
     assert {u["name"] for u in insp.get_unique_constraints("tasks")} == {"uq_tasks_notion_page_id"}
     indexes = {ix["name"]: ix for ix in insp.get_indexes("tasks")
                if not ix.get("duplicates_constraint")}
-    assert set(indexes) == {"ix_tasks_status", "ix_tasks_channel_id", "ix_tasks_created_at",
+    # ix_tasks_channel_id was dropped (0009): ix_tasks_channel_id_status leads with its column.
+    assert set(indexes) == {"ix_tasks_status", "ix_tasks_created_at",
                             "ix_tasks_channel_id_status", "ix_tasks_queued", "ix_tasks_runnable"}
     queued = indexes["ix_tasks_queued"]
     assert queued["column_names"] == ["channel_id", "priority", "created_at", "id"]
@@ -327,7 +328,21 @@ GOLDEN = {
         "sqlite upgrade": "fa8075db5d70d2aa",
         "sqlite downgrade": "e154bd938d7bbc28",
     },
+    "0009_stage_boundary": {
+        "postgresql upgrade": "7334ed1312b0f5ab",
+        "postgresql downgrade": "c906a3c9f68d2b40",
+        "sqlite upgrade": "921a42fe354bade8",
+        "sqlite downgrade": "0a4e199917a6152b",
+    },
 }
+
+
+def test_frozen_boundary_rules_match_moves() -> None:
+    """The stage boundary installed at head is rendered from the rules in ``app.moves``."""
+    head = _revision("0009_stage_boundary")
+    assert head.FINISH == boundary.finish_rule()
+    assert head.STEPS == boundary.steps_rule()
+    assert list(head.STARTS) == [status.value for status in moves.STARTS]
 
 
 def test_every_revision_is_frozen() -> None:

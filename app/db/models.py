@@ -196,7 +196,6 @@ class Task(TimestampMixin, Base):
 
     __table_args__ = (
         sa.Index("ix_tasks_status", "status"),
-        sa.Index("ix_tasks_channel_id", "channel_id"),
         sa.Index("ix_tasks_created_at", "created_at"),
         sa.Index("ix_tasks_channel_id_status", "channel_id", "status"),
         # The claim index: only queued rows not on hold, keyed for "per channel, by priority,

@@ -5,8 +5,9 @@ ways a move reaches the database:
 
 - the worker's hot path (``app.execution.hotpath``): one autocommitted asyncpg statement per
   move that also writes its ``task_events`` row (``move_if_held``, ``move_if_status``), plus
-  the claim (the ``claim_task`` function, ``app.db.ddl.claim_task``), the load and the lease
-  renewal;
+  the claim (the ``claim_task`` function, ``app.db.ddl.claim_task``), the stage boundary (the
+  ``stage_boundary`` function, rendered from the same rules: ``app.db.ddl.boundary``), the load
+  and the lease renewal;
 - the service layer (``app.services``): SQLAlchemy Core (``guarded_update`` with
   ``core_values``), on PostgreSQL and SQLite, in the caller's transaction.
 
@@ -32,14 +33,27 @@ from app.moves import AppendLine, Changes, MergeArtifact, Move
 
 # --- the hot path (asyncpg, positional parameters) ------------------------------------------
 
-#: A pick-up (``claim_next``: the channel whose turn it is, committed, then its best task);
-#: ``$4`` starts a claimed queued task's first stage in the same write. One row, all NULL
-#: when nothing can be claimed.
-CLAIM_NEXT = "CALL claim_next($1, $2, $3, $4)"
+#: A pick-up (``pick_up``: the channel whose turn it is, committed, then its best task);
+#: ``$4`` starts a claimed queued task's first stage in the same write. One row: the claim,
+#: then what the stage is given (``title, topic, story_direction, artifacts``); all NULL when
+#: nothing can be claimed.
+PICK_UP = "CALL pick_up($1, $2, $3, $4)"
 
-#: ``claim_task`` of one task only (a worker carrying it on); ``$5`` as above.
-CLAIM = ("SELECT task_id, from_status, to_status, claim_token, attempt, run"
-         " FROM claim_task($1, $2, $3, $4, $5)")
+#: ``claim_task`` of one task only, ``$5`` as above; the same row as ``PICK_UP``. The task's
+#: fields are read in the claim's statement (a claim does not change them).
+CLAIM = ("SELECT c.task_id, c.from_status, c.to_status, c.claim_token, c.attempt, c.run,"
+         " i.title, i.topic, i.story_direction, i.artifacts"
+         " FROM claim_task($1, $2, $3, $4, $5) c LEFT JOIN LATERAL (SELECT t.title, t.topic,"
+         " t.story_direction, t.artifacts FROM tasks t WHERE t.id = c.task_id OFFSET 0) i"
+         " ON true")
+
+#: A stage's success, the automatic moves after it and, with ``$10``, the claim of the next
+#: stage (``stage_boundary``, ``app.db.ddl.boundary``): one statement, one commit. No row when
+#: the success was refused; else where the task rests, then the row of ``PICK_UP`` (NULLs
+#: when it was not carried on).
+BOUNDARY = ("SELECT rest, task_id, from_status, to_status, claim_token, attempt, run, title,"
+            " topic, story_direction, artifacts"
+            " FROM stage_boundary($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
 
 #: What a stage handler is given (the attempt and run came with the claim), and whether the
 #: task was put on hold since it was claimed.

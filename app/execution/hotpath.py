@@ -29,26 +29,6 @@ from app.moves import Claim, Move, Renewal
 from app.observability import instruments
 
 
-async def claim(
-    conn: asyncpg.Connection, *, worker_id: str, lease_s: float, now: datetime,
-    task_id: uuid.UUID | None = None, start: bool = True,
-) -> Claim | None:
-    """The next claim in fair order (or of ``task_id`` only); with ``start`` a queued task comes
-    back already in its first stage (one commit for the claim and the start). A pick-up is
-    one call committing two steps: the channel whose turn it is, then its best task."""
-    if task_id is not None:
-        return _claimed(await conn.fetchrow(statements.CLAIM, worker_id, lease_s, now, task_id,
-                                            start))
-    return _claimed(await conn.fetchrow(statements.CLAIM_NEXT, worker_id, lease_s, now, start))
-
-
-def _claimed(row: Any) -> Claim | None:
-    if row is None or row[0] is None:
-        return None
-    return instruments.claimed(
-        Claim(row[0], TaskStatus(row[1]), TaskStatus(row[2]), row[3], row[4], row[5]))
-
-
 @dataclass(frozen=True)
 class Loaded:
     """What a stage handler is given of its task."""
@@ -59,6 +39,48 @@ class Loaded:
     artifacts: dict[str, Any]
     #: An operator put the task on hold since it was claimed: the stage is not to run.
     on_hold: bool = False
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A claim, with what its stage is given (read by the claim's own statement)."""
+
+    claim: Claim
+    given: Loaded
+
+
+async def take(
+    conn: asyncpg.Connection, *, worker_id: str, lease_s: float, now: datetime,
+    task_id: uuid.UUID | None = None, start: bool = True,
+) -> Taken | None:
+    """The next claim in fair order (or of ``task_id`` only), with its stage's input; with
+    ``start`` a queued task comes back already in its first stage (one commit for the claim and
+    the start). A pick-up is one call committing two steps: the channel whose turn it is, then
+    its best task."""
+    if task_id is not None:
+        return _taken(await conn.fetchrow(statements.CLAIM, worker_id, lease_s, now, task_id,
+                                          start))
+    return _taken(await conn.fetchrow(statements.PICK_UP, worker_id, lease_s, now, start))
+
+
+async def claim(
+    conn: asyncpg.Connection, *, worker_id: str, lease_s: float, now: datetime,
+    task_id: uuid.UUID | None = None, start: bool = True,
+) -> Claim | None:
+    """``take`` without the stage's input."""
+    taken = await take(conn, worker_id=worker_id, lease_s=lease_s, now=now, task_id=task_id,
+                       start=start)
+    return None if taken is None else taken.claim
+
+
+def _taken(row: Any, at: int = 0) -> Taken | None:
+    """The claim and input in ``row`` from column ``at`` on (None: nothing was claimed)."""
+    if row is None or row[at] is None:
+        return None
+    claim = Claim(row[at], TaskStatus(row[at + 1]), TaskStatus(row[at + 2]), row[at + 3],
+                  row[at + 4], row[at + 5])
+    instruments.claimed(claim)
+    return Taken(claim, Loaded(row[at + 6], row[at + 7], row[at + 8], json.loads(row[at + 9])))
 
 
 async def load(conn: asyncpg.Connection, task_id: uuid.UUID) -> Loaded:
@@ -74,6 +96,32 @@ async def finish(conn: asyncpg.Connection, held: Claim, *, artefacts: dict[str, 
     """Record the stage's success (its done state); returns that state."""
     return await _held(conn, held, moves.finish(held, artefacts=artefacts, now=now),
                        actor=actor, now=now)
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """Where a finished stage left its task: ``rest`` is its status now (its next stage's
+    active state when ``taken``, the stage carried on under a new claim)."""
+
+    rest: TaskStatus
+    taken: Taken | None
+
+
+async def boundary(conn: asyncpg.Connection, held: Claim, *, artefacts: dict[str, Any],
+                   actor: str, lease_s: float, now: datetime, auto_approved: frozenset[str],
+                   carry: bool) -> Boundary:
+    """Record the stage's success, take the automatic moves and the gates in
+    ``auto_approved`` after it and, with ``carry``, claim the task's next stage if it can be
+    had now: one statement (``stage_boundary``), one commit. The success is written as
+    ``moves.finish`` says (the function is rendered from that rule)."""
+    move = moves.finish(held, artefacts=artefacts, now=now)
+    _check(held.task_id, move.current, move.target)
+    row = await conn.fetchrow(statements.BOUNDARY, held.task_id, held.token, held.status.value,
+                              json.dumps(artefacts), move.changes.get("youtube_url"), actor,
+                              lease_s, now, sorted(auto_approved), carry)
+    if row is None:
+        raise await _miss(conn, held.task_id, move.current, move.target, held.token)
+    return Boundary(TaskStatus(row[0]), _taken(row, 1))
 
 
 async def fail(conn: asyncpg.Connection, held: Claim, *, message: str, actor: str,

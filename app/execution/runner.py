@@ -1,17 +1,20 @@
 """Running claimed tasks: stage after stage, with a heartbeat, each outcome in its own short
 transaction (claim → commit → run with no transaction open → record → commit).
 
-A runner continues a task into its next stage only through a fresh claim of that task (same
-capacity rule as any claim), and stops at a gate, an error, ``published``, or when the claim
-cannot be had now (the task then waits, runnable, for the next claim in queue order). Every
-call (claim and start, load, finish, fail, hand back, move on, renew) is one statement of
-``app.execution.hotpath`` on the hot path's connections; what each writes is ``app.moves``.
+A claim returns what its stage is given (nothing is loaded apart). A stage's success, the
+automatic moves after it and the claim of the task's next stage are one write (a stage
+boundary), so a task moves on through its stages with one statement and one commit each. The
+next stage is taken as any claim of the task would be (the same capacity and quota rules); the
+runner stops at a gate, an error, ``published``, or when that claim cannot be had now (the task
+then waits, runnable, for the next claim in queue order). Every call (claim, boundary, fail,
+hand back, renew) is one statement of ``app.execution.hotpath`` on the hot path's connections;
+what each writes is ``app.moves``.
 
 A stage stopped by a graceful shutdown (cancelled after the grace period) is handed back: the
 task keeps its status with no holder, its attempt not spent and nothing in ``error_log``, and
 the next claim takes it over. So is a stage whose task an operator put on hold: the heartbeat's
-renewal reads the hold from the row and stops the stage (a hold that landed between the claim
-and the start stops it before it runs); no claim takes the task until it is released.
+renewal reads the hold from the row and stops the stage; no claim takes the task until it is
+released.
 
 Every write a runner makes to its task carries the claim token, so a runner whose lease was
 reaped is refused (``StaleClaim``) and stops. A runner also never runs a stage past the moment
@@ -30,12 +33,12 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import db, lifecycle, moves
+from app import db, moves
 from app.config import Settings
 from app.db.hotpool import HotPool
 from app.errors import InvalidTransition, PipelineError, StaleClaim
@@ -91,6 +94,8 @@ class Lease:
     lost: PipelineError | None = None
     #: The renewal found the task put on hold: the stage is stopped and handed back.
     on_hold: bool = False
+    #: What the stage is given, as the claim read it (None: load it).
+    given: hotpath.Loaded | None = None
 
 
 @dataclass
@@ -118,21 +123,28 @@ class Runner:
             return await self._claim(conn, task_id)
 
     async def _claim(self, conn: asyncpg.Connection, task_id: uuid.UUID | None) -> Lease | None:
-        """A queued task comes back in its first stage (claimed and started in one commit).
-        The lease's local expiry counts from before the claim was sent."""
+        """A queued task comes back in its first stage (claimed and started in one commit),
+        with what the stage is given. The lease's local expiry counts from before the claim was
+        sent."""
         started = asyncio.get_running_loop().time()
-        claim = await hotpath.claim(conn, worker_id=self.worker_id,
-                                     lease_s=self.settings.lease_s, now=self.now(),
-                                     task_id=task_id)
-        if claim is None:
-            return None
+        taken = await hotpath.take(conn, worker_id=self.worker_id,
+                                   lease_s=self.settings.lease_s, now=self.now(),
+                                   task_id=task_id)
+        return None if taken is None else await self._leased(conn, taken, started)
+
+    async def _leased(self, conn: asyncpg.Connection, taken: hotpath.Taken,
+                      started: float) -> Lease | None:
+        """The lease of a claim written at ``started`` (loop time), at its stage's length."""
+        claim = taken.claim
         lease_s = self.settings.lease_for(claim.status)
-        if lease_s != self.settings.lease_s:         # a stage with its own lease length
-            started = asyncio.get_running_loop().time()
-            renewal = await hotpath.renew(conn, claim, lease_s=lease_s, now=self.now())
-            if renewal is Renewal.lost:
-                return None                       # a hold is seen when the stage loads
-        return Lease(claim, started + lease_s)
+        if lease_s == self.settings.lease_s:
+            return Lease(claim, started + lease_s, given=taken.given)
+        started = asyncio.get_running_loop().time()   # a stage with its own lease length
+        renewal = await hotpath.renew(conn, claim, lease_s=lease_s, now=self.now())
+        if renewal is Renewal.lost:
+            return None
+        return Lease(claim, started + lease_s, on_hold=renewal is Renewal.on_hold,
+                     given=taken.given)
 
     async def run_next(self) -> uuid.UUID | None:
         """Claim the next task in queue order and run it as far as it goes; its id or None."""
@@ -152,10 +164,8 @@ class Runner:
         then expires and the reaper hands the stage on.
         """
         while lease is not None:
-            task_id = lease.claim.task_id
             try:
-                next_status = await self._run_stage(lease)
-                lease = await self._continue(task_id, next_status)
+                lease = await self._run_stage(lease)
             except (PutOnHold, Deferred) as exc:
                 log.info("%s: %s", self.worker_id, exc)
                 return
@@ -163,12 +173,16 @@ class Runner:
                 log.warning("%s: %s: %s", self.worker_id, type(exc).__name__, exc)
                 return
 
-    async def _run_stage(self, lease: Lease) -> TaskStatus:
+    async def _run_stage(self, lease: Lease) -> Lease | None:
+        """Run the lease's stage and record its outcome; the lease of the task's next stage
+        when it was carried on."""
         claim = lease.claim
         stage = STAGE_BY_ACTIVE[claim.status]
-        async with self.pool.acquire() as conn:
-            task = await hotpath.load(conn, claim.task_id)
-        if task.on_hold:
+        task = lease.given
+        if task is None:
+            async with self.pool.acquire() as conn:
+                task = await hotpath.load(conn, claim.task_id)
+        if task.on_hold or lease.on_hold:
             await self._stopped_for_hold(claim)
         given = StageInput(claim.task_id, stage.name, task.title, task.topic,
                            task.story_direction, claim.run, task.artifacts)
@@ -194,18 +208,35 @@ class Runner:
         except RateLimited as exc:
             instruments.stage_ended(stage.name, instruments.RATE_LIMITED,
                                     time.monotonic() - began)
-            return await _to_the_end(self._rate_limited(lease, exc))
+            await _to_the_end(self._rate_limited(lease, exc))
         except Exception as exc:
             instruments.stage_ended(stage.name, instruments.FAILURE, time.monotonic() - began)
-            return await _to_the_end(self._failed(lease, f"{type(exc).__name__}: {exc}"))
+            await _to_the_end(self._failed(lease, f"{type(exc).__name__}: {exc}"))
+            return None
         finally:
             self.running.pop(claim.task_id, None)
-        done = await _to_the_end(self._record(lease, lambda conn: hotpath.finish(
-            conn, claim, artefacts=artefacts, actor=self.worker_id, now=self.now())))
+        return await self._claim_to_the_end(self._advance(lease, artefacts, began))
+
+    async def _advance(self, lease: Lease, artefacts: dict[str, Any],
+                       began: float) -> Lease | None:
+        """The stage's success, the automatic moves after it and, unless the worker is
+        stopping, the claim of the task's next stage: one write (``hotpath.boundary``). The
+        next lease's local expiry counts from before the write was first sent."""
+        claim = lease.claim
+        stage = STAGE_BY_ACTIVE[claim.status]
+        sent = asyncio.get_running_loop().time()
+        done = await self._record(lease, lambda conn: hotpath.boundary(
+            conn, claim, artefacts=artefacts, actor=self.worker_id, lease_s=self.settings.lease_s,
+            now=self.now(), auto_approved=self.settings.auto_approved,
+            carry=not self.stopping.is_set()))
         instruments.stage_ended(stage.name, instruments.SUCCESS, time.monotonic() - began)
         log.info("%s: task %s %s → %s %.1f s", self.worker_id, claim.task_id, stage.name,
-                 done.value, time.monotonic() - began)
-        return done
+                 stage.done.value if done.rest is stage.done else
+                 f"{stage.done.value} → {done.rest.value}", time.monotonic() - began)
+        if done.taken is None:
+            return None
+        async with self.pool.acquire() as conn:
+            return await self._leased(conn, done.taken, sent)
 
     async def _failed(self, lease: Lease, message: str) -> TaskStatus:
         s = self.settings
@@ -236,7 +267,7 @@ class Runner:
         log.info("%s: task %s: %s handed back (%s)", self.worker_id, claim.task_id,
                  STAGE_BY_ACTIVE[claim.status].name, reason)
 
-    async def _rate_limited(self, lease: Lease, exc: RateLimited) -> TaskStatus:
+    async def _rate_limited(self, lease: Lease, exc: RateLimited) -> NoReturn:
         """The provider refused for now: the quotas of the stage pause for every task that
         shares them, and the stage is handed back to wait as long (no error, no attempt)."""
         claim = lease.claim
@@ -303,23 +334,11 @@ class Runner:
                             self.worker_id, lease.claim.task_id, db.describe(exc))
             await asyncio.sleep(RETRY_PAUSE_S)
 
-    async def _continue(self, task_id: uuid.UUID, status: TaskStatus) -> Lease | None:
-        """After a stage: pass auto-approved gates and automatic moves, then claim the task's
-        next stage if it can be had now."""
-        async with self.pool.acquire() as conn:
-            while (step := moves.automatic_step(status, self.settings.auto_approved)):
-                await hotpath.move(conn, task_id, status, step.target,
-                                   actor="auto-approve" if step.approval else self.worker_id,
-                                   note=step.note, now=self.now())
-                status = step.target
-        if status not in lifecycle.RUNNABLE or self.stopping.is_set():
-            return None           # a stopping worker leaves the next stage to the others
-        return await self._claim_to_the_end(self.claim(task_id))
-
     async def _claim_to_the_end(
             self, claiming: Coroutine[Any, Any, Lease | None]) -> Lease | None:
-        """A claim that runs to its end even if this job is cancelled meanwhile (cut off, it
-        may still have committed); a stage claimed that way is handed back at once."""
+        """A claim (or a stage boundary that may claim) that runs to its end even if this job
+        is cancelled meanwhile (cut off, it may still have committed); a stage claimed that way
+        is handed back at once."""
         inner = asyncio.ensure_future(claiming)
         try:
             return await asyncio.shield(inner)

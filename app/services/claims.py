@@ -166,7 +166,7 @@ async def advance_stranded(session: AsyncSession, *, now: datetime, auto_approve
         status = row.status
         while (step := moves.automatic_step(status, auto_approved)):
             await transitions.transition(session, row.id, step.target, expected=status,
-                                         actor="auto-approve" if step.approval else actor,
+                                         actor=moves.AUTO_APPROVER if step.approval else actor,
                                          note=step.note, now=now)
             status = step.target
     return len(rows)
