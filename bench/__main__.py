@@ -1,5 +1,6 @@
 """``python -m bench``: run the benchmark and print the table (progress goes to stderr);
-``--web`` runs the HTTP benchmark instead (``bench/web.py``).
+``--web`` runs the HTTP benchmark instead (``bench/web.py``), ``--throughput`` the pipeline's
+end-to-end throughput beside PGQueuer and arq (``bench/throughput.py``).
 
 Uses ``DATABASE_URL`` / ``REDIS_URL`` when set, else the embedded servers; all work happens in
 scratch databases created and dropped by the run.
@@ -10,8 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from app import servers
 from app.config import get_settings
-from bench import data, report, web
+from bench import data, report, throughput, web
 from bench.run import Dataset, Options, run
 
 FULL_SIZES = (10_000, 100_000, 1_000_000)
@@ -28,7 +30,11 @@ def _counts(text: str) -> tuple[int, ...]:
     return tuple(_count(part) for part in text.split(",") if part.strip())
 
 
-def parse(argv: list[str] | None = None) -> Options | web.WebOptions:
+def _procs(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())
+
+
+def parse(argv: list[str] | None = None) -> Options | web.WebOptions | throughput.ThroughputOptions:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="10k and 100k queued only, fewer claims and worker samples")
@@ -54,7 +60,22 @@ def parse(argv: list[str] | None = None) -> Options | web.WebOptions:
                              " board's update lag on a real pipeline serve (bench/web.py)")
     parser.add_argument("--web-tasks", type=_count, default=web.WebOptions.tasks,
                         help="tasks in the web benchmark's data set (100k)")
+    parser.add_argument("--throughput", action="store_true",
+                        help="instead: stage executions/s of the whole pipeline on real burst"
+                             " workers, beside PGQueuer and a tuned arq, with statements, commits,"
+                             " WAL and Redis commands per stage (bench/throughput.py)")
+    parser.add_argument("--tp-tasks", type=_count, default=throughput.DEFAULT_TASKS,
+                        help="throughput: tasks, 7 stage executions each (1429)")
+    parser.add_argument("--tp-workers", type=_procs, default=throughput.DEFAULT_WORKERS,
+                        help="throughput: worker process counts (1,2,4)")
+    parser.add_argument("--tp-jobs", type=_count,
+                        help="throughput: no-op jobs for PGQueuer and arq (7 x tasks)")
+    parser.add_argument("--tp-pgq-procs", type=_procs,
+                        help="throughput: PGQueuer consumer process counts (as --tp-workers)")
     args = parser.parse_args(argv)
+    if args.throughput:
+        return throughput.ThroughputOptions(tasks=args.tp_tasks, workers=args.tp_workers,
+                                            jobs=args.tp_jobs, pgq_procs=args.tp_pgq_procs)
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     finished = args.finished if args.finished is not None else (0 if args.quick else 1_000_000)
     datasets = tuple(Dataset(n) for n in sizes) + ((Dataset(10_000, finished),) if finished
@@ -71,9 +92,14 @@ def parse(argv: list[str] | None = None) -> Options | web.WebOptions:
                    args.channels, args.procs, args.workers, quotas=args.quotas)
 
 
-async def main(options: Options | web.WebOptions) -> int:
+async def main(options: Options | web.WebOptions | throughput.ThroughputOptions) -> int:
     if isinstance(options, web.WebOptions):
         return await web.main(options)
+    if isinstance(options, throughput.ThroughputOptions):
+        settings = get_settings()
+        # Without DATABASE_URL: a private server with pg_stat_statements, not the embedded one.
+        return await throughput.main(options, settings.database_url,
+                                     servers.redis_url(settings))
     server_url, redis_url = await data.server_urls(get_settings())
     print(report.render(await run(options, server_url, redis_url)))
     return 0
