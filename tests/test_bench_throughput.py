@@ -1,0 +1,35 @@
+"""The throughput benchmark at a toy size: burst workers publish every task, PGQueuer (when
+installed) and a tuned arq drain as many jobs, and the table renders (no timings asserted)."""
+
+from __future__ import annotations
+
+from bench import throughput
+
+
+async def test_throughput_bench_toy_run_produces_the_table(pg_server_url: str,
+                                                           redis_url: str) -> None:
+    options = throughput.ThroughputOptions(tasks=20, workers=(1, 2))
+    report = await throughput.run(options, pg_server_url, redis_url)
+
+    ours = report.of("ours")
+    assert [m.procs for m in ours] == [1, 2]
+    for m in ours:
+        assert m.published == 20 and m.items == 140
+        assert m.seconds is not None and m.seconds > 0
+        # Every stage execution commits at least once; the Redis counters moved.
+        assert m.counters.commits is not None and m.counters.commits >= 140
+        assert m.counters.redis_commands is not None and m.counters.redis_commands > 0
+    pgq = report.of("pgqueuer")
+    if throughput.pgqueuer_installed():
+        assert [m.procs for m in pgq] == [1, 2]
+        assert all(m.seconds and m.items == 140 for m in pgq)
+    else:
+        assert [m.note for m in pgq] == [throughput.NOT_INSTALLED]
+    arq = report.find("arq", 1)
+    assert arq is not None and arq.seconds and arq.items == 140
+
+    text = throughput.render(report)
+    assert "20 tasks x 7 stages = 140 stage executions" in text
+    assert "pipeline worker --burst" in text and "Worker, max_jobs 100" in text
+    assert "ours: stage executions/s rise from 1 to 2 processes" in text
+    assert "≤ 1 commits per stage execution" in text
