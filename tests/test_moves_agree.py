@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import lifecycle, moves
 from app.db.hotpool import HotPool
 from app.db.models import Channel, Task, TaskEvent
+from app.errors import StaleClaim
 from app.execution import hotpath
-from app.lifecycle import STAGES, TaskStatus
+from app.lifecycle import STAGE_BY_ACTIVE, STAGES, TaskStatus
 from app.moves import Claim
 from app.services import claims, transitions
 from tests.factories import make_channel, make_task
@@ -42,10 +43,24 @@ OUTCOMES: dict[str, tuple[HotCall, ServiceCall]] = {
                                   backoff_s=5),
         lambda s, h: claims.fail_stage(s, h, actor="w", message="boom", now=NOW,
                                        max_attempts=3, backoff_s=5)),
+    "boundary": (    # carrying nothing on: the success and the automatic moves, no gate passed
+        lambda c, h: hotpath.boundary(c, h, artefacts=ART, actor="w", lease_s=30, now=NOW,
+                                      auto_approved=frozenset(), carry=False),
+        lambda s, h: _finish_and_step(s, h)),
     "hand back": (
         lambda c, h: hotpath.hand_back(c, h, reason="worker stopping", actor="w", now=NOW),
         lambda s, h: claims.hand_back(s, h, actor="w", reason="worker stopping", now=NOW)),
 }
+
+
+async def _finish_and_step(session: AsyncSession, held: Claim) -> None:
+    """The success, then the automatic moves after it (no gate is auto-approved)."""
+    await claims.finish_stage(session, held, artefacts=ART, actor="w", now=NOW)
+    status = STAGE_BY_ACTIVE[held.status].done
+    while (step := moves.automatic_step(status, frozenset())):
+        await transitions.transition(session, held.task_id, step.target, expected=status,
+                                     actor="w", note=step.note, now=NOW)
+        status = step.target
 
 
 async def _held_twins(sessions: Sessions, status: TaskStatus, attempt: int) -> list[Claim]:
@@ -92,9 +107,67 @@ async def test_hot_path_and_services_leave_identical_rows(
         await service(session, by_service)
     row, events = await _row_and_events(pg_sessions, by_hot_path.task_id)
     assert (row, events) == await _row_and_events(pg_sessions, by_service.task_id)
-    assert len(events) == 1
-    expected = {"finish": stage.done, "fail": stage.error, "hand back": stage.active}[outcome]
+    stepped = lifecycle.AUTOMATIC.get(stage.done, stage.done)
+    assert len(events) == 1 + (outcome == "boundary" and stepped is not stage.done)
+    expected = {"finish": stage.done, "boundary": stepped, "fail": stage.error,
+                "hand back": stage.active}[outcome]
     assert row["status"] is expected
+
+
+#: Written by the claim's own clock: differ between any two claims.
+CLAIM_OWN = {"claim_token", "claimed_at"}
+EVERY_GATE = frozenset(gate.name for gate in lifecycle.GATES)
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda st: st.name)
+async def test_a_stage_boundary_is_the_moves_it_composes(
+        pg_sessions: Sessions, pg_pool: HotPool, stage: lifecycle.Stage) -> None:
+    """One ``stage_boundary`` call (every gate auto-approved, carried on) leaves the row and
+    history that the success, each automatic move and the claim of the next stage leave when
+    made one by one."""
+    by_boundary, by_moves = await _held_twins(pg_sessions, stage.active, 1)
+    async with pg_pool.acquire() as conn:
+        done = await hotpath.boundary(conn, by_boundary, artefacts=ART, actor="w", lease_s=30,
+                                      now=NOW, auto_approved=EVERY_GATE, carry=True)
+    async with pg_sessions() as session, session.begin():
+        await claims.finish_stage(session, by_moves, artefacts=ART, actor="w", now=NOW)
+    status = stage.done
+    async with pg_sessions() as session, session.begin():
+        while (step := moves.automatic_step(status, EVERY_GATE)):
+            await transitions.transition(session, by_moves.task_id, step.target,
+                                         expected=status, note=step.note, now=NOW,
+                                         actor=moves.AUTO_APPROVER if step.approval else "w")
+            status = step.target
+    carried = None
+    if status in lifecycle.RUNNABLE:
+        async with pg_pool.acquire() as conn:
+            carried = await hotpath.claim(conn, worker_id="w", lease_s=30, now=NOW,
+                                          task_id=by_moves.task_id)
+    assert carried is not None or status is S.published
+    assert done.rest is (status if carried is None else carried.status)
+    assert (done.taken is None) == (carried is None)
+    row, events = await _row_and_events(pg_sessions, by_boundary.task_id)
+    twin_row, twin_events = await _row_and_events(pg_sessions, by_moves.task_id)
+    assert {k: v for k, v in row.items() if k not in CLAIM_OWN} == \
+        {k: v for k, v in twin_row.items() if k not in CLAIM_OWN}
+    assert [e[:4] for e in events] == [e[:4] for e in twin_events]
+    if done.taken is not None:
+        assert done.taken.given.artifacts == row["artifacts"]
+        assert (done.taken.given.title, done.taken.claim.attempt, done.taken.claim.run) == (
+            row["title"], row["attempts"], row["stage_runs"])
+
+
+async def test_a_refused_boundary_writes_nothing(pg_sessions: Sessions, pg_pool: HotPool) -> None:
+    """A boundary with a lost claim (another token) is refused as a stale claim, nothing
+    written."""
+    held, _ = await _held_twins(pg_sessions, S.generating_video, 1)
+    before = await _row_and_events(pg_sessions, held.task_id)
+    stale = Claim(held.task_id, held.status, held.status, uuid.uuid4(), 1, 3)
+    async with pg_pool.acquire() as conn:
+        with pytest.raises(StaleClaim):
+            await hotpath.boundary(conn, stale, artefacts=ART, actor="w", lease_s=30, now=NOW,
+                                   auto_approved=EVERY_GATE, carry=True)
+    assert await _row_and_events(pg_sessions, held.task_id) == before
 
 
 async def _claim_one(pool: HotPool, task_id: uuid.UUID, *, start: bool) -> Claim | None:

@@ -1,7 +1,8 @@
 """arq job functions and lifecycle hooks: wiring only, the logic lives in ``app``.
 
-``work`` claims one task and runs it as far as it goes, then wakes the next ``work`` job; every
-start of a stage is a guarded transition, so duplicated, lost or re-run jobs change nothing.
+``work`` is a wake-up: it runs claim loops in the process's free slots, each taking tasks back
+to back while work is claimable (``app.execution.slots``); every start of a stage is a guarded
+transition, so duplicated, lost or re-run jobs change nothing.
 ``sweep`` reaps expired leases, moves on tasks a stopped runner left at an automatic step, and
 wakes workers for runnable tasks whose wake-up was lost. While PostgreSQL is unavailable both
 log one line and return: leases and the next sweep make up for whatever was not written.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq.connections import ArqRedis
@@ -28,6 +30,7 @@ from app.db import (
 )
 from app.execution import registry, wakeups
 from app.execution.runner import Runner
+from app.execution.slots import Slots
 from app.handlers import load_registry
 from app.notion import cron as notion_cron
 from app.observability import endpoint, instruments
@@ -48,7 +51,9 @@ async def startup(ctx: Ctx) -> None:
     ctx["engine"] = engine
     # Each running job uses at most one connection at a time, plus its stage's heartbeat.
     ctx["pool"] = pool = make_pool(settings, url, max_size=2 * settings.worker_concurrency + 1)
-    ctx["runner"] = Runner(settings, make_sessionmaker(engine), handlers, pool)
+    ctx["runner"] = runner = Runner(settings, make_sessionmaker(engine), handlers, pool)
+    ctx["slots"] = Slots(runner, settings.worker_concurrency, _surplus(ctx),
+                         job_budget_s=settings.job_timeout_s / 2)
     signals.install_over_arq(ctx, grace_s=settings.shutdown_grace_s)
     ctx["registry"] = stack = contextlib.AsyncExitStack()
     await stack.enter_async_context(registry.heartbeat(
@@ -67,24 +72,25 @@ async def shutdown(ctx: Ctx) -> None:
         await ctx["engine"].dispose()
 
 
-async def work(ctx: Ctx) -> str | None:
-    """Claim and run one task; if one was claimed, more may be waiting: wake the next job."""
-    runner: Runner = ctx["runner"]
-    try:
-        task_id = await runner.run_next()
-    except Exception as exc:
-        if not is_unavailable(exc):
-            raise
-        log.warning("work: database unavailable (%s)", describe(exc))
-        return None
-    if task_id is None:
-        return None
-    redis: ArqRedis = ctx["redis"]
-    try:
-        await wakeups.wake(redis, 1, queue_name=runner.settings.queue_name)
-    except wakeups.REDIS_GONE as exc:         # an optimisation: the sweep makes up for it
-        log.warning("work: next wake-up not sent (%s)", describe(exc))
-    return str(task_id)
+async def work(ctx: Ctx) -> int:
+    """A wake-up: claim loops in this process's free slots, tasks back to back while work is
+    claimable (``app.execution.slots``); how many tasks they ran."""
+    slots: Slots = ctx["slots"]
+    return await slots.work()
+
+
+def _surplus(ctx: Ctx) -> Callable[[], Awaitable[None]]:
+    """Wake another process for work this one has no free slot for, unless a wake-up already
+    waits in Redis."""
+    async def surplus() -> None:
+        redis: ArqRedis = ctx["redis"]
+        queue = get_settings().queue_name
+        try:
+            if not await wakeups.pending(redis, queue_name=queue, limit=1):
+                await wakeups.wake(redis, 1, queue_name=queue)
+        except wakeups.REDIS_GONE as exc:     # an optimisation: the sweep makes up for it
+            log.warning("work: wake-up not sent (%s)", describe(exc))
+    return surplus
 
 
 async def sweep(ctx: Ctx) -> dict[str, int]:

@@ -146,11 +146,16 @@ class Runner:
         return Lease(claim, started + lease_s, on_hold=renewal is Renewal.on_hold,
                      given=taken.given)
 
-    async def run_next(self) -> uuid.UUID | None:
-        """Claim the next task in queue order and run it as far as it goes; its id or None."""
+    async def next_lease(self) -> Lease | None:
+        """Claim the next task in queue order (None when none can be had now, or the worker is
+        stopping)."""
         if self.stopping.is_set():
             return None
-        lease = await self._claim_to_the_end(self.claim())
+        return await self._claim_to_the_end(self.claim())
+
+    async def run_next(self) -> uuid.UUID | None:
+        """Claim the next task in queue order and run it as far as it goes; its id or None."""
+        lease = await self.next_lease()
         if lease is None:
             return None
         await self.run(lease)
