@@ -340,8 +340,8 @@ GOLDEN = {
 def test_frozen_boundary_rules_match_moves() -> None:
     """The stage boundary installed at head is rendered from the rules in ``app.moves``."""
     head = _revision("0009_stage_boundary")
-    assert head.FINISH == boundary.finish_rule()
-    assert head.STEPS == boundary.steps_rule()
+    assert boundary.finish_rule() == head.FINISH
+    assert boundary.steps_rule() == head.STEPS
     assert list(head.STARTS) == [status.value for status in moves.STARTS]
 
 

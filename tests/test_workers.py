@@ -3,6 +3,7 @@ stage with capacity limits, and recovery after a worker is killed with SIGKILL."
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 import uuid
@@ -130,6 +131,28 @@ async def test_one_worker_claims_by_priority_then_fifo(
         order = (await session.execute(sa.select(Task.id, Task.priority, Task.created_at))).all()
     expected = [row.id for row in sorted(order, key=lambda r: (rank[r.priority], r.created_at))]
     assert claimed == expected
+
+
+async def test_one_wake_up_fills_every_slot_and_runs_tasks_back_to_back(
+    db: tuple[str, Sessions], workers: Workers, redis_url: str, queue: str,
+) -> None:
+    """One wake-up: the worker's claim loops fill all its slots at once and take task after
+    task in-process; Redis carries no job per task (a few jobs ran every task; the sweep's
+    wake-ups found the slots busy, waited, and ran none)."""
+    _, sessions = db
+    worker = workers.start(SIMULATED_STAGE_SECONDS="0.1", WORKER_CONCURRENCY="4")
+    await worker.started()
+    await seed(sessions, [None, None, None, None], per_channel=6)
+    await wakeups.wake_url(redis_url, 1, queue_name=queue)
+    await wait_published(sessions, 24, timeout_s=120)
+    active = peak = 0
+    for e in await events(sessions):      # replay: tasks in an active state at every moment
+        active += int(e.to_status in lifecycle.ACTIVE) - int(e.from_status in lifecycle.ACTIVE)
+        peak = max(peak, active)
+    assert peak == 4, "the slots were not all filled"
+    ran = [int(n) for n in re.findall(r"← wake:\w+:work ● (\d+)", worker.text())]
+    assert sum(ran) == 24
+    assert 1 <= sum(1 for n in ran if n) <= 4, worker.text()[-3000:]
 
 
 async def test_burst_worker_drains_what_is_runnable_then_exits(

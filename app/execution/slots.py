@@ -6,7 +6,10 @@ as far as it goes (stage after stage, one write per boundary), then claims again
 finds nothing. A loop whose claim found a task starts another loop in a free slot at once (more
 work may be waiting), so idle slots fill within milliseconds rather than at arq's next poll;
 with every slot busy it wakes another process through Redis, unless a wake-up already waits
-there. Redis thus carries wake-ups for surplus work only, not one job per task.
+there. A wake-up that finds every slot busy waits for one to free (or for the worker to stop)
+rather than being dropped: while it waits it holds one of arq's job slots, so a busy process
+soon stops taking wake-ups from Redis and leaves them to processes with room. Redis thus
+carries wake-ups for surplus work only, not one job per task.
 
 The loops a job starts belong to it: the job ends when the last of them does, so arq's grace
 period, its cancellation at shutdown and ``--burst`` reach every running stage as before. A
@@ -41,15 +44,30 @@ class Slots:
     #: A job's loops take no new task after this long (half the job timeout).
     job_budget_s: float
     busy: int = field(default=0, init=False)
+    #: Set (and replaced) whenever a loop ends: wakes every wake-up waiting for a slot.
+    _freed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     async def work(self) -> int:
         """Run claim loops from this job until none finds more work; how many tasks they ran."""
-        if self.busy >= self.size or self.runner.stopping.is_set():
+        if not await self._room():
             return 0
         job = _Job(asyncio.get_running_loop().time() + self.job_budget_s, asyncio.TaskGroup())
         async with job.group:
             self._start(job)
         return job.ran
+
+    async def _room(self) -> bool:
+        """Wait for a free slot; False when the worker stops first."""
+        stopping = self.runner.stopping
+        while self.busy >= self.size and not stopping.is_set():
+            waits = [asyncio.ensure_future(self._freed.wait()),
+                     asyncio.ensure_future(stopping.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        return not stopping.is_set()
 
     def _start(self, job: _Job) -> bool:
         """Another loop of ``job`` in a free slot; False when every slot is busy."""
@@ -80,6 +98,8 @@ class Slots:
                 log.exception("work: claim loop ended by an error")
         finally:
             self.busy -= 1
+            freed, self._freed = self._freed, asyncio.Event()
+            freed.set()
 
 
 @dataclass
