@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import platform
 import shutil
@@ -358,11 +359,7 @@ async def _exited(running: list[subprocess.Popen[bytes]]) -> None:
 
 
 def pgqueuer_installed() -> bool:
-    try:
-        import pgqueuer  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("pgqueuer") is not None
 
 
 @contextlib.asynccontextmanager
@@ -393,8 +390,9 @@ async def pgqueuer(server_url: str, redis_url: str, jobs: int, procs: int,
     if not pgqueuer_installed():
         result.note = NOT_INSTALLED
         return result
-    from pgqueuer.db import AsyncpgDriver
-    from pgqueuer.queries import Queries
+    # The ``bench`` extra: a dev install (and its mypy run) goes without it.
+    from pgqueuer.db import AsyncpgDriver  # type: ignore[import-not-found,unused-ignore]
+    from pgqueuer.queries import Queries  # type: ignore[import-not-found,unused-ignore]
 
     async with empty_database(server_url) as url:
         conn = await data.connect(url)
@@ -457,19 +455,19 @@ async def _line(child: asyncio.subprocess.Process, word: str) -> str:
 
 async def _pgq_consumer(url: str, batch: int) -> None:
     """One PGQueuer consumer process: ready, wait for go, drain, print when done."""
-    from pgqueuer.db import AsyncpgDriver
-    from pgqueuer.models import Job
-    from pgqueuer.qm import QueueManager
-    from pgqueuer.queries import Queries
-    from pgqueuer.types import QueueExecutionMode
+    from pgqueuer.db import AsyncpgDriver  # type: ignore[import-not-found,unused-ignore]
+    from pgqueuer.models import Job  # type: ignore[import-not-found,unused-ignore]
+    from pgqueuer.qm import QueueManager  # type: ignore[import-not-found,unused-ignore]
+    from pgqueuer.queries import Queries  # type: ignore[import-not-found,unused-ignore]
+    from pgqueuer.types import QueueExecutionMode  # type: ignore[import-not-found,unused-ignore]
 
     conn = await asyncpg.connect(**connect_kwargs(url))
     qm = QueueManager(Queries(AsyncpgDriver(conn)))
 
-    @qm.entrypoint(PGQ_ENTRYPOINT)
     async def noop(job: Job) -> None:
         return None
 
+    qm.entrypoint(PGQ_ENTRYPOINT)(noop)
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     await qm.run(batch_size=batch, mode=QueueExecutionMode.drain,
