@@ -754,10 +754,10 @@ def _cost_checks(report: ThroughputReport) -> list[_Check]:
 
 FOOTNOTES = """\
 ours: K `python -m app worker --burst` processes (WORKER_CONCURRENCY each, default 10), woken
-  with min(N, 10 K) wake-ups; each job claims a task and runs it through all seven stages
-  (assets, composites, video, audio, sfx, assembly, upload; 0 s each, gates approved
-  automatically), then wakes the next job. Time: from the queueing commit to the last
-  published_at. One scratch database per process count.
+  with min(N, 10 K) wake-ups as the sync wakes them; every task runs all seven stages (assets,
+  composites, video, audio, sfx, assembly, upload; 0 s each, gates approved automatically).
+  Time: from the queueing commit to the last published_at. One scratch database per process
+  count; the workers are up (all K in the live-worker registry) before the tasks are queued.
 PGQueuer: the jobs are enqueued first (Queries.enqueue with lists), then K consumer processes,
   each a QueueManager on one asyncpg connection (PGQueuer's AsyncpgDriver), run in drain mode
   with batch_size 100; time from the go to the last consumer's end. arq tuned: the jobs are
