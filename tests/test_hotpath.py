@@ -5,6 +5,7 @@ connection recognised as the database being unavailable."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from app import db
 from app.config import Settings
 from app.db.hotpool import HotPool
 from app.db.models import Channel, Task, TaskEvent
-from app.errors import InvalidTransition, StaleClaim, TaskNotFound
+from app.errors import StaleClaim, TaskNotFound
 from app.execution import hotpath
 from app.lifecycle import TaskStatus
 from app.moves import Claim, Renewal
@@ -179,30 +180,25 @@ async def test_a_reaped_claim_cannot_finish_or_renew(pg_sessions: Sessions,
     assert (await _task(pg_sessions, task.id)).status is S.asset_error
 
 
-async def test_moves_are_checked_before_anything_is_written(pg_sessions: Sessions,
-                                                            pg_pool: HotPool) -> None:
-    task = await _fresh(pg_sessions, S.assembly_ready)
+async def test_a_boundary_is_checked_before_anything_is_written(
+        pg_sessions: Sessions, pg_pool: HotPool) -> None:
+    """A boundary of a task that is gone names it; one that was never claimed is refused as
+    a lost claim; the task's row and history stay as they were."""
+    task = await _fresh(pg_sessions, S.generating_sfx)
     now = transitions.utcnow()
+    never = Claim(task.id, S.generating_sfx, S.generating_sfx, uuid.uuid4(), 1, 1)
     async with pg_pool.acquire() as conn:
-        with pytest.raises(InvalidTransition, match="assembly_ready → published is not allowed"):
-            await hotpath.move(conn, task.id, S.assembly_ready, S.published, actor="w",
-                                note=None, now=now)
-        with pytest.raises(ValueError, match="changes more than the status"):
-            await hotpath.move(conn, task.id, S.generating_sfx, S.audio_error, actor="w",
-                                note=None, now=now)
-        with pytest.raises(InvalidTransition, match="expected sfx_ready, found assembly_ready"):
-            await hotpath.move(conn, task.id, S.sfx_ready, S.assembling, actor="w",
-                                note=None, now=now)
         with pytest.raises(TaskNotFound):
-            await hotpath.move(conn, uuid.uuid4(), S.assembly_ready, S.final_review,
-                                actor="w", note=None, now=now)
+            await hotpath.boundary(conn, dataclasses.replace(never, task_id=uuid.uuid4()),
+                                   artefacts={}, actor="w", lease_s=30, now=now,
+                                   auto_approved=frozenset(), carry=True)
+        with pytest.raises(StaleClaim):
+            await hotpath.boundary(conn, never, artefacts={}, actor="w", lease_s=30, now=now,
+                                   auto_approved=frozenset(), carry=True)
         with pytest.raises(TaskNotFound):
             await hotpath.load(conn, uuid.uuid4())
-        assert await _history(pg_sessions, task.id) == []
-        await hotpath.move(conn, task.id, S.assembly_ready, S.final_review, actor="w",
-                            note="auto", now=now)
-    assert await _history(pg_sessions, task.id) == [
-        (S.assembly_ready, S.final_review, "w", "auto")]
+    assert await _history(pg_sessions, task.id) == []
+    assert (await _task(pg_sessions, task.id)).status is S.generating_sfx
 
 
 async def test_a_dropped_connection_reads_as_unavailable(pg_pool: HotPool,

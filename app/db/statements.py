@@ -4,7 +4,7 @@ A move's changes come from ``app.moves`` (pure); this module renders them twice,
 ways a move reaches the database:
 
 - the worker's hot path (``app.execution.hotpath``): one autocommitted asyncpg statement per
-  move that also writes its ``task_events`` row (``move_if_held``, ``move_if_status``), plus
+  move that also writes its ``task_events`` row (``move_if_held``), plus
   the claim (the ``claim_task`` function, ``app.db.ddl.claim_task``), the stage boundary (the
   ``stage_boundary`` function, rendered from the same rules: ``app.db.ddl.boundary``), the load
   and the lease renewal;
@@ -75,12 +75,12 @@ FOUND = "SELECT status, claim_token FROM tasks WHERE id = $1"
 
 
 @functools.lru_cache(maxsize=64)
-def _move_sql(shape: tuple[tuple[str, str], ...], fenced: bool) -> str:
+def _move_sql(shape: tuple[tuple[str, str], ...]) -> str:
     """The text of a guarded move with its event row, for one shape of changes (so each kind
     of move has one text, prepared once per connection). ``$1`` id, ``$2`` current status,
-    ``$3`` target, ``$4`` actor, ``$5`` note, ``$6`` now, ``$7`` claim token when fenced, then
-    the values of the changes."""
-    n = 8 if fenced else 7
+    ``$3`` target, ``$4`` actor, ``$5`` note, ``$6`` now, ``$7`` claim token, then the values of
+    the changes."""
+    n = 8
     assignments = []
     for column, kind in shape:
         if kind == "append":       # one more line, inside the UPDATE (no read-modify-write)
@@ -92,11 +92,10 @@ def _move_sql(shape: tuple[tuple[str, str], ...], fenced: bool) -> str:
         else:
             assignments.append(f"{column} = ${n}")
         n += 1
-    fence = " AND claim_token = $7" if fenced else ""
     return f"""
 WITH moved AS (
   UPDATE tasks SET {', '.join(assignments)}
-  WHERE id = $1 AND status = $2{fence}
+  WHERE id = $1 AND status = $2 AND claim_token = $7
   RETURNING id)
 INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
 SELECT id, $2, $3, $4, $5, $6 FROM moved RETURNING task_id"""
@@ -123,17 +122,8 @@ def move_if_held(move: Move, task_id: uuid.UUID, token: uuid.UUID, *, actor: str
     """A worker's move of the task it holds: guarded by the status and fenced by the claim
     token, so a worker whose lease was reaped writes nothing. Returns (text, parameters)."""
     shape, values = _pg_params(move.changes)
-    return _move_sql(shape, True), [task_id, move.current.value, move.target.value, actor,
+    return _move_sql(shape), [task_id, move.current.value, move.target.value, actor,
                                     move.note, now, token, *values]
-
-
-def move_if_status(move: Move, task_id: uuid.UUID, *, actor: str,
-                   now: Any) -> tuple[str, list[Any]]:
-    """A move of a task no worker holds (a gate passed, an automatic step): guarded by the
-    status only. Returns (text, parameters)."""
-    shape, values = _pg_params(move.changes)
-    return _move_sql(shape, False), [task_id, move.current.value, move.target.value, actor,
-                                     move.note, now, *values]
 
 
 # --- the service layer (SQLAlchemy Core, PostgreSQL and SQLite) -----------------------------

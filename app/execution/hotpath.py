@@ -1,14 +1,15 @@
 """A worker's per-stage database calls, each one statement on a raw asyncpg connection.
 
-Claiming, loading, finishing, failing, handing back and moving a task on happen for every stage
-of every task, so they skip the ORM: each is one autocommitted statement (prepared once per
-connection by asyncpg's statement cache) that writes its ``task_events`` row in the same
-statement. Through ``AsyncSession`` the same work took several times as long in Python as in
-the database (``bench/RESULTS.md``). What a move writes is ``app.moves`` (the service layer
-derives from the same rules); the statements are ``app.db.statements``. A move is checked
-against ``app.lifecycle`` first, guarded by the expected status and fenced by the claim token
-for a worker's own task; a write that matches no row is explained by ``errors.miss_error``
-(``StaleClaim``, ``InvalidTransition`` or ``TaskNotFound``).
+Claiming (with the stage's input), a stage boundary (the success, the automatic moves and the
+next stage's claim), failing and handing back happen for every stage of every task, so they
+skip the ORM: each is one autocommitted statement (prepared once per connection by asyncpg's
+statement cache) that writes its ``task_events`` rows in the same statement. Through
+``AsyncSession`` the same work took several times as long in Python as in the database
+(``bench/RESULTS.md``). What a move writes is ``app.moves`` (the service layer derives from the
+same rules); the statements are ``app.db.statements``. A move is checked against
+``app.lifecycle`` first, guarded by the expected status and fenced by the claim token; a write
+that matches no row is explained by ``errors.miss_error`` (``StaleClaim``,
+``InvalidTransition`` or ``TaskNotFound``).
 """
 
 from __future__ import annotations
@@ -148,22 +149,6 @@ async def pause_quotas(conn: asyncpg.Connection, task_id: uuid.UUID, *, stage: s
     """Pause every quota a start of ``stage`` of the task counts against (its channel's and
     the shared ones: a provider's rate limit); how many buckets were paused."""
     return int(await conn.fetchval(statements.PAUSE_QUOTAS, task_id, stage, seconds) or 0)
-
-
-async def move(
-    conn: asyncpg.Connection, task_id: uuid.UUID, current: TaskStatus, target: TaskStatus, *,
-    actor: str, note: str | None, now: datetime,
-) -> None:
-    """A status-only move, guarded by the current status (not by a claim: no claim is held
-    at a gate or an automatic step)."""
-    _check(task_id, current, target)
-    changes = moves.side_effects(current, target, note=note, now=now)
-    if changes.keys() != {"status", "updated_at"}:
-        raise ValueError(f"{current.value} → {target.value} changes more than the status")
-    sql, params = statements.move_if_status(Move(current, target, changes, note), task_id,
-                                            actor=actor, now=now)
-    if await conn.fetchval(sql, *params) is None:
-        raise await _miss(conn, task_id, current, target, None)
 
 
 async def renew(conn: asyncpg.Connection, held: Claim, *, lease_s: float,
