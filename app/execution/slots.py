@@ -6,7 +6,8 @@ as far as it goes (stage after stage, one write per boundary), then claims again
 finds nothing. A loop whose claim found a task starts another loop in a free slot at once (more
 work may be waiting), so idle slots fill within milliseconds rather than at arq's next poll;
 with every slot busy it wakes another process through Redis, unless a wake-up already waits
-there. A wake-up that finds every slot busy waits for one to free (or for the worker to stop)
+there (asked at most every ``SURPLUS_EVERY_S``: a busy process does not pay Redis round trips
+per task). A wake-up that finds every slot busy waits for one to free (or for the worker to stop)
 rather than being dropped: while it waits it holds one of arq's job slots, so a busy process
 soon stops taking wake-ups from Redis and leaves them to processes with room. Redis thus
 carries wake-ups for surplus work only, not one job per task.
@@ -30,6 +31,8 @@ from app.execution.runner import Runner
 
 log = logging.getLogger(__name__)
 
+#: How often a busy process may ask Redis for a wake-up for another process, at most.
+SURPLUS_EVERY_S = 0.1
 #: Asks for one more wake-up in Redis (for another process), unless one already waits there.
 Surplus = Callable[[], Awaitable[None]]
 
@@ -46,6 +49,8 @@ class Slots:
     busy: int = field(default=0, init=False)
     #: Set (and replaced) whenever a loop ends: wakes every wake-up waiting for a slot.
     _freed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    #: When the last wake-up for another process was asked for (event loop time).
+    _surplus_at: float = field(default=float("-inf"), init=False)
 
     async def work(self) -> int:
         """Run claim loops from this job until none finds more work; how many tasks they ran."""
@@ -87,7 +92,8 @@ class Slots:
                 lease = await self.runner.next_lease()
                 if lease is None:
                     return
-                if not self._start(job):
+                if not self._start(job) and loop.time() >= self._surplus_at + SURPLUS_EVERY_S:
+                    self._surplus_at = loop.time()
                     await self.surplus()
                 await self.runner.run(lease)
                 job.ran += 1
