@@ -329,8 +329,8 @@ GOLDEN = {
         "sqlite downgrade": "e154bd938d7bbc28",
     },
     "0009_stage_boundary": {
-        "postgresql upgrade": "7334ed1312b0f5ab",
-        "postgresql downgrade": "c906a3c9f68d2b40",
+        "postgresql upgrade": "de8d9c50f9ce322d",
+        "postgresql downgrade": "5d21366bbddc95d7",
         "sqlite upgrade": "921a42fe354bade8",
         "sqlite downgrade": "0a4e199917a6152b",
     },
@@ -343,6 +343,7 @@ def test_frozen_boundary_rules_match_moves() -> None:
     assert boundary.finish_rule() == head.FINISH
     assert boundary.steps_rule() == head.STEPS
     assert list(head.STARTS) == [status.value for status in moves.STARTS]
+    assert boundary.next_stages() == head.NEXT_STAGE
 
 
 def test_every_revision_is_frozen() -> None:

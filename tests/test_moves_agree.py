@@ -157,6 +157,34 @@ async def test_a_stage_boundary_is_the_moves_it_composes(
             row["title"], row["attempts"], row["stage_runs"])
 
 
+async def test_boundaries_in_one_statement_are_the_boundaries_one_by_one(
+        pg_sessions: Sessions, pg_pool: HotPool) -> None:
+    """``hotpath.boundaries`` (one statement, one commit) leaves each task as a boundary of its
+    own would; a refused one (a lost claim) is reported in its place, nothing of it written."""
+    pairs = [await _held_twins(pg_sessions, stage.active, 1) for stage in STAGES]
+    lost, _ = await _held_twins(pg_sessions, S.generating_video, 1)
+    before = await _row_and_events(pg_sessions, lost.task_id)
+    stale = Claim(lost.task_id, lost.status, lost.status, uuid.uuid4(), 1, 3)
+    endings = [hotpath.Ending(batched, ART) for batched, _ in pairs]
+    endings.insert(3, hotpath.Ending(stale, ART))
+    async with pg_pool.acquire() as conn:
+        results = await hotpath.boundaries(conn, endings, actor="w", lease_s=30, now=NOW,
+                                           auto_approved=EVERY_GATE, carry=True)
+        singles = [await hotpath.boundary(conn, alone, artefacts=ART, actor="w", lease_s=30,
+                                          now=NOW, auto_approved=EVERY_GATE, carry=True)
+                   for _, alone in pairs]
+    assert isinstance(results.pop(3), StaleClaim)
+    assert await _row_and_events(pg_sessions, lost.task_id) == before
+    for (batched, alone), result, single in zip(pairs, results, singles, strict=True):
+        assert isinstance(result, hotpath.Boundary)
+        assert result.rest is single.rest and (result.taken is None) == (single.taken is None)
+        row, events = await _row_and_events(pg_sessions, batched.task_id)
+        twin_row, twin_events = await _row_and_events(pg_sessions, alone.task_id)
+        assert {k: v for k, v in row.items() if k not in CLAIM_OWN} == \
+            {k: v for k, v in twin_row.items() if k not in CLAIM_OWN}
+        assert [e[:4] for e in events] == [e[:4] for e in twin_events]
+
+
 async def test_a_refused_boundary_writes_nothing(pg_sessions: Sessions, pg_pool: HotPool) -> None:
     """A boundary with a lost claim (another token) is refused as a stale claim, nothing
     written."""

@@ -14,7 +14,10 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from app import moves
+from app.config import Settings
+from app.db import make_pool
 from app.db.models import QuotaUsage, Task, TaskEvent
+from app.execution import hotpath
 from app.lifecycle import TaskStatus
 from app.services import claims, quotas
 from tests.workerprocs import (
@@ -206,3 +209,30 @@ async def test_buckets_are_cleaned_as_their_windows_pass(db: tuple[str, Sessions
                                                                              None)
     async with sessions() as session, session.begin():
         assert await quotas.clean(session) == 0        # nothing left to clean
+
+
+async def test_boundaries_written_together_keep_quotas_and_caps(
+        db: tuple[str, Sessions], settings: Settings) -> None:
+    """Two stages of one capped channel end together and their boundaries share a statement:
+    the composites quota (one start) carries one task on and leaves the other resting,
+    runnable; every lock the carries take is taken first, in one order."""
+    url, sessions = db
+    await _set(sessions, "composites", 1, per_channel=True)
+    await seed(sessions, [2], per_channel=2)
+    pool = make_pool(settings, url, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            held = [await hotpath.claim(conn, worker_id="w", lease_s=30, now=moves.utcnow())
+                    for _ in range(2)]
+            endings = [hotpath.Ending(h, {"n": 1}) for h in held if h is not None]
+            assert len(endings) == 2
+            results = await hotpath.boundaries(conn, endings, actor="w", lease_s=30,
+                                               now=moves.utcnow(),
+                                               auto_approved=frozenset({"assets"}), carry=True)
+    finally:
+        await pool.close()
+    rests = sorted(r.rest.value for r in results if isinstance(r, hotpath.Boundary))
+    assert rests == ["assets_approved", "generating_composites"]
+    async with sessions() as session:
+        buckets = (await session.execute(sa.select(QuotaUsage.starts))).scalars().all()
+    assert [len(starts) for starts in buckets] == [1]

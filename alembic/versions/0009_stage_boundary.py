@@ -6,7 +6,8 @@ Create Date: 2026-12-05
 
 - ``stage_boundary``: a stage's success, the automatic moves after it and the claim of the
   task's next stage, in one call (``app.db.ddl.boundary``), rendered from the rules frozen
-  below (``app.moves.finish`` and ``app.moves.automatic_step``).
+  below (``app.moves.finish`` and ``app.moves.automatic_step``); ``stage_boundaries``: several
+  of them in one statement and one commit, their locks taken in one order.
 - ``pick_up`` replaces ``claim_next``: the same pick-up, returning the task's fields and stage
   outputs with the claim.
 - ``ix_tasks_channel_id`` is dropped: ``ix_tasks_channel_id_status`` leads with the same column
@@ -128,6 +129,15 @@ STEPS = {
     "assembly_ready": ("final_review", None, None),
     "final_review": ("approved", "final", "final auto-approved"),
 }
+#: Active state → the stage after it (``boundary.next_stages``).
+NEXT_STAGE = {
+    "generating_assets": "composites",
+    "generating_composites": "video",
+    "generating_video": "audio",
+    "generating_audio": "sfx",
+    "generating_sfx": "assembly",
+    "assembling": "upload",
+}
 #: The states a claim starts a stage from, other than ``queued``.
 STARTS = (
     "assets_approved",
@@ -146,6 +156,7 @@ def upgrade() -> None:
             " boolean, uuid, taskstatus, taskstatus, uuid, integer, integer)"
         )
         op.execute(boundary.render(FINISH, STEPS, starts=STARTS))
+        op.execute(boundary.render_batch(NEXT_STAGE))
         op.execute(boundary.render_pick_up())
     op.drop_index("ix_tasks_channel_id", table_name="tasks")
 

@@ -55,6 +55,12 @@ BOUNDARY = ("SELECT rest, task_id, from_status, to_status, claim_token, attempt,
             " topic, story_direction, artifacts"
             " FROM stage_boundary($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
 
+#: ``stage_boundary`` for several tasks (arrays ``$1`` to ``$5``, the rest shared): one statement,
+#: one commit. One row per task, numbered as the arrays (``n``), then the row of ``BOUNDARY``.
+BOUNDARIES = ("SELECT n, rest, task_id, from_status, to_status, claim_token, attempt, run,"
+              " title, topic, story_direction, artifacts"
+              " FROM stage_boundaries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
+
 #: What a stage handler is given (the attempt and run came with the claim), and whether the
 #: task was put on hold since it was claimed.
 LOAD = ("SELECT title, topic, story_direction, artifacts, hold_since IS NOT NULL"

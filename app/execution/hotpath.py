@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,7 +25,7 @@ import asyncpg  # type: ignore[import-untyped]  # ships no type information
 
 from app import lifecycle, moves
 from app.db import statements
-from app.errors import InvalidTransition, TaskNotFound, miss_error
+from app.errors import InvalidTransition, PipelineError, TaskNotFound, miss_error
 from app.lifecycle import TaskStatus
 from app.moves import Claim, Move, Renewal
 from app.observability import instruments
@@ -123,6 +124,39 @@ async def boundary(conn: asyncpg.Connection, held: Claim, *, artefacts: dict[str
     if row is None:
         raise await _miss(conn, held.task_id, move.current, move.target, held.token)
     return Boundary(TaskStatus(row[0]), _taken(row, 1))
+
+
+@dataclass(frozen=True)
+class Ending:
+    """A stage's success to record: the claim that held it and the stage's output."""
+
+    held: Claim
+    artefacts: dict[str, Any]
+
+
+async def boundaries(conn: asyncpg.Connection, endings: Sequence[Ending], *, actor: str,
+                     lease_s: float, now: datetime, auto_approved: frozenset[str],
+                     carry: bool) -> list[Boundary | PipelineError]:
+    """``boundary`` for several stages in one statement and one commit (``stage_boundaries``);
+    each task's result in order: where it rests, or why its write was refused (nothing of it
+    written; the others are)."""
+    finished = [moves.finish(e.held, artefacts=e.artefacts, now=now) for e in endings]
+    for e, move in zip(endings, finished, strict=True):
+        _check(e.held.task_id, move.current, move.target)
+    rows = await conn.fetch(
+        statements.BOUNDARIES, [e.held.task_id for e in endings],
+        [e.held.token for e in endings], [e.held.status.value for e in endings],
+        [json.dumps(e.artefacts) for e in endings],
+        [move.changes.get("youtube_url") for move in finished], actor, lease_s, now,
+        sorted(auto_approved), carry)
+    results: list[Boundary | PipelineError] = []
+    for e, move, row in zip(endings, finished, sorted(rows, key=lambda r: r[0]), strict=True):
+        if row[1] is None:
+            results.append(await _miss(conn, e.held.task_id, move.current, move.target,
+                                       e.held.token))
+        else:
+            results.append(Boundary(TaskStatus(row[1]), _taken(row, 2)))
+    return results
 
 
 async def fail(conn: asyncpg.Connection, held: Claim, *, message: str, actor: str,

@@ -43,6 +43,9 @@ from app.config import Settings
 from app.db.hotpool import HotPool
 from app.errors import InvalidTransition, PipelineError, StaleClaim
 from app.execution import hotpath
+from app.execution.boundaries import Boundaries
+from app.execution.boundaries import Settings as BoundarySettings
+from app.execution.hotpath import Ending
 from app.handlers import RateLimited, Registry, StageInput
 from app.lifecycle import STAGE_BY_ACTIVE, TaskStatus
 from app.moves import Claim, Renewal
@@ -112,6 +115,12 @@ class Runner:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     #: The stages running now, by task (what a stopping worker waits for).
     running: dict[uuid.UUID, str] = field(default_factory=dict)
+    #: The stage boundaries this process writes, together when stages end together.
+    boundaries: Boundaries = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.boundaries = Boundaries(self.pool, BoundarySettings(
+            self.worker_id, self.settings.lease_s, self.settings.auto_approved))
 
     def now(self) -> datetime:
         return moves.utcnow()
@@ -130,17 +139,17 @@ class Runner:
         taken = await hotpath.take(conn, worker_id=self.worker_id,
                                    lease_s=self.settings.lease_s, now=self.now(),
                                    task_id=task_id)
-        return None if taken is None else await self._leased(conn, taken, started)
+        return None if taken is None else await self._leased(taken, started)
 
-    async def _leased(self, conn: asyncpg.Connection, taken: hotpath.Taken,
-                      started: float) -> Lease | None:
+    async def _leased(self, taken: hotpath.Taken, started: float) -> Lease | None:
         """The lease of a claim written at ``started`` (loop time), at its stage's length."""
         claim = taken.claim
         lease_s = self.settings.lease_for(claim.status)
         if lease_s == self.settings.lease_s:
             return Lease(claim, started + lease_s, given=taken.given)
         started = asyncio.get_running_loop().time()   # a stage with its own lease length
-        renewal = await hotpath.renew(conn, claim, lease_s=lease_s, now=self.now())
+        async with self.pool.acquire() as conn:
+            renewal = await hotpath.renew(conn, claim, lease_s=lease_s, now=self.now())
         if renewal is Renewal.lost:
             return None
         return Lease(claim, started + lease_s, on_hold=renewal is Renewal.on_hold,
@@ -225,30 +234,28 @@ class Runner:
     async def _advance(self, lease: Lease, artefacts: dict[str, Any],
                        began: float) -> Lease | None:
         """The stage's success, the automatic moves after it and, unless the worker is
-        stopping, the claim of the task's next stage: one write (``hotpath.boundary``). The
+        stopping, the claim of the task's next stage: one write, shared with the boundaries of
+        other stages of this process that end meanwhile (``app.execution.boundaries``). The
         next lease's local expiry counts from before the write was first sent."""
         claim = lease.claim
         stage = STAGE_BY_ACTIVE[claim.status]
         sent = asyncio.get_running_loop().time()
-        done = await self._record(lease, lambda conn: hotpath.boundary(
-            conn, claim, artefacts=artefacts, actor=self.worker_id, lease_s=self.settings.lease_s,
-            now=self.now(), auto_approved=self.settings.auto_approved,
-            carry=not self.stopping.is_set()))
+        done = await self._record(lease, lambda: self.boundaries.write(
+            Ending(claim, artefacts), carry=not self.stopping.is_set()))
         instruments.stage_ended(stage.name, instruments.SUCCESS, time.monotonic() - began)
         log.info("%s: task %s %s → %s %.1f s", self.worker_id, claim.task_id, stage.name,
                  stage.done.value if done.rest is stage.done else
                  f"{stage.done.value} → {done.rest.value}", time.monotonic() - began)
         if done.taken is None:
             return None
-        async with self.pool.acquire() as conn:
-            return await self._leased(conn, done.taken, sent)
+        return await self._leased(done.taken, sent)
 
     async def _failed(self, lease: Lease, message: str) -> TaskStatus:
         s = self.settings
         claim = lease.claim
-        status = await self._record(lease, lambda conn: hotpath.fail(
+        status = await self._record(lease, self._on_conn(lambda conn: hotpath.fail(
             conn, claim, message=message, actor=self.worker_id, now=self.now(),
-            max_attempts=s.stage_max_attempts, backoff_s=s.retry_backoff_s))
+            max_attempts=s.stage_max_attempts, backoff_s=s.retry_backoff_s)))
         delay = moves.retry_delay_s(claim.attempt, max_attempts=s.stage_max_attempts,
                                     backoff_s=s.retry_backoff_s)
         then = "out of attempts" if delay is None else f"retry in {delay:g} s"
@@ -286,9 +293,9 @@ class Runner:
                 raise
             paused = 0                    # the task still waits; the other tasks may try
         not_before = self.now() + timedelta(seconds=exc.retry_after_s)
-        status = await self._record(lease, lambda conn: hotpath.hand_back(
+        status = await self._record(lease, self._on_conn(lambda conn: hotpath.hand_back(
             conn, claim, reason=f"rate limited: {exc}", actor=self.worker_id, now=self.now(),
-            not_before=not_before))
+            not_before=not_before)))
         log.info("%s: task %s %s %s; handed back, %s", self.worker_id, claim.task_id, stage,
                  exc, f"{paused} quota bucket(s) paused" if paused else "no quota to pause")
         raise Deferred(f"task {claim.task_id}: {stage} waits {exc.retry_after_s:g} s"
@@ -310,9 +317,16 @@ class Runner:
             log.warning("%s: task %s: failure not recorded (%s); its lease will expire",
                         self.worker_id, lease.claim.task_id, db.describe(exc))
 
-    async def _record(self, lease: Lease,
-                      write: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Write a move of the claimed task, one statement on its own connection.
+    def _on_conn(self, write: Callable[[asyncpg.Connection], Awaitable[T]]
+                 ) -> Callable[[], Awaitable[T]]:
+        """``write`` on a connection of the hot path's pool."""
+        async def on_conn() -> T:
+            async with self.pool.acquire() as conn:
+                return await write(conn)
+        return on_conn
+
+    async def _record(self, lease: Lease, write: Callable[[], Awaitable[T]]) -> T:
+        """Write a move of the claimed task, one statement.
 
         The write is fenced by the claim token, so trying it again is safe: it lands once or
         is refused. While the database is unavailable it is retried until the lease may expire
@@ -322,8 +336,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                async with self.pool.acquire() as conn:
-                    return await write(conn)
+                return await write()
             except StaleClaim:
                 raise
             except InvalidTransition as exc:

@@ -23,6 +23,7 @@ back when the success is refused (the claim was lost): nothing was written.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -34,6 +35,8 @@ from app.lifecycle import GATE_BY_WAITING, GATES, STAGES, TaskStatus
 from app.moves import Claim, MergeArtifact
 
 BOUNDARY = "stage_boundary"
+#: Several stage boundaries in one statement and one commit.
+BOUNDARIES = "stage_boundaries"
 PICK_UP = "pick_up"
 #: What a stage's success writes, per active state: column → SQL expression.
 Finish = Mapping[str, Mapping[str, str]]
@@ -88,6 +91,11 @@ def steps_rule() -> dict[str, tuple[str, str | None, str | None]]:
         gate = GATE_BY_WAITING[status].name if step.approval else None
         rule[status.value] = (step.target.value, gate, step.note)
     return rule
+
+
+def next_stages() -> dict[str, str]:
+    """Active state → the stage that follows it (the one a carried-on task starts next)."""
+    return {st.active.value: nxt.name for st, nxt in itertools.pairwise(STAGES)}
 
 
 def _assignments(finish: Finish) -> str:
@@ -180,6 +188,77 @@ END
 $$"""
 
 
+def render_batch(next_stage: Mapping[str, str]) -> str:
+    """``stage_boundaries``: ``stage_boundary`` for each task of the arrays (one statement, one
+    commit), from the frozen ``next_stage`` (``next_stages``). Rows come back numbered as the
+    arrays (``n``); a refused boundary's row has a NULL ``rest``.
+
+    Several carries in one transaction could deadlock with each other's locks (a capped
+    channel's row, a quota bucket) taken in different orders, so every lock a carry may wait
+    for is taken first, in one global order: the capped channels' rows by id, then the quota
+    buckets of each task's next stage by key (as a single claim takes them: channel row, then
+    buckets). The claims then find them held by this transaction and do not wait."""
+    whens = " ".join(f"WHEN '{active}' THEN '{stage}'" for active, stage in next_stage.items())
+    shared, every = claim_task.SHARED, claim_task.EVERY_STAGE
+    return f"""CREATE FUNCTION {BOUNDARIES}(
+  p_tasks uuid[], p_tokens uuid[], p_statuses taskstatus[], p_outputs jsonb[], p_urls text[],
+  p_worker text, p_lease_s double precision, p_now timestamptz, p_auto text[],
+  p_carry boolean)
+RETURNS TABLE (n integer, rest taskstatus, task_id uuid, from_status taskstatus,
+               to_status taskstatus, claim_token uuid, attempt integer, run integer,
+               title text, topic text, story_direction text, artifacts jsonb)
+LANGUAGE plpgsql SET lock_timeout = '{claim_task.LOCK_TIMEOUT}'
+  SET plan_cache_mode = {claim_task.PLANS} AS $$
+DECLARE
+  got record;
+  bk_ch uuid[];
+  bk_q integer[];
+  bk_st text[];
+BEGIN
+  IF p_carry THEN
+    PERFORM 1 FROM channels c WHERE c.max_concurrent IS NOT NULL
+      AND c.id IN (SELECT t.channel_id FROM tasks t WHERE t.id = ANY (p_tasks))
+      ORDER BY c.id FOR NO KEY UPDATE;
+    IF EXISTS (SELECT 1 FROM quotas) THEN
+      SELECT coalesce(array_agg(k.channel_id ORDER BY k.channel_id, k.quota_id), '{{}}'),
+             coalesce(array_agg(k.quota_id ORDER BY k.channel_id, k.quota_id), '{{}}'),
+             coalesce(array_agg(k.stage ORDER BY k.channel_id, k.quota_id), '{{}}')
+        INTO bk_ch, bk_q, bk_st
+        FROM (SELECT DISTINCT CASE WHEN q.per_channel THEN t.channel_id
+                                   ELSE '{shared}'::uuid END AS channel_id,
+                     q.id AS quota_id, q.stage
+              FROM unnest(p_tasks, p_statuses) x (id, status)
+              JOIN tasks t ON t.id = x.id
+              JOIN quotas q ON q.stage IN (CASE x.status::text {whens} END, '{every}')) k;
+      INSERT INTO quota_usage (channel_id, quota_id, stage)
+        SELECT k.ch, k.q, k.st FROM unnest(bk_ch, bk_q, bk_st) WITH ORDINALITY k (ch, q, st, o)
+        ORDER BY k.o ON CONFLICT DO NOTHING;
+      PERFORM 1 FROM quota_usage u
+        WHERE (u.channel_id, u.quota_id) IN (SELECT k.ch, k.q FROM unnest(bk_ch, bk_q) k (ch, q))
+        ORDER BY u.channel_id, u.quota_id FOR UPDATE;
+    END IF;
+  END IF;
+  FOR i IN 1 .. cardinality(p_tasks) LOOP
+    SELECT b.* INTO got FROM {BOUNDARY}(p_tasks[i], p_tokens[i], p_statuses[i], p_outputs[i],
+                                        p_urls[i], p_worker, p_lease_s, p_now, p_auto,
+                                        p_carry) b;
+    n := i;
+    IF FOUND THEN
+      rest := got.rest; task_id := got.task_id; from_status := got.from_status;
+      to_status := got.to_status; claim_token := got.claim_token; attempt := got.attempt;
+      run := got.run; title := got.title; topic := got.topic;
+      story_direction := got.story_direction; artifacts := got.artifacts;
+    ELSE
+      rest := NULL; task_id := NULL; from_status := NULL; to_status := NULL;
+      claim_token := NULL; attempt := NULL; run := NULL; title := NULL; topic := NULL;
+      story_direction := NULL; artifacts := NULL;
+    END IF;
+    RETURN NEXT;
+  END LOOP;
+END
+$$"""
+
+
 def render_pick_up() -> str:
     """``pick_up``: the workers' pick-up in one round trip (``pick_channel``, committed, then
     ``claim_task`` in a transaction of its own), returning the stage's input with the claim. A
@@ -222,7 +301,9 @@ $$"""
 
 
 def drop() -> list[str]:
-    return [f"DROP FUNCTION IF EXISTS {BOUNDARY}(uuid, uuid, taskstatus, jsonb, text, text,"
+    return [f"DROP FUNCTION IF EXISTS {BOUNDARIES}(uuid[], uuid[], taskstatus[], jsonb[], text[],"
+            " text, double precision, timestamptz, text[], boolean)",
+            f"DROP FUNCTION IF EXISTS {BOUNDARY}(uuid, uuid, taskstatus, jsonb, text, text,"
             " double precision, timestamptz, text[], boolean)",
             f"DROP PROCEDURE IF EXISTS {PICK_UP}(text, double precision, timestamptz, boolean,"
             " uuid, taskstatus, taskstatus, uuid, integer, integer, text, text, text, jsonb)"]
