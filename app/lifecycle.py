@@ -154,6 +154,28 @@ CLAIM_STARTS: tuple[tuple[TaskStatus, TaskStatus], ...] = tuple(
     (src, dst) for src in TaskStatus if S.claimed in TRANSITIONS[src]
     for dst in TaskStatus if dst in TRANSITIONS[S.claimed] and dst in ACTIVE)
 
+
+
+def _carried_to(done: TaskStatus) -> TaskStatus | None:
+    """The stage a task that rests in ``done`` starts next, through the automatic moves and
+    the gates (approved) on its way; None after the last stage."""
+    starts = {st.start: st.active for st in STAGES}
+    status = done
+    while status not in starts:
+        step = AUTOMATIC.get(status) or (GATE_BY_WAITING[status].approved
+                                         if status in GATE_BY_WAITING else None)
+        if step is None:
+            return None
+        status = step
+    return starts[status]
+
+
+#: A stage boundary that carries a task straight on, ``active → done → … → next active``: one
+#: write on the task, recorded as every transition on the way. The database guard accepts such a
+#: pair only as a carry writes it (a fresh claim token, a fresh attempt budget).
+CARRIES: tuple[tuple[TaskStatus, TaskStatus], ...] = tuple(
+    (st.active, nxt) for st in STAGES if (nxt := _carried_to(st.done)) is not None)
+
 #: Human-readable label per status (the Notion status options and CLI output use these).
 LABELS: dict[TaskStatus, str] = {s: s.value.replace("_", " ").title() for s in TaskStatus}
 LABELS[S.sfx_ready] = "SFX Ready"

@@ -150,3 +150,37 @@ async def test_claim_start_in_one_write_only_as_a_claim(pg_sessions: Sessions) -
         moved = await session.get(Task, task.id)
         assert moved is not None and moved.status is TaskStatus.generating_assets
         assert (moved.claimed_by, moved.attempts) == ("w1", 1)
+
+
+async def test_a_carry_in_one_write_only_as_a_boundary_writes_it(pg_sessions: Sessions) -> None:
+    """``generating_video → generating_audio`` is the path through ``video_ready`` and
+    ``video_approved`` that a stage boundary carrying its task straight on takes in one write
+    (``lifecycle.CARRIES``): the guard passes it only with a new claim token, a worker, a lease
+    and a fresh attempt budget."""
+    _, task = await _channel_with_task(pg_sessions)
+    async with pg_sessions() as session, session.begin():
+        for status in ("claimed", "generating_assets", "assets_ready", "assets_approved",
+                       "generating_composites", "composites_ready", "generating_video"):
+            await session.execute(sa.text("UPDATE tasks SET status = :s WHERE id = :id"),
+                                  {"s": status, "id": task.id})
+        await session.execute(sa.text("UPDATE tasks SET claim_token = gen_random_uuid(),"
+                                      " attempts = 2, stage_runs = 2 WHERE id = :id"),
+                              {"id": task.id})
+    move = "UPDATE tasks SET status = 'generating_audio'{carry} WHERE id = :id"
+    carry = {"claim_token": "gen_random_uuid()", "claimed_by": "'w1'",
+             "lease_expires_at": "now() + interval '30 seconds'", "attempts": "1",
+             "stage_runs": "1"}
+    refused = [{}, {**carry, "claim_token": "claim_token"}, {**carry, "attempts": "3"},
+               *({k: v for k, v in carry.items() if k != left_out} for left_out in carry)]
+    for values in refused:
+        sets = "".join(f", {column} = {value}" for column, value in values.items())
+        with pytest.raises(DBAPIError,
+                           match="illegal task transition generating_video -> generating_audio"):
+            async with pg_sessions() as session, session.begin():
+                await session.execute(sa.text(move.format(carry=sets)), {"id": task.id})
+    async with pg_sessions() as session, session.begin():
+        sets = "".join(f", {column} = {value}" for column, value in carry.items())
+        await session.execute(sa.text(move.format(carry=sets)), {"id": task.id})
+    async with pg_sessions() as session:
+        moved = await session.get(Task, task.id)
+        assert moved is not None and moved.status is TaskStatus.generating_audio

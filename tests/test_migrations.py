@@ -329,8 +329,8 @@ GOLDEN = {
         "sqlite downgrade": "e154bd938d7bbc28",
     },
     "0009_stage_boundary": {
-        "postgresql upgrade": "de8d9c50f9ce322d",
-        "postgresql downgrade": "5d21366bbddc95d7",
+        "postgresql upgrade": "4780a8977fc3a89f",
+        "postgresql downgrade": "ddc3d2d852a1a505",
         "sqlite upgrade": "921a42fe354bade8",
         "sqlite downgrade": "0a4e199917a6152b",
     },
@@ -342,7 +342,11 @@ def test_frozen_boundary_rules_match_moves() -> None:
     head = _revision("0009_stage_boundary")
     assert boundary.finish_rule() == head.FINISH
     assert boundary.steps_rule() == head.STEPS
-    assert list(head.STARTS) == [status.value for status in moves.STARTS]
+    assert {s.value: a.value for s, a in moves.STARTS.items()} == head.STARTS
+    assert boundary.CLAIM_WRITES == head.CLAIM_WRITES
+    assert [(a.value, b.value) for a, b in lifecycle.CARRIES] == list(head.CARRIES)
+    assert [(a.value, b.value) for a, b in lifecycle.CLAIM_STARTS] == list(head.CLAIM_STARTS)
+    assert set(head.ACTIVE) == {s.value for s in lifecycle.ACTIVE}
     assert boundary.next_stages() == head.NEXT_STAGE
 
 

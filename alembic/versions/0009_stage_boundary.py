@@ -8,6 +8,9 @@ Create Date: 2026-12-05
   task's next stage, in one call (``app.db.ddl.boundary``), rendered from the rules frozen
   below (``app.moves.finish`` and ``app.moves.automatic_step``); ``stage_boundaries``: several
   of them in one statement and one commit, their locks taken in one order.
+- The guard accepts a boundary that carries its task straight into its next stage
+  (``active → done → … → next active`` in one write of the row) only as a carry writes it: a
+  fresh claim token, a worker, a lease and a fresh attempt budget.
 - ``pick_up`` replaces ``claim_next``: the same pick-up, returning the task's fields and stage
   outputs with the claim.
 - ``ix_tasks_channel_id`` is dropped: ``ix_tasks_channel_id_status`` leads with the same column
@@ -18,7 +21,7 @@ Create Date: 2026-12-05
 from collections.abc import Sequence
 
 from alembic import op
-from app.db.ddl import boundary, claim_task
+from app.db.ddl import boundary, claim_task, guard
 
 revision: str = "0009"
 down_revision: str | None = "0008"
@@ -138,14 +141,40 @@ NEXT_STAGE = {
     "generating_sfx": "assembly",
     "assembling": "upload",
 }
-#: The states a claim starts a stage from, other than ``queued``.
-STARTS = (
-    "assets_approved",
-    "composites_ready",
-    "video_approved",
-    "audio_approved",
-    "sfx_ready",
-    "approved",
+#: The states a claim starts a stage from (other than ``queued``), with the stage's active state.
+STARTS = {
+    "assets_approved": "generating_composites",
+    "composites_ready": "generating_video",
+    "video_approved": "generating_audio",
+    "audio_approved": "generating_sfx",
+    "sfx_ready": "assembling",
+    "approved": "uploading",
+}
+ACTIVE = ("claimed", "generating_assets", "generating_composites", "generating_video",
+          "generating_audio", "generating_sfx", "assembling", "uploading")
+#: What a claim writes on its task, over the success's write when a boundary carries it on
+#: (``boundary.CLAIM_WRITES``).
+CLAIM_WRITES = {
+    "status": "target",
+    "claimed_by": "p_worker",
+    "claimed_at": "stamp",
+    "claim_token": "gen_random_uuid()",
+    "lease_expires_at": "p_now + make_interval(secs => p_lease_s)",
+    "retry_at": "NULL",
+    "failed_stage": "NULL",
+    "attempts": "1",
+    "stage_runs": "1",
+}
+#: The guard's composite moves: a claim that starts its stage (revision 0005) and a boundary
+#: that carries its task straight on (``lifecycle.CARRIES``).
+CLAIM_STARTS = (("queued", "generating_assets"),)
+CARRIES = (
+    ("generating_assets", "generating_composites"),
+    ("generating_composites", "generating_video"),
+    ("generating_video", "generating_audio"),
+    ("generating_audio", "generating_sfx"),
+    ("generating_sfx", "assembling"),
+    ("assembling", "uploading"),
 )
 
 
@@ -155,7 +184,8 @@ def upgrade() -> None:
             "DROP PROCEDURE IF EXISTS claim_next(text, double precision, timestamptz,"
             " boolean, uuid, taskstatus, taskstatus, uuid, integer, integer)"
         )
-        op.execute(boundary.render(FINISH, STEPS, starts=STARTS))
+        op.execute(guard.guard_function(CLAIM_STARTS, CARRIES))
+        op.execute(boundary.render(FINISH, STEPS, CLAIM_WRITES, starts=STARTS, active=ACTIVE))
         op.execute(boundary.render_batch(NEXT_STAGE))
         op.execute(boundary.render_pick_up())
     op.drop_index("ix_tasks_channel_id", table_name="tasks")
@@ -167,3 +197,4 @@ def downgrade() -> None:
         for statement in boundary.drop():
             op.execute(statement)
         op.execute(claim_task.render_next())
+        op.execute(guard.guard_function(CLAIM_STARTS))

@@ -10,15 +10,22 @@ call:
   ``app.moves.finish`` says (rendered from that rule, ``finish_rule``);
 - **the automatic moves** after it, each guarded by the status it leaves (``steps_rule``, from
   ``app.moves.automatic_step``; which gates pass is the caller's ``AUTO_APPROVE_GATES``);
-- **the next stage**, when the task rests in a state a claim starts from and the caller may
-  carry it on: ``claim_task`` of that task, the same claim as any other (no turn is taken, a
-  capacity slot and the stage's quota are), so a task at its channel's cap, on hold or whose
-  quota is spent stays runnable for the next claim in queue order;
+- **the next stage**, when the task would rest in a state a claim starts from and the caller
+  may carry it on: claimed as ``claim_task`` would claim it (no turn is taken; its channel
+  active, the task not on hold, a capacity slot and the stage's quota), so a task whose next
+  stage cannot be had now stays runnable for the next claim in queue order;
 - **the next stage's input** (the task's fields and stage outputs), so nothing is loaded apart.
 
-Every move is its own guarded ``UPDATE`` with its ``task_events`` row, so the database guard
-sees each edge as it sees any other; the caller sees one statement and one commit. No row comes
-back when the success is refused (the claim was lost): nothing was written.
+A task carried on is written once: its row goes from one stage's active state straight to
+the next's, with the success's columns and the claim's (``CLAIM_WRITES``) in one ``UPDATE``,
+and every transition on the way gets its ``task_events`` row. The database guard accepts that
+pair only as a carry writes it (``lifecycle.CARRIES``: a fresh claim token and attempt budget).
+The task holds its capacity slot through the move, so the cap is counted only to refuse a carry
+when the cap was lowered meanwhile. A task not carried on gets the success and each automatic
+move as a guarded ``UPDATE`` of its own. Either way the caller sees one statement and one
+commit; no row comes back when the success is refused (the claim was lost): nothing was
+written. ``tests/test_moves_agree.py`` holds a boundary equal to the success, the automatic
+moves and ``claim_task`` made one by one.
 """
 
 from __future__ import annotations
@@ -98,12 +105,28 @@ def next_stages() -> dict[str, str]:
     return {st.active.value: nxt.name for st, nxt in itertools.pairwise(STAGES)}
 
 
-def _assignments(finish: Finish) -> str:
-    """``SET`` of the success: a column every stage writes alike is one expression, the
-    others a ``CASE`` over the stage (a stage that does not write it keeps it)."""
+#: What a claim writes on its task (``claim_task``'s ``UPDATE``), over the success's write when a
+#: boundary carries the task straight on: column → SQL (``target`` the next active state,
+#: ``stamp`` the start's time). ``tests/test_moves_agree.py`` holds a carry equal to the
+#: success, the automatic moves and ``claim_task`` made one by one.
+CLAIM_WRITES: dict[str, str] = {
+    "status": "target", "claimed_by": "p_worker", "claimed_at": "stamp",
+    "claim_token": "gen_random_uuid()",
+    "lease_expires_at": "p_now + make_interval(secs => p_lease_s)",
+    "retry_at": "NULL", "failed_stage": "NULL", "attempts": "1", "stage_runs": "1",
+}
+
+
+def _assignments(finish: Finish, over: Mapping[str, str] | None = None) -> str:
+    """``SET`` of the success (with ``over`` written instead where it names a column): a
+    column every stage writes alike is one expression, the others a ``CASE`` over the stage (a
+    stage that does not write it keeps it)."""
     columns = list(dict.fromkeys(c for changes in finish.values() for c in changes))
     parts = []
     for column in columns:
+        if over and column in over:
+            parts.append(f"{column} = {over[column]}")
+            continue
         values = {status: changes.get(column) for status, changes in finish.items()}
         if len(set(values.values())) == 1:
             parts.append(f"{column} = {next(iter(values.values()))}")
@@ -111,32 +134,44 @@ def _assignments(finish: Finish) -> str:
         whens = " ".join(f"WHEN '{status}' THEN {value}" for status, value in values.items()
                          if value is not None)
         parts.append(f"{column} = CASE p_status::text {whens} ELSE t.{column} END")
+    parts += [f"{column} = {value}" for column, value in (over or {}).items()
+              if column not in columns]
     return ",\n      ".join(parts)
 
 
-def _step_case(steps: Steps) -> str:
-    """The automatic move out of ``cur``: the target, or NULL (a gate not listed in
+def _step_case(steps: Steps, var: str = "cur") -> str:
+    """The automatic move out of ``var``: the target, or NULL (a gate not listed in
     ``p_auto`` is left to a person)."""
     whens = []
     for status, (target, gate, _) in steps.items():
         value = f"'{target}'" if gate is None else \
             f"CASE WHEN '{gate}' = ANY (p_auto) THEN '{target}'::taskstatus END"
         whens.append(f"WHEN '{status}' THEN {value}")
-    return f"CASE cur::text {' '.join(whens)} END"
+    return f"CASE {var}::text {' '.join(whens)} END"
 
 
-def _step_text(steps: Steps, index: int) -> str:
-    """The gate (1) or the note (2) of the step out of ``cur``, NULL for none."""
+def _step_text(steps: Steps, index: int, var: str = "cur") -> str:
+    """The gate (1) or the note (2) of the step out of ``var``, NULL for none."""
     whens = [f"WHEN '{status}' THEN '{step[index]}'" for status, step in steps.items()
              if step[index] is not None]
-    return f"CASE cur::text {' '.join(whens)} END" if whens else "NULL"
+    return f"CASE {var}::text {' '.join(whens)} END" if whens else "NULL"
 
 
-def render(finish: Finish, steps: Steps, *, starts: Iterable[str]) -> str:
+def _actor(steps: Steps, var: str) -> str:
+    """Who an automatic move out of ``var`` is recorded as made by."""
+    return (f"CASE WHEN {_step_text(steps, 1, var)} IS NULL THEN p_worker"
+            f" ELSE '{moves.AUTO_APPROVER}' END")
+
+
+def render(finish: Finish, steps: Steps, claim: Mapping[str, str], *,
+           starts: Mapping[str, str], active: Iterable[str]) -> str:
     """``stage_boundary``, from frozen rule data: ``finish`` (``finish_rule``), ``steps``
-    (``steps_rule``) and the states a claim starts a stage from, other than ``queued``."""
-    start_list = ", ".join(f"'{status}'" for status in starts)
-    approver = moves.AUTO_APPROVER
+    (``steps_rule``), what a claim writes (``CLAIM_WRITES``), the states a claim starts a stage
+    from with the state it starts (other than ``queued``) and the active states."""
+    done = " ".join(f"WHEN '{status}' THEN '{changes['status'].strip(chr(39))}'"
+                    for status, changes in finish.items())
+    start_case = " ".join(f"WHEN '{s}' THEN '{a}'" for s, a in starts.items())
+    active_list = ", ".join(f"'{status}'" for status in active)
     return f"""CREATE FUNCTION {BOUNDARY}(
   p_task uuid, p_token uuid, p_status taskstatus, p_output jsonb, p_url text,
   p_worker text, p_lease_s double precision, p_now timestamptz, p_auto text[],
@@ -144,45 +179,86 @@ def render(finish: Finish, steps: Steps, *, starts: Iterable[str]) -> str:
 RETURNS TABLE (rest taskstatus, task_id uuid, from_status taskstatus, to_status taskstatus,
                claim_token uuid, attempt integer, run integer, title text, topic text,
                story_direction text, artifacts jsonb)
-LANGUAGE plpgsql SET plan_cache_mode = {claim_task.PLANS} AS $$
+LANGUAGE plpgsql SET lock_timeout = '{claim_task.LOCK_TIMEOUT}'
+  SET plan_cache_mode = {claim_task.PLANS} AS $$
 DECLARE
-  cur taskstatus;
+  cur taskstatus := CASE p_status::text {done} END;
   nxt taskstatus;
-  got record;
+  ev_src taskstatus[] := ARRAY[p_status];
+  ev_dst taskstatus[] := ARRAY[cur];
+  target taskstatus;
+  chan record;
+  at_cap boolean := false;
+  stamp timestamptz;
 BEGIN
-  -- The stage's success, fenced by the claim token.
-  UPDATE tasks t SET
-      {_assignments(finish)}
-    WHERE t.id = p_task AND t.status = p_status AND t.claim_token = p_token
-    RETURNING t.status INTO cur;
-  IF NOT FOUND THEN
-    RETURN;
-  END IF;
-  INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
-    VALUES (p_task, p_status, cur, p_worker, NULL, p_now);
-  -- The automatic moves after it, each guarded by the status it leaves.
+  -- Where the success leads: its done state, then the automatic moves after it.
   LOOP
     nxt := {_step_case(steps)};
     EXIT WHEN nxt IS NULL;
-    UPDATE tasks t SET status = nxt, updated_at = p_now WHERE t.id = p_task AND t.status = cur;
-    INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
-      VALUES (p_task, cur, nxt,
-              CASE WHEN {_step_text(steps, 1)} IS NULL THEN p_worker ELSE '{approver}' END,
-              {_step_text(steps, 2)}, p_now);
+    ev_src := ev_src || cur;
+    ev_dst := ev_dst || nxt;
     cur := nxt;
   END LOOP;
-  rest := cur;
-  -- The next stage, claimed as any claim of this task would be.
-  IF p_carry AND cur IN ({start_list}) THEN
-    SELECT c.* INTO got FROM {claim_task.FUNCTION}(p_worker, p_lease_s, p_now, p_task, true) c;
-    IF FOUND THEN
-      rest := got.to_status; task_id := got.task_id; from_status := got.from_status;
-      to_status := got.to_status; claim_token := got.claim_token; attempt := got.attempt;
-      run := got.run;
-      SELECT t.title, t.topic, t.story_direction, t.artifacts
-        INTO title, topic, story_direction, artifacts FROM tasks t WHERE t.id = p_task;
+  target := CASE cur::text {start_case} END;
+  IF p_carry AND target IS NOT NULL THEN
+    -- Carried straight on, in one write of the row: the task keeps the capacity slot it holds
+    -- (only a cap lowered meanwhile refuses it, counted as a claim counts), its channel must
+    -- be active, the task not on hold and the next stage's quota not spent.
+    SELECT c.id, c.max_concurrent, c.is_active AND t.hold_since IS NULL AS free INTO chan
+      FROM tasks t JOIN channels c ON c.id = t.channel_id
+      WHERE t.id = p_task AND t.status = p_status AND t.claim_token = p_token
+      FOR UPDATE OF t;
+    IF NOT FOUND THEN
+      RETURN;
+    END IF;
+    IF chan.free AND chan.max_concurrent IS NOT NULL THEN
+      PERFORM 1 FROM channels c WHERE c.id = chan.id FOR NO KEY UPDATE;
+      at_cap := chan.max_concurrent <= (SELECT count(*) FROM tasks a
+        WHERE a.channel_id = chan.id AND a.status IN ({active_list}) AND a.id <> p_task);
+    END IF;
+    IF chan.free AND NOT at_cap THEN
+      stamp := clock_timestamp();
+      IF EXISTS (SELECT 1 FROM quotas) THEN
+        stamp := {claim_task.QUOTA_TAKE}(chan.id, {claim_task.TASK_STAGE}(target, NULL));
+      END IF;
+    END IF;
+    IF stamp IS NOT NULL THEN
+      UPDATE tasks t SET
+          {_assignments(finish, claim)}
+        WHERE t.id = p_task
+        RETURNING t.claim_token, t.attempts, t.stage_runs, t.title, t.topic,
+                  t.story_direction, t.artifacts
+        INTO claim_token, attempt, run, title, topic, story_direction, artifacts;
+      INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
+        SELECT p_task, e.src, e.dst,
+               CASE WHEN e.o = 1 THEN p_worker ELSE {_actor(steps, "e.src")} END,
+               CASE WHEN e.o = 1 THEN NULL ELSE {_step_text(steps, 2, "e.src")} END, p_now
+        FROM unnest(ev_src, ev_dst) WITH ORDINALITY e (src, dst, o) ORDER BY e.o;
+      INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
+        VALUES (p_task, cur, target, p_worker, 'claim', stamp);
+      rest := target; task_id := p_task; from_status := cur; to_status := target;
+      RETURN NEXT;
+      RETURN;
     END IF;
   END IF;
+  -- Not carried on: the success, then each automatic move, one guarded UPDATE each.
+  UPDATE tasks t SET
+      {_assignments(finish)}
+    WHERE t.id = p_task AND t.status = p_status AND t.claim_token = p_token;
+  IF NOT FOUND THEN
+    RETURN;
+  END IF;
+  FOR i IN 1 .. cardinality(ev_src) LOOP
+    IF i > 1 THEN
+      UPDATE tasks t SET status = ev_dst[i], updated_at = p_now
+        WHERE t.id = p_task AND t.status = ev_src[i];
+    END IF;
+    INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
+      VALUES (p_task, ev_src[i], ev_dst[i],
+              CASE WHEN i = 1 THEN p_worker ELSE {_actor(steps, "ev_src[i]")} END,
+              CASE WHEN i = 1 THEN NULL ELSE {_step_text(steps, 2, "ev_src[i]")} END, p_now);
+  END LOOP;
+  rest := cur;
   RETURN NEXT;
 END
 $$"""

@@ -74,24 +74,33 @@ FOR EACH ROW EXECUTE FUNCTION set_updated_at()"""
     return statements
 
 
-def guard_function(claim_starts: Sequence[Pair] = ()) -> str:
+def guard_function(claim_starts: Sequence[Pair] = (), carries: Sequence[Pair] = ()) -> str:
     """``tasks_guard_transition()``: refuse every status move that is not an edge of the table.
 
     Each pair ``(a, c)`` of ``claim_starts`` is the path ``a → claimed → c`` taken in one write: a
     worker's claim that starts its stage at once (``app.db.ddl.claim_task``). It passes only as
-    a claim writes it: a fresh claim token, a worker, a lease and one more attempt. A bare
-    ``UPDATE … SET status`` along it is still refused, and it reaches no state the two edges do
-    not.
+    a claim writes it: a fresh claim token, a worker, a lease and one more attempt. Each pair of
+    ``carries`` is a stage boundary that carries its task straight into the next stage
+    (``app.db.ddl.boundary``): it passes only as a carry writes it, with a fresh claim token, a
+    worker, a lease and a fresh attempt budget (the first attempt and run of the new stage). A
+    bare ``UPDATE … SET status`` along either is still refused, and neither reaches a state the
+    edges on its way do not.
     """
     composite = ""
+    fresh_claim = ("\n          AND NEW.claim_token IS NOT NULL"
+                   "\n          AND NEW.claim_token IS DISTINCT FROM OLD.claim_token"
+                   "\n          AND NEW.claimed_by IS NOT NULL"
+                   "\n          AND NEW.lease_expires_at IS NOT NULL")
     if claim_starts:
         pairs = ", ".join(f"('{src}', '{dst}')" for src, dst in claim_starts)
         composite = ("\n     AND NOT ((OLD.status::text, NEW.status::text) IN (" + pairs + ")"
-                     "\n          AND NEW.claim_token IS NOT NULL"
-                     "\n          AND NEW.claim_token IS DISTINCT FROM OLD.claim_token"
-                     "\n          AND NEW.claimed_by IS NOT NULL"
-                     "\n          AND NEW.lease_expires_at IS NOT NULL"
+                     + fresh_claim +
                      "\n          AND NEW.attempts = OLD.attempts + 1)")
+    if carries:
+        pairs = ", ".join(f"('{src}', '{dst}')" for src, dst in carries)
+        composite += ("\n     AND NOT ((OLD.status::text, NEW.status::text) IN (" + pairs + ")"
+                      + fresh_claim +
+                      "\n          AND NEW.attempts = 1 AND NEW.stage_runs = 1)")
     return f"""CREATE OR REPLACE FUNCTION tasks_guard_transition() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
