@@ -329,8 +329,8 @@ GOLDEN = {
         "sqlite downgrade": "e154bd938d7bbc28",
     },
     "0009_stage_boundary": {
-        "postgresql upgrade": "4780a8977fc3a89f",
-        "postgresql downgrade": "ddc3d2d852a1a505",
+        "postgresql upgrade": "67a07f05a98a43fb",
+        "postgresql downgrade": "a92c143b16df43b3",
         "sqlite upgrade": "921a42fe354bade8",
         "sqlite downgrade": "0a4e199917a6152b",
     },

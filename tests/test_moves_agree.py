@@ -27,6 +27,9 @@ from tests.factories import make_channel, make_task
 Sessions = async_sessionmaker[AsyncSession]
 S = TaskStatus
 NOW = moves.utcnow().replace(microsecond=0) - timedelta(hours=1)
+#: Leases here outlast the test run (``NOW`` is an hour ago): no reaper of another test takes
+#: these tasks back.
+LEASE_S = 2 * 86_400
 #: Columns that differ between any two tasks, whatever was done to them.
 OWN = {"id", "notion_page_id", "created_at", "updated_at"}
 
@@ -44,7 +47,7 @@ OUTCOMES: dict[str, tuple[HotCall, ServiceCall]] = {
         lambda s, h: claims.fail_stage(s, h, actor="w", message="boom", now=NOW,
                                        max_attempts=3, backoff_s=5)),
     "boundary": (    # carrying nothing on: the success and the automatic moves, no gate passed
-        lambda c, h: hotpath.boundary(c, h, artefacts=ART, actor="w", lease_s=30, now=NOW,
+        lambda c, h: hotpath.boundary(c, h, artefacts=ART, actor="w", lease_s=LEASE_S, now=NOW,
                                       auto_approved=frozenset(), carry=False),
         lambda s, h: _finish_and_step(s, h)),
     "hand back": (
@@ -74,7 +77,7 @@ async def _held_twins(sessions: Sessions, status: TaskStatus, attempt: int) -> l
                                    claimed_by="w", claimed_at=NOW, attempts=attempt,
                                    stage_runs=attempt + 2, error_log="earlier line",
                                    artifacts={"before": {"k": 1}},
-                                   lease_expires_at=NOW + timedelta(minutes=5))
+                                   lease_expires_at=NOW + timedelta(days=2))
             held.append(Claim(task.id, status, status, token, attempt, attempt + 2))
     return held
 
@@ -127,7 +130,7 @@ async def test_a_stage_boundary_is_the_moves_it_composes(
     made one by one."""
     by_boundary, by_moves = await _held_twins(pg_sessions, stage.active, 1)
     async with pg_pool.acquire() as conn:
-        done = await hotpath.boundary(conn, by_boundary, artefacts=ART, actor="w", lease_s=30,
+        done = await hotpath.boundary(conn, by_boundary, artefacts=ART, actor="w", lease_s=LEASE_S,
                                       now=NOW, auto_approved=EVERY_GATE, carry=True)
     async with pg_sessions() as session, session.begin():
         await claims.finish_stage(session, by_moves, artefacts=ART, actor="w", now=NOW)
@@ -141,7 +144,7 @@ async def test_a_stage_boundary_is_the_moves_it_composes(
     carried = None
     if status in lifecycle.RUNNABLE:
         async with pg_pool.acquire() as conn:
-            carried = await hotpath.claim(conn, worker_id="w", lease_s=30, now=NOW,
+            carried = await hotpath.claim(conn, worker_id="w", lease_s=LEASE_S, now=NOW,
                                           task_id=by_moves.task_id)
     assert carried is not None or status is S.published
     assert done.rest is (status if carried is None else carried.status)
@@ -168,9 +171,9 @@ async def test_boundaries_in_one_statement_are_the_boundaries_one_by_one(
     endings = [hotpath.Ending(batched, ART) for batched, _ in pairs]
     endings.insert(3, hotpath.Ending(stale, ART))
     async with pg_pool.acquire() as conn:
-        results = await hotpath.boundaries(conn, endings, actor="w", lease_s=30, now=NOW,
+        results = await hotpath.boundaries(conn, endings, actor="w", lease_s=LEASE_S, now=NOW,
                                            auto_approved=EVERY_GATE, carry=True)
-        singles = [await hotpath.boundary(conn, alone, artefacts=ART, actor="w", lease_s=30,
+        singles = [await hotpath.boundary(conn, alone, artefacts=ART, actor="w", lease_s=LEASE_S,
                                           now=NOW, auto_approved=EVERY_GATE, carry=True)
                    for _, alone in pairs]
     assert isinstance(results.pop(3), StaleClaim)
@@ -193,7 +196,7 @@ async def test_a_refused_boundary_writes_nothing(pg_sessions: Sessions, pg_pool:
     stale = Claim(held.task_id, held.status, held.status, uuid.uuid4(), 1, 3)
     async with pg_pool.acquire() as conn:
         with pytest.raises(StaleClaim):
-            await hotpath.boundary(conn, stale, artefacts=ART, actor="w", lease_s=30, now=NOW,
+            await hotpath.boundary(conn, stale, artefacts=ART, actor="w", lease_s=LEASE_S, now=NOW,
                                    auto_approved=EVERY_GATE, carry=True)
     assert await _row_and_events(pg_sessions, held.task_id) == before
 

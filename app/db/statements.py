@@ -33,11 +33,12 @@ from app.moves import AppendLine, Changes, MergeArtifact, Move
 
 # --- the hot path (asyncpg, positional parameters) ------------------------------------------
 
-#: A pick-up (``pick_up``: the channel whose turn it is, committed, then its best task);
-#: ``$4`` starts a claimed queued task's first stage in the same write. One row: the claim,
-#: then what the stage is given (``title, topic, story_direction, artifacts``); all NULL when
-#: nothing can be claimed.
-PICK_UP = "CALL pick_up($1, $2, $3, $4)"
+#: Up to ``$5`` pick-ups (``pick_up``: the channels whose turn it is, decided together and
+#: committed, then each one's best task); ``$4`` starts a claimed queued task's first stage in
+#: the same write. One row of arrays, one element per claim: the claims, then what each stage is
+#: given (``titles, topics, story_directions, artifact_sets``); empty when nothing can be
+#: claimed.
+PICK_UP = "CALL pick_up($1, $2, $3, $4, $5)"
 
 #: ``claim_task`` of one task only, ``$5`` as above; the same row as ``PICK_UP``. The task's
 #: fields are read in the claim's statement (a claim does not change them).

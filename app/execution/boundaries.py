@@ -3,9 +3,8 @@
 Every claim loop of a process ends a stage with a stage boundary (``hotpath.boundary``). When
 several end within the time one write takes, their boundaries share one statement and one
 commit (``hotpath.boundaries``), each still guarded by its status and fenced by its own claim
-token, so throughput rises with concurrency instead of with commits. Batching adds no wait:
-a boundary is sent at once when fewer than ``IN_FLIGHT`` writes are under way, and otherwise
-joins the next write, which takes everything that queued meanwhile (at most ``MOST``).
+token, so throughput rises with concurrency instead of with commits (``app.execution.batching``:
+no boundary waits for another to join it).
 
 A write that fails as a whole (the database unavailable) fails each of its boundaries, and
 each caller retries as for any write of its own (``Runner._record``). A batch that fails for
@@ -15,13 +14,13 @@ one boundary at a time, so one task's trouble never costs the others their outco
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 from app import db, moves
 from app.db.hotpool import HotPool
 from app.errors import PipelineError
 from app.execution import hotpath
+from app.execution.batching import Batcher
 from app.execution.hotpath import Boundary, Ending
 
 #: Writes under way at once; further boundaries wait and go together in the next one.
@@ -40,67 +39,44 @@ class Settings:
 
 
 @dataclass
-class _Waiting:
-    ending: Ending
-    carry: bool
-    done: asyncio.Future[Boundary]
-
-
-@dataclass
 class Boundaries:
-    """The process's queue of stage boundaries to write."""
+    """The process's stage boundaries to write."""
 
     pool: HotPool
     settings: Settings
-    _queue: list[_Waiting] = field(default_factory=list, init=False)
-    _writers: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _batcher: Batcher[tuple[Ending, bool], Boundary] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._batcher = Batcher(self._write, in_flight=IN_FLIGHT, most=MOST)
 
     async def write(self, ending: Ending, *, carry: bool) -> Boundary:
         """Record ``ending`` (and carry its task on when ``carry``); where the task rests."""
-        done: asyncio.Future[Boundary] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Waiting(ending, carry, done))
-        if len(self._writers) < IN_FLIGHT:
-            writer = asyncio.create_task(self._drain())
-            self._writers.add(writer)
-            writer.add_done_callback(self._writers.discard)
-        return await done
+        return await self._batcher.submit((ending, carry))
 
-    async def _drain(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:MOST], self._queue[MOST:]
-            await self._write(batch)
-
-    async def _write(self, batch: list[_Waiting]) -> None:
+    async def _write(self, batch: list[tuple[Ending, bool]]
+                     ) -> list[Boundary | BaseException]:
         s = self.settings
+        if len(batch) == 1:
+            [(ending, carry)] = batch
+            async with self.pool.acquire() as conn:
+                return [await hotpath.boundary(
+                    conn, ending.held, artefacts=ending.artefacts, actor=s.actor,
+                    lease_s=s.lease_s, now=moves.utcnow(), auto_approved=s.auto_approved,
+                    carry=carry)]
         try:
             async with self.pool.acquire() as conn:
-                if len(batch) == 1:
-                    one = batch[0]
-                    results: list[Boundary | PipelineError] = [await hotpath.boundary(
-                        conn, one.ending.held, artefacts=one.ending.artefacts, actor=s.actor,
-                        lease_s=s.lease_s, now=moves.utcnow(), auto_approved=s.auto_approved,
-                        carry=one.carry)]
-                else:
-                    results = await hotpath.boundaries(
-                        conn, [w.ending for w in batch], actor=s.actor, lease_s=s.lease_s,
-                        now=moves.utcnow(), auto_approved=s.auto_approved,
-                        carry=all(w.carry for w in batch))
+                results: list[Boundary | PipelineError] = await hotpath.boundaries(
+                    conn, [ending for ending, _ in batch], actor=s.actor, lease_s=s.lease_s,
+                    now=moves.utcnow(), auto_approved=s.auto_approved,
+                    carry=all(carry for _, carry in batch))
         except Exception as exc:
-            if len(batch) == 1 or db.is_unavailable(exc):
-                for waiting in batch:
-                    _settle(waiting.done, exc)
-                return
-            for waiting in batch:                    # one at a time, each on its own
-                await self._write([waiting])
-            return
-        for waiting, result in zip(batch, results, strict=True):
-            _settle(waiting.done, result)
+            if db.is_unavailable(exc):
+                raise
+            return [await self._one(item) for item in batch]     # each on its own
+        return list(results)
 
-
-def _settle(done: asyncio.Future[Boundary], result: Boundary | BaseException) -> None:
-    if done.done():
-        return
-    if isinstance(result, BaseException):
-        done.set_exception(result)
-    else:
-        done.set_result(result)
+    async def _one(self, item: tuple[Ending, bool]) -> Boundary | BaseException:
+        try:
+            return (await self._write([item]))[0]
+        except Exception as exc:
+            return exc

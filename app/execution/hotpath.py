@@ -62,7 +62,22 @@ async def take(
     if task_id is not None:
         return _taken(await conn.fetchrow(statements.CLAIM, worker_id, lease_s, now, task_id,
                                           start))
-    return _taken(await conn.fetchrow(statements.PICK_UP, worker_id, lease_s, now, start))
+    taken = await take_many(conn, 1, worker_id=worker_id, lease_s=lease_s, now=now,
+                            start=start)
+    return taken[0] if taken else None
+
+
+async def take_many(conn: asyncpg.Connection, count: int, *, worker_id: str, lease_s: float,
+                    now: datetime, start: bool = True) -> list[Taken]:
+    """Up to ``count`` pick-ups in fair order, in one call: their turns decided together (strict
+    turns hold: each decision sees the ones before it), then each task claimed on its own."""
+    row = await conn.fetchrow(statements.PICK_UP, worker_id, lease_s, now, start, count)
+    taken = []
+    for one in zip(*row, strict=True):
+        found = _taken(one)
+        assert found is not None
+        taken.append(found)
+    return taken
 
 
 async def claim(

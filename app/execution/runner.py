@@ -43,6 +43,7 @@ from app.config import Settings
 from app.db.hotpool import HotPool
 from app.errors import InvalidTransition, PipelineError, StaleClaim
 from app.execution import hotpath
+from app.execution.batching import Batcher
 from app.execution.boundaries import Boundaries
 from app.execution.boundaries import Settings as BoundarySettings
 from app.execution.hotpath import Ending
@@ -67,6 +68,8 @@ async def _to_the_end(write: Coroutine[Any, Any, T]) -> T:
         await asyncio.wait([inner])
         raise
 
+#: Pick-up calls of one process under way at once (the turnstile decides one at a time anyway).
+PICK_UPS_IN_FLIGHT = 1
 #: Pause between attempts to write to a database that is unavailable.
 RETRY_PAUSE_S = 0.5
 
@@ -117,10 +120,14 @@ class Runner:
     running: dict[uuid.UUID, str] = field(default_factory=dict)
     #: The stage boundaries this process writes, together when stages end together.
     boundaries: Boundaries = field(init=False)
+    #: The pick-ups of this process's claim loops, made together when asked for together.
+    pick_ups: Batcher[None, Lease | None] = field(init=False)
 
     def __post_init__(self) -> None:
         self.boundaries = Boundaries(self.pool, BoundarySettings(
             self.worker_id, self.settings.lease_s, self.settings.auto_approved))
+        self.pick_ups = Batcher(self._pick_up, in_flight=PICK_UPS_IN_FLIGHT,
+                                most=self.settings.worker_concurrency)
 
     def now(self) -> datetime:
         return moves.utcnow()
@@ -157,10 +164,20 @@ class Runner:
 
     async def next_lease(self) -> Lease | None:
         """Claim the next task in queue order (None when none can be had now, or the worker is
-        stopping)."""
+        stopping). Claim loops that ask at once share one call (``hotpath.take_many``): their
+        turns are decided together, under one hold of the turnstile."""
         if self.stopping.is_set():
             return None
-        return await self._claim_to_the_end(self.claim())
+        return await self._claim_to_the_end(self.pick_ups.submit(None))
+
+    async def _pick_up(self, wanted: list[None]) -> list[Lease | BaseException | None]:
+        started = asyncio.get_running_loop().time()
+        async with self.pool.acquire() as conn:
+            taken = await hotpath.take_many(conn, len(wanted), worker_id=self.worker_id,
+                                            lease_s=self.settings.lease_s, now=self.now())
+        leases: list[Lease | BaseException | None] = [
+            await self._leased(one, started) for one in taken]
+        return leases + [None] * (len(wanted) - len(leases))
 
     async def run_next(self) -> uuid.UUID | None:
         """Claim the next task in queue order and run it as far as it goes; its id or None."""

@@ -336,41 +336,67 @@ $$"""
 
 
 def render_pick_up() -> str:
-    """``pick_up``: the workers' pick-up in one round trip (``pick_channel``, committed, then
-    ``claim_task`` in a transaction of its own), returning the stage's input with the claim. A
-    procedure, called on its own (``CALL``, no transaction open)."""
+    """``pick_up``: up to ``p_count`` of the workers' pick-ups in one round trip, returning each
+    claim with its stage's input (arrays, in pick-up order). A procedure, called on its own
+    (``CALL``, no transaction open).
+
+    The pick-ups are decided together, one after the other, under one hold of the turnstile
+    (each ``pick_channel`` sees the ones before it, so turns stay strict), and committed; then
+    each reserved task is claimed by ``claim_task`` in a transaction of its own (one claim never
+    holds a lock another waits for while it waits for one itself). A pick-up whose claim finds
+    nothing gives its turn back, and the procedure picks again without that channel."""
+    fields = (("task_ids", "task_id", "uuid"), ("from_statuses", "from_status", "taskstatus"),
+              ("to_statuses", "to_status", "taskstatus"), ("claim_tokens", "claim_token", "uuid"),
+              ("attempts", "attempt", "integer"), ("runs", "run", "integer"),
+              ("titles", "title", "text"), ("topics", "topic", "text"),
+              ("story_directions", "story_direction", "text"),
+              ("artifact_sets", "artifacts", "jsonb"))
+    inouts = ",\n  ".join(f"INOUT {many} {kind}[] DEFAULT '{{}}'" for many, _, kind in fields)
+    appends = "\n        ".join(f"{many} := {many} || got.{one};"
+                                 for many, one, _ in fields[:6])
     return f"""CREATE PROCEDURE {PICK_UP}(
   p_worker text, p_lease_s double precision, p_now timestamptz, p_start boolean,
-  INOUT task_id uuid DEFAULT NULL, INOUT from_status taskstatus DEFAULT NULL,
-  INOUT to_status taskstatus DEFAULT NULL, INOUT claim_token uuid DEFAULT NULL,
-  INOUT attempt integer DEFAULT NULL, INOUT run integer DEFAULT NULL,
-  INOUT title text DEFAULT NULL, INOUT topic text DEFAULT NULL,
-  INOUT story_direction text DEFAULT NULL, INOUT artifacts jsonb DEFAULT NULL)
+  p_count integer,
+  {inouts})
 LANGUAGE plpgsql AS $$
 DECLARE
   skip uuid[] := '{{}}';
-  ch uuid;
-  tk bigint;
-  want uuid;
+  chs uuid[];
+  tks bigint[];
+  wants uuid[];
+  picked record;
   got record;
+  missed boolean;
 BEGIN
   LOOP
-    SELECT p.channel, p.ticket, p.task INTO ch, tk, want
-      FROM {claim_task.PICK}(p_now, true, skip) p;
-    EXIT WHEN NOT FOUND;
+    -- The pick-ups still wanted, decided under one hold of the turnstile, then committed.
+    chs := '{{}}'; tks := '{{}}'; wants := '{{}}';
+    FOR i IN 1 .. p_count - cardinality(task_ids) LOOP
+      SELECT p.channel, p.ticket, p.task INTO picked FROM {claim_task.PICK}(p_now, true, skip) p;
+      EXIT WHEN NOT FOUND;
+      chs := chs || picked.channel; tks := tks || picked.ticket; wants := wants || picked.task;
+    END LOOP;
+    EXIT WHEN cardinality(chs) = 0;
     COMMIT;
-    SELECT c.* INTO got
-      FROM {claim_task.FUNCTION}(p_worker, p_lease_s, p_now, want, p_start, ch, tk) c;
-    IF FOUND THEN
-      task_id := got.task_id; from_status := got.from_status; to_status := got.to_status;
-      claim_token := got.claim_token; attempt := got.attempt; run := got.run;
-      SELECT t.title, t.topic, t.story_direction, t.artifacts
-        INTO title, topic, story_direction, artifacts FROM tasks t WHERE t.id = got.task_id;
-      RETURN;
-    END IF;
-    -- Nothing to take there (its pick given back): pick again without that channel.
-    COMMIT;
-    skip := skip || ch;
+    missed := false;
+    FOR i IN 1 .. cardinality(chs) LOOP
+      SELECT c.* INTO got
+        FROM {claim_task.FUNCTION}(p_worker, p_lease_s, p_now, wants[i], p_start, chs[i],
+                                  tks[i]) c;
+      IF FOUND THEN
+        {appends}
+        SELECT titles || t.title::text, topics || t.topic::text,
+               story_directions || t.story_direction, artifact_sets || t.artifacts
+          INTO titles, topics, story_directions, artifact_sets
+          FROM tasks t WHERE t.id = got.task_id;
+      ELSE
+        -- Nothing to take there (its pick given back): pick again without that channel.
+        missed := true;
+        skip := skip || chs[i];
+      END IF;
+      COMMIT;
+    END LOOP;
+    EXIT WHEN NOT missed OR cardinality(task_ids) >= p_count;
   END LOOP;
 END
 $$"""
@@ -382,4 +408,5 @@ def drop() -> list[str]:
             f"DROP FUNCTION IF EXISTS {BOUNDARY}(uuid, uuid, taskstatus, jsonb, text, text,"
             " double precision, timestamptz, text[], boolean)",
             f"DROP PROCEDURE IF EXISTS {PICK_UP}(text, double precision, timestamptz, boolean,"
-            " uuid, taskstatus, taskstatus, uuid, integer, integer, text, text, text, jsonb)"]
+            " integer, uuid[], taskstatus[], taskstatus[], uuid[], integer[], integer[], text[],"
+            " text[], text[], jsonb[])"]
