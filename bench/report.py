@@ -99,7 +99,9 @@ def _workers_table(report: Report) -> str:
 
 
 @dataclass(frozen=True)
-class _Check:
+class Check:
+    """One target of a run, as a row of the targets table."""
+
     name: str
     measured: str
     ok: bool | None      # None: not measured in this run
@@ -116,51 +118,51 @@ def targets(report: Report) -> list[list[object]]:
     return [c.row() for c in checks]
 
 
-def _ratio_checks(report: Report) -> list[_Check]:
+def _ratio_checks(report: Report) -> list[Check]:
     ratios = [(_ratio(c, report.cells[(d, n, "baseline")]), d, n)
               for (d, n, k), c in report.cells.items() if k == "ours"]
     if not ratios:
         return []
     low, d, n = min(ratios, key=lambda r: r[0])
     median = sorted(r[0] for r in ratios)[len(ratios) // 2]
-    return [_Check(f"claim path ≥ {RATIO_TARGET}x baseline (every cell)",
+    return [Check(f"claim path ≥ {RATIO_TARGET}x baseline (every cell)",
                    f"lowest {low:.2f}x ({d.label}, {n} claimer(s)); median {median:.2f}x",
                    low >= RATIO_TARGET)]
 
 
-def _p99_checks(report: Report) -> list[_Check]:
+def _p99_checks(report: Report) -> list[Check]:
     """p99 of the claim at 1M queued, and at 10k queued beside 1M+ published, against 10k."""
     sets = report.options.datasets
     small = next((d for d in sets if d.queued == 10_000 and not d.finished), None)
     big = [d for d in sets if d.queued >= 1_000_000 or (d.queued == 10_000 and d.finished)]
     if small is None or not big:
-        return [_Check("p99 at 1M ≤ 1.5x 10k and < 10 ms", "needs 10k and 1M", None)]
+        return [Check("p99 at 1M ≤ 1.5x 10k and < 10 ms", "needs 10k and 1M", None)]
     checks = []
     for dataset in big:
         for n in report.options.claimers:
             p_small = report.cells[(small, n, "ours")].percentile(99)
             p_big = report.cells[(dataset, n, "ours")].percentile(99)
             ok = p_big <= P99_GROWTH_TARGET * p_small and p_big < P99_CEILING_MS
-            checks.append(_Check(
+            checks.append(Check(
                 f"claim p99, {dataset.label} vs 10k, {n} claimer(s)",
                 f"{p_small:.2f} → {p_big:.2f} ms ({p_big / p_small:.2f}x)", ok))
     return checks
 
 
-def _plan_check(report: Report) -> _Check:
+def _plan_check(report: Report) -> Check:
     used = [report.plans[(d, "ours")].uses_claim_index for d in report.options.datasets]
-    return _Check("claim uses ix_tasks_queued at every size (no seq scan on tasks)",
+    return Check("claim uses ix_tasks_queued at every size (no seq scan on tasks)",
                   f"{sum(used)}/{len(used)} data sets", all(used))
 
 
-def _worker_checks(report: Report) -> list[_Check]:
+def _worker_checks(report: Report) -> list[Check]:
     o = report.options
     p50 = percentile(report.pickup_wake_ms, 50)
     worst = max((r.rescue_ms for r in report.rescues), default=0.0)
     bound_ms = (o.lease_s + o.rescue_sweep_s) * 1000
-    return [_Check(f"pickup p50 < {PICKUP_TARGET_MS:g} ms with wake-ups", f"{p50:.1f} ms",
+    return [Check(f"pickup p50 < {PICKUP_TARGET_MS:g} ms with wake-ups", f"{p50:.1f} ms",
                    p50 < PICKUP_TARGET_MS),
-            _Check("rescue ≤ lease + one sweep interval",
+            Check("rescue ≤ lease + one sweep interval",
                    f"max {worst:.0f} ms vs {bound_ms:.0f} ms", worst <= bound_ms)]
 
 

@@ -62,6 +62,7 @@ from app.commands import demo, tables
 from app.db import connect_kwargs
 from app.execution import registry, wakeups
 from bench import data, workers
+from bench.report import Check
 
 #: Every task runs these stages, one execution each: assets, composites, video, audio, sfx,
 #: assembly, upload.
@@ -680,23 +681,12 @@ def _short(text: str, width: int = 70) -> str:
     return one if len(one) <= width else one[:width - 1] + "…"
 
 
-@dataclass(frozen=True)
-class _Check:
-    name: str
-    measured: str
-    ok: bool | None      # None: not measured in this run
-
-    def row(self) -> list[object]:
-        result = "not measured" if self.ok is None else ("PASS" if self.ok else "FAIL")
-        return [self.name, self.measured, result]
-
-
 def targets(report: ThroughputReport) -> list[list[object]]:
     checks = [*_pgq_checks(report), *_scaling_checks(report), *_cost_checks(report)]
     return [c.row() for c in checks]
 
 
-def _pgq_checks(report: ThroughputReport) -> list[_Check]:
+def _pgq_checks(report: ThroughputReport) -> list[Check]:
     pairs = [(m.procs, _ratio(m.rate, _rate(report.find("pgqueuer", m.procs))))
              for m in report.of("ours")]
     ratios = [(n, r) for n, r in pairs if r is not None]
@@ -704,36 +694,36 @@ def _pgq_checks(report: ThroughputReport) -> list[_Check]:
     for name, bound in (("first milestone", MILESTONE_RATIO), ("goal", GOAL_RATIO)):
         label = f"{name}: ours ≥ {bound:g}x PGQueuer, same processes"
         if not ratios:
-            checks.append(_Check(label, "PGQueuer not measured", None))
+            checks.append(Check(label, "PGQueuer not measured", None))
             continue
         n, low = min(ratios, key=lambda r: r[1])
         every = ", ".join(f"{k}: {r:.2f}x" for k, r in ratios)
-        checks.append(_Check(label, f"lowest {low:.2f}x ({n} process(es)); {every}",
+        checks.append(Check(label, f"lowest {low:.2f}x ({n} process(es)); {every}",
                              low >= bound))
     return checks
 
 
-def _scaling_checks(report: ThroughputReport) -> list[_Check]:
+def _scaling_checks(report: ThroughputReport) -> list[Check]:
     rates = {m.procs: m.rate for m in report.of("ours") if m.rate}
     checks = []
     if 1 in rates and 2 in rates:
-        checks.append(_Check("ours: stage executions/s rise from 1 to 2 processes",
+        checks.append(Check("ours: stage executions/s rise from 1 to 2 processes",
                              f"{rates[1]:.0f} → {rates[2]:.0f}/s ({rates[2] / rates[1]:.2f}x)",
                              rates[2] > rates[1]))
     else:
-        checks.append(_Check("ours: stage executions/s rise from 1 to 2 processes",
+        checks.append(Check("ours: stage executions/s rise from 1 to 2 processes",
                              "needs 1 and 2", None))
     label = f"ours: not falling from 2 to 4 processes (≥ {NOT_FALLING:g}x)"
     if 2 in rates and 4 in rates:
-        checks.append(_Check(label, f"{rates[2]:.0f} → {rates[4]:.0f}/s"
+        checks.append(Check(label, f"{rates[2]:.0f} → {rates[4]:.0f}/s"
                              f" ({rates[4] / rates[2]:.2f}x)",
                              rates[4] >= NOT_FALLING * rates[2]))
     else:
-        checks.append(_Check(label, "needs 2 and 4", None))
+        checks.append(Check(label, "needs 2 and 4", None))
     return checks
 
 
-def _cost_checks(report: ThroughputReport) -> list[_Check]:
+def _cost_checks(report: ThroughputReport) -> list[Check]:
     runs = [m for m in report.of("ours") if m.seconds]
     checks = []
     picks: list[tuple[str, float, Callable[[Counters], int | None]]] = [
@@ -744,10 +734,10 @@ def _cost_checks(report: ThroughputReport) -> list[_Check]:
         values = [(m.procs, n / m.items) for m in runs if (n := get(m.counters)) is not None]
         if not values:
             why = "pg_stat_statements not loaded" if name == "statements" else "no run"
-            checks.append(_Check(label, why, None))
+            checks.append(Check(label, why, None))
             continue
         worst = max(v for _, v in values)
-        checks.append(_Check(label, ", ".join(f"{n}: {v:.2f}" for n, v in values),
+        checks.append(Check(label, ", ".join(f"{n}: {v:.2f}" for n, v in values),
                              worst <= bound))
     return checks
 
