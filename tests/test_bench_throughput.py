@@ -16,8 +16,9 @@ async def test_throughput_bench_toy_run_produces_the_table(pg_server_url: str,
     for m in ours:
         assert m.published == 20 and m.items == 140
         assert m.seconds is not None and m.seconds > 0
-        # Every stage execution commits at least once; the Redis counters moved.
-        assert m.counters.commits is not None and m.counters.commits >= 140
+        # Every task's claim commits on its own (stage boundaries may share commits); the
+        # Redis counters moved.
+        assert m.counters.commits is not None and m.counters.commits >= 20
         assert m.counters.redis_commands is not None and m.counters.redis_commands > 0
     pgq = report.of("pgqueuer")
     if throughput.pgqueuer_installed():
