@@ -2,7 +2,8 @@
 
 Rendered from a list of legal ``(from, to)`` pairs, so the database refuses what the service
 layer refuses; since revision 0005 the PostgreSQL guard also passes ``lifecycle.CLAIM_STARTS``
-when written by a claim (see ``guard_function``). Migrations pass the pairs frozen in the
+when written by a claim, and since 0009 ``lifecycle.CARRIES`` when written by a stage boundary
+(see ``guard_function``). Migrations pass the pairs frozen in the
 revision that installs them (an edited table needs a new revision; ``tests/test_migrations.py``
 checks they agree).
 """
@@ -34,7 +35,8 @@ def _case_expression(pairs: Iterable[Pair], old: str, new: str, *, cast: str = "
     return f"CASE {old}\n{whens}\n    ELSE false\n  END"
 
 
-def guard_functions(pairs: Sequence[Pair], claim_starts: Sequence[Pair] = ()) -> list[str]:
+def guard_functions(pairs: Sequence[Pair], claim_starts: Sequence[Pair] = (),
+                    carries: Sequence[Pair] = ()) -> list[str]:
     """``task_transition_allowed`` and ``tasks_guard_transition()`` (``CREATE OR REPLACE``): what
     a revision that edits the transition table re-installs."""
     allowed = _case_expression(pairs, "from_status", "to_status", cast="::taskstatus")
@@ -44,7 +46,7 @@ def guard_functions(pairs: Sequence[Pair], claim_starts: Sequence[Pair] = ()) ->
 RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
   SELECT {allowed}
 $$""",
-        guard_function(claim_starts),
+        guard_function(claim_starts, carries),
     ]
 
 
