@@ -344,7 +344,9 @@ def render_pick_up() -> str:
     (each ``pick_channel`` sees the ones before it, so turns stay strict), and committed; then
     each reserved task is claimed by ``claim_task`` in a transaction of its own (one claim never
     holds a lock another waits for while it waits for one itself). A pick-up whose claim finds
-    nothing gives its turn back, and the procedure picks again without that channel."""
+    nothing gives its turn back, and the procedure picks again without that channel; one whose
+    claim fails on a lock is not made (its turn stays counted, as when a claim fails after its
+    pick) and the claims made beside it are kept."""
     fields = (("task_ids", "task_id", "uuid"), ("from_statuses", "from_status", "taskstatus"),
               ("to_statuses", "to_status", "taskstatus"), ("claim_tokens", "claim_token", "uuid"),
               ("attempts", "attempt", "integer"), ("runs", "run", "integer"),
@@ -366,6 +368,7 @@ DECLARE
   wants uuid[];
   picked record;
   got record;
+  made boolean;
   missed boolean;
 BEGIN
   LOOP
@@ -380,10 +383,17 @@ BEGIN
     COMMIT;
     missed := false;
     FOR i IN 1 .. cardinality(chs) LOOP
-      SELECT c.* INTO got
-        FROM {claim_task.FUNCTION}(p_worker, p_lease_s, p_now, wants[i], p_start, chs[i],
-                                  tks[i]) c;
-      IF FOUND THEN
+      BEGIN
+        SELECT c.* INTO got
+          FROM {claim_task.FUNCTION}(p_worker, p_lease_s, p_now, wants[i], p_start, chs[i],
+                                    tks[i]) c;
+        made := FOUND;
+      EXCEPTION WHEN lock_not_available OR deadlock_detected OR serialization_failure THEN
+        -- This claim only is lost (its pick stays counted): the claims made are kept.
+        RAISE WARNING 'pick_up: claim of task % not made: %', wants[i], SQLERRM;
+        made := false;
+      END;
+      IF made THEN
         {appends}
         SELECT titles || t.title::text, topics || t.topic::text,
                story_directions || t.story_direction, artifact_sets || t.artifacts
