@@ -168,11 +168,11 @@ def _worker_checks(report: Report) -> list[Check]:
 
 FOOTNOTES = f"""\
 ours: a worker's claim, Runner.claim: a connection from the worker's hot-path pool, then one
-  CALL claim_next, committing two steps: pick_channel (strict turns: the channel ranking under
+  CALL pick_up, committing two steps: pick_channel (strict turns: the channel ranking under
   the turnstile, the channel's pick count and turn, an asynchronous commit) and claim_task
   (the channel's best task no other claim holds, capacity where the channel has a cap, one
   guarded write of the row queued → claimed → generating_assets with a fresh claim token, two
-  task_events rows, a commit).
+  task_events rows, a commit), returning the task's fields for its stage.
 baseline: plain asyncpg, UPDATE … WHERE id = (SELECT … ORDER BY priority, created_at FOR UPDATE
   SKIP LOCKED LIMIT 1), then UPDATE … SET status = 'generating_assets'; each autocommitted; no
   events, no fairness, no capacity, no token check. It gets its own partial index

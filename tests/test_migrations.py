@@ -329,7 +329,7 @@ GOLDEN = {
         "sqlite downgrade": "e154bd938d7bbc28",
     },
     "0009_stage_boundary": {
-        "postgresql upgrade": "a42c3e82cb171ede",
+        "postgresql upgrade": "7df7954fc376976c",
         "postgresql downgrade": "a92c143b16df43b3",
         "sqlite upgrade": "921a42fe354bade8",
         "sqlite downgrade": "0a4e199917a6152b",

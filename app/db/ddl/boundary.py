@@ -342,8 +342,10 @@ def render_pick_up() -> str:
 
     The pick-ups are decided together, one after the other, under one hold of the turnstile
     (each ``pick_channel`` sees the ones before it, so turns stay strict), and committed; then
-    each reserved task is claimed by ``claim_task`` in a transaction of its own (one claim never
-    holds a lock another waits for while it waits for one itself). A pick-up whose claim finds
+    each reserved task is claimed by ``claim_task``. Claims that may wait for a lock (a capped
+    channel's row, a quota bucket) commit one by one, so that no claim holds a lock while it
+    waits for another; the others, which lock only the tasks reserved for them, share one
+    commit. A pick-up whose claim finds
     nothing gives its turn back, and the procedure picks again without that channel; one whose
     claim fails on a lock is not made (its turn stays counted, as when a claim fails after its
     pick) and the claims made beside it are kept."""
@@ -370,6 +372,7 @@ DECLARE
   got record;
   made boolean;
   missed boolean;
+  alone boolean;
 BEGIN
   LOOP
     -- The pick-ups still wanted, decided under one hold of the turnstile, then committed.
@@ -382,6 +385,11 @@ BEGIN
     EXIT WHEN cardinality(chs) = 0;
     COMMIT;
     missed := false;
+    -- Claims that may wait for a lock (a capped channel's row, a quota bucket) commit one by
+    -- one, so that none holds a lock while waiting for another; the others share one commit.
+    alone := EXISTS (SELECT 1 FROM quotas) OR EXISTS (SELECT 1 FROM channels c
+                                                      WHERE c.id = ANY (chs)
+                                                        AND c.max_concurrent IS NOT NULL);
     FOR i IN 1 .. cardinality(chs) LOOP
       BEGIN
         SELECT c.* INTO got
@@ -404,8 +412,11 @@ BEGIN
         missed := true;
         skip := skip || chs[i];
       END IF;
-      COMMIT;
+      IF alone THEN
+        COMMIT;
+      END IF;
     END LOOP;
+    COMMIT;
     EXIT WHEN NOT missed OR cardinality(task_ids) >= p_count;
   END LOOP;
 END
