@@ -2,15 +2,17 @@
 
 Every path moves each task ``queued → claimed`` (the claim) and ``claimed → generating_assets``
 (the worker starts the first stage), and ends with the task in its first stage. Ours is exactly
-a worker's call, ``Runner.claim``: a connection from the worker's hot-path pool and one
-``claim_task`` statement that ranks the channels fairly, locks the channel row, checks capacity,
-claims and starts the stage in one write of the row, and writes both ``task_events`` rows and
-the channel's turn, all in one commit. The service path is the same moves through the
-service layer on ``AsyncSession`` (``claims.claim_next``, then ``transitions.transition`` with
-the claim token), as admin scripts call it. The baseline is two hand-written updates on a
-raw asyncpg connection, each its own commit. Every claimer makes ``WARMUP`` claims before the
-clock starts. Claim latency is the claim call, commit included
-(ours: claim and start). Each claimer owns one connection (ours: pool of one per claimer).
+a worker's call, ``Runner.next_lease``: the claimers are the claim loops of one worker process,
+and the pick-ups they ask for at once go in one ``CALL pick_up`` on a connection of the worker's
+hot-path pool, which decides their turns one after the other under one hold of the turnstile
+(ranking the channels fairly, counting each channel's turn), commits, then claims each task and
+starts its stage in one write of the row with both ``task_events`` rows. The service path is
+the same moves through the service layer on ``AsyncSession`` (``claims.claim_next``, then
+``transitions.transition`` with the claim token), as admin scripts call it. The baseline is two
+hand-written updates on a raw asyncpg connection, each its own commit. Every claimer makes
+``WARMUP`` claims before the clock starts. Claim latency is the claim call, commit included
+(ours: claim and start; a loop's wait for the call it shares too). Each claimer owns one
+connection (ours: a pool of one per claimer).
 Claimers run as asyncio tasks in one process by default: that process stays under one core,
 and on a 2-core machine extra client processes only compete with the server for CPU
 (measured: slower on every path). ``procs`` spreads them over processes where cores are
@@ -122,33 +124,33 @@ MAX_MISSES = 10_000
 
 
 async def _ours(url: str, claimers: int) -> tuple[list[Loop], Callable[[], Awaitable[None]]]:
-    """``Runner.claim``, as the worker's ``work`` job calls it."""
-    settings = Settings(_env_file=None, database_url=url)      # lease: 30 s, LEASE_S
+    """``Runner.next_lease``, as a worker's claim loops call it: the claimers are the loops of
+    one worker process (``WORKER_CONCURRENCY`` = claimers), whose pick-ups asked for at once
+    are made in one call."""
+    settings = Settings(_env_file=None, database_url=url,        # lease: 30 s, LEASE_S
+                        worker_concurrency=claimers)
     pool = make_pool(settings, url, max_size=claimers)
     engine = make_engine(settings, url)       # the runner's rare paths; unused here
     async with contextlib.AsyncExitStack() as held:     # open them before the clock
         for _ in range(claimers):
             await held.enter_async_context(pool.acquire())
-    runners = [Runner(settings, make_sessionmaker(engine), {}, pool, worker_id=f"bench-{i}")
-               for i in range(claimers)]
+    runner = Runner(settings, make_sessionmaker(engine), {}, pool, worker_id="bench")
 
-    def loop_for(runner: Runner) -> Loop:
-        async def loop(quota: int, latencies: list[float]) -> tuple[int, int]:
-            misses = 0
-            while len(latencies) < quota and misses < MAX_MISSES:
-                started = time.perf_counter()
-                if await runner.claim() is None:
-                    misses += 1
-                    continue
-                latencies.append((time.perf_counter() - started) * 1000)
-            return len(latencies), misses
-        return loop
+    async def loop(quota: int, latencies: list[float]) -> tuple[int, int]:
+        misses = 0
+        while len(latencies) < quota and misses < MAX_MISSES:
+            started = time.perf_counter()
+            if await runner.next_lease() is None:
+                misses += 1
+                continue
+            latencies.append((time.perf_counter() - started) * 1000)
+        return len(latencies), misses
 
     async def close() -> None:
         await pool.close()
         await engine.dispose()
 
-    return [loop_for(r) for r in runners], close
+    return [loop] * claimers, close
 
 
 async def _service(url: str, claimers: int,
