@@ -92,7 +92,7 @@ def _workers_table(report: Report) -> str:
     latency("SIGKILL → claimed again", bound, [r.rescue_ms for r in report.rescues])
     for n, rate in report.pipeline.items():
         rows.append([f"pipeline, {n} worker process(es)",
-                     f"{o.pipeline_tasks} tasks, 8 stages, 0 s each", o.pipeline_tasks,
+                     f"{o.pipeline_tasks} tasks, 7 stages, 0 s each", o.pipeline_tasks,
                      None, None, None, rate])
     return tables.render(["measure", "setting", "n", "p50 ms", "p99 ms", "max ms", "tasks/s"],
                          rows)
