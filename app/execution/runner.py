@@ -179,14 +179,6 @@ class Runner:
             await self._leased(one, started) for one in taken]
         return leases + [None] * (len(wanted) - len(leases))
 
-    async def run_next(self) -> uuid.UUID | None:
-        """Claim the next task in queue order and run it as far as it goes; its id or None."""
-        lease = await self.next_lease()
-        if lease is None:
-            return None
-        await self.run(lease)
-        return lease.claim.task_id
-
     async def run(self, lease: Lease | None) -> None:
         """Run stages back to back while the task can continue.
 
