@@ -131,9 +131,9 @@ async def test_finish_merges_artefacts_and_ends_the_claim(pg_sessions: Sessions,
                                                           pg_pool: HotPool) -> None:
     task = await _fresh(pg_sessions, artifacts={"earlier": {"k": 1}})
     async with pg_pool.acquire() as conn:
-        held = await _claim(conn)
-        assert held is not None
-        loaded = await hotpath.load(conn, task.id)
+        taken = await hotpath.take(conn, worker_id="w", lease_s=30, now=transitions.utcnow())
+        assert taken is not None
+        held, loaded = taken.claim, taken.given
         done = await hotpath.finish(conn, held, artefacts={"files": 3},
                                      actor="w", now=transitions.utcnow())
     assert (loaded.title, held.attempt, held.run, loaded.artifacts) == (

@@ -52,7 +52,7 @@ async def startup(ctx: Ctx) -> None:
     # Each running job uses at most one connection at a time, plus its stage's heartbeat.
     ctx["pool"] = pool = make_pool(settings, url, max_size=2 * settings.worker_concurrency + 1)
     ctx["runner"] = runner = Runner(settings, make_sessionmaker(engine), handlers, pool)
-    ctx["slots"] = Slots(runner, settings.worker_concurrency, _surplus(ctx),
+    ctx["slots"] = Slots(runner, settings.worker_concurrency, _surplus(ctx, settings.queue_name),
                          job_budget_s=settings.job_timeout_s / 2)
     signals.install_over_arq(ctx, grace_s=settings.shutdown_grace_s)
     ctx["registry"] = stack = contextlib.AsyncExitStack()
@@ -79,12 +79,11 @@ async def work(ctx: Ctx) -> int:
     return await slots.work()
 
 
-def _surplus(ctx: Ctx) -> Callable[[], Awaitable[None]]:
+def _surplus(ctx: Ctx, queue: str) -> Callable[[], Awaitable[None]]:
     """Wake another process for work this one has no free slot for, unless a wake-up already
     waits in Redis."""
     async def surplus() -> None:
         redis: ArqRedis = ctx["redis"]
-        queue = get_settings().queue_name
         try:
             if not await wakeups.pending(redis, queue_name=queue, limit=1):
                 await wakeups.wake(redis, 1, queue_name=queue)

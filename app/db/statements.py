@@ -62,10 +62,8 @@ BOUNDARIES = ("SELECT n, rest, task_id, from_status, to_status, claim_token, att
               " title, topic, story_direction, artifacts"
               " FROM stage_boundaries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
 
-#: What a stage handler is given (the attempt and run came with the claim), and whether the
-#: task was put on hold since it was claimed.
-LOAD = ("SELECT title, topic, story_direction, artifacts, hold_since IS NOT NULL"
-        " FROM tasks WHERE id = $1")
+#: What a stage handler is given of a task (a claim returns the same with the task).
+LOAD = "SELECT title, topic, story_direction, artifacts FROM tasks WHERE id = $1"
 
 #: Pause the quotas a start of a stage of the task counts against (``quota_pause``, see
 #: ``app.db.ddl.claim_task``): its channel's buckets and the shared ones.

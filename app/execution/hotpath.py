@@ -39,8 +39,6 @@ class Loaded:
     topic: str | None
     story_direction: str | None
     artifacts: dict[str, Any]
-    #: An operator put the task on hold since it was claimed: the stage is not to run.
-    on_hold: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ async def load(conn: asyncpg.Connection, task_id: uuid.UUID) -> Loaded:
     row = await conn.fetchrow(statements.LOAD, task_id)
     if row is None:
         raise TaskNotFound(task_id)
-    return Loaded(row[0], row[1], row[2], json.loads(row[3]), row[4])
+    return Loaded(row[0], row[1], row[2], json.loads(row[3]))
 
 
 async def finish(conn: asyncpg.Connection, held: Claim, *, artefacts: dict[str, Any],
@@ -131,14 +129,20 @@ async def boundary(conn: asyncpg.Connection, held: Claim, *, artefacts: dict[str
     ``auto_approved`` after it and, with ``carry``, claim the task's next stage if it can be
     had now: one statement (``stage_boundary``), one commit. The success is written as
     ``moves.finish`` says (the function is rendered from that rule)."""
-    move = moves.finish(held, artefacts=artefacts, now=now)
-    _check(held.task_id, move.current, move.target)
+    move = _finished(held, artefacts, now)
     row = await conn.fetchrow(statements.BOUNDARY, held.task_id, held.token, held.status.value,
                               json.dumps(artefacts), move.changes.get("youtube_url"), actor,
                               lease_s, now, sorted(auto_approved), carry)
     if row is None:
         raise await _miss(conn, held.task_id, move.current, move.target, held.token)
     return Boundary(TaskStatus(row[0]), _taken(row, 1))
+
+
+def _finished(held: Claim, artefacts: dict[str, Any], now: datetime) -> Move:
+    """The success of ``held``'s stage (``moves.finish``), checked against the lifecycle."""
+    move = moves.finish(held, artefacts=artefacts, now=now)
+    _check(held.task_id, move.current, move.target)
+    return move
 
 
 @dataclass(frozen=True)
@@ -155,9 +159,7 @@ async def boundaries(conn: asyncpg.Connection, endings: Sequence[Ending], *, act
     """``boundary`` for several stages in one statement and one commit (``stage_boundaries``);
     each task's result in order: where it rests, or why its write was refused (nothing of it
     written; the others are)."""
-    finished = [moves.finish(e.held, artefacts=e.artefacts, now=now) for e in endings]
-    for e, move in zip(endings, finished, strict=True):
-        _check(e.held.task_id, move.current, move.target)
+    finished = [_finished(e.held, e.artefacts, now) for e in endings]
     rows = await conn.fetch(
         statements.BOUNDARIES, [e.held.task_id for e in endings],
         [e.held.token for e in endings], [e.held.status.value for e in endings],

@@ -97,11 +97,11 @@ class Lease:
 
     claim: Claim
     expires: float
+    #: What the stage is given, as the claim read it.
+    given: hotpath.Loaded
     lost: PipelineError | None = None
     #: The renewal found the task put on hold: the stage is stopped and handed back.
     on_hold: bool = False
-    #: What the stage is given, as the claim read it (None: load it).
-    given: hotpath.Loaded | None = None
 
 
 @dataclass
@@ -153,14 +153,14 @@ class Runner:
         claim = taken.claim
         lease_s = self.settings.lease_for(claim.status)
         if lease_s == self.settings.lease_s:
-            return Lease(claim, started + lease_s, given=taken.given)
+            return Lease(claim, started + lease_s, taken.given)
         started = asyncio.get_running_loop().time()   # a stage with its own lease length
         async with self.pool.acquire() as conn:
             renewal = await hotpath.renew(conn, claim, lease_s=lease_s, now=self.now())
         if renewal is Renewal.lost:
             return None
-        return Lease(claim, started + lease_s, on_hold=renewal is Renewal.on_hold,
-                     given=taken.given)
+        return Lease(claim, started + lease_s, taken.given,
+                     on_hold=renewal is Renewal.on_hold)
 
     async def next_lease(self) -> Lease | None:
         """Claim the next task in queue order (None when none can be had now, or the worker is
@@ -202,10 +202,7 @@ class Runner:
         claim = lease.claim
         stage = STAGE_BY_ACTIVE[claim.status]
         task = lease.given
-        if task is None:
-            async with self.pool.acquire() as conn:
-                task = await hotpath.load(conn, claim.task_id)
-        if task.on_hold or lease.on_hold:
+        if lease.on_hold:
             await self._stopped_for_hold(claim)
         given = StageInput(claim.task_id, stage.name, task.title, task.topic,
                            task.story_direction, claim.run, task.artifacts)
