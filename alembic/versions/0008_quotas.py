@@ -19,7 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
-from app.db.ddl import claim_task, claim_task_0007
+from app.db.ddl import claim_task_0007
+from app.db.ddl import claim_task_0008 as claim_task
 
 revision: str = "0008"
 down_revision: str | None = "0007"

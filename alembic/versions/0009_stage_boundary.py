@@ -21,7 +21,9 @@ Create Date: 2026-12-05
 from collections.abc import Sequence
 
 from alembic import op
-from app.db.ddl import boundary, claim_task, guard
+from app.db.ddl import boundary_0009 as boundary
+from app.db.ddl import claim_task_0008 as claim_task
+from app.db.ddl import guard
 
 revision: str = "0009"
 down_revision: str | None = "0008"
