@@ -20,7 +20,8 @@ from sqlalchemy.pool import NullPool
 
 from app import lifecycle, moves
 from app.db import migrate
-from app.db.ddl import boundary, guard
+from app.db.ddl import boundary, claim_task, guard
+from app.db.models import Task
 from app.lifecycle import PriorityLevel, TaskStatus
 from tests import dbtools
 
@@ -47,7 +48,7 @@ def test_frozen_pairs_match_lifecycle() -> None:
 
 @pytest.mark.parametrize("name", ["0002_claim_task", "0004_claim_start",
                                   "0005_claim_single_write", "0006_row_is_the_truth",
-                                  "0007_hold"])
+                                  "0007_hold", "0008_quotas", "0010_robust_plans"])
 def test_frozen_claim_data_matches_lifecycle(name: str) -> None:
     claim = _revision(name)
     starts = {st.start.value: st.active.value for st in lifecycle.STAGES
@@ -334,20 +335,37 @@ GOLDEN = {
         "sqlite upgrade": "921a42fe354bade8",
         "sqlite downgrade": "0a4e199917a6152b",
     },
+    "0010_robust_plans": {
+        "postgresql upgrade": "c5faa58818b19d65",
+        "postgresql downgrade": "c8c14a895fc8e8a8",
+        "sqlite upgrade": "e3b0c44298fc1c14",
+        "sqlite downgrade": "e3b0c44298fc1c14",
+    },
 }
 
 
 def test_frozen_boundary_rules_match_moves() -> None:
     """The stage boundary installed at head is rendered from the rules in ``app.moves``."""
-    head = _revision("0009_stage_boundary")
+    head = _revision("0010_robust_plans")
     assert boundary.finish_rule() == head.FINISH
     assert boundary.steps_rule() == head.STEPS
     assert {s.value: a.value for s, a in moves.STARTS.items()} == head.STARTS
     assert boundary.CLAIM_WRITES == head.CLAIM_WRITES
-    assert [(a.value, b.value) for a, b in lifecycle.CARRIES] == list(head.CARRIES)
-    assert [(a.value, b.value) for a, b in lifecycle.CLAIM_STARTS] == list(head.CLAIM_STARTS)
     assert set(head.ACTIVE) == {s.value for s in lifecycle.ACTIVE}
     assert boundary.next_stages() == head.NEXT_STAGE
+    carrying = _revision("0009_stage_boundary")
+    assert [(a.value, b.value) for a, b in lifecycle.CARRIES] == list(carrying.CARRIES)
+    assert [(a.value, b.value) for a, b in lifecycle.CLAIM_STARTS] == list(carrying.CLAIM_STARTS)
+
+
+def test_claim_probes_state_the_runnable_index_predicate() -> None:
+    """The claim's probes of ``ix_tasks_runnable`` carry the index's own predicate (so that
+    any plan, on any statistics, can read the index in order): the head's frozen lists give
+    the predicate the model declares."""
+    head = _revision("0010_robust_plans")
+    index = next(i for i in Task.__table__.indexes if i.name == claim_task.RUNNABLE_INDEX)
+    declared = str(index.dialect_options["postgresql"]["where"])
+    assert claim_task.runnable_predicate(head.STARTS, head.ERRORS, head.ACTIVE) == declared
 
 
 def test_every_revision_is_frozen() -> None:

@@ -213,8 +213,8 @@ BEGIN
     END IF;
     IF chan.free AND chan.max_concurrent IS NOT NULL THEN
       PERFORM 1 FROM channels c WHERE c.id = chan.id FOR NO KEY UPDATE;
-      at_cap := chan.max_concurrent <= (SELECT count(*) FROM tasks a
-        WHERE a.channel_id = chan.id AND a.status IN ({active_list}) AND a.id <> p_task);
+      at_cap := chan.max_concurrent <= {claim_task.active_count("chan.id", active_list,
+                                                                other_than="p_task")};
     END IF;
     IF chan.free AND NOT at_cap THEN
       stamp := clock_timestamp();
@@ -264,6 +264,12 @@ END
 $$"""
 
 
+def _channel_of(task: str) -> str:
+    """The channel of ``task``: a primary-key look-up of its own, never a join the planner
+    could turn into a scan of ``tasks`` (as it did for a plan made on an empty table)."""
+    return f"(SELECT t.channel_id FROM tasks t WHERE t.id = {task})"
+
+
 def render_batch(next_stage: Mapping[str, str]) -> str:
     """``stage_boundaries``: ``stage_boundary`` for each task of the arrays (one statement, one
     commit), from the frozen ``next_stage`` (``next_stages``). Rows come back numbered as the
@@ -293,7 +299,7 @@ DECLARE
 BEGIN
   IF p_carry THEN
     PERFORM 1 FROM channels c WHERE c.max_concurrent IS NOT NULL
-      AND c.id IN (SELECT t.channel_id FROM tasks t WHERE t.id = ANY (p_tasks))
+      AND c.id IN (SELECT {_channel_of("x.id")} FROM unnest(p_tasks) x (id))
       ORDER BY c.id FOR NO KEY UPDATE;
     IF EXISTS (SELECT 1 FROM quotas) THEN
       SELECT coalesce(array_agg(k.channel_id ORDER BY k.channel_id, k.quota_id), '{{}}'),
@@ -303,9 +309,9 @@ BEGIN
         FROM (SELECT DISTINCT CASE WHEN q.per_channel THEN t.channel_id
                                    ELSE '{shared}'::uuid END AS channel_id,
                      q.id AS quota_id, q.stage
-              FROM unnest(p_tasks, p_statuses) x (id, status)
-              JOIN tasks t ON t.id = x.id
-              JOIN quotas q ON q.stage IN (CASE x.status::text {whens} END, '{every}')) k;
+              FROM (SELECT {_channel_of("x.id")} AS channel_id, x.status
+                    FROM unnest(p_tasks, p_statuses) x (id, status)) t
+              JOIN quotas q ON q.stage IN (CASE t.status::text {whens} END, '{every}')) k;
       INSERT INTO quota_usage (channel_id, quota_id, stage)
         SELECT k.ch, k.q, k.st FROM unnest(bk_ch, bk_q, bk_st) WITH ORDINALITY k (ch, q, st, o)
         ORDER BY k.o ON CONFLICT DO NOTHING;

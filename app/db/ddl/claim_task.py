@@ -129,9 +129,32 @@ def runnable_predicate(starts: Iterable[str], errors: Iterable[str],
     errored tasks with a retry scheduled (an exhausted one waits for an operator, unindexed) and
     stages handed back (active, no holder); none on hold. Rows pass through these states
     briefly, so the index stays small."""
-    return (f"(status IN ({_list(starts)})"
-            f" OR (status IN ({_list(errors)}) AND retry_at IS NOT NULL)"
-            f" OR (status IN ({_list(active)}) AND claim_token IS NULL)) AND {NOT_ON_HOLD}")
+    return _indexed(_list(starts), _list(errors), _list(active))
+
+
+def _indexed(starts: str, errors: str, active: str, alias: str = "") -> str:
+    """``runnable_predicate`` of quoted lists, on the columns of ``alias``. Every probe of the
+    rows the index covers states it word for word beside its own conditions: the planner then
+    proves at once that the small ``ix_tasks_runnable`` serves the probe, in its order (no
+    sort), whatever the statistics. A plan made without it, on a table that was empty when the
+    connection first planned the function (a new database: plans are kept for the connection's
+    life), read every row of each channel through ``ix_tasks_channel_id_status``, the published
+    history included."""
+    c = f"{alias}." if alias else ""
+    return (f"({c}status IN ({starts})"
+            f" OR ({c}status IN ({errors}) AND {c}retry_at IS NOT NULL)"
+            f" OR ({c}status IN ({active}) AND {c}claim_token IS NULL)) AND {c}{NOT_ON_HOLD}")
+
+
+def active_count(channel: str, active: str, *, other_than: str = "") -> str:
+    """How many of ``channel``'s tasks are in an active state (``active``: a quoted list),
+    ``other_than`` a task left out: one count per state, each an equality probe of both columns
+    of ``ix_tasks_channel_id_status``. A single ``status IN (…)`` let a plan made on an empty
+    table probe the channel alone and filter the states, reading its whole history per count."""
+    left_out = f" AND a.id <> {other_than}" if other_than else ""
+    return ("(SELECT sum((SELECT count(*) FROM tasks a WHERE a.channel_id = "
+            f"{channel} AND a.status = s.st{left_out})) FROM unnest(ARRAY[{active}]::taskstatus[])"
+            " s (st))")
 
 
 def _waiting(t: str, starts: str, errors: str) -> str:
@@ -207,7 +230,7 @@ def _ranking(starts: str, errors: str, active: str, first: str) -> str:
     cap (in this snapshot) offers only a stage handed back. ``top`` is the most pick-ups of a
     channel at that priority (a late-comer is raised to one below it)."""
     gated = (f"((NOT cap.full AND {_waiting('t', starts, errors)})"
-             f" OR {_unheld('t', active)})")
+             f" OR {_unheld('t', active)}) AND {_indexed(starts, errors, active, 't')}")
     head = _head("c.id", gated, first=first, spent="sp.stages", queued="NOT cap.full AND ",
                  reserved="res.ids")
     return f"""SELECT c.id AS channel, best.id AS task,
@@ -215,9 +238,8 @@ def _ranking(starts: str, errors: str, active: str, first: str) -> str:
           INTO cand
         FROM channels c
         CROSS JOIN LATERAL (SELECT CASE WHEN c.max_concurrent IS NULL THEN false
-                                   ELSE c.max_concurrent <= (
-                                     SELECT count(*) FROM tasks a WHERE a.channel_id = c.id
-                                       AND a.status IN ({active})) END AS full) cap
+                                   ELSE c.max_concurrent <= {active_count("c.id", active)}
+                                   END AS full) cap
         CROSS JOIN LATERAL (SELECT CASE WHEN c.reserved_until > clock_timestamp()
                                    THEN c.reserved ELSE '{{}}'::uuid[] END AS ids) res
         CROSS JOIN LATERAL (SELECT {_spent("c.id")} AS stages) sp
@@ -227,11 +249,11 @@ def _ranking(starts: str, errors: str, active: str, first: str) -> str:
         LIMIT 1;"""
 
 
-def _unheld_head(channel: str, active: str) -> str:
+def _unheld_head(channel: str, indexed: str, active: str) -> str:
     """The channel's best handed-back stage: all a claim may take at the channel's cap."""
     return ("SELECT t.id, t.status, t.failed_stage FROM tasks t"
             f" WHERE t.channel_id = {channel} AND t.hold_since IS NULL"
-            f" AND {_unheld('t', active)} AND {_free('t', 'spent')}"
+            f" AND {_unheld('t', active)} AND {_free('t', 'spent')} AND {indexed}"
             " ORDER BY t.priority, t.created_at, t.id LIMIT 1")
 
 
@@ -336,6 +358,7 @@ def render(targets: Targets, *, starts: Iterable[str], active: Iterable[str],
     the first stage's name."""
     start_list, error_list, active_list = _list(starts), _list(errors), _list(active)
     other = _claimable("t", start_list, error_list, active_list)
+    indexed = _indexed(start_list, error_list, active_list, "t")
     return f"""CREATE FUNCTION {FUNCTION}(
   p_worker text, p_lease_s double precision, p_now timestamptz, p_task uuid DEFAULT NULL,
   p_start boolean DEFAULT false, p_channel uuid DEFAULT NULL, p_ticket bigint DEFAULT NULL)
@@ -385,8 +408,7 @@ BEGIN
       IF chan.max_concurrent IS NOT NULL THEN
         -- Capacity is serialised per channel: its row, then a count in a new statement.
         PERFORM 1 FROM channels c WHERE c.id = chan.id FOR NO KEY UPDATE;
-        at_cap := chan.max_concurrent <= (SELECT count(*) FROM tasks
-          WHERE channel_id = chan.id AND status IN ({active_list}));
+        at_cap := chan.max_concurrent <= {active_count("chan.id", active_list)};
       END IF;
       head_id := NULL;
       spent := {_spent("chan.id")};
@@ -399,13 +421,13 @@ BEGIN
         END IF;
       ELSIF at_cap THEN
         SELECT h.id, h.status, h.failed_stage INTO head_id, head_status, head_failed
-          FROM ({_unheld_head('chan.id', active_list)} FOR UPDATE SKIP LOCKED) h;
+          FROM ({_unheld_head('chan.id', indexed, active_list)} FOR UPDATE SKIP LOCKED) h;
       ELSE
         -- The channel's best task no other claim holds: the rare rows of the other runnable
         -- states first, then the queued head.
         SELECT t.id, t.status, t.failed_stage, t.priority, t.created_at INTO best_other
           FROM tasks t WHERE t.channel_id = chan.id AND t.hold_since IS NULL AND {other}
-            AND {_free('t', 'spent')}
+            AND {_free('t', 'spent')} AND {indexed}
           ORDER BY t.priority, t.created_at, t.id LIMIT 1 FOR UPDATE SKIP LOCKED;
         SELECT t.id, t.status, t.failed_stage INTO head_id, head_status, head_failed
           FROM tasks t WHERE t.channel_id = chan.id AND t.status = 'queued'

@@ -1,0 +1,129 @@
+"""Plans made on an empty table: a worker's connection plans the statements inside the claim
+and the stage boundary the first time it calls them, and keeps those plans for its life. A new
+database has no statistics yet, so those first plans are made believing ``tasks`` tiny. They
+must still read the indexes made for them once the table holds a real history: otherwise every
+pick-up and every carry reads each channel's whole history until the next ``ANALYZE`` (which a
+server without autovacuum never runs). Real PostgreSQL, buffers counted by ``auto_explain``."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from app.db import connect_kwargs, statements
+from tests import dbtools
+
+#: Finished tasks per channel: the history a plan must not read.
+HISTORY = 20_000
+CHANNELS = 4
+#: Reading more than this per call means a probe walked a history (the plans made for the
+#: indexes read a few hundred; the plans this guards against read tens of thousands).
+MOST_BUFFERS = 2_000
+
+_BUFFERS = re.compile(r"Buffers: shared hit=(\d+)(?: read=(\d+))?")
+_AUTO_EXPLAIN = ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
+                 "SET auto_explain.log_analyze = on", "SET auto_explain.log_buffers = on",
+                 "SET auto_explain.log_nested_statements = on",
+                 "SET auto_explain.log_timing = off", "SET auto_explain.log_level = notice")
+
+
+@pytest.fixture
+async def fresh(pg_server_url: str) -> AsyncIterator[str]:
+    """A migrated database whose tables were never analyzed."""
+    async with dbtools.scratch_database(pg_server_url, migrate=True) as url:
+        yield url
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _pick_up(conn: asyncpg.Connection, count: int) -> list[tuple[uuid.UUID, uuid.UUID, str]]:
+    row = await conn.fetchrow(statements.PICK_UP, "plans-test", 30.0, _now(), True, count)
+    assert row is not None
+    return list(zip(row["task_ids"], row["claim_tokens"], row["to_statuses"], strict=True))
+
+
+async def _carry(conn: asyncpg.Connection, held: list[tuple[uuid.UUID, uuid.UUID, str]]) -> int:
+    rows = await conn.fetch(
+        statements.BOUNDARIES, [h[0] for h in held], [h[1] for h in held], [h[2] for h in held],
+        [json.dumps({"plans": 1})] * len(held), [None] * len(held), "plans-test", 30.0, _now(),
+        ["assets", "audio", "final", "video"], True)
+    return sum(1 for row in rows if row["to_status"] is not None)
+
+
+async def _buffers(conn: asyncpg.Connection, call: str, *args: object,
+                   parts: tuple[str, ...] = ()) -> int:
+    """Buffers read by the statement ``call``, nested statements included; for a procedure
+    (``auto_explain`` logs no ``CALL``), by its statements that start with one of ``parts``."""
+    plans: list[str] = []
+
+    def listen(_conn: object, message: object) -> None:
+        plans.append(str(getattr(message, "message", "")))
+
+    conn.add_log_listener(listen)
+    try:
+        for statement in _AUTO_EXPLAIN:
+            await conn.execute(statement)
+        await conn.fetch(call, *args)
+        await conn.execute("SET auto_explain.log_min_duration = -1")
+    finally:
+        conn.remove_log_listener(listen)
+    texts = [(p.split("Query Text: ", 1)[1], p) for p in plans if "Query Text: " in p]
+    mine = [p for text, p in texts
+            if any(text.startswith(part) for part in parts or (call[:30],))]
+    assert mine, f"no plan was logged for {call[:40]!r}: {[t[:40] for t, _ in texts]}"
+    total = 0
+    for plan in mine:
+        found = _BUFFERS.search(plan)
+        total += int(found.group(1)) + int(found.group(2) or 0) if found else 0
+    return total
+
+
+async def test_plans_made_on_an_empty_table_read_the_claim_indexes_once_it_fills(
+        fresh: str) -> None:
+    admin = await asyncpg.connect(**connect_kwargs(fresh))
+    worker = await asyncpg.connect(**connect_kwargs(fresh))
+    try:
+        channels = [r["id"] for r in await admin.fetch(
+            "INSERT INTO channels (channel_id, channel_name, max_concurrent)"
+            " SELECT 'UC-plans-' || g, 'Plans ' || g, 50 FROM generate_series(1, $1) g"
+            " RETURNING id", CHANNELS)]
+        # The worker's connection plans the ranking on an empty table, then the claim and the
+        # boundary (with its capacity count) on a table of one task.
+        assert await _pick_up(worker, 1) == []
+        await admin.execute(
+            "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
+            " VALUES ($1, md5('first'), 'First', 'queued')", channels[0])
+        first = await _pick_up(worker, 1)
+        assert len(first) == 1
+        assert await _carry(worker, first) == 1
+
+        await admin.execute(
+            "INSERT INTO tasks (channel_id, notion_page_id, title, status, published_at)"
+            " SELECT ($1::uuid[])[1 + g % $2], md5('done' || g), 'Done ' || g, 'published',"
+            " now() FROM generate_series(1, $3) g", channels, CHANNELS, HISTORY * CHANNELS)
+        await admin.execute(
+            "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
+            " SELECT ($1::uuid[])[1 + g % $2], md5('queued' || g), 'Queued ' || g, 'queued'"
+            " FROM generate_series(1, 200) g", channels, CHANNELS)
+        held = await _pick_up(worker, 8) + await _pick_up(worker, 8)
+        assert len(held) == 16
+
+        picked = await _buffers(worker, statements.PICK_UP, "plans-test", 30.0, _now(), True, 1,
+                                parts=("SELECT p.channel", "SELECT c.*"))
+        carried = await _buffers(
+            worker, statements.BOUNDARIES, [h[0] for h in held[:8]], [h[1] for h in held[:8]],
+            [h[2] for h in held[:8]], [json.dumps({"plans": 1})] * 8, [None] * 8, "plans-test",
+            30.0, _now(), ["assets", "audio", "final", "video"], True)
+    finally:
+        await worker.close()
+        await admin.close()
+    assert picked < MOST_BUFFERS, f"a pick-up read {picked} buffers"
+    assert carried < MOST_BUFFERS, f"eight carries read {carried} buffers"
