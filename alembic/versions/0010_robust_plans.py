@@ -19,8 +19,13 @@ connection lived:
 Here each probe of ``ix_tasks_runnable`` states the index's predicate beside its own conditions
 (``claim_task.runnable_predicate``), a channel's active tasks are counted one state at a time on
 both columns of ``ix_tasks_channel_id_status`` (``claim_task.active_count``), and the batch looks
-up each task by its key. What the functions do is unchanged. Revision 0008's claim and 0009's
-boundary are frozen as ``claim_task_0008`` and ``boundary_0009``.
+up each task by its key.
+
+A carry no longer locks its channel's row: it keeps the capacity slot its task holds, so it
+cannot take the channel past its cap, and it counts the channel's active tasks only so that a
+lowered cap stops carries. Carries of one capped channel used to wait for each other (60 ms
+waits seen with three slots), and a batch no longer locks channel rows first. Revision 0008's
+claim and 0009's boundary are frozen as ``claim_task_0008`` and ``boundary_0009``.
 """
 
 from collections.abc import Sequence

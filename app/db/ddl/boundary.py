@@ -21,8 +21,9 @@ the next's, with the success's columns and the claim's (``CLAIM_WRITES``) in one
 and every transition on the way gets its ``task_events`` row. The database guard accepts that
 pair only as a carry writes it (``lifecycle.CARRIES``: a fresh claim token and attempt budget).
 The task holds its capacity slot through the move, so the cap is counted only to refuse a carry
-when the cap was lowered meanwhile. A task not carried on gets the success and each automatic
-move as a guarded ``UPDATE`` of its own. Either way the caller sees one statement and one
+when the cap was lowered meanwhile, and without the channel row's lock (which claims take to
+serialise new slots): carries of one channel never wait for each other. A task not carried
+on gets the success and each automatic move as a guarded ``UPDATE`` of its own. Either way the caller sees one statement and one
 commit; no row comes back when the success is refused (the claim was lost): nothing was
 written. ``tests/test_moves_agree.py`` holds a boundary equal to the success, the automatic
 moves and ``claim_task`` made one by one.
@@ -212,7 +213,9 @@ BEGIN
       RETURN;
     END IF;
     IF chan.free AND chan.max_concurrent IS NOT NULL THEN
-      PERFORM 1 FROM channels c WHERE c.id = chan.id FOR NO KEY UPDATE;
+      -- No lock on the channel's row: a carry keeps the slot it holds, so no carry can take
+      -- the channel past its cap however many run at once; the count only lets a lowered cap
+      -- stop carries until the channel is under it again.
       at_cap := chan.max_concurrent <= {claim_task.active_count("chan.id", active_list,
                                                                 other_than="p_task")};
     END IF;
@@ -275,11 +278,12 @@ def render_batch(next_stage: Mapping[str, str]) -> str:
     commit), from the frozen ``next_stage`` (``next_stages``). Rows come back numbered as the
     arrays (``n``); a refused boundary's row has a NULL ``rest``.
 
-    Several carries in one transaction could deadlock with each other's locks (a capped
-    channel's row, a quota bucket) taken in different orders, so every lock a carry may wait
-    for is taken first, in one global order: the capped channels' rows by id, then the quota
-    buckets of each task's next stage by key (as a single claim takes them: channel row, then
-    buckets). The claims then find them held by this transaction and do not wait."""
+    Several carries in one transaction could deadlock with each other's locks (the quota
+    buckets of their next stages) taken in different orders, so every bucket a carry may wait
+    for is locked first, in one global order (by key, as a single claim takes them). The carries
+    then find them held by this transaction and do not wait. A carry locks no channel row (it
+    keeps the capacity slot it holds), so a claim holding one never waits on a batch that
+    waits for it."""
     whens = " ".join(f"WHEN '{active}' THEN '{stage}'" for active, stage in next_stage.items())
     shared, every = claim_task.SHARED, claim_task.EVERY_STAGE
     return f"""CREATE FUNCTION {BOUNDARIES}(
@@ -298,9 +302,6 @@ DECLARE
   bk_st text[];
 BEGIN
   IF p_carry THEN
-    PERFORM 1 FROM channels c WHERE c.max_concurrent IS NOT NULL
-      AND c.id IN (SELECT {_channel_of("x.id")} FROM unnest(p_tasks) x (id))
-      ORDER BY c.id FOR NO KEY UPDATE;
     IF EXISTS (SELECT 1 FROM quotas) THEN
       SELECT coalesce(array_agg(k.channel_id ORDER BY k.channel_id, k.quota_id), '{{}}'),
              coalesce(array_agg(k.quota_id ORDER BY k.channel_id, k.quota_id), '{{}}'),
