@@ -23,10 +23,10 @@ pair only as a carry writes it (``lifecycle.CARRIES``: a fresh claim token and a
 The task holds its capacity slot through the move, so the cap is counted only to refuse a carry
 when the cap was lowered meanwhile, and without the channel row's lock (which claims take to
 serialise new slots): carries of one channel never wait for each other. A task not carried
-on gets the success and each automatic move as a guarded ``UPDATE`` of its own. Either way the caller sees one statement and one
-commit; no row comes back when the success is refused (the claim was lost): nothing was
-written. ``tests/test_moves_agree.py`` holds a boundary equal to the success, the automatic
-moves and ``claim_task`` made one by one.
+on gets the success and each automatic move as a guarded ``UPDATE`` of its own. Either way
+the caller sees one statement and one commit; no row comes back when the success is refused
+(the claim was lost): nothing was written. ``tests/test_moves_agree.py`` holds a boundary
+equal to the success, the automatic moves and ``claim_task`` made one by one.
 """
 
 from __future__ import annotations
