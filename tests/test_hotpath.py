@@ -117,6 +117,38 @@ async def test_a_pick_that_finds_its_channel_full_is_given_back(pg_sessions: Ses
     assert held is not None and held.task_id == spare.id
 
 
+async def test_a_carry_keeps_its_slot_without_the_channel_lock_and_stops_at_a_lowered_cap(
+        pg_sessions: Sessions, pg_pool: HotPool) -> None:
+    """A channel at its cap of two: a stage boundary carries its task on (it keeps the slot it
+    holds), even while another transaction holds the channel's row, which a claim of a new slot
+    would wait for. Once the cap is lowered to one, the other task's slot is all it allows: the
+    next boundary leaves its task resting, runnable, with the success and the move recorded."""
+    async with pg_sessions() as session, session.begin():
+        await session.execute(sa.update(Channel).values(is_active=False))
+        capped = await make_channel(session, max_concurrent=2)
+        base = transitions.utcnow() - timedelta(minutes=1)
+        for i in range(2):
+            await make_task(session, capped, created_at=base + timedelta(seconds=i))
+    boundary = {"actor": "w", "lease_s": 30, "auto_approved": frozenset({"assets"}),
+                "carry": True}
+    async with pg_pool.acquire() as conn, pg_pool.acquire() as other:
+        first, second = await _claim(conn), await _claim(conn)
+        assert first is not None and second is not None
+        async with other.transaction():
+            await other.execute("SELECT 1 FROM channels WHERE id = $1 FOR UPDATE", capped.id)
+            carried = await asyncio.wait_for(hotpath.boundary(
+                conn, first, artefacts={"n": 1}, now=transitions.utcnow(), **boundary), 10)
+        assert carried.rest is S.generating_composites and carried.taken is not None
+        await conn.execute("UPDATE channels SET max_concurrent = 1 WHERE id = $1", capped.id)
+        rested = await hotpath.boundary(conn, carried.taken.claim, artefacts={"n": 2},
+                                        now=transitions.utcnow(), **boundary)
+    assert (rested.rest, rested.taken) == (S.composites_ready, None)
+    row = await _task(pg_sessions, first.task_id)
+    assert (row.status, row.claim_token) == (S.composites_ready, None)
+    assert [h[:2] for h in await _history(pg_sessions, first.task_id)][-1] == (
+        S.generating_composites, S.composites_ready)
+
+
 async def test_claim_of_a_continuing_task_enters_its_stage(pg_sessions: Sessions,
                                                            pg_pool: HotPool) -> None:
     task = await _fresh(pg_sessions, S.composites_ready)
