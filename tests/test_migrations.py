@@ -336,7 +336,7 @@ GOLDEN = {
         "sqlite downgrade": "0a4e199917a6152b",
     },
     "0010_robust_plans": {
-        "postgresql upgrade": "9fda8076825dda74",
+        "postgresql upgrade": "5212b0aba2bbfd8c",
         "postgresql downgrade": "c8c14a895fc8e8a8",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",

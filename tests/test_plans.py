@@ -127,3 +127,47 @@ async def test_plans_made_on_an_empty_table_read_the_claim_indexes_once_it_fills
         await admin.close()
     assert picked < MOST_BUFFERS, f"a pick-up read {picked} buffers"
     assert carried < MOST_BUFFERS, f"eight carries read {carried} buffers"
+
+
+async def test_claim_and_boundary_functions_are_never_jit_compiled(fresh: str) -> None:
+    """A kept plan over the JIT's cost threshold is compiled again at every execution (20 ms
+    per pick-up). The functions turn the JIT off themselves, so a session with the JIT on (a
+    connection through PgBouncer, which cannot pass ``jit = off`` at start) runs them
+    uncompiled, even with every plan over the threshold."""
+    conn = await asyncpg.connect(**connect_kwargs(fresh))
+    try:
+        settings = dict(await conn.fetch(
+            "SELECT p.proname, array_to_string(p.proconfig, ',') FROM pg_proc p"
+            " WHERE p.proname = ANY ($1::text[])",
+            ["pick_channel", "claim_task", "stage_boundary", "stage_boundaries"]))
+        assert len(settings) == 4
+        assert all("jit=off" in (config or "") for config in settings.values()), settings
+        channel = await conn.fetchval(
+            "INSERT INTO channels (channel_id, channel_name) VALUES ('UC-jit', 'JIT')"
+            " RETURNING id")
+        await conn.execute(
+            "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
+            " SELECT $1, md5('jit' || g), 'JIT ' || g, 'queued' FROM generate_series(1, 3) g",
+            channel)
+        await conn.execute("SET jit = on")
+        await conn.execute("SET jit_above_cost = 0")
+        plans: list[str] = []
+        conn.add_log_listener(lambda _c, m: plans.append(str(getattr(m, "message", ""))))
+        for statement in _AUTO_EXPLAIN:
+            await conn.execute(statement)
+        held = await _pick_up(conn, 2)
+        assert len(held) == 2
+        assert await _carry(conn, held) == 2
+        await conn.execute("SET auto_explain.log_min_duration = -1")
+        available = await conn.fetchval("SELECT pg_jit_available()")
+    finally:
+        await conn.close()
+    # The statements inside the functions: the ranking, the row's write and its events (the
+    # caller's own statements, a CALL's and the SELECT that calls a function, are cheap plans
+    # that a JIT threshold of its default never reaches).
+    inside = [p for p in plans if any(f"Query Text: {start}" in p for start in (
+        "SELECT c.id AS channel", "UPDATE tasks t SET", "INSERT INTO task_events"))]
+    assert len(inside) >= 3, [p.split("\n", 2)[:2] for p in plans]
+    compiled = [p.split("\n", 2)[1] for p in inside if "JIT:" in p]
+    # Where the server has no JIT nothing can be compiled; the settings above still hold.
+    assert not compiled or not available, compiled

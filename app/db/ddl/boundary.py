@@ -180,8 +180,7 @@ def render(finish: Finish, steps: Steps, claim: Mapping[str, str], *,
 RETURNS TABLE (rest taskstatus, task_id uuid, from_status taskstatus, to_status taskstatus,
                claim_token uuid, attempt integer, run integer, title text, topic text,
                story_direction text, artifacts jsonb)
-LANGUAGE plpgsql SET lock_timeout = '{claim_task.LOCK_TIMEOUT}'
-  SET plan_cache_mode = {claim_task.PLANS} AS $$
+LANGUAGE plpgsql {claim_task.SETTINGS} AS $$
 DECLARE
   cur taskstatus := CASE p_status::text {done} END;
   nxt taskstatus;
@@ -293,8 +292,7 @@ def render_batch(next_stage: Mapping[str, str]) -> str:
 RETURNS TABLE (n integer, rest taskstatus, task_id uuid, from_status taskstatus,
                to_status taskstatus, claim_token uuid, attempt integer, run integer,
                title text, topic text, story_direction text, artifacts jsonb)
-LANGUAGE plpgsql SET lock_timeout = '{claim_task.LOCK_TIMEOUT}'
-  SET plan_cache_mode = {claim_task.PLANS} AS $$
+LANGUAGE plpgsql {claim_task.SETTINGS} AS $$
 DECLARE
   got record;
   bk_ch uuid[];
