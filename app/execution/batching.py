@@ -36,22 +36,46 @@ class Batcher(Generic[Item, Result]):
         done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, done))
         if len(self._senders) < self.in_flight:
-            sender = asyncio.create_task(self._drain())
-            self._senders.add(sender)
-            sender.add_done_callback(self._senders.discard)
+            self._senders.add(asyncio.create_task(self._drain()))
         return await done
 
     async def _drain(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:self.most], self._queue[self.most:]
-            try:
-                results = await self.send([item for item, _ in batch])
-            except Exception as exc:
-                results = [exc] * len(batch)
-            for (_, done), result in zip(batch, results, strict=True):
-                if done.done():
-                    continue
-                if isinstance(result, BaseException):
-                    done.set_exception(result)
-                else:
-                    done.set_result(result)
+        """Send what is queued until nothing is. A sender leaves ``_senders`` in the same step
+        as it finds the queue empty: a call queued after that starts a sender of its own. (Left
+        to the task's done callback, which runs a step later, a call queued by a caller woken by
+        this sender's last results found the sender still counted and waited for ever.)"""
+        me = asyncio.current_task()
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:self.most], self._queue[self.most:]
+                try:
+                    results = await self.send([item for item, _ in batch])
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                except BaseException:
+                    _cancel(batch)              # cancelled mid-send: its callers are too
+                    raise
+                _settle(batch, results)
+        finally:
+            if me is not None:
+                self._senders.discard(me)
+            if self._queue and not self._senders:   # cancelled with calls still queued
+                _cancel(self._queue)
+                self._queue = []
+
+
+def _settle(batch: list[tuple[Item, asyncio.Future[Result]]],
+            results: list[Result | BaseException]) -> None:
+    """Give each call of ``batch`` its result or its exception."""
+    for (_, done), result in zip(batch, results, strict=True):
+        if done.done():
+            continue
+        if isinstance(result, BaseException):
+            done.set_exception(result)
+        else:
+            done.set_result(result)
+
+
+def _cancel(calls: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+    for _, done in calls:
+        done.cancel()
