@@ -7,17 +7,21 @@ server without autovacuum never runs). Real PostgreSQL, buffers counted by ``aut
 
 from __future__ import annotations
 
-import json
 import re
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import asyncpg
 import pytest
 
 from app.db import connect_kwargs, statements
+from app.execution import hotpath
+from app.moves import Claim
 from tests import dbtools
+
+WORKER = "plans-test"
+#: Every gate passed at once, so a boundary carries its task on.
+AUTO = frozenset({"assets", "audio", "final", "video"})
 
 #: Finished tasks per channel: the history a plan must not read.
 HISTORY = 20_000
@@ -44,24 +48,24 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _pick_up(conn: asyncpg.Connection, count: int) -> list[tuple[uuid.UUID, uuid.UUID, str]]:
-    row = await conn.fetchrow(statements.PICK_UP, "plans-test", 30.0, _now(), True, count)
-    assert row is not None
-    return list(zip(row["task_ids"], row["claim_tokens"], row["to_statuses"], strict=True))
+async def _pick_up(conn: asyncpg.Connection, count: int) -> list[Claim]:
+    taken = await hotpath.take_many(conn, count, worker_id=WORKER, lease_s=30.0, now=_now())
+    return [one.claim for one in taken]
 
 
-async def _carry(conn: asyncpg.Connection, held: list[tuple[uuid.UUID, uuid.UUID, str]]) -> int:
-    rows = await conn.fetch(
-        statements.BOUNDARIES, [h[0] for h in held], [h[1] for h in held], [h[2] for h in held],
-        [json.dumps({"plans": 1})] * len(held), [None] * len(held), "plans-test", 30.0, _now(),
-        ["assets", "audio", "final", "video"], True)
-    return sum(1 for row in rows if row["to_status"] is not None)
+async def _carry(conn: asyncpg.Connection, held: list[Claim]) -> int:
+    """Stage boundaries of ``held`` in one call, every gate auto-approved; how many carried on."""
+    results = await hotpath.boundaries(
+        conn, [hotpath.Ending(claim, {"plans": 1}) for claim in held], actor=WORKER,
+        lease_s=30.0, now=_now(), auto_approved=AUTO, carry=True)
+    return sum(1 for r in results if isinstance(r, hotpath.Boundary) and r.taken is not None)
 
 
-async def _buffers(conn: asyncpg.Connection, call: str, *args: object,
-                   parts: tuple[str, ...] = ()) -> int:
-    """Buffers read by the statement ``call``, nested statements included; for a procedure
-    (``auto_explain`` logs no ``CALL``), by its statements that start with one of ``parts``."""
+async def _buffers(conn: asyncpg.Connection, run: Callable[[], Awaitable[object]],
+                   parts: tuple[str, ...]) -> int:
+    """Buffers read by what ``run`` sends: its statements that start with one of ``parts``,
+    their nested statements included (``auto_explain`` logs no ``CALL``: for a procedure,
+    ``parts`` names the statements inside it)."""
     plans: list[str] = []
 
     def listen(_conn: object, message: object) -> None:
@@ -71,14 +75,13 @@ async def _buffers(conn: asyncpg.Connection, call: str, *args: object,
     try:
         for statement in _AUTO_EXPLAIN:
             await conn.execute(statement)
-        await conn.fetch(call, *args)
+        await run()
         await conn.execute("SET auto_explain.log_min_duration = -1")
     finally:
         conn.remove_log_listener(listen)
     texts = [(p.split("Query Text: ", 1)[1], p) for p in plans if "Query Text: " in p]
-    mine = [p for text, p in texts
-            if any(text.startswith(part) for part in parts or (call[:30],))]
-    assert mine, f"no plan was logged for {call[:40]!r}: {[t[:40] for t, _ in texts]}"
+    mine = [p for text, p in texts if any(text.startswith(part) for part in parts)]
+    assert mine, f"no plan was logged for {parts}: {[t[:40] for t, _ in texts]}"
     total = 0
     for plan in mine:
         found = _BUFFERS.search(plan)
@@ -116,12 +119,10 @@ async def test_plans_made_on_an_empty_table_read_the_claim_indexes_once_it_fills
         held = await _pick_up(worker, 8) + await _pick_up(worker, 8)
         assert len(held) == 16
 
-        picked = await _buffers(worker, statements.PICK_UP, "plans-test", 30.0, _now(), True, 1,
+        picked = await _buffers(worker, lambda: _pick_up(worker, 1),
                                 parts=("SELECT p.channel", "SELECT c.*"))
-        carried = await _buffers(
-            worker, statements.BOUNDARIES, [h[0] for h in held[:8]], [h[1] for h in held[:8]],
-            [h[2] for h in held[:8]], [json.dumps({"plans": 1})] * 8, [None] * 8, "plans-test",
-            30.0, _now(), ["assets", "audio", "final", "video"], True)
+        carried = await _buffers(worker, lambda: _carry(worker, held[:8]),
+                                 parts=(statements.BOUNDARIES[:30],))
     finally:
         await worker.close()
         await admin.close()

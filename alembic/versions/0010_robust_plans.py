@@ -262,7 +262,9 @@ def _replace(statements: list[str]) -> None:
     """Drop the four functions (their signatures are unchanged) and create them anew."""
     if op.get_bind().dialect.name != "postgresql":
         return
-    for statement in boundary.drop()[:2] + claim_task.drop()[1:3]:
+    names = (boundary.BOUNDARY, boundary.BOUNDARIES, claim_task.PICK, claim_task.FUNCTION)
+    for statement in [s for s in boundary.drop() + claim_task.drop()
+                      if any(f" {name}(" in s for name in names)]:
         op.execute(statement)
     for statement in statements:
         op.execute(statement)

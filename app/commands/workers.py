@@ -14,8 +14,8 @@ from app.db import session_scope
 from app.db.models import Task
 from app.errors import PipelineError
 from app.execution import registry, wakeups
-from app.lifecycle import ACTIVE
 from app.moves import utcnow
+from app.services import tasks
 
 HEADERS = ("worker", "host", "pid", "started", "last heartbeat", "holds")
 
@@ -41,7 +41,7 @@ async def live_workers(ctx: Context) -> list[tuple[registry.WorkerRecord, int]]:
     async with session_scope(ctx.sessions) as session:
         held = dict((await session.execute(
             sa.select(Task.claimed_by, sa.func.count())
-            .where(Task.status.in_(ACTIVE), Task.claim_token.is_not(None))
+            .where(tasks.HELD)
             .group_by(Task.claimed_by))).tuples().all())
     return [(record, held.get(record.id, 0)) for record in records]
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import statements
 from app.db.models import Task, TaskEvent
 from app.errors import AmbiguousTask, BadTaskRef, TaskNotFound
-from app.lifecycle import TaskStatus
+from app.lifecycle import ACTIVE, TaskStatus
 from app.schemas import TaskCreate
 from app.services import channels, transitions
 
@@ -28,6 +28,10 @@ class Outcome(enum.StrEnum):
     updated = "updated"
     unchanged = "unchanged"
 
+
+#: Tasks a worker holds now: in an active state, with its claim token (a stage handed back is
+#: active with none). The status comes first so the condition reads ``ix_tasks_status``.
+HELD = sa.and_(Task.status.in_(ACTIVE), Task.claim_token.is_not(None))
 
 @dataclass(frozen=True)
 class EnqueueResult:

@@ -17,7 +17,7 @@ from app.db import session_scope
 from app.db.models import Channel, Task
 from app.errors import AmbiguousTask, BadTaskRef, PipelineError, TaskNotFound
 from app.execution import registry, wakeups
-from app.lifecycle import ACTIVE, ERROR, GATE_BY_WAITING, GATES
+from app.lifecycle import ERROR, GATE_BY_WAITING, GATES
 from app.services import tasks, transitions
 from app.web.dashboard import charts
 from app.web.dashboard.context import Viewer, reader
@@ -119,7 +119,7 @@ async def workers_page(viewer: Reader) -> Response:
         rows = (await session.execute(
             sa.select(Task.id, Task.title, Task.status, Task.claimed_by, Task.claimed_at,
                       Task.lease_expires_at)
-            .where(Task.status.in_(ACTIVE), Task.claim_token.is_not(None))
+            .where(tasks.HELD)
             .order_by(Task.claimed_by, Task.claimed_at)
             .limit(PAGE_SIZE * 5))).all()
     held: dict[str, list[Any]] = {}
