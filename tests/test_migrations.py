@@ -48,7 +48,8 @@ def test_frozen_pairs_match_lifecycle() -> None:
 
 @pytest.mark.parametrize("name", ["0002_claim_task", "0004_claim_start",
                                   "0005_claim_single_write", "0006_row_is_the_truth",
-                                  "0007_hold", "0008_quotas", "0010_robust_plans"])
+                                  "0007_hold", "0008_quotas", "0010_robust_plans",
+                                  "0011_lean_pick"])
 def test_frozen_claim_data_matches_lifecycle(name: str) -> None:
     claim = _revision(name)
     starts = {st.start.value: st.active.value for st in lifecycle.STAGES
@@ -341,6 +342,12 @@ GOLDEN = {
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
+    "0011_lean_pick": {
+        "postgresql upgrade": "840bf3dcbcdbefad",
+        "postgresql downgrade": "ffbc370bdc1b72d3",
+        "sqlite upgrade": "e3b0c44298fc1c14",
+        "sqlite downgrade": "e3b0c44298fc1c14",
+    },
 }
 
 
@@ -362,7 +369,7 @@ def test_claim_probes_state_the_runnable_index_predicate() -> None:
     """The claim's probes of ``ix_tasks_runnable`` carry the index's own predicate (so that
     any plan, on any statistics, can read the index in order): the head's frozen lists give
     the predicate the model declares."""
-    head = _revision("0010_robust_plans")
+    head = _revision("0011_lean_pick")
     index = next(i for i in Task.__table__.indexes if i.name == claim_task.RUNNABLE_INDEX)
     declared = str(index.dialect_options["postgresql"]["where"])
     assert claim_task.runnable_predicate(head.STARTS, head.ERRORS, head.ACTIVE) == declared

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from alembic import op
-from app.db.ddl import boundary, boundary_0009, claim_task, claim_task_0008
+from app.db.ddl import boundary, boundary_0009, claim_task, claim_task_0008, claim_task_0010
 
 revision: str = "0010"
 down_revision: str | None = "0009"
@@ -271,7 +271,7 @@ def _replace(statements: list[str]) -> None:
 
 
 def upgrade() -> None:
-    _replace(_functions(claim_task, boundary))
+    _replace(_functions(claim_task_0010, boundary))
 
 
 def downgrade() -> None:

@@ -199,22 +199,27 @@ def _live(channel: str) -> str:
             " IS TRUE)")
 
 
-def _head(channel: str, other: str, *, first: str, spent: str, seen: str = "",
-          queued: str = "", reserved: str = "") -> str:
+def _head(channel: str, other: str, *, first: str, spent: str, queued: str = "",
+          reserved: str = "") -> str:
     """The channel's best runnable task not on hold (nor, if queued, in ``reserved``, an
-    array): two ordered probes, no sort of the table. No row lock: the claim locks the task it
-    takes and re-checks it. ``queued`` gates the queued probe (a condition and ``AND``);
-    neither probe offers a task whose stage is in ``spent`` (``first``: a queued task's)."""
+    array): two ordered probes, no sort of the table, or the queued one alone when ``other``
+    is empty (no task of another runnable state anywhere). No row lock: the claim locks the
+    task it takes and re-checks it. ``queued`` gates the queued probe (a condition and
+    ``AND``); neither probe offers a task whose stage is in ``spent`` (``first``: a queued
+    task's; none left out without)."""
     free = f" AND t.id <> ALL ({reserved})" if reserved else ""
-    branch = ("(SELECT t.id, t.status, t.failed_stage, t.priority, t.created_at FROM tasks t"
+    branch = ("SELECT t.id, t.status, t.failed_stage, t.priority, t.created_at FROM tasks t"
               " WHERE t.channel_id = {c} AND t.hold_since IS NULL AND {cond}"
-              " ORDER BY t.priority, t.created_at, t.id LIMIT 1)")
-    conds = [f"{queued}'{first}' <> ALL ({spent}) AND t.status = 'queued'{free}",
-             f"{other} AND {_free('t', spent)}"]
-    branches = "\n        UNION ALL ".join(branch.format(c=channel, cond=c) for c in conds)
-    return (f"SELECT h.id, h.status, h.failed_stage, h.priority, h.created_at{seen}"
-            f" FROM (\n        {branches}\n      ) h ORDER BY h.priority, h.created_at, h.id"
-            " LIMIT 1")
+              " ORDER BY t.priority, t.created_at, t.id LIMIT 1")
+    first_free, stage_free = (f"'{first}' <> ALL ({spent}) AND ", f" AND {_free('t', spent)}") \
+        if spent else ("", "")
+    queued_branch = branch.format(c=channel, cond=f"{queued}{first_free}t.status = 'queued'{free}")
+    if not other:
+        return queued_branch
+    other_branch = branch.format(c=channel, cond=f"{other}{stage_free}")
+    return (f"SELECT h.id, h.status, h.failed_stage, h.priority, h.created_at"
+            f" FROM (\n        ({queued_branch})\n        UNION ALL ({other_branch})\n      ) h"
+            " ORDER BY h.priority, h.created_at, h.id LIMIT 1")
 
 
 def _spent(channel: str) -> str:
@@ -224,32 +229,65 @@ def _spent(channel: str) -> str:
             " END")
 
 
-def _blocks() -> str:
-    """Read the buckets spent or paused now into ``blk_ch`` and ``blk_st`` (usually none)."""
+def _blocks(*, flags: str = "") -> str:
+    """Read the buckets spent or paused now into ``blk_ch`` and ``blk_st`` (usually none); with
+    ``flags`` (see ``_flags``), also what the ranking needs to handle."""
+    into = ", capped, others" if flags else ""
     return ("SELECT coalesce(array_agg(b.channel), '{}'), coalesce(array_agg(b.stage), '{}')"
-            f" INTO blk_ch, blk_st FROM {QUOTA_BLOCKS}() b;")
+            f"{flags} INTO blk_ch, blk_st{into} FROM {QUOTA_BLOCKS}() b;")
 
 
-def _ranking(starts: str, errors: str, active: str, first: str) -> str:
+def _flags(starts: str, errors: str, active: str) -> str:
+    """Whether any active channel has a cap (``capped``), and whether any task waits in a
+    runnable state other than queued (``others``: one probe of the small
+    ``ix_tasks_runnable``, in its order, so that any plan reads the index)."""
+    return (", EXISTS (SELECT 1 FROM channels c WHERE c.is_active"
+            " AND c.max_concurrent IS NOT NULL),"
+            f" EXISTS (SELECT 1 FROM tasks t WHERE {_indexed(starts, errors, active, 't')}"
+            " ORDER BY t.channel_id, t.priority, t.created_at, t.id LIMIT 1)")
+
+
+#: The ranking's forms: ``(capped, blocked, others)``, each flag off where the call found
+#: nothing for it to handle (see ``_ranking``).
+FORMS = tuple((capped, blocked, others) for capped in (True, False)
+              for blocked in (True, False) for others in (True, False))
+
+
+def _ranking(starts: str, errors: str, active: str, first: str, *, capped: bool,
+             blocked: bool, others: bool) -> str:
     """The pick-up's ranking: channels with claimable work by the priority of their best task,
     then fewest pick-ups, then least recently picked, then the task's age. A channel at its
     cap (in this snapshot) offers only a stage handed back. ``top`` is the most pick-ups of a
-    channel at that priority (a late-comer is raised to one below it)."""
-    gated = (f"((NOT cap.full AND {_waiting('t', starts, errors)})"
-             f" OR {_unheld('t', active)}) AND {_indexed(starts, errors, active, 't')}")
-    head = _head("c.id", gated, first=first, spent="sp.stages", queued="NOT cap.full AND ",
-                 reserved="res.ids")
+    channel at that priority (a late-comer is raised to one below it).
+
+    One ranking in eight forms: each flag keeps the part that handles its case, and without it
+    that part is its constant. ``capped``: some active channel has a cap (else none is full);
+    ``blocked``: some quota is spent or paused (else no stage is spent); ``others``: some task
+    waits in a runnable state other than queued (else each channel's head is its queued one).
+    A statement's set-up costs for every node it holds, run or not; the full form took half
+    of a pick-up's time on the server where only queued work and no caps were to be ranked.
+    A flag read just before the ranking is as good as the ranking's own snapshot: work that
+    appears in between is ranked at the next pick-up, as if it had come a moment later."""
+    laterals = []
+    if capped:
+        laterals.append("CROSS JOIN LATERAL (SELECT CASE WHEN c.max_concurrent IS NULL THEN false"
+                        f" ELSE c.max_concurrent <= {active_count('c.id', active)}"
+                        " END AS full) cap")
+    if blocked:
+        laterals.append(f"CROSS JOIN LATERAL (SELECT {_spent('c.id')} AS stages) sp")
+    gate = "NOT cap.full AND " if capped else ""
+    other = (f"(({gate}{_waiting('t', starts, errors)}) OR {_unheld('t', active)})"
+             f" AND {_indexed(starts, errors, active, 't')}") if others else ""
+    reserved = ("CASE WHEN c.reserved_until > clock_timestamp() THEN c.reserved"
+                " ELSE '{}'::uuid[] END")
+    head = _head("c.id", other, first=first, spent="sp.stages" if blocked else "",
+                 queued=gate, reserved=reserved)
+    joins = "".join(f"{join}\n        " for join in laterals)
     return f"""SELECT c.id AS channel, best.id AS task,
                max(c.picks) OVER (PARTITION BY best.priority) AS top
           INTO cand
         FROM channels c
-        CROSS JOIN LATERAL (SELECT CASE WHEN c.max_concurrent IS NULL THEN false
-                                   ELSE c.max_concurrent <= {active_count("c.id", active)}
-                                   END AS full) cap
-        CROSS JOIN LATERAL (SELECT CASE WHEN c.reserved_until > clock_timestamp()
-                                   THEN c.reserved ELSE '{{}}'::uuid[] END AS ids) res
-        CROSS JOIN LATERAL (SELECT {_spent("c.id")} AS stages) sp
-        CROSS JOIN LATERAL ({head}) best
+        {joins}CROSS JOIN LATERAL ({head}) best
         WHERE c.is_active AND c.id <> ALL (held)
         ORDER BY best.priority, c.picks, c.turn NULLS FIRST, best.created_at, c.id
         LIMIT 1;"""
@@ -293,26 +331,35 @@ def render_pick(*, starts: Iterable[str], active: Iterable[str], errors: Iterabl
                 first: str) -> str:
     """``pick_channel``, from frozen lifecycle data (``first``: the first stage's name)."""
     start_list, error_list, active_list = _list(starts), _list(errors), _list(active)
-    ranking = _ranking(start_list, error_list, active_list, first)
-    count = f"""{_blocks()}
+    forms = []
+    for capped, blocked, others in FORMS:
+        flags = [f"{'' if capped else 'NOT '}capped",
+                 f"cardinality(blk_ch) {'>' if blocked else '='} 0",
+                 f"{'' if others else 'NOT '}others"]
+        ranking = _ranking(start_list, error_list, active_list, first, capped=capped,
+                           blocked=blocked, others=others)
+        forms.append(f"{'IF' if not forms else 'ELSIF'} {' AND '.join(flags)} THEN\n"
+                     f"      {ranking}")
+    chain = "\n      ".join(forms)
+    count = f"""{_blocks(flags=_flags(start_list, error_list, active_list))}
     LOOP
-      {ranking}
+      {chain}
+      END IF;
       EXIT WHEN NOT FOUND;
       -- The channel's row, unless a claim of it holds the row (a capped channel counting,
-      -- a caller's open transaction): then the next best, so no decision waits.
-      PERFORM 1 FROM channels c WHERE c.id = cand.channel FOR NO KEY UPDATE SKIP LOCKED;
+      -- a caller's open transaction): then the next best, so no decision waits. The pick-up
+      -- counted and numbered, its task reserved beside the reservations still standing.
+      UPDATE channels c SET picks = greatest(c.picks + 1, cand.top - 1),
+          turn = nextval('{EVENT_IDS}'),
+          (reserved, reserved_at) = (SELECT l.ids || cand.task, l.ats || clock_timestamp()
+                                     FROM {_live("c")} l (ids, ats)),
+          reserved_until = clock_timestamp() + interval '{RESERVE_S} seconds'
+        WHERE c.id = (SELECT k.id FROM channels k WHERE k.id = cand.channel
+                      FOR NO KEY UPDATE SKIP LOCKED)
+        RETURNING c.turn INTO ticket;
       IF FOUND THEN
         channel := cand.channel;
         task := cand.task;
-        ticket := nextval('{EVENT_IDS}');
-        -- Its task reserved for this pick-up, beside the reservations still standing.
-        SELECT l.ids, l.ats INTO keep_ids, keep_ats
-          FROM channels c CROSS JOIN LATERAL {_live("c")} l (ids, ats)
-          WHERE c.id = cand.channel;
-        UPDATE channels SET picks = greatest(picks + 1, cand.top - 1), turn = ticket,
-            reserved = keep_ids || cand.task, reserved_at = keep_ats || clock_timestamp(),
-            reserved_until = clock_timestamp() + interval '{RESERVE_S} seconds'
-          WHERE id = cand.channel;
         EXIT;
       END IF;
       held := held || cand.channel;
@@ -324,11 +371,11 @@ LANGUAGE plpgsql {SETTINGS} AS $$
 DECLARE
   cand record;
   held uuid[] := p_skip;
-  keep_ids uuid[];
-  keep_ats timestamptz[];
   turnstile boolean := false;
   blk_ch uuid[];
   blk_st text[];
+  capped boolean;
+  others boolean;
 BEGIN
   IF p_commit THEN
     -- Alone in its transaction: the lock lasts through the (asynchronous) commit, so the next

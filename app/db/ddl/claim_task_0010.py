@@ -1,0 +1,587 @@
+"""Revision 0010's claim, frozen (what ``0010_robust_plans`` installs and a downgrade to it
+re-installs). The live module is ``claim_task``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+FUNCTION = "claim_task"
+PICK = "pick_channel"
+#: The workers' pick-up: both steps in one call, each committed.
+NEXT = "claim_next"
+#: Numbers pick-ups: the sequence of ``task_events.id`` (an identity column).
+EVENT_IDS = "task_events_id_seq"
+#: The advisory lock under which pick-ups decide, one at a time.
+TURNSTILE = 7_245_001
+#: Bounds every lock wait inside the function (the turnstile, a channel, a task row): a claim
+#: that cannot get one fails with ``lock_not_available`` rather than hanging.
+LOCK_TIMEOUT = "30s"
+#: How long a pick-up's reservation of its task lasts at most (seconds): a claimer killed
+#: between its pick and its claim delays that task by this much.
+RESERVE_S = 10
+#: Every statement inside is planned once per connection: its plan is the same index probes
+#: whatever the parameters, and a plan made for each call's values (PL/pgSQL's choice after
+#: fresh statistics, at times) cost more than the claim itself (0.5 to 0.9 ms a statement).
+PLANS = "force_generic_plan"
+#: The settings every claim and boundary function runs under: the bounded lock wait, the plans
+#: kept, and no JIT. A kept plan whose estimated cost passes ``jit_above_cost`` (the ranking's,
+#: once ``tasks`` holds some tens of thousands of rows) is compiled again at every execution:
+#: 20 ms per pick-up where the pick-up itself takes 0.3 ms. Workers' own connections turn the
+#: JIT off at start, but connections through PgBouncer cannot, so the functions do.
+SETTINGS = f"SET lock_timeout = '{LOCK_TIMEOUT}' SET plan_cache_mode = {PLANS} SET jit = off"
+#: The partial index of runnable tasks other than queued ones (see ``runnable_predicate``).
+RUNNABLE_INDEX = "ix_tasks_runnable"
+RUNNABLE_COLUMNS = ("channel_id", "priority", "created_at", "id")
+#: A task on hold is never claimed (every claim probe carries this condition).
+NOT_ON_HOLD = "hold_since IS NULL"
+#: ``ix_tasks_queued``'s predicate: queued tasks a claim may take.
+QUEUED_PREDICATE = f"status = 'queued' AND {NOT_ON_HOLD}"
+#: Where a claim moves a task: ``(status, failed_stage or None, start) → target``.
+Targets = Mapping[tuple[str, str | None, bool], str]
+#: The stage a claim starts: ``task_stage(status, failed_stage)``.
+TASK_STAGE = "task_stage"
+#: The buckets spent or paused now, one row per stage they hold back: ``quota_blocks()``.
+QUOTA_BLOCKS = "quota_blocks"
+#: Recomputes a quota's buckets after its limit or window changed: ``quota_refresh(quota)``.
+QUOTA_REFRESH = "quota_refresh"
+#: Checks and records one start of a stage: ``quota_take(channel, stage)``.
+QUOTA_TAKE = "quota_take"
+#: Pauses a stage's quotas: ``quota_pause(channel, stage, seconds)``.
+QUOTA_PAUSE = "quota_pause"
+#: The bucket key of a shared quota (``quota_usage.channel_id``).
+SHARED = "00000000-0000-0000-0000-000000000000"
+#: A quota on every stage.
+EVERY_STAGE = "*"
+
+
+def _list(values: Iterable[str]) -> str:
+    return ", ".join(f"'{value}'" for value in values)
+
+
+def runnable_predicate(starts: Iterable[str], errors: Iterable[str],
+                       active: Iterable[str]) -> str:
+    """``ix_tasks_runnable``'s predicate: tasks waiting in a runnable state other than queued,
+    errored tasks with a retry scheduled (an exhausted one waits for an operator, unindexed) and
+    stages handed back (active, no holder); none on hold. Rows pass through these states
+    briefly, so the index stays small."""
+    return _indexed(_list(starts), _list(errors), _list(active))
+
+
+def _indexed(starts: str, errors: str, active: str, alias: str = "") -> str:
+    """``runnable_predicate`` of quoted lists, on the columns of ``alias``. Every probe of the
+    rows the index covers states it word for word beside its own conditions: the planner then
+    proves at once that the small ``ix_tasks_runnable`` serves the probe, in its order (no
+    sort), whatever the statistics. A plan made without it, on a table that was empty when the
+    connection first planned the function (a new database: plans are kept for the connection's
+    life), read every row of each channel through ``ix_tasks_channel_id_status``, the published
+    history included."""
+    c = f"{alias}." if alias else ""
+    return (f"({c}status IN ({starts})"
+            f" OR ({c}status IN ({errors}) AND {c}retry_at IS NOT NULL)"
+            f" OR ({c}status IN ({active}) AND {c}claim_token IS NULL)) AND {c}{NOT_ON_HOLD}")
+
+
+def active_count(channel: str, active: str, *, other_than: str = "") -> str:
+    """How many of ``channel``'s tasks are in an active state (``active``: a quoted list),
+    ``other_than`` a task left out: one count per state, each an equality probe of both columns
+    of ``ix_tasks_channel_id_status``. A single ``status IN (…)`` let a plan made on an empty
+    table probe the channel alone and filter the states, reading its whole history per count."""
+    left_out = f" AND a.id <> {other_than}" if other_than else ""
+    return ("(SELECT sum((SELECT count(*) FROM tasks a WHERE a.channel_id = "
+            f"{channel} AND a.status = s.st{left_out})) FROM unnest(ARRAY[{active}]::taskstatus[])"
+            " s (st))")
+
+
+def _waiting(t: str, starts: str, errors: str) -> str:
+    """A task waiting for a claim that needs a capacity slot, other than a queued one."""
+    return f"({t}.status IN ({starts}) OR ({t}.status IN ({errors}) AND {t}.retry_at <= p_now))"
+
+
+def _unheld(t: str, active: str) -> str:
+    """A stage handed back: active, no holder, its time come if it was given one (a provider's
+    rate limit); it keeps its capacity slot."""
+    return (f"({t}.status IN ({active}) AND {t}.claim_token IS NULL"
+            f" AND ({t}.retry_at IS NULL OR {t}.retry_at <= p_now))")
+
+
+def _free(t: str, spent: str) -> str:
+    """The task's next stage is not among ``spent`` (an array of stage names)."""
+    return f"{TASK_STAGE}({t}.status, {t}.failed_stage) <> ALL ({spent})"
+
+
+def _claimable(alias: str, starts: str, errors: str, active: str) -> str:
+    """A task a claim may take now, other than a queued one."""
+    return f"({_waiting(alias, starts, errors)} OR {_unheld(alias, active)})"
+
+
+def _live(channel: str) -> str:
+    """The reservations of ``channel`` (a ``channels`` alias) still standing: their task's row
+    not written since (by its claim, or anything else) and not older than ``RESERVE_S``. One
+    primary-key look-up each (a scalar subquery: never a join the planner could hash).
+    Reservations are stamped with the clock, not the transaction's start: a pick-up's
+    transaction may have begun long before its turn came (waiting at the turnstile)."""
+    return (f"(SELECT coalesce(array_agg(u.r ORDER BY u.n), '{{}}'),"
+            f" coalesce(array_agg(u.at ORDER BY u.n), '{{}}')"
+            f" FROM unnest({channel}.reserved, {channel}.reserved_at) WITH ORDINALITY u (r, at, n)"
+            f" WHERE u.at > clock_timestamp() - interval '{RESERVE_S} seconds' AND (SELECT"
+            " x.updated_at <= u.at AND x.claim_token IS NULL FROM tasks x WHERE x.id = u.r)"
+            " IS TRUE)")
+
+
+def _head(channel: str, other: str, *, first: str, spent: str, seen: str = "",
+          queued: str = "", reserved: str = "") -> str:
+    """The channel's best runnable task not on hold (nor, if queued, in ``reserved``, an
+    array): two ordered probes, no sort of the table. No row lock: the claim locks the task it
+    takes and re-checks it. ``queued`` gates the queued probe (a condition and ``AND``);
+    neither probe offers a task whose stage is in ``spent`` (``first``: a queued task's)."""
+    free = f" AND t.id <> ALL ({reserved})" if reserved else ""
+    branch = ("(SELECT t.id, t.status, t.failed_stage, t.priority, t.created_at FROM tasks t"
+              " WHERE t.channel_id = {c} AND t.hold_since IS NULL AND {cond}"
+              " ORDER BY t.priority, t.created_at, t.id LIMIT 1)")
+    conds = [f"{queued}'{first}' <> ALL ({spent}) AND t.status = 'queued'{free}",
+             f"{other} AND {_free('t', spent)}"]
+    branches = "\n        UNION ALL ".join(branch.format(c=channel, cond=c) for c in conds)
+    return (f"SELECT h.id, h.status, h.failed_stage, h.priority, h.created_at{seen}"
+            f" FROM (\n        {branches}\n      ) h ORDER BY h.priority, h.created_at, h.id"
+            " LIMIT 1")
+
+
+def _spent(channel: str) -> str:
+    """The stages spent for ``channel``, from the blocks read once per call (``blocked``)."""
+    return ("CASE WHEN cardinality(blk_ch) = 0 THEN '{}'::text[] ELSE ARRAY(SELECT b.st"
+            f" FROM unnest(blk_ch, blk_st) b (ch, st) WHERE b.ch IN ({channel}, '{SHARED}'))"
+            " END")
+
+
+def _blocks() -> str:
+    """Read the buckets spent or paused now into ``blk_ch`` and ``blk_st`` (usually none)."""
+    return ("SELECT coalesce(array_agg(b.channel), '{}'), coalesce(array_agg(b.stage), '{}')"
+            f" INTO blk_ch, blk_st FROM {QUOTA_BLOCKS}() b;")
+
+
+def _ranking(starts: str, errors: str, active: str, first: str) -> str:
+    """The pick-up's ranking: channels with claimable work by the priority of their best task,
+    then fewest pick-ups, then least recently picked, then the task's age. A channel at its
+    cap (in this snapshot) offers only a stage handed back. ``top`` is the most pick-ups of a
+    channel at that priority (a late-comer is raised to one below it)."""
+    gated = (f"((NOT cap.full AND {_waiting('t', starts, errors)})"
+             f" OR {_unheld('t', active)}) AND {_indexed(starts, errors, active, 't')}")
+    head = _head("c.id", gated, first=first, spent="sp.stages", queued="NOT cap.full AND ",
+                 reserved="res.ids")
+    return f"""SELECT c.id AS channel, best.id AS task,
+               max(c.picks) OVER (PARTITION BY best.priority) AS top
+          INTO cand
+        FROM channels c
+        CROSS JOIN LATERAL (SELECT CASE WHEN c.max_concurrent IS NULL THEN false
+                                   ELSE c.max_concurrent <= {active_count("c.id", active)}
+                                   END AS full) cap
+        CROSS JOIN LATERAL (SELECT CASE WHEN c.reserved_until > clock_timestamp()
+                                   THEN c.reserved ELSE '{{}}'::uuid[] END AS ids) res
+        CROSS JOIN LATERAL (SELECT {_spent("c.id")} AS stages) sp
+        CROSS JOIN LATERAL ({head}) best
+        WHERE c.is_active AND c.id <> ALL (held)
+        ORDER BY best.priority, c.picks, c.turn NULLS FIRST, best.created_at, c.id
+        LIMIT 1;"""
+
+
+def _unheld_head(channel: str, indexed: str, active: str) -> str:
+    """The channel's best handed-back stage: all a claim may take at the channel's cap."""
+    return ("SELECT t.id, t.status, t.failed_stage FROM tasks t"
+            f" WHERE t.channel_id = {channel} AND t.hold_since IS NULL"
+            f" AND {_unheld('t', active)} AND {_free('t', 'spent')} AND {indexed}"
+            " ORDER BY t.priority, t.created_at, t.id LIMIT 1")
+
+
+def _target_case(targets: Targets) -> str:
+    """``CASE`` over the head's status (and failed stage, and ``p_start``) rendering the claim
+    targets; a status the table does not list yields NULL (not claimable)."""
+    statuses = list(dict.fromkeys(status for status, _, _ in targets))
+    whens = []
+    for status in statuses:
+        whens.append(f"          WHEN '{status}' THEN {_one_status(status, targets)}")
+    return "CASE head_status::text\n" + "\n".join(whens) + "\n        END::taskstatus"
+
+
+def _one_status(status: str, targets: Targets) -> str:
+    def by_start(failed: str | None) -> str:
+        yes, no = targets[(status, failed, True)], targets[(status, failed, False)]
+        return f"'{yes}'" if yes == no else \
+            f"(CASE WHEN p_start THEN '{yes}' ELSE '{no}' END)"
+
+    failed = [f for s, f, _ in targets if s == status and f is not None]
+    default = by_start(None)
+    named = {f: by_start(f) for f in dict.fromkeys(failed)}
+    named = {f: value for f, value in named.items() if value != default}
+    if not named:
+        return default
+    cases = " ".join(f"WHEN '{f}' THEN {value}" for f, value in named.items())
+    return f"(CASE head_failed {cases} ELSE {default} END)"
+
+
+def render_pick(*, starts: Iterable[str], active: Iterable[str], errors: Iterable[str],
+                first: str) -> str:
+    """``pick_channel``, from frozen lifecycle data (``first``: the first stage's name)."""
+    start_list, error_list, active_list = _list(starts), _list(errors), _list(active)
+    ranking = _ranking(start_list, error_list, active_list, first)
+    count = f"""{_blocks()}
+    LOOP
+      {ranking}
+      EXIT WHEN NOT FOUND;
+      -- The channel's row, unless a claim of it holds the row (a capped channel counting,
+      -- a caller's open transaction): then the next best, so no decision waits.
+      PERFORM 1 FROM channels c WHERE c.id = cand.channel FOR NO KEY UPDATE SKIP LOCKED;
+      IF FOUND THEN
+        channel := cand.channel;
+        task := cand.task;
+        ticket := nextval('{EVENT_IDS}');
+        -- Its task reserved for this pick-up, beside the reservations still standing.
+        SELECT l.ids, l.ats INTO keep_ids, keep_ats
+          FROM channels c CROSS JOIN LATERAL {_live("c")} l (ids, ats)
+          WHERE c.id = cand.channel;
+        UPDATE channels SET picks = greatest(picks + 1, cand.top - 1), turn = ticket,
+            reserved = keep_ids || cand.task, reserved_at = keep_ats || clock_timestamp(),
+            reserved_until = clock_timestamp() + interval '{RESERVE_S} seconds'
+          WHERE id = cand.channel;
+        EXIT;
+      END IF;
+      held := held || cand.channel;
+    END LOOP;"""
+    return f"""CREATE FUNCTION {PICK}(
+  p_now timestamptz, p_commit boolean DEFAULT false, p_skip uuid[] DEFAULT '{{}}')
+RETURNS TABLE (channel uuid, ticket bigint, task uuid)
+LANGUAGE plpgsql {SETTINGS} AS $$
+DECLARE
+  cand record;
+  held uuid[] := p_skip;
+  keep_ids uuid[];
+  keep_ats timestamptz[];
+  turnstile boolean := false;
+  blk_ch uuid[];
+  blk_st text[];
+BEGIN
+  IF p_commit THEN
+    -- Alone in its transaction: the lock lasts through the (asynchronous) commit, so the next
+    -- decision sees this one.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM pg_advisory_xact_lock({TURNSTILE});
+    {count}
+  ELSE
+    -- In a caller's transaction: a session lock, released however the call ends.
+    BEGIN
+      PERFORM pg_advisory_lock({TURNSTILE});
+      turnstile := true;
+      {count}
+      PERFORM pg_advisory_unlock({TURNSTILE});
+    EXCEPTION WHEN query_canceled OR others THEN
+      IF turnstile THEN
+        PERFORM pg_advisory_unlock({TURNSTILE});
+      END IF;
+      RAISE;
+    END;
+  END IF;
+  IF channel IS NOT NULL THEN
+    RETURN NEXT;
+  END IF;
+END
+$$"""
+
+
+def render(targets: Targets, *, starts: Iterable[str], active: Iterable[str],
+           errors: Iterable[str], first: str) -> str:
+    """``claim_task``, from frozen lifecycle data: ``targets`` (see ``Targets``), the runnable
+    states other than queued and errors (``starts``), the active states, the error states and
+    the first stage's name."""
+    start_list, error_list, active_list = _list(starts), _list(errors), _list(active)
+    other = _claimable("t", start_list, error_list, active_list)
+    indexed = _indexed(start_list, error_list, active_list, "t")
+    return f"""CREATE FUNCTION {FUNCTION}(
+  p_worker text, p_lease_s double precision, p_now timestamptz, p_task uuid DEFAULT NULL,
+  p_start boolean DEFAULT false, p_channel uuid DEFAULT NULL, p_ticket bigint DEFAULT NULL)
+RETURNS TABLE (task_id uuid, from_status taskstatus, to_status taskstatus, claim_token uuid,
+               attempt integer, run integer)
+LANGUAGE plpgsql {SETTINGS} AS $$
+DECLARE
+  chan record;
+  skip uuid[] := '{{}}';
+  ch uuid := p_channel;
+  tk bigint := p_ticket;
+  want uuid;
+  at_cap boolean;
+  head_id uuid;
+  head_status taskstatus;
+  head_failed text;
+  best_other record;
+  mid taskstatus;
+  target taskstatus;
+  token uuid;
+  quotas_on boolean := EXISTS (SELECT 1 FROM quotas);
+  spent text[] := '{{}}';
+  stamp timestamptz;
+  blk_ch uuid[];
+  blk_st text[];
+BEGIN
+  {_blocks()}
+  FOR attempt_no IN 1..8 LOOP
+    want := p_task;
+    IF p_task IS NULL AND p_channel IS NULL THEN
+      -- A whole pick-up in the caller's transaction.
+      SELECT p.channel, p.ticket, p.task INTO ch, tk, want FROM {PICK}(p_now, false, skip) p;
+      EXIT WHEN NOT FOUND;
+    END IF;
+    IF want IS NOT NULL THEN
+      -- The task a pick-up reserved, or one a worker carries on.
+      SELECT c.id, c.max_concurrent, t.id AS task, t.status, t.failed_stage INTO chan
+        FROM tasks t JOIN channels c ON c.id = t.channel_id
+        WHERE t.id = want AND c.is_active AND t.hold_since IS NULL
+          AND (t.status = 'queued' OR {other});
+    ELSE
+      SELECT c.id, c.max_concurrent, NULL::uuid AS task INTO chan
+        FROM channels c WHERE c.id = ch AND c.is_active;
+    END IF;
+    IF FOUND THEN
+      at_cap := false;
+      IF chan.max_concurrent IS NOT NULL THEN
+        -- Capacity is serialised per channel: its row, then a count in a new statement.
+        PERFORM 1 FROM channels c WHERE c.id = chan.id FOR NO KEY UPDATE;
+        at_cap := chan.max_concurrent <= {active_count("chan.id", active_list)};
+      END IF;
+      head_id := NULL;
+      spent := {_spent("chan.id")};
+      IF want IS NOT NULL THEN
+        IF NOT at_cap OR chan.status IN ({active_list}) THEN
+          SELECT t.id, t.status, t.failed_stage INTO head_id, head_status, head_failed
+            FROM tasks t WHERE t.id = want AND t.hold_since IS NULL
+              AND (t.status = 'queued' OR {other})
+            FOR UPDATE;
+        END IF;
+      ELSIF at_cap THEN
+        SELECT h.id, h.status, h.failed_stage INTO head_id, head_status, head_failed
+          FROM ({_unheld_head('chan.id', indexed, active_list)} FOR UPDATE SKIP LOCKED) h;
+      ELSE
+        -- The channel's best task no other claim holds: the rare rows of the other runnable
+        -- states first, then the queued head.
+        SELECT t.id, t.status, t.failed_stage, t.priority, t.created_at INTO best_other
+          FROM tasks t WHERE t.channel_id = chan.id AND t.hold_since IS NULL AND {other}
+            AND {_free('t', 'spent')} AND {indexed}
+          ORDER BY t.priority, t.created_at, t.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+        SELECT t.id, t.status, t.failed_stage INTO head_id, head_status, head_failed
+          FROM tasks t WHERE t.channel_id = chan.id AND t.status = 'queued'
+            AND '{first}' <> ALL (spent)
+            AND t.hold_since IS NULL AND (best_other.id IS NULL OR (t.priority, t.created_at, t.id)
+                 < (best_other.priority, best_other.created_at, best_other.id))
+          ORDER BY t.priority, t.created_at, t.id LIMIT 1 FOR UPDATE SKIP LOCKED;
+        IF head_id IS NULL AND best_other.id IS NOT NULL THEN
+          head_id := best_other.id;
+          head_status := best_other.status;
+          head_failed := best_other.failed_stage;
+        END IF;
+      END IF;
+      IF head_id IS NOT NULL THEN
+        target := {_target_case(targets)};
+      END IF;
+      stamp := clock_timestamp();
+      IF head_id IS NOT NULL AND target IS NOT NULL AND quotas_on THEN
+        -- The start counted against its stage's quotas, under their buckets' locks.
+        stamp := {QUOTA_TAKE}(chan.id, {TASK_STAGE}(target, NULL));
+        IF stamp IS NULL THEN
+          head_id := NULL;
+        END IF;
+      END IF;
+      IF head_id IS NOT NULL AND target IS NOT NULL THEN
+        token := gen_random_uuid();
+        UPDATE tasks t SET status = target, claimed_by = p_worker,
+            claimed_at = stamp, claim_token = token,
+            lease_expires_at = p_now + make_interval(secs => p_lease_s),
+            retry_at = NULL, failed_stage = NULL,
+            attempts = CASE WHEN target = 'claimed' THEN t.attempts ELSE t.attempts + 1 END,
+            stage_runs = CASE WHEN target = 'claimed' THEN t.stage_runs
+                              ELSE t.stage_runs + 1 END
+          WHERE t.id = head_id
+          RETURNING t.attempts, t.stage_runs INTO attempt, run;
+        -- Both transitions of a claim that starts its stage; a stage taken over is recorded
+        -- with from = to. A pick-up's event carries its number, unless the channel has a cap:
+        -- then its id comes after the count, for the history to replay capacity in order.
+        mid := CASE WHEN head_status = 'queued' THEN 'claimed'::taskstatus ELSE target END;
+        INSERT INTO task_events (id, task_id, from_status, to_status, actor, note, created_at)
+          SELECT CASE WHEN e.n = 1 AND chan.max_concurrent IS NULL
+                      THEN coalesce(tk, nextval('{EVENT_IDS}'))
+                      ELSE nextval('{EVENT_IDS}') END,
+                 head_id, e.src, e.dst, p_worker, e.note, stamp
+          FROM (VALUES (head_status, mid, CASE WHEN head_status IN ({active_list})
+                                               THEN 'claim: taken over' ELSE 'claim' END, 1),
+                       (mid, target, NULL, 2)) e (src, dst, note, n)
+          WHERE e.n = 1 OR e.src <> e.dst
+          ORDER BY e.n;
+        task_id := head_id; from_status := head_status; to_status := target;
+        claim_token := token;
+        RETURN NEXT;
+        RETURN;
+      END IF;
+    END IF;
+    -- Nothing to take: a pick-up gives its count and its reservation back; the caller (or the
+    -- next round) picks again without this channel.
+    IF tk IS NOT NULL THEN
+      UPDATE channels c SET picks = greatest(c.picks - 1, 0),
+          reserved = coalesce((SELECT array_agg(u.r ORDER BY u.n) FROM unnest(c.reserved)
+                               WITH ORDINALITY u (r, n) WHERE u.r IS DISTINCT FROM want), '{{}}'),
+          reserved_at = coalesce((SELECT array_agg(u.at ORDER BY u.n)
+                                  FROM unnest(c.reserved, c.reserved_at) WITH ORDINALITY
+                                    u (r, at, n) WHERE u.r IS DISTINCT FROM want), '{{}}')
+        WHERE c.id = ch;
+    END IF;
+    EXIT WHEN p_task IS NOT NULL OR p_channel IS NOT NULL;
+    skip := skip || ch;
+  END LOOP;
+END
+$$"""
+
+
+def render_next() -> str:
+    """``claim_next``: the workers' pick-up in one round trip. A procedure, so that it can
+    commit the pick (asynchronously, releasing the turnstile) before it claims the task, and
+    the claim in its own transaction; called on its own (``CALL``, no transaction open)."""
+    return f"""CREATE PROCEDURE {NEXT}(
+  p_worker text, p_lease_s double precision, p_now timestamptz, p_start boolean,
+  INOUT task_id uuid DEFAULT NULL, INOUT from_status taskstatus DEFAULT NULL,
+  INOUT to_status taskstatus DEFAULT NULL, INOUT claim_token uuid DEFAULT NULL,
+  INOUT attempt integer DEFAULT NULL, INOUT run integer DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+  skip uuid[] := '{{}}';
+  ch uuid;
+  tk bigint;
+  want uuid;
+  got record;
+BEGIN
+  LOOP
+    SELECT p.channel, p.ticket, p.task INTO ch, tk, want FROM {PICK}(p_now, true, skip) p;
+    EXIT WHEN NOT FOUND;
+    COMMIT;
+    SELECT c.* INTO got FROM {FUNCTION}(p_worker, p_lease_s, p_now, want, p_start, ch, tk) c;
+    IF FOUND THEN
+      task_id := got.task_id; from_status := got.from_status; to_status := got.to_status;
+      claim_token := got.claim_token; attempt := got.attempt; run := got.run;
+      RETURN;
+    END IF;
+    -- Nothing to take there (its pick given back): pick again without that channel.
+    COMMIT;
+    skip := skip || ch;
+  END LOOP;
+END
+$$"""
+
+
+def _stage_case(targets: Targets, stage_of: Mapping[str, str]) -> str:
+    """``CASE`` over ``p_status`` (and ``p_failed``): the stage a claim of it starts."""
+    whens = []
+    for status in dict.fromkeys(status for status, _, _ in targets):
+        default = stage_of[targets[(status, None, True)]]
+        named = {f: stage_of[targets[(status, f, True)]] for s, f, start in targets
+                 if s == status and f is not None and start}
+        named = {f: stage for f, stage in named.items() if stage != default}
+        if named:
+            cases = " ".join(f"WHEN '{f}' THEN '{stage}'" for f, stage in named.items())
+            whens.append(f"    WHEN '{status}' THEN CASE p_failed {cases} ELSE '{default}' END")
+        else:
+            whens.append(f"    WHEN '{status}' THEN '{default}'")
+    return "CASE p_status::text\n" + "\n".join(whens) + "\n  END"
+
+
+def _buckets(stage: str) -> str:
+    """The buckets of ``p_channel`` a start of ``stage`` counts against (``u``, with its quota
+    ``q``)."""
+    return (f"quota_usage u JOIN quotas q ON q.id = u.quota_id WHERE q.stage IN ({stage},"
+            f" '{EVERY_STAGE}') AND u.channel_id ="
+            f" CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END")
+
+
+def _lock(stage: str) -> str:
+    """Create the buckets if missing, then lock them in one order (no two claims deadlock)."""
+    return ("INSERT INTO quota_usage (channel_id, quota_id, stage)"
+            f" SELECT CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END, q.id,"
+            f" q.stage FROM quotas q WHERE q.stage IN ({stage}, '{EVERY_STAGE}')"
+            " ON CONFLICT DO NOTHING;\n"
+            f"  PERFORM 1 FROM {_buckets(stage)} ORDER BY u.channel_id, u.quota_id"
+            " FOR UPDATE OF u;")
+
+
+def _blocked_until(starts: str) -> str:
+    """When a bucket whose newest starts are ``starts`` frees: the ``max_starts``-th newest start
+    plus the window (null: not spent), or its pause if later. A bucket keeps only its newest
+    ``max_starts`` starts, so checking one is one comparison."""
+    return (f"greatest(u.paused_until, CASE WHEN cardinality({starts}) >= q.max_starts"
+            f" THEN ({starts})[cardinality({starts}) - q.max_starts + 1]"
+            " + make_interval(secs => q.window_s) END)")
+
+
+def render_quotas(targets: Targets, stage_of: Mapping[str, str]) -> list[str]:
+    """The quota functions, from frozen lifecycle data: ``targets`` and the stage of each state a
+    claim moves into (``stage_of``)."""
+    every = ", ".join(f"'{name}'" for name in dict.fromkeys(stage_of.values()))
+    blocks = f"""CREATE FUNCTION {QUOTA_BLOCKS}() RETURNS TABLE (channel uuid, stage text)
+LANGUAGE sql STABLE AS $$
+  SELECT u.channel_id, st FROM quota_usage u
+  CROSS JOIN LATERAL unnest(CASE WHEN u.stage = '{EVERY_STAGE}' THEN ARRAY[{every}]
+                                 ELSE ARRAY[u.stage] END) st
+  WHERE u.blocked_until > clock_timestamp()
+$$"""
+    take = f"""CREATE FUNCTION {QUOTA_TAKE}(p_channel uuid, p_stage text) RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+DECLARE
+  at timestamptz;
+BEGIN
+  {_lock("p_stage")}
+  at := clock_timestamp();
+  IF EXISTS (SELECT 1 FROM {_buckets("p_stage")} AND u.blocked_until > at) THEN
+    RETURN NULL;
+  END IF;
+  -- This start recorded (only the newest max_starts kept), and when each bucket frees.
+  UPDATE quota_usage u
+    SET starts = (u.starts || at)[greatest(cardinality(u.starts) + 2 - q.max_starts, 1):],
+        blocked_until = {_blocked_until("u.starts || at")}
+    FROM quotas q WHERE q.id = u.quota_id AND q.stage IN (p_stage, '{EVERY_STAGE}')
+      AND u.channel_id = CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END;
+  RETURN at;
+END
+$$"""
+    pause = f"""CREATE FUNCTION {QUOTA_PAUSE}(p_channel uuid, p_stage text,
+                                        p_seconds double precision) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+  n integer;
+  until timestamptz := clock_timestamp() + make_interval(secs => p_seconds);
+BEGIN
+  {_lock("p_stage")}
+  UPDATE quota_usage u SET paused_until = greatest(u.paused_until, until),
+                           blocked_until = greatest(u.blocked_until, until)
+    FROM quotas q WHERE q.id = u.quota_id AND q.stage IN (p_stage, '{EVERY_STAGE}')
+      AND u.channel_id = CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END;
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN n;
+END
+$$"""
+    refresh = f"""CREATE FUNCTION {QUOTA_REFRESH}(p_quota integer) RETURNS void
+LANGUAGE sql AS $$
+  UPDATE quota_usage u SET blocked_until = {_blocked_until("u.starts")}
+    FROM quotas q WHERE q.id = u.quota_id AND q.id = p_quota
+$$"""
+    stage = f"""CREATE FUNCTION {TASK_STAGE}(p_status taskstatus, p_failed text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT {_stage_case(targets, stage_of)}
+$$"""
+    return [stage, blocks, take, pause, refresh]
+
+
+def drop() -> list[str]:
+    """Drop the procedure, both claim functions and the quota functions."""
+    return [f"DROP PROCEDURE IF EXISTS {NEXT}(text, double precision, timestamptz, boolean,"
+            " uuid, taskstatus, taskstatus, uuid, integer, integer)",
+            f"DROP FUNCTION IF EXISTS {FUNCTION}(text, double precision, timestamptz, uuid,"
+            " boolean, uuid, bigint)",
+            f"DROP FUNCTION IF EXISTS {PICK}(timestamptz, boolean, uuid[])",
+            f"DROP FUNCTION IF EXISTS {QUOTA_TAKE}(uuid, text)",
+            f"DROP FUNCTION IF EXISTS {QUOTA_PAUSE}(uuid, text, double precision)",
+            f"DROP FUNCTION IF EXISTS {QUOTA_BLOCKS}()",
+            f"DROP FUNCTION IF EXISTS {QUOTA_REFRESH}(integer)",
+            f"DROP FUNCTION IF EXISTS {TASK_STAGE}(taskstatus, text)"]
