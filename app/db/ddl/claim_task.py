@@ -331,7 +331,7 @@ def render_pick(*, starts: Iterable[str], active: Iterable[str], errors: Iterabl
                 first: str) -> str:
     """``pick_channel``, from frozen lifecycle data (``first``: the first stage's name)."""
     start_list, error_list, active_list = _list(starts), _list(errors), _list(active)
-    forms = []
+    forms: list[str] = []
     for capped, blocked, others in FORMS:
         flags = [f"{'' if capped else 'NOT '}capped",
                  f"cardinality(blk_ch) {'>' if blocked else '='} 0",
