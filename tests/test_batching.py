@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from app.execution.batching import Batcher
 
 
@@ -38,7 +40,9 @@ async def test_calls_that_queue_during_a_send_go_out_together() -> None:
     batcher: Batcher[int, int] = Batcher(send, in_flight=1, most=3)
     results = await asyncio.gather(*(batcher.submit(i) for i in range(5)))
     assert results == [0, 10, 20, 30, 40]
-    assert sent == [[0, 1, 2], [3, 4]]        # at most three per send, no wait added
+    # The first goes out at once, sent by its caller; those that queued during its send go
+    # out together, at most three per send, no wait added.
+    assert sent == [[0], [1, 2, 3], [4]]
 
 
 async def test_a_failed_send_fails_each_of_its_calls_and_the_next_ones_go_on() -> None:
@@ -48,12 +52,39 @@ async def test_a_failed_send_fails_each_of_its_calls_and_the_next_ones_go_on() -
         nonlocal calls
         calls += 1
         await asyncio.sleep(0)
-        if calls == 1:
+        if calls == 2:
             raise ConnectionError("gone")
         return list(items)
 
     batcher: Batcher[int, int] = Batcher(send, in_flight=1)
-    outcomes = await asyncio.gather(batcher.submit(1), batcher.submit(2),
+    outcomes = await asyncio.gather(batcher.submit(1), batcher.submit(2), batcher.submit(3),
                                     return_exceptions=True)
-    assert [type(o) for o in outcomes] == [ConnectionError, ConnectionError]
-    assert await batcher.submit(3) == 3
+    # 1 went alone; 2 and 3 queued during its send and shared the send that failed.
+    assert [type(o) for o in outcomes] == [int, ConnectionError, ConnectionError]
+    assert await batcher.submit(4) == 4
+
+
+async def test_a_caller_sending_alone_that_fails_or_is_cancelled_leaves_no_call_queued() -> None:
+    """A call sent by its caller (nothing under way) fails with its send's error; if that
+    caller is cancelled mid-send, the calls that queued meanwhile are still sent."""
+    gate = asyncio.Event()
+
+    async def send(items: list[int]) -> list[int | BaseException]:
+        if items == [0]:
+            await gate.wait()            # the lone send hangs until its caller is cancelled
+        if items == [9]:
+            raise ConnectionError("gone")
+        await asyncio.sleep(0)
+        return list(items)
+
+    batcher: Batcher[int, int] = Batcher(send, in_flight=1)
+    alone = asyncio.create_task(batcher.submit(0))
+    await asyncio.sleep(0)
+    queued = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0)
+    alone.cancel()
+    assert await asyncio.wait_for(queued, timeout=5) == 1
+    assert alone.cancelled()
+    with pytest.raises(ConnectionError):
+        await batcher.submit(9)
+    assert await batcher.submit(2) == 2

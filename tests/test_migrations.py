@@ -343,8 +343,8 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0011_lean_pick": {
-        "postgresql upgrade": "840bf3dcbcdbefad",
-        "postgresql downgrade": "ffbc370bdc1b72d3",
+        "postgresql upgrade": "e5eea054b0cb9bdb",
+        "postgresql downgrade": "8e1c902b71c22e38",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },

@@ -14,14 +14,18 @@ ranking, rendered in eight forms, each flag off where its part is its constant.
 
 The pick's channel write also takes one statement instead of three: the row is locked (or
 skipped) in the ``UPDATE``'s own condition, and the pick is numbered and its task reserved in
-its ``SET``. Revision 0010's claim is frozen as ``claim_task_0010``.
+its ``SET``. ``claim_task`` reads whether any quota exists with the quota blocks, and looks up
+the stages spent for its channel only when some are; ``pick_up`` with a single claim does not
+look up whether claims must commit one by one. A pick-up runs 12 statements inside instead of
+18, and its server time falls by about a tenth. Revision 0010's claim is frozen as
+``claim_task_0010``; ``pick_up`` goes back to revision 0009's on a downgrade.
 """
 
 from collections.abc import Sequence
 from types import ModuleType
 
 from alembic import op
-from app.db.ddl import claim_task, claim_task_0010
+from app.db.ddl import boundary, boundary_0009, claim_task, claim_task_0010
 
 revision: str = "0011"
 down_revision: str | None = "0010"
@@ -41,24 +45,86 @@ ACTIVE = ("claimed", "generating_assets", "generating_composites", "generating_v
           "generating_audio", "generating_sfx", "assembling", "uploading")
 ERRORS = ("asset_error", "video_error", "audio_error", "upload_error")
 FIRST = "assets"
+#: ``(status, failed stage or None, start) → target`` of a claim.
+TARGETS = {
+    ('queued', None, True): 'generating_assets',
+    ('queued', None, False): 'claimed',
+    ('assets_approved', None, True): 'generating_composites',
+    ('assets_approved', None, False): 'generating_composites',
+    ('composites_ready', None, True): 'generating_video',
+    ('composites_ready', None, False): 'generating_video',
+    ('video_approved', None, True): 'generating_audio',
+    ('video_approved', None, False): 'generating_audio',
+    ('audio_approved', None, True): 'generating_sfx',
+    ('audio_approved', None, False): 'generating_sfx',
+    ('sfx_ready', None, True): 'assembling',
+    ('sfx_ready', None, False): 'assembling',
+    ('approved', None, True): 'uploading',
+    ('approved', None, False): 'uploading',
+    ('asset_error', None, True): 'generating_assets',
+    ('asset_error', None, False): 'generating_assets',
+    ('asset_error', 'assets', True): 'generating_assets',
+    ('asset_error', 'assets', False): 'generating_assets',
+    ('asset_error', 'composites', True): 'generating_composites',
+    ('asset_error', 'composites', False): 'generating_composites',
+    ('video_error', None, True): 'generating_video',
+    ('video_error', None, False): 'generating_video',
+    ('video_error', 'video', True): 'generating_video',
+    ('video_error', 'video', False): 'generating_video',
+    ('video_error', 'assembly', True): 'assembling',
+    ('video_error', 'assembly', False): 'assembling',
+    ('audio_error', None, True): 'generating_audio',
+    ('audio_error', None, False): 'generating_audio',
+    ('audio_error', 'audio', True): 'generating_audio',
+    ('audio_error', 'audio', False): 'generating_audio',
+    ('audio_error', 'sfx', True): 'generating_sfx',
+    ('audio_error', 'sfx', False): 'generating_sfx',
+    ('upload_error', None, True): 'uploading',
+    ('upload_error', None, False): 'uploading',
+    ('upload_error', 'upload', True): 'uploading',
+    ('upload_error', 'upload', False): 'uploading',
+    ('claimed', None, True): 'generating_assets',
+    ('claimed', None, False): 'claimed',
+    ('generating_assets', None, True): 'generating_assets',
+    ('generating_assets', None, False): 'generating_assets',
+    ('generating_composites', None, True): 'generating_composites',
+    ('generating_composites', None, False): 'generating_composites',
+    ('generating_video', None, True): 'generating_video',
+    ('generating_video', None, False): 'generating_video',
+    ('generating_audio', None, True): 'generating_audio',
+    ('generating_audio', None, False): 'generating_audio',
+    ('generating_sfx', None, True): 'generating_sfx',
+    ('generating_sfx', None, False): 'generating_sfx',
+    ('assembling', None, True): 'assembling',
+    ('assembling', None, False): 'assembling',
+    ('uploading', None, True): 'uploading',
+    ('uploading', None, False): 'uploading',
+}
 
 
-def _pick(claim: ModuleType) -> str:
-    return str(claim.render_pick(starts=STARTS, active=ACTIVE, errors=ERRORS, first=FIRST))
+def _functions(claim: ModuleType, stage: ModuleType) -> list[str]:
+    """``pick_channel`` and ``claim_task`` as ``claim`` renders them, ``pick_up`` as ``stage``
+    does."""
+    return [claim.render_pick(starts=STARTS, active=ACTIVE, errors=ERRORS, first=FIRST),
+            claim.render(TARGETS, starts=STARTS, active=ACTIVE, errors=ERRORS, first=FIRST),
+            stage.render_pick_up()]
 
 
-def _replace(statement: str) -> None:
-    """Drop ``pick_channel`` (its signature is unchanged) and create it anew."""
+def _replace(statements: list[str]) -> None:
+    """Drop the three (their signatures are unchanged) and create them anew."""
     if op.get_bind().dialect.name != "postgresql":
         return
-    for drop in [s for s in claim_task.drop() if f" {claim_task.PICK}(" in s]:
-        op.execute(drop)
-    op.execute(statement)
+    names = (claim_task.PICK, claim_task.FUNCTION, boundary.PICK_UP)
+    for statement in [s for s in claim_task.drop() + boundary.drop()
+                      if any(f" {name}(" in s for name in names)]:
+        op.execute(statement)
+    for statement in statements:
+        op.execute(statement)
 
 
 def upgrade() -> None:
-    _replace(_pick(claim_task))
+    _replace(_functions(claim_task, boundary))
 
 
 def downgrade() -> None:
-    _replace(_pick(claim_task_0010))
+    _replace(_functions(claim_task_0010, boundary_0009))

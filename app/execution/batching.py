@@ -1,7 +1,8 @@
 """Calls of one worker process that arrive together, sent together, with no added wait.
 
-A call is sent at once while fewer than ``in_flight`` sends are under way; otherwise it waits
-and goes out with everything that queued meanwhile (at most ``most`` calls) in the next send.
+A call is sent at once while fewer than ``in_flight`` sends are under way (by its caller when
+none is); otherwise it waits and goes out with everything that queued meanwhile (at most
+``most`` calls) in the next send.
 Alone, a call goes out as it comes; under load the batches grow by themselves, so the round
 trips and commits per call fall as concurrency rises. Used for stage boundaries
 (``app.execution.boundaries``) and pick-ups (``Runner.next_lease``).
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -29,15 +30,35 @@ class Batcher(Generic[Item, Result]):
     in_flight: int = 2
     most: int = 32
     _queue: list[tuple[Item, asyncio.Future[Result]]] = field(default_factory=list, init=False)
-    _senders: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    #: The sends under way: sender tasks, and callers sending alone (``_send_alone``).
+    _senders: set[asyncio.Task[Any]] = field(default_factory=set, init=False)
 
     async def submit(self, item: Item) -> Result:
         """Send ``item`` (alone, or with the calls that queue with it); its result."""
+        if not self._senders and self.in_flight > 0:
+            return await self._send_alone(item)
         done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, done))
         if len(self._senders) < self.in_flight:
             self._senders.add(asyncio.create_task(self._drain()))
         return await done
+
+    async def _send_alone(self, item: Item) -> Result:
+        """Nothing is under way: the caller sends its call itself, without a task and a future
+        (about 10 µs a call, a hundredth of a pick-up). Calls that queue meanwhile get a sender
+        when this send ends."""
+        me = asyncio.current_task()
+        assert me is not None
+        self._senders.add(me)
+        try:
+            result = (await self.send([item]))[0]
+        finally:
+            self._senders.discard(me)
+            if self._queue and len(self._senders) < self.in_flight:
+                self._senders.add(asyncio.create_task(self._drain()))
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     async def _drain(self) -> None:
         """Send what is queued until nothing is. A sender leaves ``_senders`` in the same step

@@ -392,9 +392,13 @@ BEGIN
     missed := false;
     -- Claims that may wait for a lock (a capped channel's row, a quota bucket) commit one by
     -- one, so that none holds a lock while waiting for another; the others share one commit.
-    alone := EXISTS (SELECT 1 FROM quotas) OR EXISTS (SELECT 1 FROM channels c
-                                                      WHERE c.id = ANY (chs)
-                                                        AND c.max_concurrent IS NOT NULL);
+    -- (A single claim has no other to share it with: nothing to look up.)
+    alone := false;
+    IF cardinality(chs) > 1 THEN
+      alone := EXISTS (SELECT 1 FROM quotas) OR EXISTS (SELECT 1 FROM channels c
+                                                        WHERE c.id = ANY (chs)
+                                                          AND c.max_concurrent IS NOT NULL);
+    END IF;
     FOR i IN 1 .. cardinality(chs) LOOP
       BEGIN
         SELECT c.* INTO got

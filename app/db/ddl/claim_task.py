@@ -229,22 +229,23 @@ def _spent(channel: str) -> str:
             " END")
 
 
-def _blocks(*, flags: str = "") -> str:
-    """Read the buckets spent or paused now into ``blk_ch`` and ``blk_st`` (usually none); with
-    ``flags`` (see ``_flags``), also what the ranking needs to handle."""
-    into = ", capped, others" if flags else ""
+def _blocks(also: Mapping[str, str]) -> str:
+    """Read the buckets spent or paused now into ``blk_ch`` and ``blk_st`` (usually none), and
+    each expression of ``also`` into its variable, in one statement."""
+    exprs = "".join(f", {expr}" for expr in also.values())
+    into = "".join(f", {var}" for var in also)
     return ("SELECT coalesce(array_agg(b.channel), '{}'), coalesce(array_agg(b.stage), '{}')"
-            f"{flags} INTO blk_ch, blk_st{into} FROM {QUOTA_BLOCKS}() b;")
+            f"{exprs} INTO blk_ch, blk_st{into} FROM {QUOTA_BLOCKS}() b;")
 
 
-def _flags(starts: str, errors: str, active: str) -> str:
-    """Whether any active channel has a cap (``capped``), and whether any task waits in a
-    runnable state other than queued (``others``: one probe of the small
-    ``ix_tasks_runnable``, in its order, so that any plan reads the index)."""
-    return (", EXISTS (SELECT 1 FROM channels c WHERE c.is_active"
-            " AND c.max_concurrent IS NOT NULL),"
-            f" EXISTS (SELECT 1 FROM tasks t WHERE {_indexed(starts, errors, active, 't')}"
-            " ORDER BY t.channel_id, t.priority, t.created_at, t.id LIMIT 1)")
+def _flags(starts: str, errors: str, active: str) -> dict[str, str]:
+    """What the ranking needs to handle: whether any active channel has a cap (``capped``),
+    and whether any task waits in a runnable state other than queued (``others``: one probe
+    of the small ``ix_tasks_runnable``, in its order, so that any plan reads the index)."""
+    return {"capped": "EXISTS (SELECT 1 FROM channels c WHERE c.is_active"
+                      " AND c.max_concurrent IS NOT NULL)",
+            "others": f"EXISTS (SELECT 1 FROM tasks t WHERE {_indexed(starts, errors, active, 't')}"
+                      " ORDER BY t.channel_id, t.priority, t.created_at, t.id LIMIT 1)"}
 
 
 #: The ranking's forms: ``(capped, blocked, others)``, each flag off where the call found
@@ -341,7 +342,7 @@ def render_pick(*, starts: Iterable[str], active: Iterable[str], errors: Iterabl
         forms.append(f"{'IF' if not forms else 'ELSIF'} {' AND '.join(flags)} THEN\n"
                      f"      {ranking}")
     chain = "\n      ".join(forms)
-    count = f"""{_blocks(flags=_flags(start_list, error_list, active_list))}
+    count = f"""{_blocks(_flags(start_list, error_list, active_list))}
     LOOP
       {chain}
       END IF;
@@ -380,8 +381,7 @@ BEGIN
   IF p_commit THEN
     -- Alone in its transaction: the lock lasts through the (asynchronous) commit, so the next
     -- decision sees this one.
-    PERFORM set_config('synchronous_commit', 'off', true);
-    PERFORM pg_advisory_xact_lock({TURNSTILE});
+    PERFORM set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock({TURNSTILE});
     {count}
   ELSE
     -- In a caller's transaction: a session lock, released however the call ends.
@@ -432,13 +432,13 @@ DECLARE
   mid taskstatus;
   target taskstatus;
   token uuid;
-  quotas_on boolean := EXISTS (SELECT 1 FROM quotas);
+  quotas_on boolean;
   spent text[] := '{{}}';
   stamp timestamptz;
   blk_ch uuid[];
   blk_st text[];
 BEGIN
-  {_blocks()}
+  {_blocks({"quotas_on": "EXISTS (SELECT 1 FROM quotas)"})}
   FOR attempt_no IN 1..8 LOOP
     want := p_task;
     IF p_task IS NULL AND p_channel IS NULL THEN
@@ -464,7 +464,10 @@ BEGIN
         at_cap := chan.max_concurrent <= {active_count("chan.id", active_list)};
       END IF;
       head_id := NULL;
-      spent := {_spent("chan.id")};
+      spent := '{{}}';
+      IF cardinality(blk_ch) > 0 THEN
+        spent := {_spent("chan.id")};
+      END IF;
       IF want IS NOT NULL THEN
         IF NOT at_cap OR chan.status IN ({active_list}) THEN
           SELECT t.id, t.status, t.failed_stage INTO head_id, head_status, head_failed
