@@ -40,9 +40,7 @@ async def test_calls_that_queue_during_a_send_go_out_together() -> None:
     batcher: Batcher[int, int] = Batcher(send, in_flight=1, most=3)
     results = await asyncio.gather(*(batcher.submit(i) for i in range(5)))
     assert results == [0, 10, 20, 30, 40]
-    # The first goes out at once, sent by its caller; those that queued during its send go
-    # out together, at most three per send, no wait added.
-    assert sent == [[0], [1, 2, 3], [4]]
+    assert sent == [[0, 1, 2], [3, 4]]        # at most three per send, no wait added
 
 
 async def test_a_failed_send_fails_each_of_its_calls_and_the_next_ones_go_on() -> None:
@@ -52,21 +50,41 @@ async def test_a_failed_send_fails_each_of_its_calls_and_the_next_ones_go_on() -
         nonlocal calls
         calls += 1
         await asyncio.sleep(0)
-        if calls == 2:
+        if calls == 1:
             raise ConnectionError("gone")
         return list(items)
 
     batcher: Batcher[int, int] = Batcher(send, in_flight=1)
-    outcomes = await asyncio.gather(batcher.submit(1), batcher.submit(2), batcher.submit(3),
+    outcomes = await asyncio.gather(batcher.submit(1), batcher.submit(2),
                                     return_exceptions=True)
-    # 1 went alone; 2 and 3 queued during its send and shared the send that failed.
-    assert [type(o) for o in outcomes] == [int, ConnectionError, ConnectionError]
-    assert await batcher.submit(4) == 4
+    assert [type(o) for o in outcomes] == [ConnectionError, ConnectionError]
+    assert await batcher.submit(3) == 3
+
+
+async def test_callers_woken_together_call_again_together() -> None:
+    """Two claim loops: every send after the first carries both calls (each caller, woken by
+    the results, calls again in the same step)."""
+    sent: list[list[int]] = []
+
+    async def send(items: list[int]) -> list[int | BaseException]:
+        sent.append(list(items))
+        await asyncio.sleep(0)
+        return list(items)
+
+    batcher: Batcher[int, int] = Batcher(send, in_flight=1, most=8)
+
+    async def loop(me: int) -> None:
+        for _ in range(5):
+            await batcher.submit(me)
+
+    await asyncio.gather(loop(1), loop(2))
+    assert sent == [[1, 2]] * 5
 
 
 async def test_a_caller_sending_alone_that_fails_or_is_cancelled_leaves_no_call_queued() -> None:
-    """A call sent by its caller (nothing under way) fails with its send's error; if that
-    caller is cancelled mid-send, the calls that queued meanwhile are still sent."""
+    """One call per send: a call sent by its caller (nothing under way) fails with its send's
+    error; if that caller is cancelled mid-send, the calls that queued meanwhile are still
+    sent."""
     gate = asyncio.Event()
 
     async def send(items: list[int]) -> list[int | BaseException]:
@@ -77,7 +95,7 @@ async def test_a_caller_sending_alone_that_fails_or_is_cancelled_leaves_no_call_
         await asyncio.sleep(0)
         return list(items)
 
-    batcher: Batcher[int, int] = Batcher(send, in_flight=1)
+    batcher: Batcher[int, int] = Batcher(send, in_flight=1, most=1)
     alone = asyncio.create_task(batcher.submit(0))
     await asyncio.sleep(0)
     queued = asyncio.create_task(batcher.submit(1))
