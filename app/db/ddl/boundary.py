@@ -350,7 +350,8 @@ def render_pick_up() -> str:
     each reserved task is claimed by ``claim_task``. Claims that may wait for a lock (a capped
     channel's row, a quota bucket) commit one by one, so that no claim holds a lock while it
     waits for another; the others, which lock only the tasks reserved for them, share one
-    commit. A pick-up whose claim finds
+    commit. Only the last commit waits for the disk: the call returns nothing before it, and
+    it makes every earlier one durable with it. A pick-up whose claim finds
     nothing gives its turn back, and the procedure picks again without that channel; one whose
     claim fails on a lock is not made (its turn stays counted, as when a claim fails after its
     pick) and the claims made beside it are kept."""
@@ -421,10 +422,18 @@ BEGIN
         missed := true;
         skip := skip || chs[i];
       END IF;
-      IF alone THEN
+      IF alone AND i < cardinality(chs) THEN
+        -- Asynchronous: nothing is returned before the last commit below, which is
+        -- synchronous and so makes every earlier one durable with it.
+        PERFORM set_config('synchronous_commit', 'off', true);
         COMMIT;
       END IF;
     END LOOP;
+    IF alone THEN
+      -- A transaction id, so that this commit is written and flushed even when the last
+      -- claim wrote nothing (the claims committed before it are then flushed with it).
+      PERFORM pg_current_xact_id();
+    END IF;
     COMMIT;
     EXIT WHEN NOT missed OR cardinality(task_ids) >= p_count;
   END LOOP;
