@@ -343,7 +343,7 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0011_lean_pick": {
-        "postgresql upgrade": "29dfeba6bac1e495",
+        "postgresql upgrade": "3433b148a3ee84e7",
         "postgresql downgrade": "8e1c902b71c22e38",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",

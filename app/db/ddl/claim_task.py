@@ -30,9 +30,13 @@ two steps, so that turns are strict without holding claimers back:
    after ``RESERVE_S`` (a claimer killed between the two steps).
 2. **``claim_task``** takes that reserved task,
    with a guarded ``UPDATE … WHERE status = :runnable``, a fresh claim token and lease, the
-   attempt and run counted, and the ``task_events`` rows. On a channel with a cap it first
+   attempt and run counted, and the ``task_events`` rows. It locks the task it was given as
+   it reads it (its conditions checked on the row as locked). On a channel with a cap it then
    locks the channel's row and counts its active tasks in a new statement (never a count from
-   an old snapshot); at the cap only a handed-back stage, which keeps its slot, can be taken,
+   an old snapshot). A worker's claim so locks its task before its channel; a pick-up in a
+   caller's transaction already holds its channel's row when it claims, but the task it
+   waits for is reserved to it, and a pick cannot reserve in a channel whose row another
+   holds (it skips it). At the cap only a handed-back stage, which keeps its slot, can be taken,
    and the claim event then gets its id after the count, so the history replays capacity in
    order. A pick-up that finds nothing to take (its task held or taken by a worker carrying
    it, the channel deactivated or filled meanwhile) gives its count and its reservation back
@@ -431,6 +435,8 @@ DECLARE
   best_other record;
   mid taskstatus;
   target taskstatus;
+  claim_note text;
+  claim_event bigint;
   token uuid;
   quotas_on boolean;
   spent text[] := '{{}}';
@@ -447,11 +453,13 @@ BEGIN
       EXIT WHEN NOT FOUND;
     END IF;
     IF want IS NOT NULL THEN
-      -- The task a pick-up reserved, or one a worker carries on.
+      -- The task a pick-up reserved, or one a worker carries on: locked (and its conditions
+      -- checked again on the row as locked), with its channel.
       SELECT c.id, c.max_concurrent, t.id AS task, t.status, t.failed_stage INTO chan
         FROM tasks t JOIN channels c ON c.id = t.channel_id
         WHERE t.id = want AND c.is_active AND t.hold_since IS NULL
-          AND (t.status = 'queued' OR {other});
+          AND (t.status = 'queued' OR {other})
+        FOR UPDATE OF t;
     ELSE
       SELECT c.id, c.max_concurrent, NULL::uuid AS task INTO chan
         FROM channels c WHERE c.id = ch AND c.is_active;
@@ -470,10 +478,9 @@ BEGIN
       END IF;
       IF want IS NOT NULL THEN
         IF NOT at_cap OR chan.status IN ({active_list}) THEN
-          SELECT t.id, t.status, t.failed_stage INTO head_id, head_status, head_failed
-            FROM tasks t WHERE t.id = want AND t.hold_since IS NULL
-              AND (t.status = 'queued' OR {other})
-            FOR UPDATE;
+          head_id := chan.task;
+          head_status := chan.status;
+          head_failed := chan.failed_stage;
         END IF;
       ELSIF at_cap THEN
         SELECT h.id, h.status, h.failed_stage INTO head_id, head_status, head_failed
@@ -523,16 +530,19 @@ BEGIN
         -- with from = to. A pick-up's event carries its number, unless the channel has a cap:
         -- then its id comes after the count, for the history to replay capacity in order.
         mid := CASE WHEN head_status = 'queued' THEN 'claimed'::taskstatus ELSE target END;
-        INSERT INTO task_events (id, task_id, from_status, to_status, actor, note, created_at)
-          SELECT CASE WHEN e.n = 1 AND chan.max_concurrent IS NULL
-                      THEN coalesce(tk, nextval('{EVENT_IDS}'))
-                      ELSE nextval('{EVENT_IDS}') END,
-                 head_id, e.src, e.dst, p_worker, e.note, stamp
-          FROM (VALUES (head_status, mid, CASE WHEN head_status IN ({active_list})
-                                               THEN 'claim: taken over' ELSE 'claim' END, 1),
-                       (mid, target, NULL, 2)) e (src, dst, note, n)
-          WHERE e.n = 1 OR e.src <> e.dst
-          ORDER BY e.n;
+        claim_note := CASE WHEN head_status IN ({active_list}) THEN 'claim: taken over'
+                     ELSE 'claim' END;
+        claim_event := CASE WHEN chan.max_concurrent IS NULL
+                            THEN coalesce(tk, nextval('{EVENT_IDS}'))
+                            ELSE nextval('{EVENT_IDS}') END;
+        IF mid = target THEN
+          INSERT INTO task_events (id, task_id, from_status, to_status, actor, note, created_at)
+            VALUES (claim_event, head_id, head_status, mid, p_worker, claim_note, stamp);
+        ELSE
+          INSERT INTO task_events (id, task_id, from_status, to_status, actor, note, created_at)
+            VALUES (claim_event, head_id, head_status, mid, p_worker, claim_note, stamp),
+                   (nextval('{EVENT_IDS}'), head_id, mid, target, p_worker, NULL, stamp);
+        END IF;
         task_id := head_id; from_status := head_status; to_status := target;
         claim_token := token;
         RETURN NEXT;
