@@ -1,0 +1,77 @@
+"""A claim inside ``pick_up`` that fails on a lock: it alone is lost (a warning says which task),
+its pick stays counted, the claims made beside it are kept, and the call picks again without
+that channel. Real PostgreSQL; the claim's lock wait is shortened for the test's own database
+(``lock_timeout`` on ``claim_task``, 30 s in service)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from app.db import connect_kwargs
+from app.execution import hotpath
+from tests import dbtools
+
+WORKER = "pick-up-failures"
+
+
+@pytest.fixture
+async def url(pg_server_url: str) -> AsyncIterator[str]:
+    async with dbtools.scratch_database(pg_server_url, migrate=True) as scratch:
+        yield scratch
+
+
+async def _connect(url: str) -> asyncpg.Connection:
+    conn: asyncpg.Connection = await asyncpg.connect(**connect_kwargs(url))
+    return conn
+
+
+async def _channel(conn: asyncpg.Connection, name: str, priorities: list[str]) -> uuid.UUID:
+    channel: uuid.UUID = await conn.fetchval(
+        "INSERT INTO channels (channel_id, channel_name) VALUES ($1, $1) RETURNING id", name)
+    for i, priority in enumerate(priorities):
+        await conn.execute(
+            "INSERT INTO tasks (channel_id, notion_page_id, title, status, priority, created_at)"
+            " VALUES ($1, $2, 'T', 'queued', $3::prioritylevel,"
+            " now() - make_interval(secs => 100 - $4))", channel, f"{name}-{i}", priority, i)
+    return channel
+
+
+async def test_a_claim_that_fails_on_a_lock_is_lost_alone(url: str) -> None:
+    conn, holder = await _connect(url), await _connect(url)
+    try:
+        await conn.execute("ALTER FUNCTION claim_task SET lock_timeout = '200ms'")
+        locked = await _channel(conn, "UC-locked", ["high", "normal"])   # ranked first
+        free = await _channel(conn, "UC-free", ["normal", "normal", "normal"])
+        warnings: list[str] = []
+        conn.add_log_listener(lambda _c, message: warnings.append(str(message)))
+        # Another transaction holds every task of the first channel, as an operator's
+        # long-running statement could.
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM tasks WHERE channel_id = $1 FOR UPDATE", locked)
+
+        taken = await hotpath.take_many(conn, 2, worker_id=WORKER, lease_s=30.0,
+                                        now=datetime.now(UTC))
+
+        channels = [await conn.fetchval("SELECT channel_id FROM tasks WHERE id = $1",
+                                        one.claim.task_id) for one in taken]
+        assert channels == [free, free]           # the claim beside it kept, one picked again
+        assert any("pick_up: claim of task" in w and "not made" in w for w in warnings)
+        assert await conn.fetchval("SELECT picks FROM channels WHERE id = $1", locked) == 1
+        await held.rollback()
+        # Nothing of the lost claim was written: the locked channel's tasks wait, unclaimed.
+        rows = await conn.fetch("SELECT status, claim_token FROM tasks WHERE channel_id = $1",
+                                locked)
+        assert [(r["status"], r["claim_token"]) for r in rows] == [("queued", None)] * 2
+        events = await conn.fetchval(
+            "SELECT count(*) FROM task_events e JOIN tasks t ON t.id = e.task_id"
+            " WHERE t.channel_id = $1", locked)
+        assert events == 0
+    finally:
+        await holder.close()
+        await conn.close()
