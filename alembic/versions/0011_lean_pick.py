@@ -7,10 +7,11 @@ Create Date: 2026-12-05
 Setting up a statement's plan costs for every node it holds, whether it runs or not. The
 ranking of ``pick_channel`` held the parts for capped channels, spent quotas and tasks waiting
 in runnable states other than queued; with none of those (the common case: queued work only),
-setting them up at every call cost about a tenth of a pick-up's server time. ``pick_channel`` now reads once per call whether any
-active channel has a cap, any quota is spent and any such task waits (one statement, with the
-quota blocks it already read), and runs the ranking's form that handles exactly that: one
-ranking, rendered in eight forms, each flag off where its part is its constant.
+setting them up at every call cost about a tenth of a pick-up's server time. ``pick_channel``
+now reads once per call whether any active channel has a cap, any quota is spent and any such
+task waits (one statement, with the quota blocks it already read), and runs the ranking's form
+that handles exactly that: one ranking, rendered in eight forms, each flag off where its part
+is its constant.
 
 The pick's channel write also takes one statement instead of three: the row is locked (or
 skipped) in the ``UPDATE``'s own condition, and the pick is numbered and its task reserved in
