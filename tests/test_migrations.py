@@ -343,8 +343,8 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0011_lean_pick": {
-        "postgresql upgrade": "3433b148a3ee84e7",
-        "postgresql downgrade": "8e1c902b71c22e38",
+        "postgresql upgrade": "13aeed38312f025e",
+        "postgresql downgrade": "5175c4d2923e2e97",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },

@@ -22,8 +22,10 @@ channel's), and writes its events with a plain ``VALUES``. ``pick_up`` with a si
 does not look up whether claims must commit one by one, and where they must (caps, quotas),
 every commit but the last is asynchronous: the call returns nothing before the last, which is
 flushed and makes the others durable with it. A pick-up runs 11 statements inside instead of
-18, and its server time falls by about a tenth. Revision 0010's claim is frozen as
-``claim_task_0010``; ``pick_up`` goes back to revision 0009's on a downgrade.
+18, and its server time falls by about a tenth. ``quota_take`` (which every claim and carry
+calls once any quota exists) returns at once for a stage no quota names, one look-up where it
+ran four statements, and checks and records a start in one ``UPDATE``. Revision 0010's claim
+is frozen as ``claim_task_0010``; ``pick_up`` goes back to revision 0009's on a downgrade.
 """
 
 from collections.abc import Sequence
@@ -50,6 +52,17 @@ ACTIVE = ("claimed", "generating_assets", "generating_composites", "generating_v
           "generating_audio", "generating_sfx", "assembling", "uploading")
 ERRORS = ("asset_error", "video_error", "audio_error", "upload_error")
 FIRST = "assets"
+#: The stage of each state a claim moves into.
+STAGE_OF = {
+    "claimed": "assets",
+    "generating_assets": "assets",
+    "generating_composites": "composites",
+    "generating_video": "video",
+    "generating_audio": "audio",
+    "generating_sfx": "sfx",
+    "assembling": "assembly",
+    "uploading": "upload",
+}
 #: ``(status, failed stage or None, start) → target`` of a claim.
 TARGETS = {
     ('queued', None, True): 'generating_assets',
@@ -107,19 +120,28 @@ TARGETS = {
 }
 
 
+def _take(claim: ModuleType) -> str:
+    """``quota_take`` as ``claim`` renders it."""
+    if hasattr(claim, "render_take"):
+        return str(claim.render_take())
+    take = claim.render_quotas(TARGETS, STAGE_OF)[2]
+    assert f"FUNCTION {claim_task.QUOTA_TAKE}(" in take
+    return str(take)
+
+
 def _functions(claim: ModuleType, stage: ModuleType) -> list[str]:
-    """``pick_channel`` and ``claim_task`` as ``claim`` renders them, ``pick_up`` as ``stage``
-    does."""
+    """``pick_channel``, ``claim_task`` and ``quota_take`` as ``claim`` renders them,
+    ``pick_up`` as ``stage`` does."""
     return [claim.render_pick(starts=STARTS, active=ACTIVE, errors=ERRORS, first=FIRST),
             claim.render(TARGETS, starts=STARTS, active=ACTIVE, errors=ERRORS, first=FIRST),
-            stage.render_pick_up()]
+            _take(claim), stage.render_pick_up()]
 
 
 def _replace(statements: list[str]) -> None:
-    """Drop the three (their signatures are unchanged) and create them anew."""
+    """Drop the four (their signatures are unchanged) and create them anew."""
     if op.get_bind().dialect.name != "postgresql":
         return
-    names = (claim_task.PICK, claim_task.FUNCTION, boundary.PICK_UP)
+    names = (claim_task.PICK, claim_task.FUNCTION, claim_task.QUOTA_TAKE, boundary.PICK_UP)
     for statement in [s for s in claim_task.drop() + boundary.drop()
                       if any(f" {name}(" in s for name in names)]:
         op.execute(statement)

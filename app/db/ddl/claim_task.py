@@ -646,6 +646,46 @@ def _blocked_until(starts: str) -> str:
             " + make_interval(secs => q.window_s) END)")
 
 
+def render_take() -> str:
+    """``quota_take``: check and record one start of ``p_stage`` on ``p_channel`` under its
+    buckets' locks; the start's time, or NULL when a bucket is spent or paused. A stage no
+    quota names costs one look-up (every claim calls this once any quota exists), and the
+    check and the record are one ``UPDATE``: it writes every bucket or none, and fewer rows
+    than were locked means one was spent."""
+    blocked = ("SELECT 1 FROM quota_usage v JOIN quotas w ON w.id = v.quota_id"
+               f" WHERE w.stage IN (p_stage, '{EVERY_STAGE}') AND v.channel_id ="
+               f" CASE WHEN w.per_channel THEN p_channel ELSE '{SHARED}'::uuid END"
+               " AND v.blocked_until > at")
+    return f"""CREATE FUNCTION {QUOTA_TAKE}(p_channel uuid, p_stage text) RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+DECLARE
+  at timestamptz;
+  locked integer;
+  counted integer;
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM quotas q WHERE q.stage IN (p_stage, '{EVERY_STAGE}')) THEN
+    RETURN clock_timestamp();
+  END IF;
+  {_lock("p_stage")}
+  GET DIAGNOSTICS locked = ROW_COUNT;
+  at := clock_timestamp();
+  -- This start recorded (only the newest max_starts kept), and when each bucket frees;
+  -- nothing written when one of them is spent or paused.
+  UPDATE quota_usage u
+    SET starts = (u.starts || at)[greatest(cardinality(u.starts) + 2 - q.max_starts, 1):],
+        blocked_until = {_blocked_until("u.starts || at")}
+    FROM quotas q WHERE q.id = u.quota_id AND q.stage IN (p_stage, '{EVERY_STAGE}')
+      AND u.channel_id = CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END
+      AND NOT EXISTS ({blocked});
+  GET DIAGNOSTICS counted = ROW_COUNT;
+  IF counted < locked THEN
+    RETURN NULL;
+  END IF;
+  RETURN at;
+END
+$$"""
+
+
 def render_quotas(targets: Targets, stage_of: Mapping[str, str]) -> list[str]:
     """The quota functions, from frozen lifecycle data: ``targets`` and the stage of each state a
     claim moves into (``stage_of``)."""
@@ -657,25 +697,7 @@ LANGUAGE sql STABLE AS $$
                                  ELSE ARRAY[u.stage] END) st
   WHERE u.blocked_until > clock_timestamp()
 $$"""
-    take = f"""CREATE FUNCTION {QUOTA_TAKE}(p_channel uuid, p_stage text) RETURNS timestamptz
-LANGUAGE plpgsql AS $$
-DECLARE
-  at timestamptz;
-BEGIN
-  {_lock("p_stage")}
-  at := clock_timestamp();
-  IF EXISTS (SELECT 1 FROM {_buckets("p_stage")} AND u.blocked_until > at) THEN
-    RETURN NULL;
-  END IF;
-  -- This start recorded (only the newest max_starts kept), and when each bucket frees.
-  UPDATE quota_usage u
-    SET starts = (u.starts || at)[greatest(cardinality(u.starts) + 2 - q.max_starts, 1):],
-        blocked_until = {_blocked_until("u.starts || at")}
-    FROM quotas q WHERE q.id = u.quota_id AND q.stage IN (p_stage, '{EVERY_STAGE}')
-      AND u.channel_id = CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END;
-  RETURN at;
-END
-$$"""
+    take = render_take()
     pause = f"""CREATE FUNCTION {QUOTA_PAUSE}(p_channel uuid, p_stage text,
                                         p_seconds double precision) RETURNS integer
 LANGUAGE plpgsql AS $$
