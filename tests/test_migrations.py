@@ -343,7 +343,7 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0011_lean_pick": {
-        "postgresql upgrade": "13aeed38312f025e",
+        "postgresql upgrade": "57465201aec1e1dd",
         "postgresql downgrade": "5175c4d2923e2e97",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",

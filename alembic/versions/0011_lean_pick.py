@@ -18,14 +18,16 @@ skipped) in the ``UPDATE``'s own condition, and the pick is numbered and its tas
 its ``SET``. ``claim_task`` reads whether any quota exists with the quota blocks, looks up the
 stages spent for its channel only when some are, locks the task it was given as it reads it
 (one statement where it took two; a worker's claim now takes its task's lock before its
-channel's), and writes its events with a plain ``VALUES``. ``pick_up`` with a single claim
-does not look up whether claims must commit one by one, and where they must (caps, quotas),
-every commit but the last is asynchronous: the call returns nothing before the last, which is
-flushed and makes the others durable with it. A pick-up runs 11 statements inside instead of
-18, and its server time falls by about a tenth. ``quota_take`` (which every claim and carry
-calls once any quota exists) returns at once for a stage no quota names, one look-up where it
-ran four statements, and checks and records a start in one ``UPDATE``. Revision 0010's claim
-is frozen as ``claim_task_0010``; ``pick_up`` goes back to revision 0009's on a downgrade.
+channel's), writes its events with a plain ``VALUES`` and returns the task's fields with the
+claim (its ``UPDATE``'s ``RETURNING``: the stage's input, which ``pick_up`` read apart).
+``pick_up`` with a single claim does not look up whether claims must commit one by one, and
+where they must (caps, quotas), every commit but the last is asynchronous: the call returns
+nothing before the last, which is flushed and makes the others durable with it. A pick-up runs
+10 statements inside instead of 18, and its server time falls by about a tenth. ``quota_take``
+(which every claim and carry calls once any quota exists) returns at once for a stage no quota
+names, one look-up where it ran four statements, and checks and records a start in one
+``UPDATE``. Revision 0010's claim is frozen as ``claim_task_0010``; ``pick_up`` goes back to
+revision 0009's on a downgrade.
 """
 
 from collections.abc import Sequence
@@ -138,7 +140,8 @@ def _functions(claim: ModuleType, stage: ModuleType) -> list[str]:
 
 
 def _replace(statements: list[str]) -> None:
-    """Drop the four (their signatures are unchanged) and create them anew."""
+    """Drop the four (their arguments are unchanged; ``claim_task`` returns four more columns)
+    and create them anew."""
     if op.get_bind().dialect.name != "postgresql":
         return
     names = (claim_task.PICK, claim_task.FUNCTION, claim_task.QUOTA_TAKE, boundary.PICK_UP)

@@ -40,13 +40,10 @@ from app.moves import AppendLine, Changes, MergeArtifact, Move
 #: claimed.
 PICK_UP = "CALL pick_up($1, $2, $3, $4, $5)"
 
-#: ``claim_task`` of one task only, ``$5`` as above; the same row as ``PICK_UP``. The task's
-#: fields are read in the claim's statement (a claim does not change them).
-CLAIM = ("SELECT c.task_id, c.from_status, c.to_status, c.claim_token, c.attempt, c.run,"
-         " i.title, i.topic, i.story_direction, i.artifacts"
-         " FROM claim_task($1, $2, $3, $4, $5) c LEFT JOIN LATERAL (SELECT t.title, t.topic,"
-         " t.story_direction, t.artifacts FROM tasks t WHERE t.id = c.task_id OFFSET 0) i"
-         " ON true")
+#: ``claim_task`` of one task only, ``$5`` as above; the same row as ``PICK_UP`` (the claim
+#: returns the task's fields with it).
+CLAIM = ("SELECT task_id, from_status, to_status, claim_token, attempt, run, title, topic,"
+         " story_direction, artifacts FROM claim_task($1, $2, $3, $4, $5)")
 
 #: A stage's success, the automatic moves after it and, with ``$10``, the claim of the next
 #: stage (``stage_boundary``, ``app.db.ddl.boundary``): one statement, one commit. No row when

@@ -362,8 +362,7 @@ def render_pick_up() -> str:
               ("story_directions", "story_direction", "text"),
               ("artifact_sets", "artifacts", "jsonb"))
     inouts = ",\n  ".join(f"INOUT {many} {kind}[] DEFAULT '{{}}'" for many, _, kind in fields)
-    appends = "\n        ".join(f"{many} := {many} || got.{one};"
-                                 for many, one, _ in fields[:6])
+    appends = "\n        ".join(f"{many} := {many} || got.{one};" for many, one, _ in fields)
     return f"""CREATE PROCEDURE {PICK_UP}(
   p_worker text, p_lease_s double precision, p_now timestamptz, p_start boolean,
   p_count integer,
@@ -413,10 +412,6 @@ BEGIN
       END;
       IF made THEN
         {appends}
-        SELECT titles || t.title::text, topics || t.topic::text,
-               story_directions || t.story_direction, artifact_sets || t.artifacts
-          INTO titles, topics, story_directions, artifact_sets
-          FROM tasks t WHERE t.id = got.task_id;
       ELSE
         -- Nothing to take there (its pick given back): pick again without that channel.
         missed := true;

@@ -421,7 +421,8 @@ def render(targets: Targets, *, starts: Iterable[str], active: Iterable[str],
   p_worker text, p_lease_s double precision, p_now timestamptz, p_task uuid DEFAULT NULL,
   p_start boolean DEFAULT false, p_channel uuid DEFAULT NULL, p_ticket bigint DEFAULT NULL)
 RETURNS TABLE (task_id uuid, from_status taskstatus, to_status taskstatus, claim_token uuid,
-               attempt integer, run integer)
+               attempt integer, run integer, title text, topic text, story_direction text,
+               artifacts jsonb)
 LANGUAGE plpgsql {SETTINGS} AS $$
 DECLARE
   chan record;
@@ -526,7 +527,8 @@ BEGIN
             stage_runs = CASE WHEN target = 'claimed' THEN t.stage_runs
                               ELSE t.stage_runs + 1 END
           WHERE t.id = head_id
-          RETURNING t.attempts, t.stage_runs INTO attempt, run;
+          RETURNING t.attempts, t.stage_runs, t.title, t.topic, t.story_direction, t.artifacts
+            INTO attempt, run, title, topic, story_direction, artifacts;
         -- Both transitions of a claim that starts its stage; a stage taken over is recorded
         -- with from = to. A pick-up's event carries its number, unless the channel has a cap:
         -- then its id comes after the count, for the history to replay capacity in order.
