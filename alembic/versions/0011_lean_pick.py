@@ -123,12 +123,10 @@ TARGETS = {
 
 
 def _take(claim: ModuleType) -> str:
-    """``quota_take`` as ``claim`` renders it."""
-    if hasattr(claim, "render_take"):
-        return str(claim.render_take())
-    take = claim.render_quotas(TARGETS, STAGE_OF)[2]
+    """``quota_take`` as ``claim`` renders it (the third of its quota functions)."""
+    take = str(claim.render_quotas(TARGETS, STAGE_OF)[2])
     assert f"FUNCTION {claim_task.QUOTA_TAKE}(" in take
-    return str(take)
+    return take
 
 
 def _functions(claim: ModuleType, stage: ModuleType) -> list[str]:
