@@ -326,20 +326,31 @@ async def _queue(conn: asyncpg.Connection, channels: list[uuid.UUID], count: int
 
 async def _published(conn: asyncpg.Connection, task_ids: list[uuid.UUID],
                      running: list[subprocess.Popen[bytes]], probe: Probe) -> datetime:
-    """The last ``published_at`` once every task is published."""
-    async def last() -> datetime | None:
+    """The last ``published_at`` once every task is published.
+
+    The poll counts the published rows through ``ix_tasks_status`` (the scratch database holds
+    only the run's tasks), a fraction of a millisecond: a look-up of every task id, twenty
+    times a second, took 5-15 ms of the server's two cores from the system it measures. The
+    ids are checked once, at the end."""
+    async def done() -> bool | None:
         probe.own += 1
-        row = await conn.fetchrow(
-            f"SELECT {MARK} count(*) AS n, max(published_at) AS at FROM tasks"
-            " WHERE id = ANY($1::uuid[]) AND status = 'published'", task_ids)
-        if row["n"] == len(task_ids):
-            at: datetime = row["at"]
-            return at
+        n = await conn.fetchval(f"SELECT {MARK} count(*) FROM tasks WHERE status = 'published'")
+        if n >= len(task_ids):
+            return True
         if all(p.poll() is not None for p in running):
-            raise RuntimeError(f"every worker ended with {len(task_ids) - row['n']} of"
+            raise RuntimeError(f"every worker ended with {len(task_ids) - n} of"
                                f" {len(task_ids)} tasks unpublished")
         return None
-    return await workers.poll(last, timeout_s=RUN_TIMEOUT_S, every_s=0.05)
+    await workers.poll(done, timeout_s=RUN_TIMEOUT_S, every_s=0.05)
+    probe.own += 1
+    row = await conn.fetchrow(
+        f"SELECT {MARK} count(*) AS n, max(published_at) AS at FROM tasks"
+        " WHERE id = ANY($1::uuid[]) AND status = 'published'", task_ids)
+    if row["n"] != len(task_ids):
+        raise RuntimeError(f"{len(task_ids) - row['n']} of {len(task_ids)} tasks of the run"
+                           " are not published")
+    at: datetime = row["at"]
+    return at
 
 
 async def _release(redis: ArqRedis, queue: str, hold: str) -> None:
