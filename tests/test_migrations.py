@@ -348,12 +348,18 @@ GOLDEN = {
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
+    "0012_set_boundaries": {
+        "postgresql upgrade": "46d6939d4affad3e",
+        "postgresql downgrade": "d4584c608f5308aa",
+        "sqlite upgrade": "e3b0c44298fc1c14",
+        "sqlite downgrade": "e3b0c44298fc1c14",
+    },
 }
 
 
 def test_frozen_boundary_rules_match_moves() -> None:
     """The stage boundary installed at head is rendered from the rules in ``app.moves``."""
-    head = _revision("0010_robust_plans")
+    head = _revision("0012_set_boundaries")
     assert boundary.finish_rule() == head.FINISH
     assert boundary.steps_rule() == head.STEPS
     assert {s.value: a.value for s, a in moves.STARTS.items()} == head.STARTS

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from alembic import op
-from app.db.ddl import boundary, boundary_0009, claim_task, claim_task_0008, claim_task_0010
+from app.db.ddl import boundary_0009, boundary_0011, claim_task, claim_task_0008, claim_task_0010
 
 revision: str = "0010"
 down_revision: str | None = "0009"
@@ -262,8 +262,8 @@ def _replace(statements: list[str]) -> None:
     """Drop the four functions (their signatures are unchanged) and create them anew."""
     if op.get_bind().dialect.name != "postgresql":
         return
-    names = (boundary.BOUNDARY, boundary.BOUNDARIES, claim_task.PICK, claim_task.FUNCTION)
-    for statement in [s for s in boundary.drop() + claim_task.drop()
+    names = (boundary_0011.BOUNDARY, boundary_0011.BOUNDARIES, claim_task.PICK, claim_task.FUNCTION)
+    for statement in [s for s in boundary_0011.drop() + claim_task.drop()
                       if any(f" {name}(" in s for name in names)]:
         op.execute(statement)
     for statement in statements:
@@ -271,7 +271,7 @@ def _replace(statements: list[str]) -> None:
 
 
 def upgrade() -> None:
-    _replace(_functions(claim_task_0010, boundary))
+    _replace(_functions(claim_task_0010, boundary_0011))
 
 
 def downgrade() -> None:

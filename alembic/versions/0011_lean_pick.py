@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from alembic import op
-from app.db.ddl import boundary, boundary_0009, claim_task, claim_task_0010
+from app.db.ddl import boundary_0009, boundary_0011, claim_task, claim_task_0010
 
 revision: str = "0011"
 down_revision: str | None = "0010"
@@ -142,8 +142,8 @@ def _replace(statements: list[str]) -> None:
     and create them anew."""
     if op.get_bind().dialect.name != "postgresql":
         return
-    names = (claim_task.PICK, claim_task.FUNCTION, claim_task.QUOTA_TAKE, boundary.PICK_UP)
-    for statement in [s for s in claim_task.drop() + boundary.drop()
+    names = (claim_task.PICK, claim_task.FUNCTION, claim_task.QUOTA_TAKE, boundary_0011.PICK_UP)
+    for statement in [s for s in claim_task.drop() + boundary_0011.drop()
                       if any(f" {name}(" in s for name in names)]:
         op.execute(statement)
     for statement in statements:
@@ -151,7 +151,7 @@ def _replace(statements: list[str]) -> None:
 
 
 def upgrade() -> None:
-    _replace(_functions(claim_task, boundary))
+    _replace(_functions(claim_task, boundary_0011))
 
 
 def downgrade() -> None:

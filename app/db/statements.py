@@ -45,16 +45,11 @@ PICK_UP = "CALL pick_up($1, $2, $3, $4, $5)"
 CLAIM = ("SELECT task_id, from_status, to_status, claim_token, attempt, run, title, topic,"
          " story_direction, artifacts FROM claim_task($1, $2, $3, $4, $5)")
 
-#: A stage's success, the automatic moves after it and, with ``$10``, the claim of the next
-#: stage (``stage_boundary``, ``app.db.ddl.boundary``): one statement, one commit. No row when
-#: the success was refused; else where the task rests, then the row of ``PICK_UP`` (NULLs
-#: when it was not carried on).
-BOUNDARY = ("SELECT rest, task_id, from_status, to_status, claim_token, attempt, run, title,"
-            " topic, story_direction, artifacts"
-            " FROM stage_boundary($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")
-
-#: ``stage_boundary`` for several tasks (arrays ``$1`` to ``$5``, the rest shared): one statement,
-#: one commit. One row per task, numbered as the arrays (``n``), then the row of ``BOUNDARY``.
+#: Stage boundaries (``stage_boundaries``, ``app.db.ddl.boundary``): for each task of the
+#: arrays ``$1`` to ``$5`` (the rest shared), its stage's success, the automatic moves after it
+#: and, with ``$10``, the claim of its next stage; one statement, one commit. One row per task,
+#: numbered as the arrays (``n``): where the task rests (NULL when its success was refused),
+#: then the row of ``CLAIM`` (NULLs when it was not carried on).
 BOUNDARIES = ("SELECT n, rest, task_id, from_status, to_status, claim_token, attempt, run,"
               " title, topic, story_direction, artifacts"
               " FROM stage_boundaries($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)")

@@ -127,15 +127,13 @@ async def boundary(conn: asyncpg.Connection, held: Claim, *, artefacts: dict[str
                    carry: bool) -> Boundary:
     """Record the stage's success, take the automatic moves and the gates in
     ``auto_approved`` after it and, with ``carry``, claim the task's next stage if it can be
-    had now: one statement (``stage_boundary``), one commit. The success is written as
+    had now: one statement (``stage_boundaries``), one commit. The success is written as
     ``moves.finish`` says (the function is rendered from that rule)."""
-    move = _finished(held, artefacts, now)
-    row = await conn.fetchrow(statements.BOUNDARY, held.task_id, held.token, held.status.value,
-                              json.dumps(artefacts), move.changes.get("youtube_url"), actor,
-                              lease_s, now, sorted(auto_approved), carry)
-    if row is None:
-        raise await _miss(conn, held.task_id, move.current, move.target, held.token)
-    return Boundary(TaskStatus(row[0]), _taken(row, 1))
+    [done] = await boundaries(conn, [Ending(held, artefacts)], actor=actor, lease_s=lease_s,
+                              now=now, auto_approved=auto_approved, carry=carry)
+    if isinstance(done, PipelineError):
+        raise done
+    return done
 
 
 def _finished(held: Claim, artefacts: dict[str, Any], now: datetime) -> Move:

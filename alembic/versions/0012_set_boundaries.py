@@ -1,0 +1,185 @@
+"""Stage boundaries written a set at a time.
+
+Revision ID: 0012
+Revises: 0011
+Create Date: 2026-12-05
+
+``stage_boundaries`` called ``stage_boundary`` once per task: a locking read, an ``UPDATE``
+and two ``INSERT``s of events each, every one set up and run on its own, about 200 µs of the
+server's time per task. It now carries on every task whose next stage needs no lock (its
+channel active and under its cap, the task not on hold, no quota on that stage) in one
+``UPDATE``, records in another the success of every task that rests with no automatic move,
+and writes their events in one ``INSERT``; any other task gets its own ``stage_boundary`` call
+as before, which decides what it always did. Each row is still guarded by its status and
+fenced by its claim token, and the database guard sees the same moves. The function plans
+without sequential scans, hash or merge joins, so that a first plan made on an empty table
+still joins ``tasks`` by its primary key once it fills. Revision 0011's boundary is frozen as
+``boundary_0011``; a downgrade re-installs its ``stage_boundaries``.
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+from app.db.ddl import boundary, boundary_0011
+
+revision: str = "0012"
+down_revision: str | None = "0011"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+#: The states a claim starts a stage from (other than ``queued``), with the stage's active state.
+STARTS = {
+    "assets_approved": "generating_composites",
+    "composites_ready": "generating_video",
+    "video_approved": "generating_audio",
+    "audio_approved": "generating_sfx",
+    "sfx_ready": "assembling",
+    "approved": "uploading",
+}
+ACTIVE = ("claimed", "generating_assets", "generating_composites", "generating_video",
+          "generating_audio", "generating_sfx", "assembling", "uploading")
+#: What a stage's success writes (``boundary.finish_rule``): active state → column → SQL.
+FINISH = {
+    "generating_assets": {
+        "status": "'assets_ready'",
+        "updated_at": "p_now",
+        "claimed_by": "NULL",
+        "claimed_at": "NULL",
+        "claim_token": "NULL",
+        "lease_expires_at": "NULL",
+        "attempts": "0",
+        "stage_runs": "0",
+        "failed_stage": "NULL",
+        "retry_at": "NULL",
+        "artifacts": "t.artifacts || jsonb_build_object('assets', p_output)",
+    },
+    "generating_composites": {
+        "status": "'composites_ready'",
+        "updated_at": "p_now",
+        "claimed_by": "NULL",
+        "claimed_at": "NULL",
+        "claim_token": "NULL",
+        "lease_expires_at": "NULL",
+        "attempts": "0",
+        "stage_runs": "0",
+        "failed_stage": "NULL",
+        "retry_at": "NULL",
+        "artifacts": "t.artifacts || jsonb_build_object('composites', p_output)",
+    },
+    "generating_video": {
+        "status": "'video_ready'",
+        "updated_at": "p_now",
+        "claimed_by": "NULL",
+        "claimed_at": "NULL",
+        "claim_token": "NULL",
+        "lease_expires_at": "NULL",
+        "attempts": "0",
+        "stage_runs": "0",
+        "failed_stage": "NULL",
+        "retry_at": "NULL",
+        "artifacts": "t.artifacts || jsonb_build_object('video', p_output)",
+    },
+    "generating_audio": {
+        "status": "'audio_ready'",
+        "updated_at": "p_now",
+        "claimed_by": "NULL",
+        "claimed_at": "NULL",
+        "claim_token": "NULL",
+        "lease_expires_at": "NULL",
+        "attempts": "0",
+        "stage_runs": "0",
+        "failed_stage": "NULL",
+        "retry_at": "NULL",
+        "artifacts": "t.artifacts || jsonb_build_object('audio', p_output)",
+    },
+    "generating_sfx": {
+        "status": "'sfx_ready'",
+        "updated_at": "p_now",
+        "claimed_by": "NULL",
+        "claimed_at": "NULL",
+        "claim_token": "NULL",
+        "lease_expires_at": "NULL",
+        "attempts": "0",
+        "stage_runs": "0",
+        "failed_stage": "NULL",
+        "retry_at": "NULL",
+        "artifacts": "t.artifacts || jsonb_build_object('sfx', p_output)",
+    },
+    "assembling": {
+        "status": "'assembly_ready'",
+        "updated_at": "p_now",
+        "claimed_by": "NULL",
+        "claimed_at": "NULL",
+        "claim_token": "NULL",
+        "lease_expires_at": "NULL",
+        "attempts": "0",
+        "stage_runs": "0",
+        "failed_stage": "NULL",
+        "retry_at": "NULL",
+        "artifacts": "t.artifacts || jsonb_build_object('assembly', p_output)",
+    },
+    "uploading": {
+        "status": "'published'",
+        "updated_at": "p_now",
+        "claimed_by": "NULL",
+        "claimed_at": "NULL",
+        "claim_token": "NULL",
+        "lease_expires_at": "NULL",
+        "published_at": "p_now",
+        "attempts": "0",
+        "stage_runs": "0",
+        "failed_stage": "NULL",
+        "retry_at": "NULL",
+        "artifacts": "t.artifacts || jsonb_build_object('upload', p_output)",
+        "youtube_url": "coalesce(p_url, t.youtube_url)",
+    },
+}
+#: The automatic moves (``boundary.steps_rule``): status → (target, gate or None, note).
+STEPS = {
+    "assets_ready": ("assets_approved", "assets", "assets auto-approved"),
+    "video_ready": ("video_approved", "video", "video auto-approved"),
+    "audio_ready": ("audio_approved", "audio", "audio auto-approved"),
+    "assembly_ready": ("final_review", None, None),
+    "final_review": ("approved", "final", "final auto-approved"),
+}
+#: Active state → the stage after it (``boundary.next_stages``).
+NEXT_STAGE = {
+    "generating_assets": "composites",
+    "generating_composites": "video",
+    "generating_video": "audio",
+    "generating_audio": "sfx",
+    "generating_sfx": "assembly",
+    "assembling": "upload",
+}
+#: What a claim writes on its task, over the success's write when a boundary carries it on
+#: (``boundary.CLAIM_WRITES``).
+CLAIM_WRITES = {
+    "status": "target",
+    "claimed_by": "p_worker",
+    "claimed_at": "stamp",
+    "claim_token": "gen_random_uuid()",
+    "lease_expires_at": "p_now + make_interval(secs => p_lease_s)",
+    "retry_at": "NULL",
+    "failed_stage": "NULL",
+    "attempts": "1",
+    "stage_runs": "1",
+}
+
+
+
+def _replace(statement: str) -> None:
+    """Drop ``stage_boundaries`` (its signature is unchanged) and create it anew."""
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    for drop in [s for s in boundary.drop() if f" {boundary.BOUNDARIES}(" in s]:
+        op.execute(drop)
+    op.execute(statement)
+
+
+def upgrade() -> None:
+    _replace(boundary.render_batch(FINISH, STEPS, CLAIM_WRITES, starts=STARTS, active=ACTIVE,
+                                   next_stage=NEXT_STAGE))
+
+
+def downgrade() -> None:
+    _replace(boundary_0011.render_batch(NEXT_STAGE))

@@ -1,0 +1,346 @@
+"""Revision 0011's stage boundary, frozen (what ``0010_robust_plans`` and ``0011_lean_pick``
+install and a downgrade to them re-installs). The live module is ``boundary``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from app.db.ddl import claim_task_0010 as claim_task
+
+BOUNDARY = "stage_boundary"
+#: Several stage boundaries in one statement and one commit.
+BOUNDARIES = "stage_boundaries"
+PICK_UP = "pick_up"
+#: What a stage's success writes, per active state: column → SQL expression.
+Finish = Mapping[str, Mapping[str, str]]
+#: The automatic moves: status → (target, the gate it passes or None, the event's note).
+Steps = Mapping[str, tuple[str, str | None, str | None]]
+
+
+def _assignments(finish: Finish, over: Mapping[str, str] | None = None) -> str:
+    """``SET`` of the success (with ``over`` written instead where it names a column): a
+    column every stage writes alike is one expression, the others a ``CASE`` over the stage (a
+    stage that does not write it keeps it)."""
+    columns = list(dict.fromkeys(c for changes in finish.values() for c in changes))
+    parts = []
+    for column in columns:
+        if over and column in over:
+            parts.append(f"{column} = {over[column]}")
+            continue
+        values = {status: changes.get(column) for status, changes in finish.items()}
+        if len(set(values.values())) == 1:
+            parts.append(f"{column} = {next(iter(values.values()))}")
+            continue
+        whens = " ".join(f"WHEN '{status}' THEN {value}" for status, value in values.items()
+                         if value is not None)
+        parts.append(f"{column} = CASE p_status::text {whens} ELSE t.{column} END")
+    parts += [f"{column} = {value}" for column, value in (over or {}).items()
+              if column not in columns]
+    return ",\n      ".join(parts)
+
+
+def _step_case(steps: Steps, var: str = "cur") -> str:
+    """The automatic move out of ``var``: the target, or NULL (a gate not listed in
+    ``p_auto`` is left to a person)."""
+    whens = []
+    for status, (target, gate, _) in steps.items():
+        value = f"'{target}'" if gate is None else \
+            f"CASE WHEN '{gate}' = ANY (p_auto) THEN '{target}'::taskstatus END"
+        whens.append(f"WHEN '{status}' THEN {value}")
+    return f"CASE {var}::text {' '.join(whens)} END"
+
+
+def _step_text(steps: Steps, index: int, var: str = "cur") -> str:
+    """The gate (1) or the note (2) of the step out of ``var``, NULL for none."""
+    whens = [f"WHEN '{status}' THEN '{step[index]}'" for status, step in steps.items()
+             if step[index] is not None]
+    return f"CASE {var}::text {' '.join(whens)} END" if whens else "NULL"
+
+
+def _actor(steps: Steps, var: str) -> str:
+    """Who an automatic move out of ``var`` is recorded as made by."""
+    return (f"CASE WHEN {_step_text(steps, 1, var)} IS NULL THEN p_worker"
+            f" ELSE 'auto-approve' END")
+
+
+def render(finish: Finish, steps: Steps, claim: Mapping[str, str], *,
+           starts: Mapping[str, str], active: Iterable[str]) -> str:
+    """``stage_boundary``, from frozen rule data: ``finish`` (``finish_rule``), ``steps``
+    (``steps_rule``), what a claim writes (``CLAIM_WRITES``), the states a claim starts a stage
+    from with the state it starts (other than ``queued``) and the active states."""
+    done = " ".join(f"WHEN '{status}' THEN '{changes['status'].strip(chr(39))}'"
+                    for status, changes in finish.items())
+    start_case = " ".join(f"WHEN '{s}' THEN '{a}'" for s, a in starts.items())
+    active_list = ", ".join(f"'{status}'" for status in active)
+    return f"""CREATE FUNCTION {BOUNDARY}(
+  p_task uuid, p_token uuid, p_status taskstatus, p_output jsonb, p_url text,
+  p_worker text, p_lease_s double precision, p_now timestamptz, p_auto text[],
+  p_carry boolean)
+RETURNS TABLE (rest taskstatus, task_id uuid, from_status taskstatus, to_status taskstatus,
+               claim_token uuid, attempt integer, run integer, title text, topic text,
+               story_direction text, artifacts jsonb)
+LANGUAGE plpgsql {claim_task.SETTINGS} AS $$
+DECLARE
+  cur taskstatus := CASE p_status::text {done} END;
+  nxt taskstatus;
+  ev_src taskstatus[] := ARRAY[p_status];
+  ev_dst taskstatus[] := ARRAY[cur];
+  target taskstatus;
+  chan record;
+  at_cap boolean := false;
+  stamp timestamptz;
+BEGIN
+  -- Where the success leads: its done state, then the automatic moves after it.
+  LOOP
+    nxt := {_step_case(steps)};
+    EXIT WHEN nxt IS NULL;
+    ev_src := ev_src || cur;
+    ev_dst := ev_dst || nxt;
+    cur := nxt;
+  END LOOP;
+  target := CASE cur::text {start_case} END;
+  IF p_carry AND target IS NOT NULL THEN
+    -- Carried straight on, in one write of the row: the task keeps the capacity slot it holds
+    -- (only a cap lowered meanwhile refuses it, counted as a claim counts), its channel must
+    -- be active, the task not on hold and the next stage's quota not spent.
+    SELECT c.id, c.max_concurrent, c.is_active AND t.hold_since IS NULL AS free INTO chan
+      FROM tasks t JOIN channels c ON c.id = t.channel_id
+      WHERE t.id = p_task AND t.status = p_status AND t.claim_token = p_token
+      FOR UPDATE OF t;
+    IF NOT FOUND THEN
+      RETURN;
+    END IF;
+    IF chan.free AND chan.max_concurrent IS NOT NULL THEN
+      -- No lock on the channel's row: a carry keeps the slot it holds, so no carry can take
+      -- the channel past its cap however many run at once; the count only lets a lowered cap
+      -- stop carries until the channel is under it again.
+      at_cap := chan.max_concurrent <= {claim_task.active_count("chan.id", active_list,
+                                                                other_than="p_task")};
+    END IF;
+    IF chan.free AND NOT at_cap THEN
+      stamp := clock_timestamp();
+      IF EXISTS (SELECT 1 FROM quotas) THEN
+        stamp := {claim_task.QUOTA_TAKE}(chan.id, {claim_task.TASK_STAGE}(target, NULL));
+      END IF;
+    END IF;
+    IF stamp IS NOT NULL THEN
+      UPDATE tasks t SET
+          {_assignments(finish, claim)}
+        WHERE t.id = p_task
+        RETURNING t.claim_token, t.attempts, t.stage_runs, t.title, t.topic,
+                  t.story_direction, t.artifacts
+        INTO claim_token, attempt, run, title, topic, story_direction, artifacts;
+      INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
+        SELECT p_task, e.src, e.dst,
+               CASE WHEN e.o = 1 THEN p_worker ELSE {_actor(steps, "e.src")} END,
+               CASE WHEN e.o = 1 THEN NULL ELSE {_step_text(steps, 2, "e.src")} END, p_now
+        FROM unnest(ev_src, ev_dst) WITH ORDINALITY e (src, dst, o) ORDER BY e.o;
+      INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
+        VALUES (p_task, cur, target, p_worker, 'claim', stamp);
+      rest := target; task_id := p_task; from_status := cur; to_status := target;
+      RETURN NEXT;
+      RETURN;
+    END IF;
+  END IF;
+  -- Not carried on: the success, then each automatic move, one guarded UPDATE each.
+  UPDATE tasks t SET
+      {_assignments(finish)}
+    WHERE t.id = p_task AND t.status = p_status AND t.claim_token = p_token;
+  IF NOT FOUND THEN
+    RETURN;
+  END IF;
+  FOR i IN 1 .. cardinality(ev_src) LOOP
+    IF i > 1 THEN
+      UPDATE tasks t SET status = ev_dst[i], updated_at = p_now
+        WHERE t.id = p_task AND t.status = ev_src[i];
+    END IF;
+    INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
+      VALUES (p_task, ev_src[i], ev_dst[i],
+              CASE WHEN i = 1 THEN p_worker ELSE {_actor(steps, "ev_src[i]")} END,
+              CASE WHEN i = 1 THEN NULL ELSE {_step_text(steps, 2, "ev_src[i]")} END, p_now);
+  END LOOP;
+  rest := cur;
+  RETURN NEXT;
+END
+$$"""
+
+
+def _channel_of(task: str) -> str:
+    """The channel of ``task``: a primary-key look-up of its own, never a join the planner
+    could turn into a scan of ``tasks`` (as it did for a plan made on an empty table)."""
+    return f"(SELECT t.channel_id FROM tasks t WHERE t.id = {task})"
+
+
+def render_batch(next_stage: Mapping[str, str]) -> str:
+    """``stage_boundaries``: ``stage_boundary`` for each task of the arrays (one statement, one
+    commit), from the frozen ``next_stage`` (``next_stages``). Rows come back numbered as the
+    arrays (``n``); a refused boundary's row has a NULL ``rest``.
+
+    Several carries in one transaction could deadlock with each other's locks (the quota
+    buckets of their next stages) taken in different orders, so every bucket a carry may wait
+    for is locked first, in one global order (by key, as a single claim takes them). The carries
+    then find them held by this transaction and do not wait. A carry locks no channel row (it
+    keeps the capacity slot it holds), so a claim holding one never waits on a batch that
+    waits for it."""
+    whens = " ".join(f"WHEN '{active}' THEN '{stage}'" for active, stage in next_stage.items())
+    shared, every = claim_task.SHARED, claim_task.EVERY_STAGE
+    return f"""CREATE FUNCTION {BOUNDARIES}(
+  p_tasks uuid[], p_tokens uuid[], p_statuses taskstatus[], p_outputs jsonb[], p_urls text[],
+  p_worker text, p_lease_s double precision, p_now timestamptz, p_auto text[],
+  p_carry boolean)
+RETURNS TABLE (n integer, rest taskstatus, task_id uuid, from_status taskstatus,
+               to_status taskstatus, claim_token uuid, attempt integer, run integer,
+               title text, topic text, story_direction text, artifacts jsonb)
+LANGUAGE plpgsql {claim_task.SETTINGS} AS $$
+DECLARE
+  got record;
+  bk_ch uuid[];
+  bk_q integer[];
+  bk_st text[];
+BEGIN
+  IF p_carry THEN
+    IF EXISTS (SELECT 1 FROM quotas) THEN
+      SELECT coalesce(array_agg(k.channel_id ORDER BY k.channel_id, k.quota_id), '{{}}'),
+             coalesce(array_agg(k.quota_id ORDER BY k.channel_id, k.quota_id), '{{}}'),
+             coalesce(array_agg(k.stage ORDER BY k.channel_id, k.quota_id), '{{}}')
+        INTO bk_ch, bk_q, bk_st
+        FROM (SELECT DISTINCT CASE WHEN q.per_channel THEN t.channel_id
+                                   ELSE '{shared}'::uuid END AS channel_id,
+                     q.id AS quota_id, q.stage
+              FROM (SELECT {_channel_of("x.id")} AS channel_id, x.status
+                    FROM unnest(p_tasks, p_statuses) x (id, status)) t
+              JOIN quotas q ON q.stage IN (CASE t.status::text {whens} END, '{every}')) k;
+      INSERT INTO quota_usage (channel_id, quota_id, stage)
+        SELECT k.ch, k.q, k.st FROM unnest(bk_ch, bk_q, bk_st) WITH ORDINALITY k (ch, q, st, o)
+        ORDER BY k.o ON CONFLICT DO NOTHING;
+      PERFORM 1 FROM quota_usage u
+        WHERE (u.channel_id, u.quota_id) IN (SELECT k.ch, k.q FROM unnest(bk_ch, bk_q) k (ch, q))
+        ORDER BY u.channel_id, u.quota_id FOR UPDATE;
+    END IF;
+  END IF;
+  FOR i IN 1 .. cardinality(p_tasks) LOOP
+    SELECT b.* INTO got FROM {BOUNDARY}(p_tasks[i], p_tokens[i], p_statuses[i], p_outputs[i],
+                                        p_urls[i], p_worker, p_lease_s, p_now, p_auto,
+                                        p_carry) b;
+    n := i;
+    IF FOUND THEN
+      rest := got.rest; task_id := got.task_id; from_status := got.from_status;
+      to_status := got.to_status; claim_token := got.claim_token; attempt := got.attempt;
+      run := got.run; title := got.title; topic := got.topic;
+      story_direction := got.story_direction; artifacts := got.artifacts;
+    ELSE
+      rest := NULL; task_id := NULL; from_status := NULL; to_status := NULL;
+      claim_token := NULL; attempt := NULL; run := NULL; title := NULL; topic := NULL;
+      story_direction := NULL; artifacts := NULL;
+    END IF;
+    RETURN NEXT;
+  END LOOP;
+END
+$$"""
+
+
+def render_pick_up() -> str:
+    """``pick_up``: up to ``p_count`` of the workers' pick-ups in one round trip, returning each
+    claim with its stage's input (arrays, in pick-up order). A procedure, called on its own
+    (``CALL``, no transaction open).
+
+    The pick-ups are decided together, one after the other, under one hold of the turnstile
+    (each ``pick_channel`` sees the ones before it, so turns stay strict), and committed; then
+    each reserved task is claimed by ``claim_task``. Claims that may wait for a lock (a capped
+    channel's row, a quota bucket) commit one by one, so that no claim holds a lock while it
+    waits for another; the others, which lock only the tasks reserved for them, share one
+    commit. Only the last commit waits for the disk: the call returns nothing before it, and
+    it makes every earlier one durable with it. A pick-up whose claim finds
+    nothing gives its turn back, and the procedure picks again without that channel; one whose
+    claim fails on a lock is not made (its turn stays counted, as when a claim fails after its
+    pick) and the claims made beside it are kept."""
+    fields = (("task_ids", "task_id", "uuid"), ("from_statuses", "from_status", "taskstatus"),
+              ("to_statuses", "to_status", "taskstatus"), ("claim_tokens", "claim_token", "uuid"),
+              ("attempts", "attempt", "integer"), ("runs", "run", "integer"),
+              ("titles", "title", "text"), ("topics", "topic", "text"),
+              ("story_directions", "story_direction", "text"),
+              ("artifact_sets", "artifacts", "jsonb"))
+    inouts = ",\n  ".join(f"INOUT {many} {kind}[] DEFAULT '{{}}'" for many, _, kind in fields)
+    appends = "\n        ".join(f"{many} := {many} || got.{one};" for many, one, _ in fields)
+    return f"""CREATE PROCEDURE {PICK_UP}(
+  p_worker text, p_lease_s double precision, p_now timestamptz, p_start boolean,
+  p_count integer,
+  {inouts})
+LANGUAGE plpgsql AS $$
+DECLARE
+  skip uuid[] := '{{}}';
+  chs uuid[];
+  tks bigint[];
+  wants uuid[];
+  picked record;
+  got record;
+  made boolean;
+  missed boolean;
+  alone boolean;
+BEGIN
+  LOOP
+    -- The pick-ups still wanted, decided under one hold of the turnstile, then committed.
+    chs := '{{}}'; tks := '{{}}'; wants := '{{}}';
+    FOR i IN 1 .. p_count - cardinality(task_ids) LOOP
+      SELECT p.channel, p.ticket, p.task INTO picked FROM {claim_task.PICK}(p_now, true, skip) p;
+      EXIT WHEN NOT FOUND;
+      chs := chs || picked.channel; tks := tks || picked.ticket; wants := wants || picked.task;
+    END LOOP;
+    EXIT WHEN cardinality(chs) = 0;
+    COMMIT;
+    missed := false;
+    -- Claims that may wait for a lock (a capped channel's row, a quota bucket) commit one by
+    -- one, so that none holds a lock while waiting for another; the others share one commit.
+    -- (A single claim has no other to share it with: nothing to look up.)
+    alone := false;
+    IF cardinality(chs) > 1 THEN
+      alone := EXISTS (SELECT 1 FROM quotas) OR EXISTS (SELECT 1 FROM channels c
+                                                        WHERE c.id = ANY (chs)
+                                                          AND c.max_concurrent IS NOT NULL);
+    END IF;
+    FOR i IN 1 .. cardinality(chs) LOOP
+      BEGIN
+        SELECT c.* INTO got
+          FROM {claim_task.FUNCTION}(p_worker, p_lease_s, p_now, wants[i], p_start, chs[i],
+                                    tks[i]) c;
+        made := FOUND;
+      EXCEPTION WHEN lock_not_available OR deadlock_detected OR serialization_failure THEN
+        -- This claim only is lost (its pick stays counted): the claims made are kept.
+        RAISE WARNING 'pick_up: claim of task % not made: %', wants[i], SQLERRM;
+        made := false;
+      END;
+      IF made THEN
+        {appends}
+      ELSE
+        -- Nothing to take there (its pick given back): pick again without that channel.
+        missed := true;
+        skip := skip || chs[i];
+      END IF;
+      IF alone AND i < cardinality(chs) THEN
+        -- Asynchronous: nothing is returned before the last commit below, which is
+        -- synchronous and so makes every earlier one durable with it.
+        PERFORM set_config('synchronous_commit', 'off', true);
+        COMMIT;
+      END IF;
+    END LOOP;
+    IF alone THEN
+      -- A transaction id, so that this commit is written and flushed even when the last
+      -- claim wrote nothing (the claims committed before it are then flushed with it).
+      PERFORM pg_current_xact_id();
+    END IF;
+    COMMIT;
+    EXIT WHEN NOT missed OR cardinality(task_ids) >= p_count;
+  END LOOP;
+END
+$$"""
+
+
+def drop() -> list[str]:
+    return [f"DROP FUNCTION IF EXISTS {BOUNDARIES}(uuid[], uuid[], taskstatus[], jsonb[], text[],"
+            " text, double precision, timestamptz, text[], boolean)",
+            f"DROP FUNCTION IF EXISTS {BOUNDARY}(uuid, uuid, taskstatus, jsonb, text, text,"
+            " double precision, timestamptz, text[], boolean)",
+            f"DROP PROCEDURE IF EXISTS {PICK_UP}(text, double precision, timestamptz, boolean,"
+            " integer, uuid[], taskstatus[], taskstatus[], uuid[], integer[], integer[], text[],"
+            " text[], text[], jsonb[])"]
