@@ -349,8 +349,8 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0012_set_boundaries": {
-        "postgresql upgrade": "46d6939d4affad3e",
-        "postgresql downgrade": "d4584c608f5308aa",
+        "postgresql upgrade": "2dc04f7298592431",
+        "postgresql downgrade": "529b31f14560062b",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },

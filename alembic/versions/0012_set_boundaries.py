@@ -20,7 +20,7 @@ still joins ``tasks`` by its primary key once it fills. Revision 0011's boundary
 from collections.abc import Sequence
 
 from alembic import op
-from app.db.ddl import boundary, boundary_0011
+from app.db.ddl import boundary, boundary_0011, claim_task, claim_task_0010
 
 revision: str = "0012"
 down_revision: str | None = "0011"
@@ -166,6 +166,74 @@ CLAIM_WRITES = {
 }
 
 
+#: The stage of each state a claim moves into.
+STAGE_OF = {
+    "claimed": "assets",
+    "generating_assets": "assets",
+    "generating_composites": "composites",
+    "generating_video": "video",
+    "generating_audio": "audio",
+    "generating_sfx": "sfx",
+    "assembling": "assembly",
+    "uploading": "upload",
+}
+#: ``(status, failed stage or None, start) → target`` of a claim.
+TARGETS = {
+    ('queued', None, True): 'generating_assets',
+    ('queued', None, False): 'claimed',
+    ('assets_approved', None, True): 'generating_composites',
+    ('assets_approved', None, False): 'generating_composites',
+    ('composites_ready', None, True): 'generating_video',
+    ('composites_ready', None, False): 'generating_video',
+    ('video_approved', None, True): 'generating_audio',
+    ('video_approved', None, False): 'generating_audio',
+    ('audio_approved', None, True): 'generating_sfx',
+    ('audio_approved', None, False): 'generating_sfx',
+    ('sfx_ready', None, True): 'assembling',
+    ('sfx_ready', None, False): 'assembling',
+    ('approved', None, True): 'uploading',
+    ('approved', None, False): 'uploading',
+    ('asset_error', None, True): 'generating_assets',
+    ('asset_error', None, False): 'generating_assets',
+    ('asset_error', 'assets', True): 'generating_assets',
+    ('asset_error', 'assets', False): 'generating_assets',
+    ('asset_error', 'composites', True): 'generating_composites',
+    ('asset_error', 'composites', False): 'generating_composites',
+    ('video_error', None, True): 'generating_video',
+    ('video_error', None, False): 'generating_video',
+    ('video_error', 'video', True): 'generating_video',
+    ('video_error', 'video', False): 'generating_video',
+    ('video_error', 'assembly', True): 'assembling',
+    ('video_error', 'assembly', False): 'assembling',
+    ('audio_error', None, True): 'generating_audio',
+    ('audio_error', None, False): 'generating_audio',
+    ('audio_error', 'audio', True): 'generating_audio',
+    ('audio_error', 'audio', False): 'generating_audio',
+    ('audio_error', 'sfx', True): 'generating_sfx',
+    ('audio_error', 'sfx', False): 'generating_sfx',
+    ('upload_error', None, True): 'uploading',
+    ('upload_error', None, False): 'uploading',
+    ('upload_error', 'upload', True): 'uploading',
+    ('upload_error', 'upload', False): 'uploading',
+    ('claimed', None, True): 'generating_assets',
+    ('claimed', None, False): 'claimed',
+    ('generating_assets', None, True): 'generating_assets',
+    ('generating_assets', None, False): 'generating_assets',
+    ('generating_composites', None, True): 'generating_composites',
+    ('generating_composites', None, False): 'generating_composites',
+    ('generating_video', None, True): 'generating_video',
+    ('generating_video', None, False): 'generating_video',
+    ('generating_audio', None, True): 'generating_audio',
+    ('generating_audio', None, False): 'generating_audio',
+    ('generating_sfx', None, True): 'generating_sfx',
+    ('generating_sfx', None, False): 'generating_sfx',
+    ('assembling', None, True): 'assembling',
+    ('assembling', None, False): 'assembling',
+    ('uploading', None, True): 'uploading',
+    ('uploading', None, False): 'uploading',
+}
+
+
 
 def _replace(statement: str) -> None:
     """Drop ``stage_boundaries`` (its signature is unchanged) and create it anew."""
@@ -176,10 +244,18 @@ def _replace(statement: str) -> None:
     op.execute(statement)
 
 
+def _task_stage(statement: str) -> None:
+    """Re-create ``task_stage`` in place (its signature is unchanged)."""
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(statement.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+
+
 def upgrade() -> None:
+    _task_stage(claim_task.render_task_stage(TARGETS, STAGE_OF))
     _replace(boundary.render_batch(FINISH, STEPS, CLAIM_WRITES, starts=STARTS, active=ACTIVE,
                                    next_stage=NEXT_STAGE))
 
 
 def downgrade() -> None:
+    _task_stage(claim_task_0010.render_quotas(TARGETS, STAGE_OF)[0])
     _replace(boundary_0011.render_batch(NEXT_STAGE))

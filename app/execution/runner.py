@@ -393,7 +393,6 @@ class Runner:
         async def beat() -> None:
             claim = lease.claim
             while True:
-                await asyncio.sleep(every_s)
                 started = loop.time()
                 # Renew while a third of the lease is left; past that (the process was paused
                 # or its loop blocked) one short try, which may still find the claim held.
@@ -405,6 +404,7 @@ class Runner:
                     if loop.time() < lease.expires - every_s:
                         log.warning("%s: task %s: lease not renewed (%s); retrying",
                                     self.worker_id, claim.task_id, db.describe(exc))
+                        await asyncio.sleep(every_s)
                         continue
                     lease.lost = LeaseNotRenewed(
                         f"task {claim.task_id}: lease could not be renewed before it may expire"
@@ -412,6 +412,7 @@ class Runner:
                 else:
                     if renewal is Renewal.kept:
                         lease.expires = started + lease_s
+                        await asyncio.sleep(every_s)
                         continue
                     if renewal is Renewal.on_hold:
                         lease.expires = started + lease_s
@@ -428,10 +429,15 @@ class Runner:
                 stage_task.cancel()
                 return
 
-        beater = asyncio.create_task(beat())
+        # The first renewal is a third of a lease away: a timer until then, not a task (a stage
+        # that ends sooner, as short ones do, then costs no task to start and cancel).
+        beaters: list[asyncio.Task[None]] = []
+        timer = loop.call_later(every_s, lambda: beaters.append(asyncio.create_task(beat())))
         try:
             yield
         finally:
-            beater.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beater
+            timer.cancel()
+            for beater in beaters:
+                beater.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beater

@@ -322,6 +322,9 @@ DECLARE
   cur taskstatus;
   nxt taskstatus;
   o integer;
+  -- How many tasks each set write has to consider (a write with none is not run).
+  carries integer := 0;
+  plains integer := 0;
   -- Per task: where its success leads, the state its next stage starts in (carried on), and
   -- whether it rests with no automatic move.
   ends taskstatus[] := '{{}}';
@@ -380,8 +383,13 @@ BEGIN
     ends := ends || cur;
     targets := targets || (CASE WHEN p_carry THEN CASE cur::text {start_case} END END)::taskstatus;
     single := single || (o = 1);
+    IF targets[i] IS NOT NULL THEN
+      carries := carries + 1;
+    ELSIF o = 1 THEN
+      plains := plains + 1;
+    END IF;
   END LOOP;
-  IF p_carry THEN
+  IF carries > 0 THEN
     -- Carried straight on, in one write of each row, where no lock is needed: the channel
     -- active and under its cap (a carry keeps the slot it holds; only a cap lowered meanwhile
     -- refuses it), the task not on hold, no quota on its next stage.
@@ -408,16 +416,18 @@ BEGIN
     END LOOP;
   END IF;
   -- The success alone, where the task rests after it with no automatic move.
-  FOR r IN
-    UPDATE tasks t SET
-        {_assignments(finish)}
-      FROM {rows}
-      WHERE t.id = x.p_task AND t.status = x.p_status AND t.claim_token = x.p_token
-        AND x.target IS NULL AND x.single
-      RETURNING x.i
-  LOOP
-    written[r.i] := true;
-  END LOOP;
+  IF plains > 0 THEN
+    FOR r IN
+      UPDATE tasks t SET
+          {_assignments(finish)}
+        FROM {rows}
+        WHERE t.id = x.p_task AND t.status = x.p_status AND t.claim_token = x.p_token
+          AND x.target IS NULL AND x.single
+        RETURNING x.i
+    LOOP
+      written[r.i] := true;
+    END LOOP;
+  END IF;
   IF true = ANY (written) THEN
     INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
       SELECT e.task, e.src, e.dst, e.actor, e.note, e.at FROM (

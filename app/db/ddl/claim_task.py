@@ -606,7 +606,9 @@ $$"""
 
 
 def _stage_case(targets: Targets, stage_of: Mapping[str, str]) -> str:
-    """``CASE`` over ``p_status`` (and ``p_failed``): the stage a claim of it starts."""
+    """``CASE`` over ``p_status`` (and ``p_failed``): the stage a claim of it starts. It compares
+    the enum itself, not its text: an enum's text is only stable (labels can be renamed), and a
+    function declared immutable whose body is not is never inlined."""
     whens = []
     for status in dict.fromkeys(status for status, _, _ in targets):
         default = stage_of[targets[(status, None, True)]]
@@ -618,7 +620,7 @@ def _stage_case(targets: Targets, stage_of: Mapping[str, str]) -> str:
             whens.append(f"    WHEN '{status}' THEN CASE p_failed {cases} ELSE '{default}' END")
         else:
             whens.append(f"    WHEN '{status}' THEN '{default}'")
-    return "CASE p_status::text\n" + "\n".join(whens) + "\n  END"
+    return "CASE p_status\n" + "\n".join(whens) + "\n  END"
 
 
 def _buckets(stage: str) -> str:
@@ -721,11 +723,18 @@ LANGUAGE sql AS $$
   UPDATE quota_usage u SET blocked_until = {_blocked_until("u.starts")}
     FROM quotas q WHERE q.id = u.quota_id AND q.id = p_quota
 $$"""
-    stage = f"""CREATE FUNCTION {TASK_STAGE}(p_status taskstatus, p_failed text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    return [render_task_stage(targets, stage_of), blocks, take, pause, refresh]
+
+
+def render_task_stage(targets: Targets, stage_of: Mapping[str, str]) -> str:
+    """``task_stage(status, failed stage)``: the stage a claim of a task in that state starts,
+    from frozen lifecycle data. An SQL function that the planner inlines into every query that
+    calls it; one it cannot inline runs as a query of its own, parsed and planned again at each
+    execution of the query that calls it."""
+    return f"""CREATE OR REPLACE FUNCTION {TASK_STAGE}(p_status taskstatus, p_failed text)
+RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
   SELECT {_stage_case(targets, stage_of)}
 $$"""
-    return [stage, blocks, take, pause, refresh]
 
 
 def drop() -> list[str]:
