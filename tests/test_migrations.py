@@ -349,8 +349,8 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0012_set_boundaries": {
-        "postgresql upgrade": "2dc04f7298592431",
-        "postgresql downgrade": "529b31f14560062b",
+        "postgresql upgrade": "d33805a56c777977",
+        "postgresql downgrade": "7e46c4c110c9469c",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },

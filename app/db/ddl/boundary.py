@@ -477,12 +477,13 @@ $$"""
 
 def render_pick_up() -> str:
     """``pick_up``: up to ``p_count`` of the workers' pick-ups in one round trip, returning each
-    claim with its stage's input (arrays, in pick-up order). A procedure, called on its own
-    (``CALL``, no transaction open).
+    claim with its stage's input (arrays). A procedure, called on its own (``CALL``, no
+    transaction open).
 
     The pick-ups are decided together, one after the other, under one hold of the turnstile
     (each ``pick_channel`` sees the ones before it, so turns stay strict), and committed; then
-    each reserved task is claimed by ``claim_task``. Claims that may wait for a lock (a capped
+    each reserved task is claimed: together by ``claim_reserved`` where it needs no lock but its
+    own (the common case), else by ``claim_task``. Claims that may wait for a lock (a capped
     channel's row, a quota bucket) commit one by one, so that no claim holds a lock while it
     waits for another; the others, which lock only the tasks reserved for them, share one
     commit. Only the last commit waits for the disk: the call returns nothing before it, and
@@ -513,6 +514,7 @@ DECLARE
   made boolean;
   missed boolean;
   alone boolean;
+  taken boolean[];
 BEGIN
   LOOP
     -- The pick-ups still wanted, decided under one hold of the turnstile, then committed.
@@ -525,6 +527,19 @@ BEGIN
     EXIT WHEN cardinality(chs) = 0;
     COMMIT;
     missed := false;
+    -- The reserved tasks that need no lock but their own, claimed together (the others below,
+    -- one by one).
+    taken := array_fill(false, ARRAY[cardinality(chs)]);
+    BEGIN
+      FOR got IN SELECT r.* FROM {claim_task.RESERVED}(p_worker, p_lease_s, p_now, p_start, chs,
+                                                      tks, wants) r LOOP
+        taken[got.n] := true;
+        {appends}
+      END LOOP;
+    EXCEPTION WHEN lock_not_available OR deadlock_detected OR serialization_failure THEN
+      -- Nothing of it was written: every claim goes one by one instead.
+      NULL;
+    END;
     -- Claims that may wait for a lock (a capped channel's row, a quota bucket) commit one by
     -- one, so that none holds a lock while waiting for another; the others share one commit.
     -- (A single claim has no other to share it with: nothing to look up.)
@@ -535,6 +550,7 @@ BEGIN
                                                           AND c.max_concurrent IS NOT NULL);
     END IF;
     FOR i IN 1 .. cardinality(chs) LOOP
+      CONTINUE WHEN taken[i];
       BEGIN
         SELECT c.* INTO got
           FROM {claim_task.FUNCTION}(p_worker, p_lease_s, p_now, wants[i], p_start, chs[i],

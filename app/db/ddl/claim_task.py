@@ -82,6 +82,8 @@ from collections.abc import Iterable, Mapping
 
 FUNCTION = "claim_task"
 PICK = "pick_channel"
+#: The reserved queued tasks of a ``pick_up`` that need no lock but their own, claimed together.
+RESERVED = "claim_reserved"
 #: The workers' pick-up: both steps in one call, each committed.
 NEXT = "claim_next"
 #: Numbers pick-ups: the sequence of ``task_events.id`` (an identity column).
@@ -650,6 +652,65 @@ def _blocked_until(starts: str) -> str:
             " + make_interval(secs => q.window_s) END)")
 
 
+def render_reserved(targets: Targets) -> str:
+    """``claim_reserved``: ``claim_task`` of several picks at once, for the common case only: the
+    task each pick reserved still queued and not on hold, its channel active and without a cap,
+    no quota anywhere. One ``UPDATE`` claims them (a task another transaction holds locked is
+    skipped, not waited for) and one ``INSERT`` writes their events, as ``claim_task`` writes
+    them (the pick's ticket numbers its first event); the target is the same rule's, from the
+    frozen ``targets``. A pick it does not claim returns no row, and the caller gives it to
+    ``claim_task``, which decides as ever (``tests/test_reserved_claims.py`` holds the two
+    equal). Claimed one by one, each cost a function call and five statements."""
+    target = _one_status("queued", targets)
+    return f"""CREATE FUNCTION {RESERVED}(
+  p_worker text, p_lease_s double precision, p_now timestamptz, p_start boolean,
+  p_channels uuid[], p_tickets bigint[], p_tasks uuid[])
+RETURNS TABLE (n integer, task_id uuid, from_status taskstatus, to_status taskstatus,
+               claim_token uuid, attempt integer, run integer, title text, topic text,
+               story_direction text, artifacts jsonb)
+LANGUAGE plpgsql {SETTINGS}
+  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM quotas) THEN
+    RETURN;
+  END IF;
+  RETURN QUERY
+  WITH free AS (
+    SELECT t.id FROM tasks t JOIN channels c ON c.id = t.channel_id
+      WHERE t.id = ANY (p_tasks) AND t.status = 'queued' AND t.hold_since IS NULL
+        AND c.is_active AND c.max_concurrent IS NULL
+      FOR UPDATE OF t SKIP LOCKED),
+  claimed AS (
+    UPDATE tasks t SET status = x.target, claimed_by = p_worker, claimed_at = x.stamp,
+        claim_token = gen_random_uuid(),
+        lease_expires_at = p_now + make_interval(secs => p_lease_s),
+        retry_at = NULL, failed_stage = NULL,
+        attempts = CASE WHEN x.target = 'claimed' THEN t.attempts ELSE t.attempts + 1 END,
+        stage_runs = CASE WHEN x.target = 'claimed' THEN t.stage_runs
+                          ELSE t.stage_runs + 1 END
+      FROM (SELECT x.*, {target}::taskstatus AS target, clock_timestamp() AS stamp
+            FROM unnest(p_channels, p_tickets, p_tasks) WITH ORDINALITY x (ch, tk, want, k)) x
+      WHERE t.id = x.want AND t.channel_id = x.ch AND t.id IN (SELECT f.id FROM free f)
+      RETURNING x.k, x.tk, x.stamp, x.target, t.id, t.claim_token, t.attempts, t.stage_runs,
+                t.title, t.topic, t.story_direction, t.artifacts),
+  events AS (
+    INSERT INTO task_events (id, task_id, from_status, to_status, actor, note, created_at)
+      SELECT e.id, e.task, e.src, e.dst, p_worker, e.note, e.at FROM (
+        SELECT c.k, 1 AS o, coalesce(c.tk, nextval('{EVENT_IDS}')) AS id, c.id AS task,
+               'queued'::taskstatus AS src, 'claimed'::taskstatus AS dst, 'claim' AS note,
+               c.stamp AS at
+          FROM claimed c
+        UNION ALL
+        SELECT c.k, 2, nextval('{EVENT_IDS}'), c.id, 'claimed', c.target, NULL, c.stamp
+          FROM claimed c WHERE c.target <> 'claimed') e
+      ORDER BY e.k, e.o)
+  SELECT c.k::integer, c.id, 'queued'::taskstatus, c.target, c.claim_token, c.attempts,
+         c.stage_runs, c.title::text, c.topic::text, c.story_direction, c.artifacts
+    FROM claimed c;
+END
+$$"""
+
+
 def render_take() -> str:
     """``quota_take``: check and record one start of ``p_stage`` on ``p_channel`` under its
     buckets' locks; the start's time, or NULL when a bucket is spent or paused. A stage no
@@ -744,6 +805,8 @@ def drop() -> list[str]:
             f"DROP FUNCTION IF EXISTS {FUNCTION}(text, double precision, timestamptz, uuid,"
             " boolean, uuid, bigint)",
             f"DROP FUNCTION IF EXISTS {PICK}(timestamptz, boolean, uuid[])",
+            f"DROP FUNCTION IF EXISTS {RESERVED}(text, double precision, timestamptz, boolean,"
+            " uuid[], bigint[], uuid[])",
             f"DROP FUNCTION IF EXISTS {QUOTA_TAKE}(uuid, text)",
             f"DROP FUNCTION IF EXISTS {QUOTA_PAUSE}(uuid, text, double precision)",
             f"DROP FUNCTION IF EXISTS {QUOTA_BLOCKS}()",
