@@ -349,7 +349,7 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0012_set_boundaries": {
-        "postgresql upgrade": "d33805a56c777977",
+        "postgresql upgrade": "2f75942551a741a3",
         "postgresql downgrade": "7e46c4c110c9469c",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",

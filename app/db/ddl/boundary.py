@@ -272,6 +272,16 @@ def _channel_of(task: str) -> str:
     return f"(SELECT t.channel_id FROM tasks t WHERE t.id = {task})"
 
 
+#: The row a stage boundary returns (``stage_boundaries`` numbers it with ``n`` first).
+OUT = ("rest", "task_id", "from_status", "to_status", "claim_token", "attempt", "run", "title",
+       "topic", "story_direction", "artifacts")
+
+
+def _out(**values: str) -> str:
+    """Every column of ``OUT`` assigned, NULL where ``values`` names none."""
+    return " ".join(f"{column} := {values.get(column, 'NULL')};" for column in OUT)
+
+
 def render_batch(finish: Finish, steps: Steps, claim: Mapping[str, str], *,
                  starts: Mapping[str, str], active: Iterable[str],
                  next_stage: Mapping[str, str]) -> str:
@@ -446,27 +456,20 @@ BEGIN
   FOR i IN 1 .. cardinality(p_tasks) LOOP
     n := i;
     IF written[i] AND c_stamp[i] IS NOT NULL THEN
-      rest := targets[i]; task_id := p_tasks[i]; from_status := ends[i];
-      to_status := targets[i]; claim_token := c_token[i]; attempt := c_attempt[i];
-      run := c_run[i]; title := c_title[i]; topic := c_topic[i];
-      story_direction := c_story[i]; artifacts := c_art[i];
+      {_out(rest="targets[i]", task_id="p_tasks[i]", from_status="ends[i]",
+            to_status="targets[i]", claim_token="c_token[i]", attempt="c_attempt[i]",
+            run="c_run[i]", title="c_title[i]", topic="c_topic[i]",
+            story_direction="c_story[i]", artifacts="c_art[i]")}
     ELSIF written[i] THEN
-      rest := ends[i]; task_id := NULL; from_status := NULL; to_status := NULL;
-      claim_token := NULL; attempt := NULL; run := NULL; title := NULL; topic := NULL;
-      story_direction := NULL; artifacts := NULL;
+      {_out(rest="ends[i]")}
     ELSE
       SELECT b.* INTO got FROM {BOUNDARY}(p_tasks[i], p_tokens[i], p_statuses[i], p_outputs[i],
                                           p_urls[i], p_worker, p_lease_s, p_now, p_auto,
                                           p_carry) b;
       IF FOUND THEN
-        rest := got.rest; task_id := got.task_id; from_status := got.from_status;
-        to_status := got.to_status; claim_token := got.claim_token; attempt := got.attempt;
-        run := got.run; title := got.title; topic := got.topic;
-        story_direction := got.story_direction; artifacts := got.artifacts;
+        {_out(**{column: f"got.{column}" for column in OUT})}
       ELSE
-        rest := NULL; task_id := NULL; from_status := NULL; to_status := NULL;
-        claim_token := NULL; attempt := NULL; run := NULL; title := NULL; topic := NULL;
-        story_direction := NULL; artifacts := NULL;
+        {_out()}
       END IF;
     END IF;
     RETURN NEXT;
