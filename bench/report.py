@@ -167,12 +167,13 @@ def _worker_checks(report: Report) -> list[Check]:
 
 
 FOOTNOTES = f"""\
-ours: a worker's claim, Runner.claim: a connection from the worker's hot-path pool, then one
-  CALL pick_up, committing two steps: pick_channel (strict turns: the channel ranking under
-  the turnstile, the channel's pick count and turn, an asynchronous commit) and claim_task
-  (the channel's best task no other claim holds, capacity where the channel has a cap, one
-  guarded write of the row queued → claimed → generating_assets with a fresh claim token, two
-  task_events rows, a commit), returning the task's fields for its stage.
+ours: a worker's claim loops, Runner.next_lease: the pick-ups its loops ask for at once in one
+  CALL pick_up, committing two steps: pick_channel for each (strict turns: the channel ranking
+  under the turnstile, the channel's pick count and turn, its task reserved; an asynchronous
+  commit), then their claims (one guarded write of each row queued → claimed →
+  generating_assets with a fresh claim token, two task_events rows each, a commit): together
+  in claim_reserved, or one by one in claim_task where a cap or a quota applies; returning the
+  tasks' fields for their stage.
 baseline: plain asyncpg, UPDATE … WHERE id = (SELECT … ORDER BY priority, created_at FOR UPDATE
   SKIP LOCKED LIMIT 1), then UPDATE … SET status = 'generating_assets'; each autocommitted; no
   events, no fairness, no capacity, no token check. It gets its own partial index
