@@ -26,6 +26,7 @@ def install(worker: Worker, *, grace_s: float) -> None:
     loop = asyncio.get_running_loop()
     arq_handler = worker.handle_sig_wait_for_completion if grace_s else worker.handle_sig
     seen: list[signal.Signals] = []
+    said: list[asyncio.Task[None]] = []         # the message's task, kept until it is done
 
     def handle(signum: signal.Signals) -> None:
         seen.append(signum)
@@ -35,11 +36,18 @@ def install(worker: Worker, *, grace_s: float) -> None:
             return
         runner = stop_claiming(worker)
         if runner is not None:
-            log.warning("%s: stopping; %s", signum.name, waiting_for(runner.running, grace_s))
+            said.append(loop.create_task(_say_stopping(runner, signum, grace_s)))
         arq_handler(signum)
 
     for signum in SIGNALS:
         loop.add_signal_handler(signum, handle, signum)
+
+
+async def _say_stopping(runner: Any, signum: signal.Signals, grace_s: float) -> None:
+    """What the stopping worker waits for, once a pick-up under way has returned (its claims
+    are committed by then, and their stages run: the message names them)."""
+    await runner.claims_settled()
+    log.warning("%s: stopping; %s", signum.name, waiting_for(runner.running, grace_s))
 
 
 def install_over_arq(ctx: dict[str, Any], *, grace_s: float) -> None:

@@ -122,6 +122,9 @@ class Runner:
     boundaries: Boundaries = field(init=False)
     #: The pick-ups of this process's claim loops, made together when asked for together.
     pick_ups: Batcher[None, Lease | None] = field(init=False)
+    #: Pick-up calls under way, and the event set when none is.
+    _picking: int = field(default=0, init=False)
+    _picked: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     def __post_init__(self) -> None:
         self.boundaries = Boundaries(self.pool, BoundarySettings(
@@ -149,18 +152,30 @@ class Runner:
         return None if taken is None else await self._leased(taken, started)
 
     async def _leased(self, taken: hotpath.Taken, started: float) -> Lease | None:
-        """The lease of a claim written at ``started`` (loop time), at its stage's length."""
+        """The lease of a claim written at ``started`` (loop time), at its stage's length. Its
+        stage counts as running from here on (``running``), so that a stop signal arriving
+        before the handler starts still names it."""
         claim = taken.claim
         lease_s = self.settings.lease_for(claim.status)
         if lease_s == self.settings.lease_s:
-            return Lease(claim, started + lease_s, taken.given)
+            return self._holding(Lease(claim, started + lease_s, taken.given))
         started = asyncio.get_running_loop().time()   # a stage with its own lease length
         async with self.pool.acquire() as conn:
             renewal = await hotpath.renew(conn, claim, lease_s=lease_s, now=self.now())
         if renewal is Renewal.lost:
             return None
-        return Lease(claim, started + lease_s, taken.given,
-                     on_hold=renewal is Renewal.on_hold)
+        return self._holding(Lease(claim, started + lease_s, taken.given,
+                                   on_hold=renewal is Renewal.on_hold))
+
+    def _holding(self, lease: Lease) -> Lease:
+        stage = STAGE_BY_ACTIVE.get(lease.claim.status)
+        if stage is not None:
+            self.running[lease.claim.task_id] = stage.name
+        return lease
+
+    def dropped(self, lease: Lease) -> None:
+        """``lease`` will not be run (its claim loop ended first): its stage is not running."""
+        self.running.pop(lease.claim.task_id, None)
 
     async def next_lease(self) -> Lease | None:
         """Claim the next task in queue order (None when none can be had now, or the worker is
@@ -172,12 +187,25 @@ class Runner:
 
     async def _pick_up(self, wanted: list[None]) -> list[Lease | BaseException | None]:
         started = asyncio.get_running_loop().time()
-        async with self.pool.acquire() as conn:
-            taken = await hotpath.take_many(conn, len(wanted), worker_id=self.worker_id,
-                                            lease_s=self.settings.lease_s, now=self.now())
-        leases: list[Lease | BaseException | None] = [
-            await self._leased(one, started) for one in taken]
+        self._picking += 1
+        try:
+            async with self.pool.acquire() as conn:
+                taken = await hotpath.take_many(conn, len(wanted), worker_id=self.worker_id,
+                                                lease_s=self.settings.lease_s, now=self.now())
+            leases: list[Lease | BaseException | None] = [
+                await self._leased(one, started) for one in taken]
+        finally:
+            self._picking -= 1
+            if not self._picking:
+                self._picked.set()
         return leases + [None] * (len(wanted) - len(leases))
+
+    async def claims_settled(self) -> None:
+        """Until no pick-up is under way: its claims, committed meanwhile, are then in
+        ``running`` (what a stop signal names)."""
+        while self._picking:
+            self._picked.clear()
+            await self._picked.wait()
 
     async def run(self, lease: Lease | None) -> None:
         """Run stages back to back while the task can continue.
@@ -186,15 +214,19 @@ class Runner:
         of a lease ends the run with a warning. An unavailable database propagates: the lease
         then expires and the reaper hands the stage on.
         """
-        while lease is not None:
-            try:
-                lease = await self._run_stage(lease)
-            except (PutOnHold, Deferred) as exc:
-                log.info("%s: %s", self.worker_id, exc)
-                return
-            except PipelineError as exc:
-                log.warning("%s: %s: %s", self.worker_id, type(exc).__name__, exc)
-                return
+        try:
+            while lease is not None:
+                try:
+                    lease = await self._run_stage(lease)
+                except (PutOnHold, Deferred) as exc:
+                    log.info("%s: %s", self.worker_id, exc)
+                    return
+                except PipelineError as exc:
+                    log.warning("%s: %s: %s", self.worker_id, type(exc).__name__, exc)
+                    return
+        finally:
+            if lease is not None:
+                self.dropped(lease)
 
     async def _run_stage(self, lease: Lease) -> Lease | None:
         """Run the lease's stage and record its outcome; the lease of the task's next stage

@@ -92,9 +92,14 @@ class Slots:
                 lease = await self.runner.next_lease()
                 if lease is None:
                     return
-                if not self._start(job) and loop.time() >= self._surplus_at + SURPLUS_EVERY_S:
-                    self._surplus_at = loop.time()
-                    await self.surplus()
+                try:
+                    if not self._start(job) and \
+                            loop.time() >= self._surplus_at + SURPLUS_EVERY_S:
+                        self._surplus_at = loop.time()
+                        await self.surplus()
+                except BaseException:
+                    self.runner.dropped(lease)
+                    raise
                 await self.runner.run(lease)
                 job.ran += 1
         except Exception as exc:           # one loop's error must not cancel the others
