@@ -26,7 +26,7 @@ def install(worker: Worker, *, grace_s: float) -> None:
     loop = asyncio.get_running_loop()
     arq_handler = worker.handle_sig_wait_for_completion if grace_s else worker.handle_sig
     seen: list[signal.Signals] = []
-    said: list[asyncio.Task[None]] = []         # the message's task, kept until it is done
+    said: set[asyncio.Task[None]] = set()       # the message's task, kept until it is done
 
     def handle(signum: signal.Signals) -> None:
         seen.append(signum)
@@ -36,7 +36,9 @@ def install(worker: Worker, *, grace_s: float) -> None:
             return
         runner = stop_claiming(worker)
         if runner is not None:
-            said.append(loop.create_task(_say_stopping(runner, signum, grace_s)))
+            saying = loop.create_task(_say_stopping(runner, signum, grace_s))
+            said.add(saying)
+            saying.add_done_callback(said.discard)
         arq_handler(signum)
 
     for signum in SIGNALS:

@@ -238,7 +238,6 @@ class Runner:
             await self._stopped_for_hold(claim)
         given = StageInput(claim.task_id, stage.name, task.title, task.topic,
                            task.story_direction, claim.run, task.artifacts)
-        self.running[claim.task_id] = stage.name
         began = time.monotonic()
         try:
             async with self._heartbeat(lease):

@@ -27,6 +27,10 @@ on gets the success and each automatic move as a guarded ``UPDATE`` of its own. 
 the caller sees one statement and one commit; no row comes back when the success is refused
 (the claim was lost): nothing was written. ``tests/test_moves_agree.py`` holds a boundary
 equal to the success, the automatic moves and ``claim_task`` made one by one.
+
+``stage_boundary`` itself, the boundary of one task, is what revision 0010 installed, rendered
+by the frozen ``boundary_0011``; ``stage_boundaries`` (rendered here) writes the common cases a
+set at a time and calls it for the others.
 """
 
 from __future__ import annotations
@@ -162,108 +166,6 @@ def _actor(steps: Steps, var: str) -> str:
     """Who an automatic move out of ``var`` is recorded as made by."""
     return (f"CASE WHEN {_step_text(steps, 1, var)} IS NULL THEN p_worker"
             f" ELSE '{moves.AUTO_APPROVER}' END")
-
-
-def render(finish: Finish, steps: Steps, claim: Mapping[str, str], *,
-           starts: Mapping[str, str], active: Iterable[str]) -> str:
-    """``stage_boundary``, from frozen rule data: ``finish`` (``finish_rule``), ``steps``
-    (``steps_rule``), what a claim writes (``CLAIM_WRITES``), the states a claim starts a stage
-    from with the state it starts (other than ``queued``) and the active states."""
-    done = " ".join(f"WHEN '{status}' THEN '{changes['status'].strip(chr(39))}'"
-                    for status, changes in finish.items())
-    start_case = " ".join(f"WHEN '{s}' THEN '{a}'" for s, a in starts.items())
-    active_list = ", ".join(f"'{status}'" for status in active)
-    return f"""CREATE FUNCTION {BOUNDARY}(
-  p_task uuid, p_token uuid, p_status taskstatus, p_output jsonb, p_url text,
-  p_worker text, p_lease_s double precision, p_now timestamptz, p_auto text[],
-  p_carry boolean)
-RETURNS TABLE (rest taskstatus, task_id uuid, from_status taskstatus, to_status taskstatus,
-               claim_token uuid, attempt integer, run integer, title text, topic text,
-               story_direction text, artifacts jsonb)
-LANGUAGE plpgsql {claim_task.SETTINGS} AS $$
-DECLARE
-  cur taskstatus := CASE p_status::text {done} END;
-  nxt taskstatus;
-  ev_src taskstatus[] := ARRAY[p_status];
-  ev_dst taskstatus[] := ARRAY[cur];
-  target taskstatus;
-  chan record;
-  at_cap boolean := false;
-  stamp timestamptz;
-BEGIN
-  -- Where the success leads: its done state, then the automatic moves after it.
-  LOOP
-    nxt := {_step_case(steps)};
-    EXIT WHEN nxt IS NULL;
-    ev_src := ev_src || cur;
-    ev_dst := ev_dst || nxt;
-    cur := nxt;
-  END LOOP;
-  target := CASE cur::text {start_case} END;
-  IF p_carry AND target IS NOT NULL THEN
-    -- Carried straight on, in one write of the row: the task keeps the capacity slot it holds
-    -- (only a cap lowered meanwhile refuses it, counted as a claim counts), its channel must
-    -- be active, the task not on hold and the next stage's quota not spent.
-    SELECT c.id, c.max_concurrent, c.is_active AND t.hold_since IS NULL AS free INTO chan
-      FROM tasks t JOIN channels c ON c.id = t.channel_id
-      WHERE t.id = p_task AND t.status = p_status AND t.claim_token = p_token
-      FOR UPDATE OF t;
-    IF NOT FOUND THEN
-      RETURN;
-    END IF;
-    IF chan.free AND chan.max_concurrent IS NOT NULL THEN
-      -- No lock on the channel's row: a carry keeps the slot it holds, so no carry can take
-      -- the channel past its cap however many run at once; the count only lets a lowered cap
-      -- stop carries until the channel is under it again.
-      at_cap := chan.max_concurrent <= {claim_task.active_count("chan.id", active_list,
-                                                                other_than="p_task")};
-    END IF;
-    IF chan.free AND NOT at_cap THEN
-      stamp := clock_timestamp();
-      IF EXISTS (SELECT 1 FROM quotas) THEN
-        stamp := {claim_task.QUOTA_TAKE}(chan.id, {claim_task.TASK_STAGE}(target, NULL));
-      END IF;
-    END IF;
-    IF stamp IS NOT NULL THEN
-      UPDATE tasks t SET
-          {_assignments(finish, claim)}
-        WHERE t.id = p_task
-        RETURNING t.claim_token, t.attempts, t.stage_runs, t.title, t.topic,
-                  t.story_direction, t.artifacts
-        INTO claim_token, attempt, run, title, topic, story_direction, artifacts;
-      INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
-        SELECT p_task, e.src, e.dst,
-               CASE WHEN e.o = 1 THEN p_worker ELSE {_actor(steps, "e.src")} END,
-               CASE WHEN e.o = 1 THEN NULL ELSE {_step_text(steps, 2, "e.src")} END, p_now
-        FROM unnest(ev_src, ev_dst) WITH ORDINALITY e (src, dst, o) ORDER BY e.o;
-      INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
-        VALUES (p_task, cur, target, p_worker, 'claim', stamp);
-      rest := target; task_id := p_task; from_status := cur; to_status := target;
-      RETURN NEXT;
-      RETURN;
-    END IF;
-  END IF;
-  -- Not carried on: the success, then each automatic move, one guarded UPDATE each.
-  UPDATE tasks t SET
-      {_assignments(finish)}
-    WHERE t.id = p_task AND t.status = p_status AND t.claim_token = p_token;
-  IF NOT FOUND THEN
-    RETURN;
-  END IF;
-  FOR i IN 1 .. cardinality(ev_src) LOOP
-    IF i > 1 THEN
-      UPDATE tasks t SET status = ev_dst[i], updated_at = p_now
-        WHERE t.id = p_task AND t.status = ev_src[i];
-    END IF;
-    INSERT INTO task_events (task_id, from_status, to_status, actor, note, created_at)
-      VALUES (p_task, ev_src[i], ev_dst[i],
-              CASE WHEN i = 1 THEN p_worker ELSE {_actor(steps, "ev_src[i]")} END,
-              CASE WHEN i = 1 THEN NULL ELSE {_step_text(steps, 2, "ev_src[i]")} END, p_now);
-  END LOOP;
-  rest := cur;
-  RETURN NEXT;
-END
-$$"""
 
 
 def _channel_of(task: str) -> str:
