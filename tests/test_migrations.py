@@ -69,6 +69,13 @@ def test_frozen_claim_data_matches_lifecycle(name: str) -> None:
             list(lifecycle.CLAIM_STARTS)
 
 
+@pytest.mark.parametrize("name", ["0012_set_boundaries", "0013_quota_set_claims"])
+def test_frozen_claim_targets_match_moves(name: str) -> None:
+    """Revisions that render a claim from the targets alone freeze the rule of ``app.moves``."""
+    assert {(TaskStatus(s), f, start): TaskStatus(t)
+            for (s, f, start), t in _revision(name).TARGETS.items()} == moves.claim_targets()
+
+
 @pytest.fixture
 async def empty_pg(pg_server_url: str) -> AsyncIterator[str]:
     async with dbtools.scratch_database(pg_server_url, migrate=False) as url:
@@ -351,6 +358,12 @@ GOLDEN = {
     "0012_set_boundaries": {
         "postgresql upgrade": "2f75942551a741a3",
         "postgresql downgrade": "7e46c4c110c9469c",
+        "sqlite upgrade": "e3b0c44298fc1c14",
+        "sqlite downgrade": "e3b0c44298fc1c14",
+    },
+    "0013_quota_set_claims": {
+        "postgresql upgrade": "ef99aed999da9d7d",
+        "postgresql downgrade": "7a1537e1a76e43a5",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },

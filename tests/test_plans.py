@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -47,6 +48,11 @@ async def fresh(pg_server_url: str) -> AsyncIterator[str]:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of a JSON plan."""
+    return [plan] + [node for child in plan.get("Plans", []) for node in _nodes(child)]
 
 
 async def _pick_up(conn: asyncpg.Connection, count: int) -> list[Claim]:
@@ -194,3 +200,30 @@ async def test_the_stage_of_a_state_is_inlined_where_it_is_called(fresh: str) ->
     output = json.loads(plan)[0]["Plan"]["Output"]
     assert not any("task_stage" in column for column in output), output
     assert [r[0] for r in stages] == ["composites", "video"]
+
+
+async def test_the_quota_blocks_are_inlined_and_read_through_their_index(fresh: str) -> None:
+    """``quota_blocks`` (read at every pick-up and claim once a quota exists) is inlined into the
+    statement that reads it and can read ``ix_quota_usage_blocked_until``: compared with the
+    clock (volatile), it was planned anew at every call and scanned the whole table, which
+    every start rewrites. Only blocked buckets come back."""
+    conn = await asyncpg.connect(**connect_kwargs(fresh))
+    try:
+        quota = await conn.fetchval("INSERT INTO quotas (stage, per_channel, max_starts, window_s)"
+                                    " VALUES ('video', true, 1, 60) RETURNING id")
+        await conn.execute(
+            "INSERT INTO quota_usage (channel_id, quota_id, stage, blocked_until)"
+            " SELECT gen_random_uuid(), $1, 'video', CASE WHEN i = 1 THEN now() + interval"
+            " '1 minute' WHEN i = 2 THEN now() - interval '1 second' END"
+            " FROM generate_series(1, 3) i", quota)
+        async with conn.transaction():
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            plan = await conn.fetchval("EXPLAIN (FORMAT JSON) SELECT * FROM quota_blocks()")
+        blocks = await conn.fetch("SELECT * FROM quota_blocks()")
+        await conn.execute("DELETE FROM quotas")
+    finally:
+        await conn.close()
+    nodes = _nodes(json.loads(plan)[0]["Plan"])
+    assert not [n for n in nodes if n.get("Function Name") == "quota_blocks"], nodes
+    assert {n.get("Index Name") for n in nodes} >= {"ix_quota_usage_blocked_until"}, nodes
+    assert [b["stage"] for b in blocks] == ["video"]

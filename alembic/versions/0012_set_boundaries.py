@@ -32,7 +32,7 @@ Revision 0011's boundary is frozen as ``boundary_0011``; a downgrade re-installs
 from collections.abc import Sequence
 
 from alembic import op
-from app.db.ddl import boundary, boundary_0011, claim_task, claim_task_0010
+from app.db.ddl import boundary, boundary_0011, claim_task, claim_task_0010, pick_up_0012
 
 revision: str = "0012"
 down_revision: str | None = "0011"
@@ -279,7 +279,7 @@ def upgrade() -> None:
     _task_stage(claim_task.render_task_stage(TARGETS, STAGE_OF))
     _replace(boundary.render_batch(FINISH, STEPS, CLAIM_WRITES, starts=STARTS, active=ACTIVE,
                                    next_stage=NEXT_STAGE))
-    _pick_up([claim_task.render_reserved(TARGETS), boundary.render_pick_up()])
+    _pick_up([pick_up_0012.render_reserved(TARGETS), pick_up_0012.render_pick_up()])
 
 
 def downgrade() -> None:

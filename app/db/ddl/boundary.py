@@ -387,15 +387,15 @@ def render_pick_up() -> str:
 
     The pick-ups are decided together, one after the other, under one hold of the turnstile
     (each ``pick_channel`` sees the ones before it, so turns stay strict), and committed; then
-    each reserved task is claimed: together by ``claim_reserved`` where it needs no lock but its
-    own (the common case), else by ``claim_task``. Claims that may wait for a lock (a capped
-    channel's row, a quota bucket) commit one by one, so that no claim holds a lock while it
-    waits for another; the others, which lock only the tasks reserved for them, share one
-    commit. Only the last commit waits for the disk: the call returns nothing before it, and
-    it makes every earlier one durable with it. A pick-up whose claim finds
-    nothing gives its turn back, and the procedure picks again without that channel; one whose
-    claim fails on a lock is not made (its turn stays counted, as when a claim fails after its
-    pick) and the claims made beside it are kept."""
+    each reserved task is claimed: together by ``claim_reserved`` where its channel has no cap
+    (the common case; quotas counted under their buckets' locks), else by ``claim_task``.
+    Claims that may wait for a lock (a capped channel's row, a quota bucket) commit apart, so
+    that no claim holds a lock while it waits for another; the others, which lock only the
+    tasks reserved for them, share one commit. Only the last commit waits for the disk: the
+    call returns nothing before it, and it makes every earlier one durable with it. A pick-up
+    whose claim finds nothing gives its turn back, and the procedure picks again without that
+    channel; one whose claim fails on a lock is not made (its turn stays counted, as when a
+    claim fails after its pick) and the claims made beside it are kept."""
     fields = (("task_ids", "task_id", "uuid"), ("from_statuses", "from_status", "taskstatus"),
               ("to_statuses", "to_status", "taskstatus"), ("claim_tokens", "claim_token", "uuid"),
               ("attempts", "attempt", "integer"), ("runs", "run", "integer"),
@@ -432,8 +432,17 @@ BEGIN
     EXIT WHEN cardinality(chs) = 0;
     COMMIT;
     missed := false;
-    -- The reserved tasks that need no lock but their own, claimed together (the others below,
-    -- one by one).
+    -- Claims that may wait for a lock (a capped channel's row, a quota bucket) commit one by
+    -- one, so that none holds a lock while waiting for another; the others share one commit.
+    -- (A single claim has no other to share it with: nothing to look up.)
+    alone := false;
+    IF cardinality(chs) > 1 THEN
+      alone := EXISTS (SELECT 1 FROM quotas) OR EXISTS (SELECT 1 FROM channels c
+                                                        WHERE c.id = ANY (chs)
+                                                          AND c.max_concurrent IS NOT NULL);
+    END IF;
+    -- The reserved tasks of uncapped channels, claimed together (the others below, one by
+    -- one).
     taken := array_fill(false, ARRAY[cardinality(chs)]);
     BEGIN
       FOR got IN SELECT r.* FROM {claim_task.RESERVED}(p_worker, p_lease_s, p_now, p_start, chs,
@@ -445,14 +454,10 @@ BEGIN
       -- Nothing of it was written: every claim goes one by one instead.
       NULL;
     END;
-    -- Claims that may wait for a lock (a capped channel's row, a quota bucket) commit one by
-    -- one, so that none holds a lock while waiting for another; the others share one commit.
-    -- (A single claim has no other to share it with: nothing to look up.)
-    alone := false;
-    IF cardinality(chs) > 1 THEN
-      alone := EXISTS (SELECT 1 FROM quotas) OR EXISTS (SELECT 1 FROM channels c
-                                                        WHERE c.id = ANY (chs)
-                                                          AND c.max_concurrent IS NOT NULL);
+    IF alone AND true = ANY (taken) AND false = ANY (taken) THEN
+      -- The buckets those claims counted against let go before a claim below waits.
+      PERFORM set_config('synchronous_commit', 'off', true);
+      COMMIT;
     END IF;
     FOR i IN 1 .. cardinality(chs) LOOP
       CONTINUE WHEN taken[i];

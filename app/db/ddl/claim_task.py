@@ -652,35 +652,11 @@ def _blocked_until(starts: str) -> str:
             " + make_interval(secs => q.window_s) END)")
 
 
-def render_reserved(targets: Targets) -> str:
-    """``claim_reserved``: ``claim_task`` of several picks at once, for the common case only: the
-    task each pick reserved still queued and not on hold, its channel active and without a cap,
-    no quota anywhere. One ``UPDATE`` claims them (a task another transaction holds locked is
-    skipped, not waited for) and one ``INSERT`` writes their events, as ``claim_task`` writes
-    them (the pick's ticket numbers its first event); the target is the same rule's, from the
-    frozen ``targets``. A pick it does not claim returns no row, and the caller gives it to
-    ``claim_task``, which decides as ever (``tests/test_reserved_claims.py`` holds the two
-    equal). Claimed one by one, each cost a function call and five statements."""
-    target = _one_status("queued", targets)
-    return f"""CREATE FUNCTION {RESERVED}(
-  p_worker text, p_lease_s double precision, p_now timestamptz, p_start boolean,
-  p_channels uuid[], p_tickets bigint[], p_tasks uuid[])
-RETURNS TABLE (n integer, task_id uuid, from_status taskstatus, to_status taskstatus,
-               claim_token uuid, attempt integer, run integer, title text, topic text,
-               story_direction text, artifacts jsonb)
-LANGUAGE plpgsql {SETTINGS}
-  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
-BEGIN
-  IF EXISTS (SELECT 1 FROM quotas) THEN
-    RETURN;
-  END IF;
-  RETURN QUERY
-  WITH free AS (
-    SELECT t.id FROM tasks t JOIN channels c ON c.id = t.channel_id
-      WHERE t.id = ANY (p_tasks) AND t.status = 'queued' AND t.hold_since IS NULL
-        AND c.is_active AND c.max_concurrent IS NULL
-      FOR UPDATE OF t SKIP LOCKED),
-  claimed AS (
+def _claim_together(picks: str, stamp: str) -> str:
+    """The statement that claims ``picks`` (a relation of ``ch, tk, want, k`` whose tasks this
+    transaction holds locked, or ``free`` locks) at ``stamp``, as ``claim_task`` claims one: the
+    row's guarded ``UPDATE`` and both events, the pick's ticket numbering the first."""
+    return f"""claimed AS (
     UPDATE tasks t SET status = x.target, claimed_by = p_worker, claimed_at = x.stamp,
         claim_token = gen_random_uuid(),
         lease_expires_at = p_now + make_interval(secs => p_lease_s),
@@ -688,9 +664,8 @@ BEGIN
         attempts = CASE WHEN x.target = 'claimed' THEN t.attempts ELSE t.attempts + 1 END,
         stage_runs = CASE WHEN x.target = 'claimed' THEN t.stage_runs
                           ELSE t.stage_runs + 1 END
-      FROM (SELECT x.*, {target}::taskstatus AS target, clock_timestamp() AS stamp
-            FROM unnest(p_channels, p_tickets, p_tasks) WITH ORDINALITY x (ch, tk, want, k)) x
-      WHERE t.id = x.want AND t.channel_id = x.ch AND t.id IN (SELECT f.id FROM free f)
+      FROM (SELECT x.*, target AS target, {stamp} AS stamp FROM {picks} x) x
+      WHERE t.id = x.want AND t.channel_id = x.ch
       RETURNING x.k, x.tk, x.stamp, x.target, t.id, t.claim_token, t.attempts, t.stage_runs,
                 t.title, t.topic, t.story_direction, t.artifacts),
   events AS (
@@ -706,7 +681,94 @@ BEGIN
       ORDER BY e.k, e.o)
   SELECT c.k::integer, c.id, 'queued'::taskstatus, c.target, c.claim_token, c.attempts,
          c.stage_runs, c.title::text, c.topic::text, c.story_direction, c.artifacts
-    FROM claimed c;
+    FROM claimed c"""
+
+
+def _room(b: str) -> str:
+    """A start ranked ``b.rank`` among those its bucket records now fits (``b``: the bucket's
+    row with its quota's ``max_starts`` and ``window_s``): the bucket not paused, and its
+    ``max_starts - rank + 1``-th newest start, if it keeps one, out of the window. A bucket
+    keeps its newest ``max_starts`` starts in order, so this is one element of the array, as
+    ``quota_take``'s check of the first rank is."""
+    newest = f"cardinality({b}.starts) - {b}.max_starts + {b}.rank"
+    return (f"coalesce({b}.paused_until <= at, true) AND {b}.rank <= {b}.max_starts"
+            f" AND ({newest} < 1"
+            f" OR {b}.starts[{newest}] + make_interval(secs => {b}.window_s) <= at)")
+
+
+def render_reserved(targets: Targets) -> str:
+    """``claim_reserved``: ``claim_task`` of several picks at once, for the common case: the task
+    each pick reserved still queued and not on hold, its channel active and without a cap. A
+    task another transaction holds locked is skipped, not waited for. The target is the same
+    rule's, from the frozen ``targets``. A pick it does not claim returns no row, and the caller
+    gives it to ``claim_task``, which decides as ever (``tests/test_reserved_claims.py`` holds
+    the two equal). Claimed one by one, each cost a function call and five statements.
+
+    Where quotas count the stage these claims start, the buckets of the picks' channels are
+    locked first, in ``quota_take``'s order (the tasks' own locks are skipped where held, never
+    waited for, so no two claims wait on each other in a cycle), and the clock read after the
+    locks stamps every start. A pick claims when each bucket it counts against exists and has
+    room for it after the picks before it in that bucket, every one of them counted, claimed
+    or not: never more starts than room. A pick passed over goes to ``claim_task``, which
+    decides exactly (and makes a bucket's row at its first start). The same statement records
+    every bucket's new starts, the tasks and their events."""
+    target = _one_status("queued", targets)
+    picks = "unnest(p_channels, p_tickets, p_tasks) WITH ORDINALITY x (ch, tk, want, k)"
+    quota = f"q.stage IN (st, '{EVERY_STAGE}')"
+    bucket = f"CASE WHEN q.per_channel THEN x.ch ELSE '{SHARED}'::uuid END"
+    free = (f"SELECT x.* FROM {picks} JOIN tasks t ON t.id = x.want AND t.channel_id = x.ch"
+            " JOIN channels c ON c.id = t.channel_id"
+            " WHERE t.status = 'queued' AND t.hold_since IS NULL AND c.is_active"
+            " AND c.max_concurrent IS NULL FOR UPDATE OF t SKIP LOCKED")
+    return f"""CREATE FUNCTION {RESERVED}(
+  p_worker text, p_lease_s double precision, p_now timestamptz, p_start boolean,
+  p_channels uuid[], p_tickets bigint[], p_tasks uuid[])
+RETURNS TABLE (n integer, task_id uuid, from_status taskstatus, to_status taskstatus,
+               claim_token uuid, attempt integer, run integer, title text, topic text,
+               story_direction text, artifacts jsonb)
+LANGUAGE plpgsql {SETTINGS}
+  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+DECLARE
+  target taskstatus := {target};
+  st text := {TASK_STAGE}(target, NULL);
+  at timestamptz;
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM quotas q WHERE {quota}) THEN
+    RETURN QUERY
+    WITH free AS ({free}),
+    {_claim_together("free", "clock_timestamp()")};
+    RETURN;
+  END IF;
+  -- Starts of this stage count against quotas: the buckets of the picks' channels locked
+  -- in quota_take's order (the tasks' locks are only ever skipped, never waited for), then
+  -- the clock read that stamps every start.
+  PERFORM 1 FROM quota_usage u JOIN quotas q ON q.id = u.quota_id
+    WHERE {quota} AND CASE WHEN q.per_channel THEN u.channel_id = ANY (p_channels)
+                           ELSE u.channel_id = '{SHARED}' END
+    ORDER BY u.channel_id, u.quota_id FOR UPDATE OF u;
+  at := clock_timestamp();
+  RETURN QUERY
+  WITH free AS MATERIALIZED ({free}),
+  ranked AS (
+    SELECT b.k, b.quota, b.bucket, b.bucket IS NOT NULL AND {_room("b")} AS fits FROM (
+      SELECT x.k, q.id AS quota, u.channel_id AS bucket, u.starts, u.paused_until,
+             q.max_starts, q.window_s,
+             row_number() OVER (PARTITION BY u.channel_id, u.quota_id ORDER BY x.k) AS rank
+        FROM free x JOIN quotas q ON {quota}
+          LEFT JOIN quota_usage u ON u.quota_id = q.id AND u.channel_id = {bucket}) b),
+  granted AS MATERIALIZED (
+    SELECT x.* FROM free x
+      WHERE NOT EXISTS (SELECT 1 FROM ranked r WHERE r.k = x.k AND NOT r.fits)),
+  counted AS (
+    UPDATE quota_usage u
+      SET starts = (u.starts || array_fill(at, ARRAY[g.n]))
+                   [greatest(cardinality(u.starts) + g.n + 1 - q.max_starts, 1):],
+          blocked_until = {_blocked_until("(u.starts || array_fill(at, ARRAY[g.n]))")}
+      FROM (SELECT r.quota, r.bucket, count(*)::integer AS n FROM ranked r
+              WHERE r.k IN (SELECT g.k FROM granted g) GROUP BY r.quota, r.bucket) g,
+           quotas q
+      WHERE u.quota_id = g.quota AND u.channel_id = g.bucket AND q.id = g.quota),
+  {_claim_together("granted", "at")};
 END
 $$"""
 
@@ -753,14 +815,21 @@ $$"""
 
 def render_quotas(targets: Targets, stage_of: Mapping[str, str]) -> list[str]:
     """The quota functions, from frozen lifecycle data: ``targets`` and the stage of each state a
-    claim moves into (``stage_of``)."""
+    claim moves into (``stage_of``).
+
+    ``quota_blocks`` compares with the time the caller's statement began, a stable value: the
+    planner inlines the function into the statement that reads it, and reads the buckets
+    through ``ix_quota_usage_blocked_until``. (With the clock, volatile, it was planned anew
+    at every call and scanned the whole table, which every start rewrites.) A bucket that
+    freed since the statement began still reads as blocked: the claim passes over its stage
+    once more, and never takes a start the bucket has no room for."""
     every = ", ".join(f"'{name}'" for name in dict.fromkeys(stage_of.values()))
     blocks = f"""CREATE FUNCTION {QUOTA_BLOCKS}() RETURNS TABLE (channel uuid, stage text)
 LANGUAGE sql STABLE AS $$
   SELECT u.channel_id, st FROM quota_usage u
   CROSS JOIN LATERAL unnest(CASE WHEN u.stage = '{EVERY_STAGE}' THEN ARRAY[{every}]
                                  ELSE ARRAY[u.stage] END) st
-  WHERE u.blocked_until > clock_timestamp()
+  WHERE u.blocked_until > statement_timestamp()
 $$"""
     take = render_take()
     pause = f"""CREATE FUNCTION {QUOTA_PAUSE}(p_channel uuid, p_stage text,

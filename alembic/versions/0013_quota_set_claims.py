@@ -1,0 +1,135 @@
+"""Reserved claims together where quotas count their stage.
+
+Revision ID: 0013
+Revises: 0012
+Create Date: 2026-12-05
+
+``claim_reserved`` claimed the reserved tasks of a pick-up together only when no quota existed
+anywhere; with one, every claim of a pick-up went to ``claim_task`` one by one (a function call
+and its statements each, ``quota_take``'s four among them, and a commit each). It now claims
+them together when quotas count the stage they start too: it locks the tasks, then their
+buckets in ``quota_take``'s order, reads the clock, and a pick claims when each bucket it counts
+against has room for it after the picks before it in that bucket. One ``UPDATE`` records the
+buckets' new starts (each keeps its newest ``max_starts``, and when it frees), one the tasks and
+one ``INSERT`` their events, every start stamped with the clock read after the locks as
+``quota_take`` stamps one. A pick passed over (its bucket full, or full counting the picks
+before it) goes to ``claim_task``, which decides as before. ``pick_up`` commits the claims made
+together before any claim that may wait for a lock.
+
+``quota_blocks`` (read at every pick-up and claim once any quota exists) compared with the
+clock, a volatile value: the planner could neither inline it nor use the index on
+``blocked_until``, so every call planned the function anew and scanned the whole table, which
+every start rewrites (a bloated table between vacuums). It now compares with the time the
+calling statement began: inlined, read through the index, and never less strict (a bucket
+that freed since then still reads as blocked for that statement).
+
+Revision 0012's pick-up is frozen as ``pick_up_0012``; a downgrade re-installs it and the clock
+in ``quota_blocks``.
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+from app.db.ddl import boundary, claim_task, claim_task_0010, pick_up_0012
+
+revision: str = "0013"
+down_revision: str | None = "0012"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+#: The stage of each state a claim moves into.
+STAGE_OF = {
+    "claimed": "assets",
+    "generating_assets": "assets",
+    "generating_composites": "composites",
+    "generating_video": "video",
+    "generating_audio": "audio",
+    "generating_sfx": "sfx",
+    "assembling": "assembly",
+    "uploading": "upload",
+}
+#: ``(status, failed stage or None, start) → target`` of a claim.
+TARGETS = {
+    ('queued', None, True): 'generating_assets',
+    ('queued', None, False): 'claimed',
+    ('assets_approved', None, True): 'generating_composites',
+    ('assets_approved', None, False): 'generating_composites',
+    ('composites_ready', None, True): 'generating_video',
+    ('composites_ready', None, False): 'generating_video',
+    ('video_approved', None, True): 'generating_audio',
+    ('video_approved', None, False): 'generating_audio',
+    ('audio_approved', None, True): 'generating_sfx',
+    ('audio_approved', None, False): 'generating_sfx',
+    ('sfx_ready', None, True): 'assembling',
+    ('sfx_ready', None, False): 'assembling',
+    ('approved', None, True): 'uploading',
+    ('approved', None, False): 'uploading',
+    ('asset_error', None, True): 'generating_assets',
+    ('asset_error', None, False): 'generating_assets',
+    ('asset_error', 'assets', True): 'generating_assets',
+    ('asset_error', 'assets', False): 'generating_assets',
+    ('asset_error', 'composites', True): 'generating_composites',
+    ('asset_error', 'composites', False): 'generating_composites',
+    ('video_error', None, True): 'generating_video',
+    ('video_error', None, False): 'generating_video',
+    ('video_error', 'video', True): 'generating_video',
+    ('video_error', 'video', False): 'generating_video',
+    ('video_error', 'assembly', True): 'assembling',
+    ('video_error', 'assembly', False): 'assembling',
+    ('audio_error', None, True): 'generating_audio',
+    ('audio_error', None, False): 'generating_audio',
+    ('audio_error', 'audio', True): 'generating_audio',
+    ('audio_error', 'audio', False): 'generating_audio',
+    ('audio_error', 'sfx', True): 'generating_sfx',
+    ('audio_error', 'sfx', False): 'generating_sfx',
+    ('upload_error', None, True): 'uploading',
+    ('upload_error', None, False): 'uploading',
+    ('upload_error', 'upload', True): 'uploading',
+    ('upload_error', 'upload', False): 'uploading',
+    ('claimed', None, True): 'generating_assets',
+    ('claimed', None, False): 'claimed',
+    ('generating_assets', None, True): 'generating_assets',
+    ('generating_assets', None, False): 'generating_assets',
+    ('generating_composites', None, True): 'generating_composites',
+    ('generating_composites', None, False): 'generating_composites',
+    ('generating_video', None, True): 'generating_video',
+    ('generating_video', None, False): 'generating_video',
+    ('generating_audio', None, True): 'generating_audio',
+    ('generating_audio', None, False): 'generating_audio',
+    ('generating_sfx', None, True): 'generating_sfx',
+    ('generating_sfx', None, False): 'generating_sfx',
+    ('assembling', None, True): 'assembling',
+    ('assembling', None, False): 'assembling',
+    ('uploading', None, True): 'uploading',
+    ('uploading', None, False): 'uploading',
+}
+
+
+def _pick_up(statements: list[str]) -> None:
+    """Drop ``pick_up`` and ``claim_reserved`` (their signatures are unchanged); run
+    ``statements``."""
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    names = (boundary.PICK_UP, claim_task.RESERVED)
+    for drop in [s for s in boundary.drop() + claim_task.drop()
+                 if any(f" {name}(" in s for name in names)]:
+        op.execute(drop)
+    for statement in statements:
+        op.execute(statement)
+
+
+def _blocks(statement: str) -> None:
+    """Re-create ``quota_blocks`` in place (its signature is unchanged)."""
+    assert f"FUNCTION {claim_task.QUOTA_BLOCKS}()" in statement
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(statement.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+
+
+def upgrade() -> None:
+    _blocks(claim_task.render_quotas(TARGETS, STAGE_OF)[1])
+    _pick_up([claim_task.render_reserved(TARGETS), boundary.render_pick_up()])
+
+
+def downgrade() -> None:
+    _pick_up([pick_up_0012.render_reserved(TARGETS), pick_up_0012.render_pick_up()])
+    _blocks(claim_task_0010.render_quotas(TARGETS, STAGE_OF)[1])
