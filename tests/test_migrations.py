@@ -362,8 +362,8 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0013_quota_set_claims": {
-        "postgresql upgrade": "ef99aed999da9d7d",
-        "postgresql downgrade": "7a1537e1a76e43a5",
+        "postgresql upgrade": "c938c3a4bc92ab2a",
+        "postgresql downgrade": "ecf3f8eba88088ad",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },

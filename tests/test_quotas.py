@@ -93,6 +93,29 @@ async def test_no_window_holds_more_starts_than_its_quota(
     assert any(first < at < last for at in others)
 
 
+async def test_first_stage_quotas_hold_when_pick_ups_claim_together(
+        db: tuple[str, Sessions], workers: Workers) -> None:
+    """Queued tasks picked up together are claimed together (``claim_reserved``), each start
+    recorded under its buckets' locks: a per-channel and a shared quota on the first stage
+    hold in every window with four workers of four claim loops each (each channel's two
+    starts a window apart; two starts in the busiest window of all)."""
+    _, sessions = db
+    await seed(sessions, [None, None, None], 2, spaced=True)
+    await _set(sessions, "assets", 1, per_channel=True)
+    await _set(sessions, "assets", 2, per_channel=False)
+    for _ in range(4):
+        workers.start(WORKER_CONCURRENCY="4")
+    await wait_published(sessions, 6, timeout_s=90)
+
+    starts = await _starts(sessions, TaskStatus.generating_assets)
+    by_channel: dict[uuid.UUID, list[datetime]] = defaultdict(list)
+    for channel, at in starts:
+        by_channel[channel].append(at)
+    assert len(starts) == 6 and len(by_channel) == 3
+    assert [_most_in_a_window(at) for at in by_channel.values()] == [1, 1, 1], starts
+    assert _most_in_a_window([at for _, at in starts]) == 2, starts
+
+
 async def test_rate_limited_pauses_the_quota_and_spends_no_attempt(
         db: tuple[str, Sessions], workers: Workers) -> None:
     _, sessions = db

@@ -3,9 +3,9 @@ gives the others to ``claim_task``: two paths that must agree. A task claimed to
 as ``claim_task`` leaves its twin (row, events, the pick's ticket on the first event, the
 result); a task the common case does not cover (a cap, an inactive channel, a hold, a task not
 queued, a row another transaction holds, a quota with no room) is not touched, for
-``claim_task`` to decide. Where quotas count the stage, the picks claim as far as their buckets
-have room, and claiming together then one by one what is left ends where claiming one by one
-does. Real PostgreSQL, a database of its own (quotas apply to every channel)."""
+``claim_task`` to decide. Where quotas count the stage, the picks claimed together are those
+``claim_task`` claims one by one in the same order, and their buckets end alike. Real
+PostgreSQL, a database of its own (quotas apply to every channel)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class Condition:
     #: A quota: (stage, per channel, limit), over a day.
     quota: tuple[str, bool, int] | None = None
     #: The quota's bucket as it stands: "unspent" (made, no start), "spent" (a start a moment
-    #: ago), "paused", or None: not made yet (its first start is claim_task's, which makes it).
+    #: ago), "paused", or None: not made yet (the first start made against it makes it).
     bucket: str | None = None
     locked: bool = False            # another transaction holds the task's row
     #: Claimed together (else left untouched).
@@ -60,7 +60,8 @@ CONDITIONS = {
                                                together=True),
     "a shared quota on every stage with room": Condition(quota=("*", False, 100),
                                                          bucket="unspent", together=True),
-    "a quota whose bucket is not made": Condition(quota=("assets", False, 100)),
+    "a quota whose bucket is not made yet": Condition(quota=("assets", False, 100),
+                                                      together=True),
     "a shared quota spent": Condition(quota=("assets", False, 1), bucket="spent"),
     "a shared quota paused": Condition(quota=("*", False, 100), bucket="paused"),
     "row held elsewhere": Condition(locked=True),
@@ -216,10 +217,8 @@ ROOM = {
         [("assets", True, 2)], [(0, 0, 5)], [0, 0], [1]),
     "starts out of the window leave room": (
         [("assets", True, 2)], [(0, 0, 2000), (0, 0, 1500)], [0, 0], [1, 2]),
-    # Pick 3 ranks third in the shared bucket, counting pick 2, which its channel's quota
-    # passed over: left to claim_task (see the next test).
     "a channel's and a shared quota": (
-        [("assets", True, 1), ("*", False, 2)], [], [0, 0, 1, 2], [1]),
+        [("assets", True, 1), ("*", False, 2)], [], [0, 0, 1, 2], [1, 3]),
 }
 
 
@@ -306,19 +305,19 @@ async def test_picks_claim_together_as_far_as_their_buckets_have_room(
 
 
 @pytest.mark.parametrize("seed", range(16))
-async def test_claimed_together_then_one_by_one_ends_as_one_by_one(
-        conn: asyncpg.Connection, seed: int) -> None:
-    """``pick_up``'s way (together, then what is left one by one) claims the same picks as
-    ``claim_task`` alone, in random cases of quotas per channel and shared, starts in and out of
-    their windows, buckets not made yet, and picks sharing channels."""
+async def test_claimed_together_as_one_by_one(conn: asyncpg.Connection, seed: int) -> None:
+    """The picks claimed together are those ``claim_task`` claims one by one in the same order,
+    in random cases of quotas per channel and shared, starts in and out of their windows,
+    buckets not made yet, and picks sharing channels; and the buckets end alike."""
     rng = random.Random(seed)
     quotas = [(rng.choice(["assets", "*"]), rng.random() < 0.6, rng.randint(1, 3))
               for _ in range(rng.randint(1, 3))]
     quotas = list({(stage, per): (stage, per, limit) for stage, per, limit in quotas}.values())
     channels = [rng.randrange(3) for _ in range(rng.randint(1, 7))]
-    starts = [(None if not quotas[q][1] else rng.randrange(max(channels) + 1), q,
-               rng.choice([1, 30, 600, 2000])) for q in
-              [rng.randrange(len(quotas)) for _ in range(rng.randint(0, 4))]]
+    starts: list[tuple[int | None, int, int]] = [
+        (None if not quotas[q][1] else rng.randrange(max(channels) + 1), q,
+         rng.choice([1, 30, 600, 2000]))
+        for q in [rng.randrange(len(quotas)) for _ in range(rng.randint(0, 4))]]
     unmade = frozenset((c, q) for q in range(len(quotas))
                        for c in (range(max(channels) + 1) if quotas[q][1] else [None])
                        if rng.random() < 0.15 and (c, q) not in {(s[0], s[1]) for s in starts})
@@ -329,13 +328,21 @@ async def test_claimed_together_then_one_by_one_ends_as_one_by_one(
         try:
             picks = await _scenario(conn, quotas, starts, channels, unmade)
             every = list(range(1, len(picks) + 1))
-            if way == "together":
-                made = await _together(conn, picks)
-                made += await _one_by_one(conn, picks, [k for k in every if k not in made])
-            else:
-                made = await _one_by_one(conn, picks, every)
+            made = await (_together(conn, picks) if way == "together"
+                          else _one_by_one(conn, picks, every))
             assert all(await _most_in_window(conn))
-            outcomes.append(sorted(made))
+            outcomes.append((made, await _fullness(conn, picks)))
         finally:
             await tr.rollback()
     assert outcomes[0] == outcomes[1]
+
+
+async def _fullness(conn: asyncpg.Connection, picks: list[Pick]) -> list[tuple[Any, ...]]:
+    """Each bucket, by its channel's place among the picks' (-1: shared) and its quota's limit:
+    its number of starts and whether it is blocked."""
+    order = list(dict.fromkeys(channel for channel, _, _ in picks))
+    rows = await conn.fetch("SELECT u.channel_id, q.stage, q.max_starts, cardinality(u.starts) n,"
+                            " u.blocked_until IS NOT NULL blocked FROM quota_usage u"
+                            " JOIN quotas q ON q.id = u.quota_id")
+    return sorted((order.index(r["channel_id"]) if r["channel_id"] in order else -1,
+                   r["stage"], r["max_starts"], r["n"], r["blocked"]) for r in rows)

@@ -7,14 +7,14 @@ Create Date: 2026-12-05
 ``claim_reserved`` claimed the reserved tasks of a pick-up together only when no quota existed
 anywhere; with one, every claim of a pick-up went to ``claim_task`` one by one (a function call
 and its statements each, ``quota_take``'s four among them, and a commit each). It now claims
-them together when quotas count the stage they start too: it locks the tasks, then their
-buckets in ``quota_take``'s order, reads the clock, and a pick claims when each bucket it counts
-against has room for it after the picks before it in that bucket. One ``UPDATE`` records the
-buckets' new starts (each keeps its newest ``max_starts``, and when it frees), one the tasks and
-one ``INSERT`` their events, every start stamped with the clock read after the locks as
-``quota_take`` stamps one. A pick passed over (its bucket full, or full counting the picks
-before it) goes to ``claim_task``, which decides as before. ``pick_up`` commits the claims made
-together before any claim that may wait for a lock.
+them together when quotas count the stage they start too: it locks the tasks (skipping any
+another transaction holds), then every bucket of their channels in ``quota_take``'s order (made
+first where missing), and reads the clock. Each pick in turn then records its start in all its
+buckets or in none, ``quota_take``'s check and record in one ``UPDATE``, so the picks claimed
+are exactly those ``claim_task`` would claim one by one in the same order; one statement claims
+them and writes their events, every start stamped with the clock read after the locks. Where
+quotas exist, ``pick_up`` commits the claims made together before any claim that may wait for
+a lock.
 
 ``quota_blocks`` (read at every pick-up and claim once any quota exists) compared with the
 clock, a volatile value: the planner could neither inline it nor use the index on

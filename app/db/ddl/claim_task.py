@@ -684,16 +684,10 @@ def _claim_together(picks: str, stamp: str) -> str:
     FROM claimed c"""
 
 
-def _room(b: str) -> str:
-    """A start ranked ``b.rank`` among those its bucket records now fits (``b``: the bucket's
-    row with its quota's ``max_starts`` and ``window_s``): the bucket not paused, and its
-    ``max_starts - rank + 1``-th newest start, if it keeps one, out of the window. A bucket
-    keeps its newest ``max_starts`` starts in order, so this is one element of the array, as
-    ``quota_take``'s check of the first rank is."""
-    newest = f"cardinality({b}.starts) - {b}.max_starts + {b}.rank"
-    return (f"coalesce({b}.paused_until <= at, true) AND {b}.rank <= {b}.max_starts"
-            f" AND ({newest} < 1"
-            f" OR {b}.starts[{newest}] + make_interval(secs => {b}.window_s) <= at)")
+def _bucket_of(quota: str, channel: str) -> str:
+    """The key of the bucket of ``quota`` (a ``quotas`` alias) a start on ``channel`` counts
+    against."""
+    return f"CASE WHEN {quota}.per_channel THEN {channel} ELSE '{SHARED}'::uuid END"
 
 
 def render_reserved(targets: Targets) -> str:
@@ -704,22 +698,26 @@ def render_reserved(targets: Targets) -> str:
     gives it to ``claim_task``, which decides as ever (``tests/test_reserved_claims.py`` holds
     the two equal). Claimed one by one, each cost a function call and five statements.
 
-    Where quotas count the stage these claims start, the buckets of the picks' channels are
-    locked first, in ``quota_take``'s order (the tasks' own locks are skipped where held, never
-    waited for, so no two claims wait on each other in a cycle), and the clock read after the
-    locks stamps every start. A pick claims when each bucket it counts against exists and has
-    room for it after the picks before it in that bucket, every one of them counted, claimed
-    or not: never more starts than room. A pick passed over goes to ``claim_task``, which
-    decides exactly (and makes a bucket's row at its first start). The same statement records
-    every bucket's new starts, the tasks and their events."""
+    Where quotas count the stage these claims start, the tasks are locked first (skipping any
+    another transaction holds), then every bucket of their channels in ``quota_take``'s order,
+    made first if missing; the clock read after the locks stamps every start. Then each pick in
+    turn records its start in all its buckets, or in none where one has no room or is paused
+    (``quota_take``'s check and record, one ``UPDATE``), and the picks recorded are claimed
+    together."""
     target = _one_status("queued", targets)
     picks = "unnest(p_channels, p_tickets, p_tasks) WITH ORDINALITY x (ch, tk, want, k)"
-    quota = f"q.stage IN (st, '{EVERY_STAGE}')"
-    bucket = f"CASE WHEN q.per_channel THEN x.ch ELSE '{SHARED}'::uuid END"
     free = (f"SELECT x.* FROM {picks} JOIN tasks t ON t.id = x.want AND t.channel_id = x.ch"
             " JOIN channels c ON c.id = t.channel_id"
             " WHERE t.status = 'queued' AND t.hold_since IS NULL AND c.is_active"
             " AND c.max_concurrent IS NULL FOR UPDATE OF t SKIP LOCKED")
+    quota = f"q.stage IN (st, '{EVERY_STAGE}')"
+    chs = "ARRAY(SELECT p_channels[i] FROM unnest(ks) i)"
+    buckets = (f"quota_usage u JOIN quotas q ON q.id = u.quota_id WHERE {quota}"
+               f" AND CASE WHEN q.per_channel THEN u.channel_id = ANY ({chs})"
+               f" ELSE u.channel_id = '{SHARED}' END")
+    blocked = ("SELECT 1 FROM quota_usage v JOIN quotas w ON w.id = v.quota_id"
+               f" WHERE w.stage IN (st, '{EVERY_STAGE}')"
+               f" AND v.channel_id = {_bucket_of('w', 'p_channels[k]')} AND v.blocked_until > at")
     return f"""CREATE FUNCTION {RESERVED}(
   p_worker text, p_lease_s double precision, p_now timestamptz, p_start boolean,
   p_channels uuid[], p_tickets bigint[], p_tasks uuid[])
@@ -731,43 +729,53 @@ LANGUAGE plpgsql {SETTINGS}
 DECLARE
   target taskstatus := {target};
   st text := {TASK_STAGE}(target, NULL);
+  per_channel integer;
+  shared integer;
+  ks bigint[];
+  k bigint;
+  locked integer;
+  counted integer;
   at timestamptz;
 BEGIN
-  IF NOT EXISTS (SELECT 1 FROM quotas q WHERE {quota}) THEN
+  SELECT count(*) FILTER (WHERE q.per_channel), count(*) FILTER (WHERE NOT q.per_channel)
+    INTO per_channel, shared FROM quotas q WHERE {quota};
+  IF per_channel + shared = 0 THEN
     RETURN QUERY
     WITH free AS ({free}),
     {_claim_together("free", "clock_timestamp()")};
     RETURN;
   END IF;
-  -- Starts of this stage count against quotas: the buckets of the picks' channels locked
-  -- in quota_take's order (the tasks' locks are only ever skipped, never waited for), then
-  -- the clock read that stamps every start.
-  PERFORM 1 FROM quota_usage u JOIN quotas q ON q.id = u.quota_id
-    WHERE {quota} AND CASE WHEN q.per_channel THEN u.channel_id = ANY (p_channels)
-                           ELSE u.channel_id = '{SHARED}' END
-    ORDER BY u.channel_id, u.quota_id FOR UPDATE OF u;
+  -- Starts of this stage count against quotas: the tasks locked, then their buckets (made
+  -- first where missing) in quota_take's order, then the clock read that stamps every start.
+  SELECT coalesce(array_agg(f.k ORDER BY f.k), '{{}}') INTO ks FROM ({free}) f;
+  IF cardinality(ks) = 0 THEN
+    RETURN;
+  END IF;
+  PERFORM 1 FROM {buckets} ORDER BY u.channel_id, u.quota_id FOR UPDATE OF u;
+  GET DIAGNOSTICS locked = ROW_COUNT;
+  IF locked < shared + per_channel * (SELECT count(DISTINCT c) FROM unnest({chs}) c) THEN
+    INSERT INTO quota_usage (channel_id, quota_id, stage)
+      SELECT DISTINCT {_bucket_of('q', 'x.ch')}, q.id, q.stage
+        FROM quotas q CROSS JOIN unnest({chs}) x (ch) WHERE {quota}
+      ON CONFLICT DO NOTHING;
+    PERFORM 1 FROM {buckets} ORDER BY u.channel_id, u.quota_id FOR UPDATE OF u;
+  END IF;
   at := clock_timestamp();
-  RETURN QUERY
-  WITH free AS MATERIALIZED ({free}),
-  ranked AS (
-    SELECT b.k, b.quota, b.bucket, b.bucket IS NOT NULL AND {_room("b")} AS fits FROM (
-      SELECT x.k, q.id AS quota, u.channel_id AS bucket, u.starts, u.paused_until,
-             q.max_starts, q.window_s,
-             row_number() OVER (PARTITION BY u.channel_id, u.quota_id ORDER BY x.k) AS rank
-        FROM free x JOIN quotas q ON {quota}
-          LEFT JOIN quota_usage u ON u.quota_id = q.id AND u.channel_id = {bucket}) b),
-  granted AS MATERIALIZED (
-    SELECT x.* FROM free x
-      WHERE NOT EXISTS (SELECT 1 FROM ranked r WHERE r.k = x.k AND NOT r.fits)),
-  counted AS (
+  -- Each pick in turn: its start recorded in every bucket it counts against, or in none.
+  FOR i IN 1 .. cardinality(ks) LOOP
+    k := ks[i];
     UPDATE quota_usage u
-      SET starts = (u.starts || array_fill(at, ARRAY[g.n]))
-                   [greatest(cardinality(u.starts) + g.n + 1 - q.max_starts, 1):],
-          blocked_until = {_blocked_until("(u.starts || array_fill(at, ARRAY[g.n]))")}
-      FROM (SELECT r.quota, r.bucket, count(*)::integer AS n FROM ranked r
-              WHERE r.k IN (SELECT g.k FROM granted g) GROUP BY r.quota, r.bucket) g,
-           quotas q
-      WHERE u.quota_id = g.quota AND u.channel_id = g.bucket AND q.id = g.quota),
+      SET starts = (u.starts || at)[greatest(cardinality(u.starts) + 2 - q.max_starts, 1):],
+          blocked_until = {_blocked_until("u.starts || at")}
+      FROM quotas q WHERE q.id = u.quota_id AND {quota}
+        AND u.channel_id = {_bucket_of('q', 'p_channels[k]')} AND NOT EXISTS ({blocked});
+    GET DIAGNOSTICS counted = ROW_COUNT;
+    IF counted = 0 THEN
+      ks[i] := NULL;
+    END IF;
+  END LOOP;
+  RETURN QUERY
+  WITH granted AS (SELECT x.* FROM {picks} WHERE x.k = ANY (ks)),
   {_claim_together("granted", "at")};
 END
 $$"""
