@@ -172,8 +172,8 @@ ours: a worker's claim loops, Runner.next_lease: the pick-ups its loops ask for 
   under the turnstile, the channel's pick count and turn, its task reserved; an asynchronous
   commit), then their claims (one guarded write of each row queued → claimed →
   generating_assets with a fresh claim token, two task_events rows each, a commit): together
-  in claim_reserved, or one by one in claim_task where a cap or a quota applies; returning the
-  tasks' fields for their stage.
+  in claim_reserved (with --quotas: each start recorded in its buckets under their locks), or
+  one by one in claim_task where a cap applies; returning the tasks' fields for their stage.
 baseline: plain asyncpg, UPDATE … WHERE id = (SELECT … ORDER BY priority, created_at FOR UPDATE
   SKIP LOCKED LIMIT 1), then UPDATE … SET status = 'generating_assets'; each autocommitted; no
   events, no fairness, no capacity, no token check. It gets its own partial index

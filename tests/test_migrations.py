@@ -222,6 +222,13 @@ async def _inspect_catalog(conn: AsyncConnection) -> None:
     options = (await conn.execute(sa.text(
         "SELECT reloptions FROM pg_class WHERE relname = 'tasks'"))).scalar_one()
     assert "fillfactor=85" in options
+    usage = (await conn.execute(sa.text(
+        "SELECT reloptions FROM pg_class WHERE relname = 'quota_usage'"))).scalar_one()
+    assert usage == ["fillfactor=10"]
+    storage = (await conn.execute(sa.text(
+        "SELECT attstorage FROM pg_attribute WHERE attrelid = 'quota_usage'::regclass"
+        " AND attname = 'starts'"))).scalar_one()
+    assert storage == "e"
     enum_order = (await conn.execute(sa.text(
         "SELECT array_agg(enumlabel ORDER BY enumsortorder)::text FROM pg_enum"
         " WHERE enumtypid = 'taskstatus'::regtype"))).scalar_one()
@@ -362,8 +369,8 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0013_quota_set_claims": {
-        "postgresql upgrade": "c938c3a4bc92ab2a",
-        "postgresql downgrade": "ecf3f8eba88088ad",
+        "postgresql upgrade": "b843ac28a8808734",
+        "postgresql downgrade": "99dd049169d0e1d2",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },

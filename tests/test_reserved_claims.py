@@ -63,6 +63,8 @@ CONDITIONS = {
     "a quota whose bucket is not made yet": Condition(quota=("assets", False, 100),
                                                       together=True),
     "a shared quota spent": Condition(quota=("assets", False, 1), bucket="spent"),
+    "a quota per channel spent": Condition(quota=("assets", True, 1), bucket="spent"),
+    "a quota per channel paused": Condition(quota=("*", True, 100), bucket="paused"),
     "a shared quota paused": Condition(quota=("*", False, 100), bucket="paused"),
     "row held elsewhere": Condition(locked=True),
 }
@@ -217,6 +219,8 @@ ROOM = {
         [("assets", True, 2)], [(0, 0, 5)], [0, 0], [1]),
     "starts out of the window leave room": (
         [("assets", True, 2)], [(0, 0, 2000), (0, 0, 1500)], [0, 0], [1, 2]),
+    "two quotas of each channel, one spent": (
+        [("assets", True, 1), ("*", True, 2)], [(1, 1, 5), (1, 1, 4)], [0, 1, 2], [1, 3]),
     "a channel's and a shared quota": (
         [("assets", True, 1), ("*", False, 2)], [], [0, 0, 1, 2], [1, 3]),
 }

@@ -700,10 +700,12 @@ def render_reserved(targets: Targets) -> str:
 
     Where quotas count the stage these claims start, the tasks are locked first (skipping any
     another transaction holds), then every bucket of their channels in ``quota_take``'s order,
-    made first if missing; the clock read after the locks stamps every start. Then each pick in
-    turn records its start in all its buckets, or in none where one has no room or is paused
-    (``quota_take``'s check and record, one ``UPDATE``), and the picks recorded are claimed
-    together."""
+    made first if missing; the clock read after the locks stamps every start. Each pick records
+    its start in all its buckets, or in none where one has no room or is paused
+    (``quota_take``'s check and record), and the picks recorded are claimed together: so the
+    picks claimed are those ``claim_task`` would claim one by one. Where no two picks share a
+    bucket (per-channel quotas, picks of distinct channels), the records and the claims are
+    one statement; else the picks record one after the other, in their order."""
     target = _one_status("queued", targets)
     picks = "unnest(p_channels, p_tickets, p_tasks) WITH ORDINALITY x (ch, tk, want, k)"
     free = (f"SELECT x.* FROM {picks} JOIN tasks t ON t.id = x.want AND t.channel_id = x.ch"
@@ -715,9 +717,16 @@ def render_reserved(targets: Targets) -> str:
     buckets = (f"quota_usage u JOIN quotas q ON q.id = u.quota_id WHERE {quota}"
                f" AND CASE WHEN q.per_channel THEN u.channel_id = ANY ({chs})"
                f" ELSE u.channel_id = '{SHARED}' END")
-    blocked = ("SELECT 1 FROM quota_usage v JOIN quotas w ON w.id = v.quota_id"
-               f" WHERE w.stage IN (st, '{EVERY_STAGE}')"
-               f" AND v.channel_id = {_bucket_of('w', 'p_channels[k]')} AND v.blocked_until > at")
+    # A start at ``at`` recorded in a bucket (``u``, its quota ``q``): only the newest
+    # ``max_starts`` kept, and when the bucket frees.
+    record = ("SET starts = (u.starts || at)[greatest(cardinality(u.starts) + 2 - q.max_starts,"
+              f" 1):], blocked_until = {_blocked_until('u.starts || at')}")
+
+    def blocked(channel: str) -> str:
+        """A bucket a start on ``channel`` counts against is spent or paused at ``at``."""
+        return ("SELECT 1 FROM quota_usage v JOIN quotas w ON w.id = v.quota_id"
+                f" WHERE w.stage IN (st, '{EVERY_STAGE}')"
+                f" AND v.channel_id = {_bucket_of('w', channel)} AND v.blocked_until > at")
     return f"""CREATE FUNCTION {RESERVED}(
   p_worker text, p_lease_s double precision, p_now timestamptz, p_start boolean,
   p_channels uuid[], p_tickets bigint[], p_tasks uuid[])
@@ -734,6 +743,7 @@ DECLARE
   ks bigint[];
   k bigint;
   locked integer;
+  chans integer;
   counted integer;
   at timestamptz;
 BEGIN
@@ -745,30 +755,53 @@ BEGIN
     {_claim_together("free", "clock_timestamp()")};
     RETURN;
   END IF;
-  -- Starts of this stage count against quotas: the tasks locked, then their buckets (made
-  -- first where missing) in quota_take's order, then the clock read that stamps every start.
-  SELECT coalesce(array_agg(f.k ORDER BY f.k), '{{}}') INTO ks FROM ({free}) f;
+  -- Starts of this stage count against quotas: the tasks locked (skipping any another
+  -- transaction holds), then the buckets of their channels, in quota_take's order.
+  WITH free AS MATERIALIZED ({free})
+  SELECT (SELECT coalesce(array_agg(f.k ORDER BY f.k), '{{}}') FROM free f),
+         (SELECT count(*) FROM (
+            SELECT 1 FROM quota_usage u JOIN quotas q ON q.id = u.quota_id
+              WHERE {quota} AND CASE WHEN q.per_channel
+                                     THEN u.channel_id IN (SELECT f.ch FROM free f)
+                                     ELSE u.channel_id = '{SHARED}'
+                                          AND EXISTS (SELECT 1 FROM free f) END
+              ORDER BY u.channel_id, u.quota_id FOR UPDATE OF u) l),
+         (SELECT count(DISTINCT f.ch) FROM free f)
+    INTO ks, locked, chans;
   IF cardinality(ks) = 0 THEN
     RETURN;
   END IF;
-  PERFORM 1 FROM {buckets} ORDER BY u.channel_id, u.quota_id FOR UPDATE OF u;
-  GET DIAGNOSTICS locked = ROW_COUNT;
-  IF locked < shared + per_channel * (SELECT count(DISTINCT c) FROM unnest({chs}) c) THEN
+  IF locked < shared + per_channel * chans THEN
+    -- A bucket made at its first start.
     INSERT INTO quota_usage (channel_id, quota_id, stage)
       SELECT DISTINCT {_bucket_of('q', 'x.ch')}, q.id, q.stage
         FROM quotas q CROSS JOIN unnest({chs}) x (ch) WHERE {quota}
       ON CONFLICT DO NOTHING;
     PERFORM 1 FROM {buckets} ORDER BY u.channel_id, u.quota_id FOR UPDATE OF u;
   END IF;
+  -- The clock read after the locks stamps every start.
   at := clock_timestamp();
+  IF shared = 0 AND chans = cardinality(ks) THEN
+    -- No two picks share a bucket: each records its start in all its buckets or in none, and
+    -- those recorded are claimed, in one statement.
+    RETURN QUERY
+    WITH recorded AS (
+      UPDATE quota_usage u {record}
+        FROM {picks} JOIN quotas q ON {quota}
+        WHERE x.k = ANY (ks) AND q.id = u.quota_id AND u.channel_id = x.ch
+          AND NOT EXISTS ({blocked("x.ch")})
+        RETURNING x.k),
+    granted AS (SELECT x.* FROM {picks} WHERE x.k IN (SELECT r.k FROM recorded r)),
+    {_claim_together("granted", "at")};
+    RETURN;
+  END IF;
   -- Each pick in turn: its start recorded in every bucket it counts against, or in none.
   FOR i IN 1 .. cardinality(ks) LOOP
     k := ks[i];
-    UPDATE quota_usage u
-      SET starts = (u.starts || at)[greatest(cardinality(u.starts) + 2 - q.max_starts, 1):],
-          blocked_until = {_blocked_until("u.starts || at")}
+    UPDATE quota_usage u {record}
       FROM quotas q WHERE q.id = u.quota_id AND {quota}
-        AND u.channel_id = {_bucket_of('q', 'p_channels[k]')} AND NOT EXISTS ({blocked});
+        AND u.channel_id = {_bucket_of('q', 'p_channels[k]')}
+        AND NOT EXISTS ({blocked("p_channels[k]")});
     GET DIAGNOSTICS counted = ROW_COUNT;
     IF counted = 0 THEN
       ks[i] := NULL;
