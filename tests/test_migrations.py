@@ -226,7 +226,7 @@ async def _inspect_catalog(conn: AsyncConnection) -> None:
         "SELECT reloptions FROM pg_class WHERE relname = 'quota_usage'"))).scalar_one()
     assert usage == ["fillfactor=10"]
     storage = (await conn.execute(sa.text(
-        "SELECT attstorage FROM pg_attribute WHERE attrelid = 'quota_usage'::regclass"
+        "SELECT attstorage::text FROM pg_attribute WHERE attrelid = 'quota_usage'::regclass"
         " AND attname = 'starts'"))).scalar_one()
     assert storage == "e"
     enum_order = (await conn.execute(sa.text(
