@@ -63,6 +63,14 @@ async def _starts(sessions: Sessions, status: TaskStatus) -> list[tuple[uuid.UUI
     return [(row.channel_id, row.created_at) for row in rows]
 
 
+def _by_channel(starts: list[tuple[uuid.UUID, datetime]]) -> dict[uuid.UUID, list[datetime]]:
+    """Starts grouped by channel."""
+    grouped: dict[uuid.UUID, list[datetime]] = defaultdict(list)
+    for channel, at in starts:
+        grouped[channel].append(at)
+    return grouped
+
+
 async def test_no_window_holds_more_starts_than_its_quota(
         db: tuple[str, Sessions], workers: Workers) -> None:
     _, sessions = db
@@ -74,9 +82,7 @@ async def test_no_window_holds_more_starts_than_its_quota(
     await wait_published(sessions, 12, timeout_s=90)
 
     uploads = await _starts(sessions, TaskStatus.uploading)
-    by_channel: dict[uuid.UUID, list[datetime]] = defaultdict(list)
-    for channel, at in uploads:
-        by_channel[channel].append(at)
+    by_channel = _by_channel(uploads)
     assert len(uploads) == 12 and len(by_channel) == 3
     assert all(_most_in_a_window(starts) == 2 for starts in by_channel.values())
     # One channel's spent upload quota held no other channel back.
@@ -108,9 +114,7 @@ async def test_first_stage_quotas_hold_when_pick_ups_claim_together(
     await wait_published(sessions, 6, timeout_s=90)
 
     starts = await _starts(sessions, TaskStatus.generating_assets)
-    by_channel: dict[uuid.UUID, list[datetime]] = defaultdict(list)
-    for channel, at in starts:
-        by_channel[channel].append(at)
+    by_channel = _by_channel(starts)
     assert len(starts) == 6 and len(by_channel) == 3
     assert [_most_in_a_window(at) for at in by_channel.values()] == [1, 1, 1], starts
     assert _most_in_a_window([at for _, at in starts]) == 2, starts
