@@ -369,7 +369,7 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0013_quota_set_claims": {
-        "postgresql upgrade": "b843ac28a8808734",
+        "postgresql upgrade": "4c0b65d529cc92c0",
         "postgresql downgrade": "99dd049169d0e1d2",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",

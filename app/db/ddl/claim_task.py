@@ -625,18 +625,38 @@ def _stage_case(targets: Targets, stage_of: Mapping[str, str]) -> str:
     return "CASE p_status\n" + "\n".join(whens) + "\n  END"
 
 
+def _bucket_of(quota: str, channel: str) -> str:
+    """The key of the bucket of ``quota`` (a ``quotas`` alias) a start on ``channel`` counts
+    against."""
+    return f"CASE WHEN {quota}.per_channel THEN {channel} ELSE '{SHARED}'::uuid END"
+
+
+def _spent_at(stage: str, channel: str) -> str:
+    """A bucket a start of ``stage`` on ``channel`` counts against is spent or paused at
+    ``at``."""
+    return ("SELECT 1 FROM quota_usage v JOIN quotas w ON w.id = v.quota_id"
+            f" WHERE w.stage IN ({stage}, '{EVERY_STAGE}') AND v.channel_id ="
+            f" {_bucket_of('w', channel)} AND v.blocked_until > at")
+
+
+def _record(indent: str) -> str:
+    """``SET`` of a start at ``at`` recorded in a bucket (``u``, its quota ``q``): only the
+    newest ``max_starts`` kept, and when the bucket frees."""
+    return ("SET starts = (u.starts || at)[greatest(cardinality(u.starts) + 2 - q.max_starts,"
+            f" 1):],\n{indent}blocked_until = {_blocked_until('u.starts || at')}")
+
+
 def _buckets(stage: str) -> str:
     """The buckets of ``p_channel`` a start of ``stage`` counts against (``u``, with its quota
     ``q``)."""
     return (f"quota_usage u JOIN quotas q ON q.id = u.quota_id WHERE q.stage IN ({stage},"
-            f" '{EVERY_STAGE}') AND u.channel_id ="
-            f" CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END")
+            f" '{EVERY_STAGE}') AND u.channel_id = {_bucket_of('q', 'p_channel')}")
 
 
 def _lock(stage: str) -> str:
     """Create the buckets if missing, then lock them in one order (no two claims deadlock)."""
     return ("INSERT INTO quota_usage (channel_id, quota_id, stage)"
-            f" SELECT CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END, q.id,"
+            f" SELECT {_bucket_of('q', 'p_channel')}, q.id,"
             f" q.stage FROM quotas q WHERE q.stage IN ({stage}, '{EVERY_STAGE}')"
             " ON CONFLICT DO NOTHING;\n"
             f"  PERFORM 1 FROM {_buckets(stage)} ORDER BY u.channel_id, u.quota_id"
@@ -684,12 +704,6 @@ def _claim_together(picks: str, stamp: str) -> str:
     FROM claimed c"""
 
 
-def _bucket_of(quota: str, channel: str) -> str:
-    """The key of the bucket of ``quota`` (a ``quotas`` alias) a start on ``channel`` counts
-    against."""
-    return f"CASE WHEN {quota}.per_channel THEN {channel} ELSE '{SHARED}'::uuid END"
-
-
 def render_reserved(targets: Targets) -> str:
     """``claim_reserved``: ``claim_task`` of several picks at once, for the common case: the task
     each pick reserved still queued and not on hold, its channel active and without a cap. A
@@ -714,19 +728,14 @@ def render_reserved(targets: Targets) -> str:
             " AND c.max_concurrent IS NULL FOR UPDATE OF t SKIP LOCKED")
     quota = f"q.stage IN (st, '{EVERY_STAGE}')"
     chs = "ARRAY(SELECT p_channels[i] FROM unnest(ks) i)"
-    buckets = (f"quota_usage u JOIN quotas q ON q.id = u.quota_id WHERE {quota}"
-               f" AND CASE WHEN q.per_channel THEN u.channel_id = ANY ({chs})"
-               f" ELSE u.channel_id = '{SHARED}' END")
-    # A start at ``at`` recorded in a bucket (``u``, its quota ``q``): only the newest
-    # ``max_starts`` kept, and when the bucket frees.
-    record = ("SET starts = (u.starts || at)[greatest(cardinality(u.starts) + 2 - q.max_starts,"
-              f" 1):], blocked_until = {_blocked_until('u.starts || at')}")
 
-    def blocked(channel: str) -> str:
-        """A bucket a start on ``channel`` counts against is spent or paused at ``at``."""
-        return ("SELECT 1 FROM quota_usage v JOIN quotas w ON w.id = v.quota_id"
-                f" WHERE w.stage IN (st, '{EVERY_STAGE}')"
-                f" AND v.channel_id = {_bucket_of('w', channel)} AND v.blocked_until > at")
+    def lock(channels: str) -> str:
+        """Lock the buckets of ``channels`` (a query of channel ids) in ``quota_take``'s
+        order: their own, and the shared one if they are any."""
+        return (f"SELECT 1 FROM quota_usage u JOIN quotas q ON q.id = u.quota_id WHERE {quota}"
+                f" AND CASE WHEN q.per_channel THEN u.channel_id IN ({channels})"
+                f" ELSE u.channel_id = '{SHARED}' AND EXISTS ({channels}) END"
+                " ORDER BY u.channel_id, u.quota_id FOR UPDATE OF u")
     return f"""CREATE FUNCTION {RESERVED}(
   p_worker text, p_lease_s double precision, p_now timestamptz, p_start boolean,
   p_channels uuid[], p_tickets bigint[], p_tasks uuid[])
@@ -759,13 +768,7 @@ BEGIN
   -- transaction holds), then the buckets of their channels, in quota_take's order.
   WITH free AS MATERIALIZED ({free})
   SELECT (SELECT coalesce(array_agg(f.k ORDER BY f.k), '{{}}') FROM free f),
-         (SELECT count(*) FROM (
-            SELECT 1 FROM quota_usage u JOIN quotas q ON q.id = u.quota_id
-              WHERE {quota} AND CASE WHEN q.per_channel
-                                     THEN u.channel_id IN (SELECT f.ch FROM free f)
-                                     ELSE u.channel_id = '{SHARED}'
-                                          AND EXISTS (SELECT 1 FROM free f) END
-              ORDER BY u.channel_id, u.quota_id FOR UPDATE OF u) l),
+         (SELECT count(*) FROM ({lock("SELECT f.ch FROM free f")}) l),
          (SELECT count(DISTINCT f.ch) FROM free f)
     INTO ks, locked, chans;
   IF cardinality(ks) = 0 THEN
@@ -777,7 +780,7 @@ BEGIN
       SELECT DISTINCT {_bucket_of('q', 'x.ch')}, q.id, q.stage
         FROM quotas q CROSS JOIN unnest({chs}) x (ch) WHERE {quota}
       ON CONFLICT DO NOTHING;
-    PERFORM 1 FROM {buckets} ORDER BY u.channel_id, u.quota_id FOR UPDATE OF u;
+    PERFORM 1 FROM ({lock(f"SELECT unnest({chs})")}) l;
   END IF;
   -- The clock read after the locks stamps every start.
   at := clock_timestamp();
@@ -786,10 +789,11 @@ BEGIN
     -- those recorded are claimed, in one statement.
     RETURN QUERY
     WITH recorded AS (
-      UPDATE quota_usage u {record}
+      UPDATE quota_usage u
+        {_record("          ")}
         FROM {picks} JOIN quotas q ON {quota}
         WHERE x.k = ANY (ks) AND q.id = u.quota_id AND u.channel_id = x.ch
-          AND NOT EXISTS ({blocked("x.ch")})
+          AND NOT EXISTS ({_spent_at("st", "x.ch")})
         RETURNING x.k),
     granted AS (SELECT x.* FROM {picks} WHERE x.k IN (SELECT r.k FROM recorded r)),
     {_claim_together("granted", "at")};
@@ -798,10 +802,11 @@ BEGIN
   -- Each pick in turn: its start recorded in every bucket it counts against, or in none.
   FOR i IN 1 .. cardinality(ks) LOOP
     k := ks[i];
-    UPDATE quota_usage u {record}
+    UPDATE quota_usage u
+      {_record("        ")}
       FROM quotas q WHERE q.id = u.quota_id AND {quota}
         AND u.channel_id = {_bucket_of('q', 'p_channels[k]')}
-        AND NOT EXISTS ({blocked("p_channels[k]")});
+        AND NOT EXISTS ({_spent_at("st", "p_channels[k]")});
     GET DIAGNOSTICS counted = ROW_COUNT;
     IF counted = 0 THEN
       ks[i] := NULL;
@@ -820,10 +825,6 @@ def render_take() -> str:
     quota names costs one look-up (every claim calls this once any quota exists), and the
     check and the record are one ``UPDATE``: it writes every bucket or none, and fewer rows
     than were locked means one was spent."""
-    blocked = ("SELECT 1 FROM quota_usage v JOIN quotas w ON w.id = v.quota_id"
-               f" WHERE w.stage IN (p_stage, '{EVERY_STAGE}') AND v.channel_id ="
-               f" CASE WHEN w.per_channel THEN p_channel ELSE '{SHARED}'::uuid END"
-               " AND v.blocked_until > at")
     return f"""CREATE FUNCTION {QUOTA_TAKE}(p_channel uuid, p_stage text) RETURNS timestamptz
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -840,11 +841,10 @@ BEGIN
   -- This start recorded (only the newest max_starts kept), and when each bucket frees;
   -- nothing written when one of them is spent or paused.
   UPDATE quota_usage u
-    SET starts = (u.starts || at)[greatest(cardinality(u.starts) + 2 - q.max_starts, 1):],
-        blocked_until = {_blocked_until("u.starts || at")}
+    {_record("        ")}
     FROM quotas q WHERE q.id = u.quota_id AND q.stage IN (p_stage, '{EVERY_STAGE}')
-      AND u.channel_id = CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END
-      AND NOT EXISTS ({blocked});
+      AND u.channel_id = {_bucket_of('q', 'p_channel')}
+      AND NOT EXISTS ({_spent_at("p_stage", "p_channel")});
   GET DIAGNOSTICS counted = ROW_COUNT;
   IF counted < locked THEN
     RETURN NULL;
@@ -884,7 +884,7 @@ BEGIN
   UPDATE quota_usage u SET paused_until = greatest(u.paused_until, until),
                            blocked_until = greatest(u.blocked_until, until)
     FROM quotas q WHERE q.id = u.quota_id AND q.stage IN (p_stage, '{EVERY_STAGE}')
-      AND u.channel_id = CASE WHEN q.per_channel THEN p_channel ELSE '{SHARED}'::uuid END;
+      AND u.channel_id = {_bucket_of('q', 'p_channel')};
   GET DIAGNOSTICS n = ROW_COUNT;
   RETURN n;
 END
