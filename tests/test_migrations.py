@@ -69,7 +69,8 @@ def test_frozen_claim_data_matches_lifecycle(name: str) -> None:
             list(lifecycle.CLAIM_STARTS)
 
 
-@pytest.mark.parametrize("name", ["0012_set_boundaries", "0013_quota_set_claims"])
+@pytest.mark.parametrize("name", ["0012_set_boundaries", "0013_quota_set_claims",
+                                  "0014_plans_by_key"])
 def test_frozen_claim_targets_match_moves(name: str) -> None:
     """Revisions that render a claim from the targets alone freeze the rule of ``app.moves``."""
     assert {(TaskStatus(s), f, start): TaskStatus(t)
@@ -374,12 +375,18 @@ GOLDEN = {
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
+    "0014_plans_by_key": {
+        "postgresql upgrade": "d5ea71ee0fd5d28d",
+        "postgresql downgrade": "e3fb6ea0730767b6",
+        "sqlite upgrade": "e3b0c44298fc1c14",
+        "sqlite downgrade": "e3b0c44298fc1c14",
+    },
 }
 
 
 def test_frozen_boundary_rules_match_moves() -> None:
     """The stage boundary installed at head is rendered from the rules in ``app.moves``."""
-    head = _revision("0012_set_boundaries")
+    head = _revision("0014_plans_by_key")
     assert boundary.finish_rule() == head.FINISH
     assert boundary.steps_rule() == head.STEPS
     assert {s.value: a.value for s, a in moves.STARTS.items()} == head.STARTS

@@ -137,6 +137,52 @@ async def test_plans_made_on_an_empty_table_read_the_claim_indexes_once_it_fills
     assert carried < MOST_BUFFERS, f"eight carries read {carried} buffers"
 
 
+async def test_plans_made_on_an_empty_table_take_each_task_by_its_key_once_the_queue_fills(
+        fresh: str) -> None:
+    """Channels without a cap: the pick-up claims its reserved tasks together
+    (``claim_reserved``), and a boundary carries its tasks a set at a time. Planned on an
+    empty table, those statements must still find each task by its primary key once the queue
+    holds thousands of tasks and thousands are in the same active state: not by reading every
+    queued task (``ix_tasks_queued``) or every task in that state (``ix_tasks_status``)."""
+    admin = await asyncpg.connect(**connect_kwargs(fresh))
+    worker = await asyncpg.connect(**connect_kwargs(fresh))
+    try:
+        channels = [r["id"] for r in await admin.fetch(
+            "INSERT INTO channels (channel_id, channel_name)"
+            " SELECT 'UC-keys-' || g, 'Keys ' || g FROM generate_series(1, $1) g"
+            " RETURNING id", CHANNELS)]
+        assert await _pick_up(worker, 1) == []
+        await admin.execute(
+            "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
+            " VALUES ($1, md5('first'), 'First', 'queued')", channels[0])
+        assert len(await _pick_up(worker, 1)) == 1
+
+        # A full queue, and as many tasks running their first stage under other workers.
+        await admin.execute(
+            "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
+            " SELECT ($1::uuid[])[1 + g % $2], md5('queued' || g), 'Queued ' || g, 'queued'"
+            " FROM generate_series(1, $3) g", channels, CHANNELS, HISTORY)
+        await admin.execute(
+            "INSERT INTO tasks (channel_id, notion_page_id, title, status, claimed_by,"
+            " claimed_at, claim_token, lease_expires_at, attempts, stage_runs)"
+            " SELECT ($1::uuid[])[1 + g % $2], md5('running' || g), 'Running ' || g,"
+            " 'generating_assets', 'elsewhere', now(), gen_random_uuid(),"
+            " now() + interval '1 hour', 1, 1 FROM generate_series(1, $3) g",
+            channels, CHANNELS, HISTORY)
+        held = await _pick_up(worker, 8)
+        assert len(held) == 8
+
+        picked = await _buffers(worker, lambda: _pick_up(worker, 8),
+                                parts=("SELECT r.* FROM claim_reserved",))
+        carried = await _buffers(worker, lambda: _carry(worker, held),
+                                 parts=(statements.BOUNDARIES[:30],))
+    finally:
+        await worker.close()
+        await admin.close()
+    assert picked < MOST_BUFFERS, f"eight claims together read {picked} buffers"
+    assert carried < MOST_BUFFERS, f"eight carries read {carried} buffers"
+
+
 async def test_claim_and_boundary_functions_are_never_jit_compiled(fresh: str) -> None:
     """A kept plan over the JIT's cost threshold is compiled again at every execution (20 ms
     per pick-up). The functions turn the JIT off themselves, so a session with the JIT on (a

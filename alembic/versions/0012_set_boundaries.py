@@ -32,7 +32,14 @@ Revision 0011's boundary is frozen as ``boundary_0011``; a downgrade re-installs
 from collections.abc import Sequence
 
 from alembic import op
-from app.db.ddl import boundary, boundary_0011, claim_task, claim_task_0010, pick_up_0012
+from app.db.ddl import (
+    batch_0012,
+    boundary,
+    boundary_0011,
+    claim_task,
+    claim_task_0010,
+    pick_up_0012,
+)
 
 revision: str = "0012"
 down_revision: str | None = "0011"
@@ -277,8 +284,8 @@ def _pick_up(statements: list[str]) -> None:
 
 def upgrade() -> None:
     _task_stage(claim_task.render_task_stage(TARGETS, STAGE_OF))
-    _replace(boundary.render_batch(FINISH, STEPS, CLAIM_WRITES, starts=STARTS, active=ACTIVE,
-                                   next_stage=NEXT_STAGE))
+    _replace(batch_0012.render_batch(FINISH, STEPS, CLAIM_WRITES, starts=STARTS, active=ACTIVE,
+                                     next_stage=NEXT_STAGE))
     _pick_up([pick_up_0012.render_reserved(TARGETS), pick_up_0012.render_pick_up()])
 
 

@@ -208,7 +208,9 @@ def render_batch(finish: Finish, steps: Steps, claim: Mapping[str, str], *,
     keeps the capacity slot it holds), so a claim holding one never waits on a batch that
     waits for it. The set writes join ``tasks`` by its primary key whatever the statistics
     (plans are kept for the connection's life, and a first plan made on an empty table would
-    otherwise scan it): the function plans without sequential scans, hash or merge joins."""
+    otherwise scan it): the function plans without sequential scans, hash or merge joins, and
+    each row's status and claim token are compared with ``IS NOT DISTINCT FROM`` (the same test
+    for these non-null values), which no index serves: the primary key is the only way in."""
     whens = " ".join(f"WHEN '{active}' THEN '{stage}'" for active, stage in next_stage.items())
     done = " ".join(f"WHEN '{status}' THEN '{changes['status'].strip(chr(39))}'"
                     for status, changes in finish.items())
@@ -311,7 +313,8 @@ BEGIN
         FROM (SELECT x.*, clock_timestamp() AS stamp FROM {rows}
               WHERE x.target IS NOT NULL) x,
              channels c
-        WHERE t.id = x.p_task AND t.status = x.p_status AND t.claim_token = x.p_token
+        WHERE t.id = x.p_task
+          AND (t.status, t.claim_token) IS NOT DISTINCT FROM (x.p_status, x.p_token)
           AND c.id = t.channel_id AND c.is_active AND t.hold_since IS NULL
           AND (c.max_concurrent IS NULL
                OR c.max_concurrent > {claim_task.active_count("c.id", active_list,
@@ -333,7 +336,8 @@ BEGIN
       UPDATE tasks t SET
           {_assignments(finish)}
         FROM {rows}
-        WHERE t.id = x.p_task AND t.status = x.p_status AND t.claim_token = x.p_token
+        WHERE t.id = x.p_task
+          AND (t.status, t.claim_token) IS NOT DISTINCT FROM (x.p_status, x.p_token)
           AND x.target IS NULL AND x.single
         RETURNING x.i
     LOOP

@@ -685,7 +685,7 @@ def _claim_together(picks: str, stamp: str) -> str:
         stage_runs = CASE WHEN x.target = 'claimed' THEN t.stage_runs
                           ELSE t.stage_runs + 1 END
       FROM (SELECT x.*, target AS target, {stamp} AS stamp FROM {picks} x) x
-      WHERE t.id = x.want AND t.channel_id = x.ch
+      WHERE t.id = x.want
       RETURNING x.k, x.tk, x.stamp, x.target, t.id, t.claim_token, t.attempts, t.stage_runs,
                 t.title, t.topic, t.story_direction, t.artifacts),
   events AS (
@@ -719,13 +719,20 @@ def render_reserved(targets: Targets) -> str:
     (``quota_take``'s check and record), and the picks recorded are claimed together: so the
     picks claimed are those ``claim_task`` would claim one by one. Where no two picks share a
     bucket (per-channel quotas, picks of distinct channels), the records and the claims are
-    one statement; else the picks record one after the other, in their order."""
+    one statement; else the picks record one after the other, in their order.
+
+    Each task is found by its id alone, in a lateral subquery that locks it (``OFFSET 0`` keeps
+    the other conditions out of it; they are checked on the row locked): no other index can
+    serve that look-up, so a plan made while ``tasks`` was tiny still probes the primary key
+    once the queue fills, rather than reading every queued task."""
     target = _one_status("queued", targets)
     picks = "unnest(p_channels, p_tickets, p_tasks) WITH ORDINALITY x (ch, tk, want, k)"
-    free = (f"SELECT x.* FROM {picks} JOIN tasks t ON t.id = x.want AND t.channel_id = x.ch"
+    free = (f"SELECT x.* FROM {picks} CROSS JOIN LATERAL ("
+            "SELECT t.channel_id, t.status, t.hold_since FROM tasks t WHERE t.id = x.want"
+            " OFFSET 0 FOR UPDATE OF t SKIP LOCKED) t"
             " JOIN channels c ON c.id = t.channel_id"
-            " WHERE t.status = 'queued' AND t.hold_since IS NULL AND c.is_active"
-            " AND c.max_concurrent IS NULL FOR UPDATE OF t SKIP LOCKED")
+            " WHERE t.channel_id = x.ch AND t.status = 'queued' AND t.hold_since IS NULL"
+            " AND c.is_active AND c.max_concurrent IS NULL")
     quota = f"q.stage IN (st, '{EVERY_STAGE}')"
     chs = "ARRAY(SELECT p_channels[i] FROM unnest(ks) i)"
 

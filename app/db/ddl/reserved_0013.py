@@ -1,0 +1,166 @@
+"""Revision 0013's claim of reserved tasks together, frozen (what ``0013_quota_set_claims``
+installs and a downgrade to it re-installs). The live one is ``claim_task.render_reserved``.
+"""
+
+from __future__ import annotations
+
+from app.db.ddl.claim_task import (
+    EVENT_IDS,
+    EVERY_STAGE,
+    RESERVED,
+    SETTINGS,
+    SHARED,
+    TASK_STAGE,
+    Targets,
+    _bucket_of,
+    _one_status,
+    _record,
+    _spent_at,
+)
+
+
+def _claim_together(picks: str, stamp: str) -> str:
+    """The statement that claims ``picks`` (a relation of ``ch, tk, want, k`` whose tasks this
+    transaction holds locked, or ``free`` locks) at ``stamp``, as ``claim_task`` claims one: the
+    row's guarded ``UPDATE`` and both events, the pick's ticket numbering the first."""
+    return f"""claimed AS (
+    UPDATE tasks t SET status = x.target, claimed_by = p_worker, claimed_at = x.stamp,
+        claim_token = gen_random_uuid(),
+        lease_expires_at = p_now + make_interval(secs => p_lease_s),
+        retry_at = NULL, failed_stage = NULL,
+        attempts = CASE WHEN x.target = 'claimed' THEN t.attempts ELSE t.attempts + 1 END,
+        stage_runs = CASE WHEN x.target = 'claimed' THEN t.stage_runs
+                          ELSE t.stage_runs + 1 END
+      FROM (SELECT x.*, target AS target, {stamp} AS stamp FROM {picks} x) x
+      WHERE t.id = x.want AND t.channel_id = x.ch
+      RETURNING x.k, x.tk, x.stamp, x.target, t.id, t.claim_token, t.attempts, t.stage_runs,
+                t.title, t.topic, t.story_direction, t.artifacts),
+  events AS (
+    INSERT INTO task_events (id, task_id, from_status, to_status, actor, note, created_at)
+      SELECT e.id, e.task, e.src, e.dst, p_worker, e.note, e.at FROM (
+        SELECT c.k, 1 AS o, coalesce(c.tk, nextval('{EVENT_IDS}')) AS id, c.id AS task,
+               'queued'::taskstatus AS src, 'claimed'::taskstatus AS dst, 'claim' AS note,
+               c.stamp AS at
+          FROM claimed c
+        UNION ALL
+        SELECT c.k, 2, nextval('{EVENT_IDS}'), c.id, 'claimed', c.target, NULL, c.stamp
+          FROM claimed c WHERE c.target <> 'claimed') e
+      ORDER BY e.k, e.o)
+  SELECT c.k::integer, c.id, 'queued'::taskstatus, c.target, c.claim_token, c.attempts,
+         c.stage_runs, c.title::text, c.topic::text, c.story_direction, c.artifacts
+    FROM claimed c"""
+
+
+def render_reserved(targets: Targets) -> str:
+    """``claim_reserved``: ``claim_task`` of several picks at once, for the common case: the task
+    each pick reserved still queued and not on hold, its channel active and without a cap. A
+    task another transaction holds locked is skipped, not waited for. The target is the same
+    rule's, from the frozen ``targets``. A pick it does not claim returns no row, and the caller
+    gives it to ``claim_task``, which decides as ever (``tests/test_reserved_claims.py`` holds
+    the two equal). Claimed one by one, each cost a function call and five statements.
+
+    Where quotas count the stage these claims start, the tasks are locked first (skipping any
+    another transaction holds), then every bucket of their channels in ``quota_take``'s order,
+    made first if missing; the clock read after the locks stamps every start. Each pick records
+    its start in all its buckets, or in none where one has no room or is paused
+    (``quota_take``'s check and record), and the picks recorded are claimed together: so the
+    picks claimed are those ``claim_task`` would claim one by one. Where no two picks share a
+    bucket (per-channel quotas, picks of distinct channels), the records and the claims are
+    one statement; else the picks record one after the other, in their order."""
+    target = _one_status("queued", targets)
+    picks = "unnest(p_channels, p_tickets, p_tasks) WITH ORDINALITY x (ch, tk, want, k)"
+    free = (f"SELECT x.* FROM {picks} JOIN tasks t ON t.id = x.want AND t.channel_id = x.ch"
+            " JOIN channels c ON c.id = t.channel_id"
+            " WHERE t.status = 'queued' AND t.hold_since IS NULL AND c.is_active"
+            " AND c.max_concurrent IS NULL FOR UPDATE OF t SKIP LOCKED")
+    quota = f"q.stage IN (st, '{EVERY_STAGE}')"
+    chs = "ARRAY(SELECT p_channels[i] FROM unnest(ks) i)"
+
+    def lock(channels: str) -> str:
+        """Lock the buckets of ``channels`` (a query of channel ids) in ``quota_take``'s
+        order: their own, and the shared one if they are any."""
+        return (f"SELECT 1 FROM quota_usage u JOIN quotas q ON q.id = u.quota_id WHERE {quota}"
+                f" AND CASE WHEN q.per_channel THEN u.channel_id IN ({channels})"
+                f" ELSE u.channel_id = '{SHARED}' AND EXISTS ({channels}) END"
+                " ORDER BY u.channel_id, u.quota_id FOR UPDATE OF u")
+    return f"""CREATE FUNCTION {RESERVED}(
+  p_worker text, p_lease_s double precision, p_now timestamptz, p_start boolean,
+  p_channels uuid[], p_tickets bigint[], p_tasks uuid[])
+RETURNS TABLE (n integer, task_id uuid, from_status taskstatus, to_status taskstatus,
+               claim_token uuid, attempt integer, run integer, title text, topic text,
+               story_direction text, artifacts jsonb)
+LANGUAGE plpgsql {SETTINGS}
+  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off AS $$
+DECLARE
+  target taskstatus := {target};
+  st text := {TASK_STAGE}(target, NULL);
+  per_channel integer;
+  shared integer;
+  ks bigint[];
+  k bigint;
+  locked integer;
+  chans integer;
+  counted integer;
+  at timestamptz;
+BEGIN
+  SELECT count(*) FILTER (WHERE q.per_channel), count(*) FILTER (WHERE NOT q.per_channel)
+    INTO per_channel, shared FROM quotas q WHERE {quota};
+  IF per_channel + shared = 0 THEN
+    RETURN QUERY
+    WITH free AS ({free}),
+    {_claim_together("free", "clock_timestamp()")};
+    RETURN;
+  END IF;
+  -- Starts of this stage count against quotas: the tasks locked (skipping any another
+  -- transaction holds), then the buckets of their channels, in quota_take's order.
+  WITH free AS MATERIALIZED ({free})
+  SELECT (SELECT coalesce(array_agg(f.k ORDER BY f.k), '{{}}') FROM free f),
+         (SELECT count(*) FROM ({lock("SELECT f.ch FROM free f")}) l),
+         (SELECT count(DISTINCT f.ch) FROM free f)
+    INTO ks, locked, chans;
+  IF cardinality(ks) = 0 THEN
+    RETURN;
+  END IF;
+  IF locked < shared + per_channel * chans THEN
+    -- A bucket made at its first start.
+    INSERT INTO quota_usage (channel_id, quota_id, stage)
+      SELECT DISTINCT {_bucket_of('q', 'x.ch')}, q.id, q.stage
+        FROM quotas q CROSS JOIN unnest({chs}) x (ch) WHERE {quota}
+      ON CONFLICT DO NOTHING;
+    PERFORM 1 FROM ({lock(f"SELECT unnest({chs})")}) l;
+  END IF;
+  -- The clock read after the locks stamps every start.
+  at := clock_timestamp();
+  IF shared = 0 AND chans = cardinality(ks) THEN
+    -- No two picks share a bucket: each records its start in all its buckets or in none, and
+    -- those recorded are claimed, in one statement.
+    RETURN QUERY
+    WITH recorded AS (
+      UPDATE quota_usage u
+        {_record("          ")}
+        FROM {picks} JOIN quotas q ON {quota}
+        WHERE x.k = ANY (ks) AND q.id = u.quota_id AND u.channel_id = x.ch
+          AND NOT EXISTS ({_spent_at("st", "x.ch")})
+        RETURNING x.k),
+    granted AS (SELECT x.* FROM {picks} WHERE x.k IN (SELECT r.k FROM recorded r)),
+    {_claim_together("granted", "at")};
+    RETURN;
+  END IF;
+  -- Each pick in turn: its start recorded in every bucket it counts against, or in none.
+  FOR i IN 1 .. cardinality(ks) LOOP
+    k := ks[i];
+    UPDATE quota_usage u
+      {_record("        ")}
+      FROM quotas q WHERE q.id = u.quota_id AND {quota}
+        AND u.channel_id = {_bucket_of('q', 'p_channels[k]')}
+        AND NOT EXISTS ({_spent_at("st", "p_channels[k]")});
+    GET DIAGNOSTICS counted = ROW_COUNT;
+    IF counted = 0 THEN
+      ks[i] := NULL;
+    END IF;
+  END LOOP;
+  RETURN QUERY
+  WITH granted AS (SELECT x.* FROM {picks} WHERE x.k = ANY (ks)),
+  {_claim_together("granted", "at")};
+END
+$$"""
