@@ -68,6 +68,9 @@ def parse(argv: list[str] | None = None) -> Options | web.WebOptions | throughpu
                         help="throughput: tasks, 7 stage executions each (1429)")
     parser.add_argument("--tp-workers", type=_procs, default=throughput.DEFAULT_WORKERS,
                         help="throughput: worker process counts (1,2,4)")
+    parser.add_argument("--tp-slots", type=_procs, default=throughput.DEFAULT_SLOTS,
+                        help="throughput: stages each worker process runs at once"
+                             " (WORKER_CONCURRENCY; 10,100)")
     parser.add_argument("--tp-jobs", type=_count,
                         help="throughput: no-op jobs for PGQueuer and arq (7 x tasks)")
     parser.add_argument("--tp-pgq-procs", type=_procs,
@@ -75,7 +78,8 @@ def parse(argv: list[str] | None = None) -> Options | web.WebOptions | throughpu
     args = parser.parse_args(argv)
     if args.throughput:
         return throughput.ThroughputOptions(tasks=args.tp_tasks, workers=args.tp_workers,
-                                            jobs=args.tp_jobs, pgq_procs=args.tp_pgq_procs)
+                                            slots=args.tp_slots, jobs=args.tp_jobs,
+                                            pgq_procs=args.tp_pgq_procs)
     sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
     finished = args.finished if args.finished is not None else (0 if args.quick else 1_000_000)
     datasets = tuple(Dataset(n) for n in sizes) + ((Dataset(10_000, finished),) if finished

@@ -69,6 +69,9 @@ from bench.report import Check
 STAGES = 7
 DEFAULT_TASKS = 1_429            # 7 x 1,429 ≈ 10,000 stage executions
 DEFAULT_WORKERS = (1, 2, 4)
+#: Stages each worker process runs at once (``WORKER_CONCURRENCY``): the default, and as many
+#: jobs as a PGQueuer consumer dequeues at a time (its batch) and the tuned arq runs at once.
+DEFAULT_SLOTS = (10, 100)
 #: In every statement the benchmark itself runs on a measured database (after its first word:
 #: pg_stat_statements keeps no comment ahead of a statement).
 MARK = "/* bench */"
@@ -92,6 +95,8 @@ RUN_TIMEOUT_S = 900.0
 class ThroughputOptions:
     tasks: int = DEFAULT_TASKS
     workers: tuple[int, ...] = DEFAULT_WORKERS
+    #: ``WORKER_CONCURRENCY`` of our workers: one run per count and process count.
+    slots: tuple[int, ...] = DEFAULT_SLOTS
     #: No-op jobs for PGQueuer and arq (default: 7 times tasks, as many as our stage executions).
     jobs: int | None = None
     #: PGQueuer consumer processes (default: the same counts as ``workers``).
@@ -130,6 +135,7 @@ class Measured:
     note: str = ""              # why there is no figure
     counters: Counters = field(default_factory=Counters)
     published: int = 0          # ours: tasks published
+    slots: int | None = None    # ours: stages each process runs at once
 
     @property
     def rate(self) -> float | None:
@@ -148,11 +154,13 @@ class ThroughputReport:
     seconds: float = 0.0
     load: tuple[float, float] = (0.0, 0.0)
 
-    def find(self, system: str, procs: int) -> Measured | None:
-        return next((m for m in self.runs if m.system == system and m.procs == procs), None)
+    def find(self, system: str, procs: int, slots: int | None = None) -> Measured | None:
+        return next((m for m in self.of(system, slots) if m.procs == procs), None)
 
-    def of(self, system: str) -> list[Measured]:
-        return [m for m in self.runs if m.system == system]
+    def of(self, system: str, slots: int | None = None) -> list[Measured]:
+        """The runs of ``system`` (of ours, with ``slots`` stages per process when given)."""
+        return [m for m in self.runs
+                if m.system == system and (slots is None or m.slots == slots)]
 
 
 # --- counters -------------------------------------------------------------------------------
@@ -254,16 +262,18 @@ async def statements_loaded(conn: asyncpg.Connection) -> bool:
 # --- ours -----------------------------------------------------------------------------------
 
 
-def start(url: str, redis_url: str, queue: str) -> subprocess.Popen[bytes]:
-    """``bench/workers.py``'s ``start``, as a burst worker."""
+def start(url: str, redis_url: str, queue: str, slots: int) -> subprocess.Popen[bytes]:
+    """``bench/workers.py``'s ``start``, as a burst worker running ``slots`` stages at once."""
     full = os.environ | workers.BASE_ENV | {"DATABASE_URL": url, "REDIS_URL": redis_url,
-                                            "QUEUE_NAME": queue}
+                                            "QUEUE_NAME": queue,
+                                            "WORKER_CONCURRENCY": str(slots)}
     return subprocess.Popen([sys.executable, "-m", "app", "worker", "--burst"], env=full,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-async def ours(server_url: str, redis_url: str, tasks: int, procs: int) -> Measured:
-    result = Measured("ours", procs, STAGES * tasks)
+async def ours(server_url: str, redis_url: str, tasks: int, procs: int,
+               slots: int = DEFAULT_SLOTS[0]) -> Measured:
+    result = Measured("ours", procs, STAGES * tasks, slots=slots)
     async with data.scratch_database(server_url) as url:
         conn = await data.connect(url)
         redis = await create_pool(wakeups.redis_settings(redis_url))
@@ -277,14 +287,14 @@ async def ours(server_url: str, redis_url: str, tasks: int, procs: int) -> Measu
                 " FROM generate_series(1, $1) g RETURNING id", data.CHANNELS)]
             await redis.enqueue_job(wakeups.WORK_JOB, _job_id=hold, _queue_name=queue,
                                     _defer_by=timedelta(seconds=HOLD_S))
-            running += [start(url, redis_url, queue) for _ in range(procs)]
+            running += [start(url, redis_url, queue, slots) for _ in range(procs)]
             await _ready(redis, queue, procs, running)
             await asyncio.sleep(SETTLE_S)
             async with Probe.open(server_url, url, redis_url) as probe:
                 before = await probe.snapshot(before=True)
                 redis_before = await probe.redis_calls()
                 task_ids, queued = await _queue(conn, channels, tasks, probe)
-                await wakeups.wake(redis, min(tasks, 10 * procs), queue_name=queue)
+                await wakeups.wake(redis, min(tasks, slots * procs), queue_name=queue)
                 done = await _published(conn, task_ids, running, probe)
                 redis_calls = await probe.redis_calls() - redis_before
                 result.seconds = (done - queued).total_seconds()
@@ -569,10 +579,11 @@ async def run(options: ThroughputOptions, server_url: str, redis_url: str) -> Th
     report = ThroughputReport(options, server, loaded, datetime.now(UTC), os.cpu_count(),
                               f"{platform.machine()} {platform.system()} {platform.release()}")
     load_at_start = os.getloadavg()[0]
-    for n in options.workers:
-        data.progress(f"ours: {options.tasks:,} tasks x {STAGES} stages, {n} worker"
-                      f" process(es)")
-        report.runs.append(await ours(server_url, redis_url, options.tasks, n))
+    for slots in options.slots:
+        for n in options.workers:
+            data.progress(f"ours: {options.tasks:,} tasks x {STAGES} stages, {n} worker"
+                          f" process(es), {slots} slots each")
+            report.runs.append(await ours(server_url, redis_url, options.tasks, n, slots))
     for n in options.pgq_counts:
         data.progress(f"PGQueuer: {options.job_count:,} jobs, {n} process(es)")
         report.runs.append(await pgqueuer(server_url, redis_url, options.job_count, n,
@@ -637,7 +648,7 @@ def _rates_table(report: ThroughputReport) -> str:
     rows: list[list[object]] = []
     for m in report.runs:
         pgq = report.find("pgqueuer", m.procs)
-        setting = {"ours": "pipeline worker --burst, 0 s stages",
+        setting = {"ours": f"pipeline worker --burst, {m.slots} slots, 0 s stages",
                    "pgqueuer": f"QueueManager, batch {o.batch}, asyncpg, drain",
                    "arq": f"Worker, max_jobs {o.arq_max_jobs}, poll {o.arq_poll_s:g} s,"
                           " burst"}[m.system]
@@ -664,7 +675,8 @@ def _counters_table(report: ThroughputReport) -> str:
             continue
         c = m.counters
         db = m.system != "arq"
-        rows.append([f"{m.system}, {m.procs} process(es)",
+        slots = f", {m.slots} slots" if m.slots else ""
+        rows.append([f"{m.system}{slots}, {m.procs} process(es)",
                      "stage execution" if m.system == "ours" else "job",
                      _per(c.statements, m, missing) if db else "-",
                      _per(c.commits, m) if db else "-",
@@ -684,7 +696,8 @@ def _top_table(report: ThroughputReport) -> str:
     rows = [[_short(text), *(f"{m.counters.top.get(text, 0) / m.items:.3f}" for m in runs)]
             for text in top]
     return (f"ours: the top {TOP_STATEMENTS} statements by calls, calls per stage execution\n"
-            + tables.render(["statement", *(f"{m.procs} proc" for m in runs)], rows))
+            + tables.render(["statement", *(f"{m.slots}/{m.procs}" for m in runs)], rows)
+            + "\n(columns: slots per process / processes)")
 
 
 def _short(text: str, width: int = 70) -> str:
@@ -693,17 +706,20 @@ def _short(text: str, width: int = 70) -> str:
 
 
 def targets(report: ThroughputReport) -> list[list[object]]:
-    checks = [*_pgq_checks(report), *_scaling_checks(report), *_cost_checks(report)]
+    checks = []
+    for slots in report.options.slots:
+        checks += [*_pgq_checks(report, slots), *_scaling_checks(report, slots)]
+    checks += _cost_checks(report)
     return [c.row() for c in checks]
 
 
-def _pgq_checks(report: ThroughputReport) -> list[Check]:
+def _pgq_checks(report: ThroughputReport, slots: int) -> list[Check]:
     pairs = [(m.procs, _ratio(m.rate, _rate(report.find("pgqueuer", m.procs))))
-             for m in report.of("ours")]
+             for m in report.of("ours", slots)]
     ratios = [(n, r) for n, r in pairs if r is not None]
     checks = []
     for name, bound in (("first milestone", MILESTONE_RATIO), ("goal", GOAL_RATIO)):
-        label = f"{name}: ours ≥ {bound:g}x PGQueuer, same processes"
+        label = f"{name}: ours ({slots} slots) ≥ {bound:g}x PGQueuer, same processes"
         if not ratios:
             checks.append(Check(label, "PGQueuer not measured", None))
             continue
@@ -714,17 +730,16 @@ def _pgq_checks(report: ThroughputReport) -> list[Check]:
     return checks
 
 
-def _scaling_checks(report: ThroughputReport) -> list[Check]:
-    rates = {m.procs: m.rate for m in report.of("ours") if m.rate}
+def _scaling_checks(report: ThroughputReport, slots: int) -> list[Check]:
+    rates = {m.procs: m.rate for m in report.of("ours", slots) if m.rate}
     checks = []
+    rise = f"ours ({slots} slots): stage executions/s rise from 1 to 2 processes"
     if 1 in rates and 2 in rates:
-        checks.append(Check("ours: stage executions/s rise from 1 to 2 processes",
-                             f"{rates[1]:.0f} → {rates[2]:.0f}/s ({rates[2] / rates[1]:.2f}x)",
-                             rates[2] > rates[1]))
+        checks.append(Check(rise, f"{rates[1]:.0f} → {rates[2]:.0f}/s"
+                                  f" ({rates[2] / rates[1]:.2f}x)", rates[2] > rates[1]))
     else:
-        checks.append(Check("ours: stage executions/s rise from 1 to 2 processes",
-                             "needs 1 and 2", None))
-    label = f"ours: not falling from 2 to 4 processes (≥ {NOT_FALLING:g}x)"
+        checks.append(Check(rise, "needs 1 and 2", None))
+    label = f"ours ({slots} slots): not falling from 2 to 4 processes (≥ {NOT_FALLING:g}x)"
     if 2 in rates and 4 in rates:
         checks.append(Check(label, f"{rates[2]:.0f} → {rates[4]:.0f}/s"
                              f" ({rates[4] / rates[2]:.2f}x)",
@@ -741,8 +756,9 @@ def _cost_checks(report: ThroughputReport) -> list[Check]:
         ("statements", STATEMENTS_TARGET, lambda c: c.statements),
         ("commits", COMMITS_TARGET, lambda c: c.commits)]
     for name, bound, get in picks:
-        label = f"ours: ≤ {bound:g} {name} per stage execution (every process count)"
-        values = [(m.procs, n / m.items) for m in runs if (n := get(m.counters)) is not None]
+        label = f"ours: ≤ {bound:g} {name} per stage execution (every run)"
+        values = [(f"{m.slots}/{m.procs}", n / m.items) for m in runs
+                  if (n := get(m.counters)) is not None]
         if not values:
             why = "pg_stat_statements not loaded" if name == "statements" else "no run"
             checks.append(Check(label, why, None))
@@ -754,8 +770,10 @@ def _cost_checks(report: ThroughputReport) -> list[Check]:
 
 
 FOOTNOTES = """\
-ours: K `python -m app worker --burst` processes (WORKER_CONCURRENCY each, default 10), woken
-  with min(N, 10 K) wake-ups as the sync wakes them; every task runs all seven stages (assets,
+ours: K `python -m app worker --burst` processes running S stages at once each
+  (WORKER_CONCURRENCY: 10, the default, and 100, as many jobs as a PGQueuer consumer dequeues
+  at a time and the tuned arq runs at once), woken with min(N, S K) wake-ups as the sync wakes
+  them; every task runs all seven stages (assets,
   composites, video, audio, sfx, assembly, upload; 0 s each, gates approved automatically).
   Time: from the queueing commit to the last published_at. One scratch database per process
   count; the workers are up (all K in the live-worker registry) before the tasks are queued.

@@ -8,11 +8,11 @@ from bench import throughput
 
 async def test_throughput_bench_toy_run_produces_the_table(pg_server_url: str,
                                                            redis_url: str) -> None:
-    options = throughput.ThroughputOptions(tasks=20, workers=(1, 2))
+    options = throughput.ThroughputOptions(tasks=20, workers=(1, 2), slots=(10, 100))
     report = await throughput.run(options, pg_server_url, redis_url)
 
     ours = report.of("ours")
-    assert [m.procs for m in ours] == [1, 2]
+    assert [(m.slots, m.procs) for m in ours] == [(10, 1), (10, 2), (100, 1), (100, 2)]
     for m in ours:
         assert m.published == 20 and m.items == 140
         assert m.seconds is not None and m.seconds > 0
@@ -31,6 +31,7 @@ async def test_throughput_bench_toy_run_produces_the_table(pg_server_url: str,
 
     text = throughput.render(report)
     assert "20 tasks x 7 stages = 140 stage executions" in text
-    assert "pipeline worker --burst" in text and "Worker, max_jobs 100" in text
-    assert "ours: stage executions/s rise from 1 to 2 processes" in text
+    assert "pipeline worker --burst, 100 slots" in text and "Worker, max_jobs 100" in text
+    assert "ours (10 slots): stage executions/s rise from 1 to 2 processes" in text
+    assert "first milestone: ours (100 slots) ≥ 0.5x PGQueuer" in text
     assert "≤ 1 commits per stage execution" in text
