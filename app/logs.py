@@ -38,6 +38,9 @@ def configure(*, level: str | None, fmt: str, default: int) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level or default)
+    # A worker logs a line per stage; no format here shows the thread or the process, so no
+    # record looks them up (a tenth of what a line costs).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     if level is None or level != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)   # no chatter on every start
     # arq's CLI gives its logger a handler of its own: through ours alone, its lines show once.
