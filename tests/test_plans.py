@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -96,23 +97,30 @@ async def _buffers(conn: asyncpg.Connection, run: Callable[[], Awaitable[object]
     return total
 
 
+async def _planned_on_one_task(admin: asyncpg.Connection, worker: asyncpg.Connection, *,
+                               cap: int | None) -> tuple[list[uuid.UUID], list[Claim]]:
+    """``CHANNELS`` channels with ``cap``; the worker's connection plans the ranking on an
+    empty table, then claims the one task queued. The channels, and that claim."""
+    channels = [r["id"] for r in await admin.fetch(
+        "INSERT INTO channels (channel_id, channel_name, max_concurrent)"
+        " SELECT 'UC-plans-' || g, 'Plans ' || g, $2 FROM generate_series(1, $1) g"
+        " RETURNING id", CHANNELS, cap)]
+    assert await _pick_up(worker, 1) == []
+    await admin.execute(
+        "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
+        " VALUES ($1, md5('first'), 'First', 'queued')", channels[0])
+    first = await _pick_up(worker, 1)
+    assert len(first) == 1
+    return channels, first
+
+
 async def test_plans_made_on_an_empty_table_read_the_claim_indexes_once_it_fills(
         fresh: str) -> None:
     admin = await asyncpg.connect(**connect_kwargs(fresh))
     worker = await asyncpg.connect(**connect_kwargs(fresh))
     try:
-        channels = [r["id"] for r in await admin.fetch(
-            "INSERT INTO channels (channel_id, channel_name, max_concurrent)"
-            " SELECT 'UC-plans-' || g, 'Plans ' || g, 50 FROM generate_series(1, $1) g"
-            " RETURNING id", CHANNELS)]
-        # The worker's connection plans the ranking on an empty table, then the claim and the
-        # boundary (with its capacity count) on a table of one task.
-        assert await _pick_up(worker, 1) == []
-        await admin.execute(
-            "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
-            " VALUES ($1, md5('first'), 'First', 'queued')", channels[0])
-        first = await _pick_up(worker, 1)
-        assert len(first) == 1
+        # The claim and the boundary (with its capacity count) planned on a table of one task.
+        channels, first = await _planned_on_one_task(admin, worker, cap=50)
         assert await _carry(worker, first) == 1
 
         await admin.execute(
@@ -147,15 +155,7 @@ async def test_plans_made_on_an_empty_table_take_each_task_by_its_key_once_the_q
     admin = await asyncpg.connect(**connect_kwargs(fresh))
     worker = await asyncpg.connect(**connect_kwargs(fresh))
     try:
-        channels = [r["id"] for r in await admin.fetch(
-            "INSERT INTO channels (channel_id, channel_name)"
-            " SELECT 'UC-keys-' || g, 'Keys ' || g FROM generate_series(1, $1) g"
-            " RETURNING id", CHANNELS)]
-        assert await _pick_up(worker, 1) == []
-        await admin.execute(
-            "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
-            " VALUES ($1, md5('first'), 'First', 'queued')", channels[0])
-        assert len(await _pick_up(worker, 1)) == 1
+        channels, _ = await _planned_on_one_task(admin, worker, cap=None)
 
         # A full queue, and as many tasks running their first stage under other workers.
         await admin.execute(
