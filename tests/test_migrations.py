@@ -376,7 +376,7 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0014_plans_by_key": {
-        "postgresql upgrade": "d5ea71ee0fd5d28d",
+        "postgresql upgrade": "95fdce3ea7f18f05",
         "postgresql downgrade": "e3fb6ea0730767b6",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",

@@ -16,12 +16,12 @@ believing ``tasks`` tiny, and a new database has no statistics until autovacuum'
 - ``stage_boundaries`` found each task through ``ix_tasks_status``, reading every task (and
   every dead version) in the same status.
 
-Both now look each task up by its id alone: the reserved tasks in a lateral subquery that
-locks each row (``FOR UPDATE SKIP LOCKED``; ``OFFSET 0`` keeps the conditions out of it), its
-status, hold and channel checked on the row it locked; the boundary's writes compare the status
-and claim token with ``IS NOT DISTINCT FROM`` (the same test for these non-null values, but no
-index can serve it). No other index can serve the look-up, so every plan, on any statistics,
-probes the primary key. What the functions decide and write is unchanged.
+Both now look each task up by its id alone, comparing its status (and hold, and claim token)
+with ``IS NOT DISTINCT FROM``: the same test for these values, but one no index can serve. The
+reserved tasks are locked in a lateral subquery (``FOR UPDATE SKIP LOCKED``; ``OFFSET 0`` keeps
+the channel's conditions out of it, checked on the row locked). No other index can serve the
+look-up, so every plan, on any statistics, probes the primary key. What the functions decide
+and write is unchanged.
 
 Revision 0012's ``stage_boundaries`` is frozen as ``batch_0012`` and revision 0013's
 ``claim_reserved`` as ``reserved_0013``; a downgrade re-installs them.

@@ -721,18 +721,20 @@ def render_reserved(targets: Targets) -> str:
     bucket (per-channel quotas, picks of distinct channels), the records and the claims are
     one statement; else the picks record one after the other, in their order.
 
-    Each task is found by its id alone, in a lateral subquery that locks it (``OFFSET 0`` keeps
-    the other conditions out of it; they are checked on the row locked): no other index can
-    serve that look-up, so a plan made while ``tasks`` was tiny still probes the primary key
-    once the queue fills, rather than reading every queued task."""
+    Each task is found by its id, in a lateral subquery that locks it: its status and hold are
+    compared with ``IS NOT DISTINCT FROM`` (the same test for these values, which no index
+    serves) and ``OFFSET 0`` keeps its channel's conditions out of it (checked on the row
+    locked). No other index can serve that look-up, so a plan made while ``tasks`` was tiny
+    still probes the primary key once the queue fills, rather than reading every queued task;
+    and a task no longer queued is not locked."""
     target = _one_status("queued", targets)
     picks = "unnest(p_channels, p_tickets, p_tasks) WITH ORDINALITY x (ch, tk, want, k)"
     free = (f"SELECT x.* FROM {picks} CROSS JOIN LATERAL ("
-            "SELECT t.channel_id, t.status, t.hold_since FROM tasks t WHERE t.id = x.want"
+            "SELECT t.channel_id FROM tasks t WHERE t.id = x.want"
+            " AND (t.status, t.hold_since IS NULL) IS NOT DISTINCT FROM ('queued', true)"
             " OFFSET 0 FOR UPDATE OF t SKIP LOCKED) t"
             " JOIN channels c ON c.id = t.channel_id"
-            " WHERE t.channel_id = x.ch AND t.status = 'queued' AND t.hold_since IS NULL"
-            " AND c.is_active AND c.max_concurrent IS NULL")
+            " WHERE t.channel_id = x.ch AND c.is_active AND c.max_concurrent IS NULL")
     quota = f"q.stage IN (st, '{EVERY_STAGE}')"
     chs = "ARRAY(SELECT p_channels[i] FROM unnest(ks) i)"
 
