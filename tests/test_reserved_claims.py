@@ -174,6 +174,28 @@ async def test_a_reserved_claim_is_claim_task_or_nothing(
 
 
 
+@pytest.mark.parametrize("name", ["not queued", "on hold"])
+async def test_a_reserved_task_it_cannot_claim_is_left_unlocked(
+        conn: asyncpg.Connection, url: str, name: str) -> None:
+    """A task the claim passes over (no longer queued, put on hold) is not locked by it: until
+    the pick-up commits, its holder's writes and an operator's would otherwise wait."""
+    picks = [await _pick(conn, CONDITIONS[name]) for _ in range(2)]
+    other = await asyncpg.connect(**connect_kwargs(url))
+    try:
+        async with conn.transaction():
+            rows = await conn.fetch(
+                "SELECT * FROM claim_reserved('w', $1, $2, true, $3, $4, $5)",
+                LEASE_S, NOW, *[list(column) for column in zip(*picks, strict=True)])
+            assert rows == []
+            async with other.transaction():
+                locked = await other.fetch(
+                    "SELECT id FROM tasks WHERE id = ANY($1::uuid[]) FOR UPDATE NOWAIT",
+                    [task for _, _, task in picks])
+    finally:
+        await other.close()
+    assert len(locked) == 2
+
+
 async def _assert_twins(conn: asyncpg.Connection, together: list[Pick], alone: list[Pick],
                         rows: list[asyncpg.Record], singles: list[asyncpg.Record]) -> None:
     """Each task claimed together is left as its twin claimed alone."""
