@@ -154,8 +154,8 @@ class ThroughputReport:
     seconds: float = 0.0
     load: tuple[float, float] = (0.0, 0.0)
 
-    def find(self, system: str, procs: int, slots: int | None = None) -> Measured | None:
-        return next((m for m in self.of(system, slots) if m.procs == procs), None)
+    def find(self, system: str, procs: int) -> Measured | None:
+        return next((m for m in self.of(system) if m.procs == procs), None)
 
     def of(self, system: str, slots: int | None = None) -> list[Measured]:
         """The runs of ``system`` (of ours, with ``slots`` stages per process when given)."""
@@ -272,7 +272,7 @@ def start(url: str, redis_url: str, queue: str, slots: int) -> subprocess.Popen[
 
 
 async def ours(server_url: str, redis_url: str, tasks: int, procs: int,
-               slots: int = DEFAULT_SLOTS[0]) -> Measured:
+               slots: int) -> Measured:
     result = Measured("ours", procs, STAGES * tasks, slots=slots)
     async with data.scratch_database(server_url) as url:
         conn = await data.connect(url)

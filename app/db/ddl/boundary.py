@@ -217,6 +217,9 @@ def render_batch(finish: Finish, steps: Steps, claim: Mapping[str, str], *,
     start_case = " ".join(f"WHEN '{s}' THEN '{a}'" for s, a in starts.items())
     active_list = ", ".join(f"'{status}'" for status in active)
     shared, every = claim_task.SHARED, claim_task.EVERY_STAGE
+    # Each row still in the stage its caller holds, under its claim: by key alone (above).
+    held = ("WHERE t.id = x.p_task\n"
+            "          AND (t.status, t.claim_token) IS NOT DISTINCT FROM (x.p_status, x.p_token)")
     rows = ("unnest(p_tasks, p_tokens, p_statuses, p_outputs, p_urls, targets, single)"
             " WITH ORDINALITY x (p_task, p_token, p_status, p_output, p_url, target, single, i)")
     return f"""CREATE FUNCTION {BOUNDARIES}(
@@ -313,8 +316,7 @@ BEGIN
         FROM (SELECT x.*, clock_timestamp() AS stamp FROM {rows}
               WHERE x.target IS NOT NULL) x,
              channels c
-        WHERE t.id = x.p_task
-          AND (t.status, t.claim_token) IS NOT DISTINCT FROM (x.p_status, x.p_token)
+        {held}
           AND c.id = t.channel_id AND c.is_active AND t.hold_since IS NULL
           AND (c.max_concurrent IS NULL
                OR c.max_concurrent > {claim_task.active_count("c.id", active_list,
@@ -336,8 +338,7 @@ BEGIN
       UPDATE tasks t SET
           {_assignments(finish)}
         FROM {rows}
-        WHERE t.id = x.p_task
-          AND (t.status, t.claim_token) IS NOT DISTINCT FROM (x.p_status, x.p_token)
+        {held}
           AND x.target IS NULL AND x.single
         RETURNING x.i
     LOOP
