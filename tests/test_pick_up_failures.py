@@ -1,10 +1,15 @@
 """A claim inside ``pick_up`` that fails on a lock: it alone is lost (a warning says which task),
 its pick stays counted, the claims made beside it are kept, and the call picks again without
 that channel. Real PostgreSQL; the claim's lock wait is shortened for the test's own database
-(``lock_timeout`` on ``claim_task``, 30 s in service)."""
+(``lock_timeout`` on ``claim_task``, 30 s in service).
+
+A pick-up whose server connection dies between its two commits (the pick made, the claim not):
+the task it reserved waits, queued and unclaimed, passed over by the channel's later pick-ups
+until the reservation lapses (``RESERVE_S``), and is then taken."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -13,6 +18,7 @@ import asyncpg
 import pytest
 
 from app.db import connect_kwargs
+from app.db.ddl.claim_task import RESERVE_S
 from app.execution import hotpath
 from tests import dbtools
 
@@ -75,3 +81,63 @@ async def test_a_claim_that_fails_on_a_lock_is_lost_alone(url: str) -> None:
     finally:
         await holder.close()
         await conn.close()
+
+
+async def test_a_pick_up_cut_off_between_its_pick_and_its_claim_leaves_its_task_to_a_later_one(
+        url: str) -> None:
+    conn, holder, doomed = await _connect(url), await _connect(url), await _connect(url)
+    try:
+        channel = await _channel(conn, "UC-cut", ["normal", "normal"])
+        first, second = [r["id"] for r in await conn.fetch(
+            "SELECT id FROM tasks WHERE channel_id = $1 ORDER BY created_at", channel)]
+        # A quota on the first stage, its bucket made: the claim locks the bucket after the
+        # pick has committed, so a transaction holding the bucket keeps the pick-up between
+        # its two commits for as long as the test needs.
+        quota = await conn.fetchval("INSERT INTO quotas (stage, per_channel, max_starts,"
+                                    " window_s) VALUES ('assets', true, 100, 3600) RETURNING id")
+        await conn.execute("INSERT INTO quota_usage (channel_id, quota_id, stage)"
+                           " VALUES ($1, $2, 'assets')", channel, quota)
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM quota_usage FOR UPDATE")
+        cut = asyncio.create_task(hotpath.take_many(doomed, 1, worker_id=WORKER, lease_s=30.0,
+                                                    now=datetime.now(UTC)))
+        async with asyncio.timeout(10):           # until the claim waits for the bucket
+            while True:
+                if await conn.fetchval("SELECT cardinality(pg_blocking_pids($1))",
+                                       doomed.get_server_pid()):
+                    break
+                await asyncio.sleep(0.01)
+        # The server ends the connection (a restart, a network cut, a pooler's timeout).
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", doomed.get_server_pid())
+        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+            await cut
+        await held.rollback()
+
+        # The pick was committed (its turn counted, the task reserved); the claim was not.
+        row = await conn.fetchrow("SELECT picks, reserved FROM channels WHERE id = $1", channel)
+        assert (row["picks"], row["reserved"]) == (1, [first])
+        task = await conn.fetchrow("SELECT status, claim_token FROM tasks WHERE id = $1", first)
+        assert (task["status"], task["claim_token"]) == ("queued", None)
+        assert await conn.fetchval("SELECT cardinality(starts) FROM quota_usage") == 0
+
+        async def take() -> list[uuid.UUID]:
+            taken = await hotpath.take_many(conn, 2, worker_id=WORKER, lease_s=30.0,
+                                            now=datetime.now(UTC))
+            return [one.claim.task_id for one in taken]
+
+        # While the reservation stands, later pick-ups pass over the reserved task.
+        assert await take() == [second]
+        assert await take() == []
+        # RESERVE_S later (every stamp of the channel's reservations moved back as far):
+        # the reservation has lapsed, and the task is taken.
+        await conn.execute(
+            "UPDATE channels SET reserved_at = ARRAY(SELECT a - make_interval(secs => $2)"
+            " FROM unnest(reserved_at) a), reserved_until = reserved_until"
+            " - make_interval(secs => $2) WHERE id = $1", channel, RESERVE_S + 1)
+        assert await take() == [first]
+        assert await conn.fetchval("SELECT cardinality(starts) FROM quota_usage") == 2
+    finally:
+        for c in (doomed, holder, conn):
+            if not c.is_closed():
+                await c.close()
