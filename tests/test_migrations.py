@@ -49,7 +49,7 @@ def test_frozen_pairs_match_lifecycle() -> None:
 @pytest.mark.parametrize("name", ["0002_claim_task", "0004_claim_start",
                                   "0005_claim_single_write", "0006_row_is_the_truth",
                                   "0007_hold", "0008_quotas", "0010_robust_plans",
-                                  "0011_lean_pick"])
+                                  "0011_lean_pick", "0015_picks_together"])
 def test_frozen_claim_data_matches_lifecycle(name: str) -> None:
     claim = _revision(name)
     starts = {st.start.value: st.active.value for st in lifecycle.STAGES
@@ -378,6 +378,12 @@ GOLDEN = {
     "0014_plans_by_key": {
         "postgresql upgrade": "95fdce3ea7f18f05",
         "postgresql downgrade": "e3fb6ea0730767b6",
+        "sqlite upgrade": "e3b0c44298fc1c14",
+        "sqlite downgrade": "e3b0c44298fc1c14",
+    },
+    "0015_picks_together": {
+        "postgresql upgrade": "e2dc686f6fcafa11",
+        "postgresql downgrade": "bd83673260c02e59",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },

@@ -37,7 +37,14 @@ Revision 0012's pick-up is frozen as ``pick_up_0012``; a downgrade re-installs i
 from collections.abc import Sequence
 
 from alembic import op
-from app.db.ddl import boundary, claim_task, claim_task_0010, pick_up_0012, reserved_0013
+from app.db.ddl import (
+    boundary,
+    claim_task,
+    claim_task_0010,
+    pick_up_0012,
+    pick_up_0013,
+    reserved_0013,
+)
 
 revision: str = "0013"
 down_revision: str | None = "0012"
@@ -149,7 +156,7 @@ def _storage(options: tuple[str, ...]) -> None:
 def upgrade() -> None:
     _storage(USAGE_STORAGE)
     _blocks(claim_task.render_quotas(TARGETS, STAGE_OF)[1])
-    _pick_up([reserved_0013.render_reserved(TARGETS), boundary.render_pick_up()])
+    _pick_up([reserved_0013.render_reserved(TARGETS), pick_up_0013.render_pick_up()])
 
 
 def downgrade() -> None:

@@ -391,7 +391,9 @@ def render_pick_up() -> str:
     transaction open).
 
     The pick-ups are decided together, one after the other, under one hold of the turnstile
-    (each ``pick_channel`` sees the ones before it, so turns stay strict), and committed; then
+    (one by ``pick_channel``; several by ``pick_channels``, which decides them as as many calls
+    of ``pick_channel`` would, each seeing the ones before it, so turns stay strict), and
+    committed; then
     each reserved task is claimed: together by ``claim_reserved`` where its channel has no cap
     (the common case; quotas counted under their buckets' locks), else by ``claim_task``.
     Claims that may wait for a lock (a capped channel's row, a quota bucket) commit apart, so
@@ -427,13 +429,22 @@ DECLARE
   taken boolean[];
 BEGIN
   LOOP
-    -- The pick-ups still wanted, decided under one hold of the turnstile, then committed.
+    -- The pick-ups still wanted, decided under one hold of the turnstile, then committed:
+    -- one by pick_channel, several together by pick_channels.
     chs := '{{}}'; tks := '{{}}'; wants := '{{}}';
-    FOR i IN 1 .. p_count - cardinality(task_ids) LOOP
+    IF p_count - cardinality(task_ids) = 1 THEN
       SELECT p.channel, p.ticket, p.task INTO picked FROM {claim_task.PICK}(p_now, true, skip) p;
-      EXIT WHEN NOT FOUND;
-      chs := chs || picked.channel; tks := tks || picked.ticket; wants := wants || picked.task;
-    END LOOP;
+      IF FOUND THEN
+        chs := ARRAY[picked.channel]; tks := ARRAY[picked.ticket]; wants := ARRAY[picked.task];
+      END IF;
+    ELSE
+      SELECT coalesce(array_agg(p.channel ORDER BY p.o), '{{}}'),
+             coalesce(array_agg(p.ticket ORDER BY p.o), '{{}}'),
+             coalesce(array_agg(p.task ORDER BY p.o), '{{}}')
+        INTO chs, tks, wants
+        FROM {claim_task.PICK_MANY}(p_now, p_count - cardinality(task_ids), skip)
+             WITH ORDINALITY p (channel, ticket, task, o);
+    END IF;
     EXIT WHEN cardinality(chs) = 0;
     COMMIT;
     missed := false;

@@ -82,6 +82,8 @@ from collections.abc import Iterable, Mapping
 
 FUNCTION = "claim_task"
 PICK = "pick_channel"
+#: Several pick-ups decided in one call, as many ``pick_channel`` calls would decide them.
+PICK_MANY = "pick_channels"
 #: The reserved queued tasks of a ``pick_up`` that need no lock but their own, claimed together.
 RESERVED = "claim_reserved"
 #: The workers' pick-up: both steps in one call, each committed.
@@ -407,6 +409,160 @@ BEGIN
   IF channel IS NOT NULL THEN
     RETURN NEXT;
   END IF;
+END
+$$"""
+
+
+def render_pick_many(*, starts: Iterable[str], active: Iterable[str],
+                     errors: Iterable[str]) -> str:
+    """``pick_channels``: up to ``p_count`` pick-ups decided in one call under the turnstile
+    (``p_commit``'s transaction lock), the same picks, counts, turns and reservations as as many
+    calls of ``pick_channel`` one after the other (``tests/test_pick_many.py`` holds the two
+    equal in random cases), from frozen lifecycle data.
+
+    In the common form (no active channel with a cap, no quota spent or paused, no runnable
+    work but queued tasks) the ranking reads each channel's first queued tasks once, and the
+    decisions are made on them in memory, each as the ranking would make it: by the priority of
+    the channel's best task not reserved, then fewest pick-ups, then least recently picked
+    (a pick's number is drawn from the sequence as it is made), then the task's age; a pick
+    raises the channel's count to one below the most of a channel at that priority if it is
+    further behind. A channel's reservations standing in its row are passed over until its
+    first pick here; from then on those still standing when re-read, and the tasks picked
+    here. The channels picked are then locked and written once each. In any other form, or
+    where another transaction holds a picked channel's row, the picks are made by
+    ``pick_channel`` one at a time, as before. One decision costs a ranking (a probe of each
+    channel) and a write of the channel's row; here a call of n pick-ups costs one read of
+    each channel's first n tasks and one write of each channel picked."""
+    flags = _blocks(_flags(_list(starts), _list(errors), _list(active)))
+    stood = ("CASE WHEN c.reserved_until > clock_timestamp() THEN c.reserved"
+             " ELSE '{}'::uuid[] END")
+    one_at_a_time = f"""FOR n IN 1 .. p_count LOOP
+      SELECT p.channel, p.ticket, p.task INTO picked FROM {PICK}(p_now, true, p_skip) p;
+      EXIT WHEN NOT FOUND;
+      channel := picked.channel; ticket := picked.ticket; task := picked.task;
+      RETURN NEXT;
+    END LOOP;
+    RETURN;"""
+    # The head of channel ``w``: its first task from ``i`` on that is not passed over.
+    head = """WHILE i < hi[w] AND CASE WHEN once[w] THEN cl[i] OR cu[i] ELSE cs[i] END LOOP
+      i := i + 1;
+    END LOOP;
+    hd[w] := CASE WHEN i < hi[w] THEN i ELSE 0 END;"""
+    return f"""CREATE FUNCTION {PICK_MANY}(
+  p_now timestamptz, p_count integer, p_skip uuid[] DEFAULT '{{}}')
+RETURNS TABLE (channel uuid, ticket bigint, task uuid)
+LANGUAGE plpgsql {SETTINGS} AS $$
+DECLARE
+  blk_ch uuid[];
+  blk_st text[];
+  capped boolean;
+  others boolean;
+  picked record;
+  -- The channels ranked: id, pick-ups, turn, their tasks' places [lo, hi), the head's place
+  -- (0: none left), and whether this call has picked the channel yet.
+  chan uuid[]; pk integer[]; tn bigint[]; lo integer[]; hi integer[];
+  hd integer[]; once boolean[];
+  -- Their first queued tasks, channel by channel in the ranking's order: id, priority, age,
+  -- reserved in the row (standing), reserved still when re-read (live), picked here.
+  ct uuid[]; cp prioritylevel[]; ca timestamptz[]; cs boolean[]; cl boolean[]; cu boolean[];
+  w integer;
+  i integer;
+  top integer;
+  locked integer;
+  pch uuid[] := '{{}}';
+  ptk bigint[] := '{{}}';
+  pts uuid[] := '{{}}';
+BEGIN
+  -- Alone in its transaction, as pick_channel's p_commit: the lock lasts through the commit.
+  PERFORM set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock({TURNSTILE});
+  {flags}
+  IF capped OR cardinality(blk_ch) > 0 OR others THEN
+    {one_at_a_time}
+  END IF;
+  WITH r AS MATERIALIZED (
+    SELECT c.id AS ch, c.picks, c.turn, t.id AS task, t.priority, t.created_at,
+           t.id = ANY (v.stood) AS stood, t.id = ANY (v.live) AS live,
+           row_number() OVER (ORDER BY c.id, t.priority, t.created_at, t.id)::integer AS o
+      FROM channels c
+      CROSS JOIN LATERAL (SELECT {stood} AS stood, l.ids AS live
+                          FROM {_live("c")} l (ids, ats)) v
+      CROSS JOIN LATERAL (SELECT t.id, t.priority, t.created_at FROM tasks t
+                          WHERE t.channel_id = c.id AND t.hold_since IS NULL
+                            AND t.status = 'queued'
+                          ORDER BY t.priority, t.created_at, t.id
+                          LIMIT p_count + cardinality(v.stood)) t
+      WHERE c.is_active AND c.id <> ALL (p_skip)),
+  g AS (SELECT r.ch, min(r.picks) AS picks, min(r.turn) AS turn, min(r.o) AS lo,
+               max(r.o) + 1 AS hi
+          FROM r GROUP BY r.ch)
+  SELECT (SELECT coalesce(array_agg(g.ch ORDER BY g.lo), '{{}}') FROM g),
+         (SELECT coalesce(array_agg(g.picks ORDER BY g.lo), '{{}}') FROM g),
+         (SELECT coalesce(array_agg(g.turn ORDER BY g.lo), '{{}}') FROM g),
+         (SELECT coalesce(array_agg(g.lo ORDER BY g.lo), '{{}}') FROM g),
+         (SELECT coalesce(array_agg(g.hi ORDER BY g.lo), '{{}}') FROM g),
+         (SELECT coalesce(array_agg(r.task ORDER BY r.o), '{{}}') FROM r),
+         (SELECT coalesce(array_agg(r.priority ORDER BY r.o), '{{}}') FROM r),
+         (SELECT coalesce(array_agg(r.created_at ORDER BY r.o), '{{}}') FROM r),
+         (SELECT coalesce(array_agg(r.stood ORDER BY r.o), '{{}}') FROM r),
+         (SELECT coalesce(array_agg(r.live ORDER BY r.o), '{{}}') FROM r)
+    INTO chan, pk, tn, lo, hi, ct, cp, ca, cs, cl;
+  cu := array_fill(false, ARRAY[cardinality(ct)]);
+  once := array_fill(false, ARRAY[cardinality(chan)]);
+  hd := array_fill(0, ARRAY[cardinality(chan)]);
+  FOR j IN 1 .. cardinality(chan) LOOP
+    w := j;
+    i := lo[w];
+    {head}
+  END LOOP;
+  FOR n IN 1 .. p_count LOOP
+    -- The ranking's choice among the channels with a head.
+    w := 0;
+    FOR j IN 1 .. cardinality(chan) LOOP
+      CONTINUE WHEN hd[j] = 0;
+      IF w = 0 OR (cp[hd[j]], pk[j], tn[j] IS NOT NULL, coalesce(tn[j], 0), ca[hd[j]], chan[j])
+                  < (cp[hd[w]], pk[w], tn[w] IS NOT NULL, coalesce(tn[w], 0), ca[hd[w]], chan[w])
+      THEN
+        w := j;
+      END IF;
+    END LOOP;
+    EXIT WHEN w = 0;
+    top := 0;
+    FOR j IN 1 .. cardinality(chan) LOOP
+      IF hd[j] <> 0 AND cp[hd[j]] = cp[hd[w]] AND pk[j] > top THEN
+        top := pk[j];
+      END IF;
+    END LOOP;
+    pk[w] := greatest(pk[w] + 1, top - 1);
+    tn[w] := nextval('{EVENT_IDS}');
+    pch := pch || chan[w]; ptk := ptk || tn[w]; pts := pts || ct[hd[w]];
+    cu[hd[w]] := true;
+    -- The channel's next head: after its first pick, its reservations as re-read.
+    i := CASE WHEN once[w] THEN hd[w] ELSE lo[w] END;
+    once[w] := true;
+    {head}
+  END LOOP;
+  IF cardinality(pch) = 0 THEN
+    RETURN;
+  END IF;
+  -- The channels picked, locked, unless another transaction holds one's row: then one
+  -- decision at a time, each passing over a channel it finds held.
+  SELECT count(*) INTO locked FROM (SELECT 1 FROM channels k WHERE k.id = ANY (pch)
+                                    FOR NO KEY UPDATE SKIP LOCKED) l;
+  IF locked < cardinality(ARRAY(SELECT DISTINCT unnest(pch))) THEN
+    {one_at_a_time}
+  END IF;
+  UPDATE channels c SET picks = v.picks, turn = v.turn,
+      (reserved, reserved_at) = (SELECT l.ids || v.tasks,
+                                        l.ats || array_fill(clock_timestamp(),
+                                                            ARRAY[cardinality(v.tasks)])
+                                 FROM {_live("c")} l (ids, ats)),
+      reserved_until = clock_timestamp() + interval '{RESERVE_S} seconds'
+    FROM (SELECT p.ch, max(p.tk) AS turn, array_agg(p.task ORDER BY p.o) AS tasks,
+                 (SELECT q.pk FROM unnest(chan, pk) q (ch, pk) WHERE q.ch = p.ch) AS picks
+            FROM unnest(pch, ptk, pts) WITH ORDINALITY p (ch, tk, task, o) GROUP BY p.ch) v
+    WHERE c.id = v.ch;
+  RETURN QUERY SELECT p.ch, p.tk, p.task
+    FROM unnest(pch, ptk, pts) WITH ORDINALITY p (ch, tk, task, o) ORDER BY p.o;
 END
 $$"""
 
