@@ -99,13 +99,15 @@ async def _buffers(conn: asyncpg.Connection, run: Callable[[], Awaitable[object]
 
 async def _planned_on_one_task(admin: asyncpg.Connection, worker: asyncpg.Connection, *,
                                cap: int | None) -> tuple[list[uuid.UUID], list[Claim]]:
-    """``CHANNELS`` channels with ``cap``; the worker's connection plans the ranking on an
-    empty table, then claims the one task queued. The channels, and that claim."""
+    """``CHANNELS`` channels with ``cap``; the worker's connection plans the rankings (of one
+    pick-up, and of several together) on an empty table, then claims the one task queued. The
+    channels, and that claim."""
     channels = [r["id"] for r in await admin.fetch(
         "INSERT INTO channels (channel_id, channel_name, max_concurrent)"
         " SELECT 'UC-plans-' || g, 'Plans ' || g, $2 FROM generate_series(1, $1) g"
         " RETURNING id", CHANNELS, cap)]
     assert await _pick_up(worker, 1) == []
+    assert await _pick_up(worker, 2) == []
     await admin.execute(
         "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
         " VALUES ($1, md5('first'), 'First', 'queued')", channels[0])
@@ -147,11 +149,13 @@ async def test_plans_made_on_an_empty_table_read_the_claim_indexes_once_it_fills
 
 async def test_plans_made_on_an_empty_table_take_each_task_by_its_key_once_the_queue_fills(
         fresh: str) -> None:
-    """Channels without a cap: the pick-up claims its reserved tasks together
-    (``claim_reserved``), and a boundary carries its tasks a set at a time. Planned on an
-    empty table, those statements must still find each task by its primary key once the queue
-    holds thousands of tasks and thousands are in the same active state: not by reading every
-    queued task (``ix_tasks_queued``) or every task in that state (``ix_tasks_status``)."""
+    """Channels without a cap: the pick-up decides its pick-ups together (``pick_channels``)
+    and claims its reserved tasks together (``claim_reserved``), and a boundary carries its
+    tasks a set at a time. Planned on an empty table, those statements must still find each
+    task by its primary key (the pick-ups: each channel's first queued tasks through
+    ``ix_tasks_queued``) once the queue holds thousands of tasks and thousands are in the same
+    active state: not by reading every queued task (``ix_tasks_queued``) or every task in that
+    state (``ix_tasks_status``)."""
     admin = await asyncpg.connect(**connect_kwargs(fresh))
     worker = await asyncpg.connect(**connect_kwargs(fresh))
     try:
@@ -174,12 +178,15 @@ async def test_plans_made_on_an_empty_table_take_each_task_by_its_key_once_the_q
 
         picked = await _buffers(worker, lambda: _pick_up(worker, 8),
                                 parts=("SELECT r.* FROM claim_reserved",))
+        ranked = await _buffers(worker, lambda: _pick_up(worker, 8),
+                                parts=("WITH r AS MATERIALIZED",))
         carried = await _buffers(worker, lambda: _carry(worker, held),
                                  parts=(statements.BOUNDARIES[:30],))
     finally:
         await worker.close()
         await admin.close()
     assert picked < MOST_BUFFERS, f"eight claims together read {picked} buffers"
+    assert ranked < MOST_BUFFERS, f"eight pick-ups decided together read {ranked} buffers"
     assert carried < MOST_BUFFERS, f"eight carries read {carried} buffers"
 
 
@@ -193,8 +200,9 @@ async def test_claim_and_boundary_functions_are_never_jit_compiled(fresh: str) -
         settings = dict(await conn.fetch(
             "SELECT p.proname, array_to_string(p.proconfig, ',') FROM pg_proc p"
             " WHERE p.proname = ANY ($1::text[])",
-            ["pick_channel", "claim_task", "stage_boundary", "stage_boundaries"]))
-        assert len(settings) == 4
+            ["pick_channel", "pick_channels", "claim_task", "stage_boundary",
+             "stage_boundaries"]))
+        assert len(settings) == 5
         assert all("jit=off" in (config or "") for config in settings.values()), settings
         channel = await conn.fetchval(
             "INSERT INTO channels (channel_id, channel_name) VALUES ('UC-jit', 'JIT')"
@@ -216,11 +224,11 @@ async def test_claim_and_boundary_functions_are_never_jit_compiled(fresh: str) -
         available = await conn.fetchval("SELECT pg_jit_available()")
     finally:
         await conn.close()
-    # The statements inside the functions: the ranking, the row's write and its events (the
-    # caller's own statements, a CALL's and the SELECT that calls a function, are cheap plans
-    # that a JIT threshold of its default never reaches).
+    # The statements inside the functions: the ranking (of two pick-ups together), the row's
+    # write and its events (the caller's own statements, a CALL's and the SELECT that calls a
+    # function, are cheap plans that a JIT threshold of its default never reaches).
     inside = [p for p in plans if any(f"Query Text: {start}" in p for start in (
-        "SELECT c.id AS channel", "UPDATE tasks t SET", "INSERT INTO task_events"))]
+        "WITH r AS MATERIALIZED", "UPDATE tasks t SET", "INSERT INTO task_events"))]
     assert len(inside) >= 3, [p.split("\n", 2)[:2] for p in plans]
     compiled = [p.split("\n", 2)[1] for p in inside if "JIT:" in p]
     # Where the server has no JIT nothing can be compiled; the settings above still hold.
