@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from app.db import connect_kwargs, statements
+from app.db.ddl import boundary
 from app.execution import hotpath
 from app.moves import Claim
 from tests import dbtools
@@ -33,6 +34,8 @@ CHANNELS = 4
 #: indexes read a few hundred; the plans this guards against read tens of thousands).
 MOST_BUFFERS = 2_000
 
+#: How the statement of ``pick_channels`` that reads each channel's first tasks begins.
+RANKED_TOGETHER = "SELECT coalesce(array_agg(r.ch"
 _BUFFERS = re.compile(r"Buffers: shared hit=(\d+)(?: read=(\d+))?")
 _AUTO_EXPLAIN = ("LOAD 'auto_explain'", "SET auto_explain.log_min_duration = 0",
                  "SET auto_explain.log_analyze = on", "SET auto_explain.log_buffers = on",
@@ -107,7 +110,7 @@ async def _planned_on_one_task(admin: asyncpg.Connection, worker: asyncpg.Connec
         " SELECT 'UC-plans-' || g, 'Plans ' || g, $2 FROM generate_series(1, $1) g"
         " RETURNING id", CHANNELS, cap)]
     assert await _pick_up(worker, 1) == []
-    assert await _pick_up(worker, 2) == []
+    assert await _pick_up(worker, boundary.PICKS_TOGETHER) == []
     await admin.execute(
         "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
         " VALUES ($1, md5('first'), 'First', 'queued')", channels[0])
@@ -179,7 +182,7 @@ async def test_plans_made_on_an_empty_table_take_each_task_by_its_key_once_the_q
         picked = await _buffers(worker, lambda: _pick_up(worker, 8),
                                 parts=("SELECT r.* FROM claim_reserved",))
         ranked = await _buffers(worker, lambda: _pick_up(worker, 8),
-                                parts=("WITH r AS MATERIALIZED",))
+                                parts=(RANKED_TOGETHER,))
         carried = await _buffers(worker, lambda: _carry(worker, held),
                                  parts=(statements.BOUNDARIES[:30],))
     finally:
@@ -220,15 +223,21 @@ async def test_claim_and_boundary_functions_are_never_jit_compiled(fresh: str) -
         held = await _pick_up(conn, 2)
         assert len(held) == 2
         assert await _carry(conn, held) == 2
+        await conn.execute(
+            "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
+            " SELECT $1, md5('jit more' || g), 'JIT ' || g, 'queued'"
+            " FROM generate_series(1, $2) g", channel, boundary.PICKS_TOGETHER)
+        assert len(await _pick_up(conn, boundary.PICKS_TOGETHER)) == boundary.PICKS_TOGETHER
         await conn.execute("SET auto_explain.log_min_duration = -1")
         available = await conn.fetchval("SELECT pg_jit_available()")
     finally:
         await conn.close()
-    # The statements inside the functions: the ranking (of two pick-ups together), the row's
-    # write and its events (the caller's own statements, a CALL's and the SELECT that calls a
-    # function, are cheap plans that a JIT threshold of its default never reaches).
+    # The statements inside the functions: the ranking, the row's write and its events (the
+    # caller's own statements, a CALL's and the SELECT that calls a function, are cheap plans
+    # that a JIT threshold of its default never reaches).
     inside = [p for p in plans if any(f"Query Text: {start}" in p for start in (
-        "WITH r AS MATERIALIZED", "UPDATE tasks t SET", "INSERT INTO task_events"))]
+        "SELECT c.id AS channel", RANKED_TOGETHER, "UPDATE tasks t SET",
+        "INSERT INTO task_events"))]
     assert len(inside) >= 3, [p.split("\n", 2)[:2] for p in plans]
     compiled = [p.split("\n", 2)[1] for p in inside if "JIT:" in p]
     # Where the server has no JIT nothing can be compiled; the settings above still hold.

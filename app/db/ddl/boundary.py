@@ -50,6 +50,10 @@ BOUNDARY = "stage_boundary"
 #: Several stage boundaries in one statement and one commit.
 BOUNDARIES = "stage_boundaries"
 PICK_UP = "pick_up"
+#: Pick-ups wanted at once from which ``pick_up`` decides them in one ``pick_channels`` call
+#: rather than one ``pick_channel`` call each: its fixed cost (reading each channel's first
+#: tasks, deciding in PL/pgSQL) is about three single decisions' (``bench/RESULTS.md``).
+PICKS_TOGETHER = 4
 #: What a stage's success writes, per active state: column → SQL expression.
 Finish = Mapping[str, Mapping[str, str]]
 #: The automatic moves: status → (target, the gate it passes or None, the event's note).
@@ -430,13 +434,15 @@ DECLARE
 BEGIN
   LOOP
     -- The pick-ups still wanted, decided under one hold of the turnstile, then committed:
-    -- one by pick_channel, several together by pick_channels.
+    -- a few one after the other by pick_channel, more together by pick_channels.
     chs := '{{}}'; tks := '{{}}'; wants := '{{}}';
-    IF p_count - cardinality(task_ids) = 1 THEN
-      SELECT p.channel, p.ticket, p.task INTO picked FROM {claim_task.PICK}(p_now, true, skip) p;
-      IF FOUND THEN
-        chs := ARRAY[picked.channel]; tks := ARRAY[picked.ticket]; wants := ARRAY[picked.task];
-      END IF;
+    IF p_count - cardinality(task_ids) < {PICKS_TOGETHER} THEN
+      FOR i IN 1 .. p_count - cardinality(task_ids) LOOP
+        SELECT p.channel, p.ticket, p.task INTO picked
+          FROM {claim_task.PICK}(p_now, true, skip) p;
+        EXIT WHEN NOT FOUND;
+        chs := chs || picked.channel; tks := tks || picked.ticket; wants := wants || picked.task;
+      END LOOP;
     ELSE
       SELECT coalesce(array_agg(p.channel ORDER BY p.o), '{{}}'),
              coalesce(array_agg(p.ticket ORDER BY p.o), '{{}}'),

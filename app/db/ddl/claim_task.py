@@ -479,33 +479,33 @@ BEGIN
   IF capped OR cardinality(blk_ch) > 0 OR others THEN
     {one_at_a_time}
   END IF;
-  WITH r AS MATERIALIZED (
-    SELECT c.id AS ch, c.picks, c.turn, t.id AS task, t.priority, t.created_at,
-           t.id = ANY (v.stood) AS stood, t.id = ANY (v.live) AS live,
-           row_number() OVER (ORDER BY c.id, t.priority, t.created_at, t.id)::integer AS o
-      FROM channels c
-      CROSS JOIN LATERAL (SELECT {stood} AS stood, l.ids AS live
-                          FROM {_live("c")} l (ids, ats)) v
-      CROSS JOIN LATERAL (SELECT t.id, t.priority, t.created_at FROM tasks t
-                          WHERE t.channel_id = c.id AND t.hold_since IS NULL
-                            AND t.status = 'queued'
-                          ORDER BY t.priority, t.created_at, t.id
-                          LIMIT p_count + cardinality(v.stood)) t
-      WHERE c.is_active AND c.id <> ALL (p_skip)),
-  g AS (SELECT r.ch, min(r.picks) AS picks, min(r.turn) AS turn, min(r.o) AS lo,
-               max(r.o) + 1 AS hi
-          FROM r GROUP BY r.ch)
-  SELECT (SELECT coalesce(array_agg(g.ch ORDER BY g.lo), '{{}}') FROM g),
-         (SELECT coalesce(array_agg(g.picks ORDER BY g.lo), '{{}}') FROM g),
-         (SELECT coalesce(array_agg(g.turn ORDER BY g.lo), '{{}}') FROM g),
-         (SELECT coalesce(array_agg(g.lo ORDER BY g.lo), '{{}}') FROM g),
-         (SELECT coalesce(array_agg(g.hi ORDER BY g.lo), '{{}}') FROM g),
-         (SELECT coalesce(array_agg(r.task ORDER BY r.o), '{{}}') FROM r),
-         (SELECT coalesce(array_agg(r.priority ORDER BY r.o), '{{}}') FROM r),
-         (SELECT coalesce(array_agg(r.created_at ORDER BY r.o), '{{}}') FROM r),
-         (SELECT coalesce(array_agg(r.stood ORDER BY r.o), '{{}}') FROM r),
-         (SELECT coalesce(array_agg(r.live ORDER BY r.o), '{{}}') FROM r)
-    INTO chan, pk, tn, lo, hi, ct, cp, ca, cs, cl;
+  -- Each channel's first queued tasks, in the ranking's order within the channel, the
+  -- channels in order of id; and each channel's count, turn and first task's place.
+  SELECT coalesce(array_agg(r.ch ORDER BY r.o) FILTER (WHERE r.k = 1), '{{}}'),
+         coalesce(array_agg(r.picks ORDER BY r.o) FILTER (WHERE r.k = 1), '{{}}'),
+         coalesce(array_agg(r.turn ORDER BY r.o) FILTER (WHERE r.k = 1), '{{}}'),
+         coalesce(array_agg(r.o ORDER BY r.o) FILTER (WHERE r.k = 1), '{{}}'),
+         coalesce(array_agg(r.task ORDER BY r.o), '{{}}'),
+         coalesce(array_agg(r.priority ORDER BY r.o), '{{}}'),
+         coalesce(array_agg(r.created_at ORDER BY r.o), '{{}}'),
+         coalesce(array_agg(r.stood ORDER BY r.o), '{{}}'),
+         coalesce(array_agg(r.live ORDER BY r.o), '{{}}')
+    INTO chan, pk, tn, lo, ct, cp, ca, cs, cl
+    FROM (SELECT c.id AS ch, c.picks, c.turn, t.id AS task, t.priority, t.created_at,
+                 t.id = ANY (v.stood) AS stood, t.id = ANY (v.live) AS live,
+                 row_number() OVER (ORDER BY c.id, t.priority, t.created_at, t.id) AS o,
+                 row_number() OVER (PARTITION BY c.id
+                                    ORDER BY t.priority, t.created_at, t.id) AS k
+            FROM channels c
+            CROSS JOIN LATERAL (SELECT {stood} AS stood, l.ids AS live
+                                FROM {_live("c")} l (ids, ats)) v
+            CROSS JOIN LATERAL (SELECT t.id, t.priority, t.created_at FROM tasks t
+                                WHERE t.channel_id = c.id AND t.hold_since IS NULL
+                                  AND t.status = 'queued'
+                                ORDER BY t.priority, t.created_at, t.id
+                                LIMIT p_count + cardinality(v.stood)) t
+            WHERE c.is_active AND c.id <> ALL (p_skip)) r;
+  hi := lo[2:] || (cardinality(ct) + 1);
   cu := array_fill(false, ARRAY[cardinality(ct)]);
   once := array_fill(false, ARRAY[cardinality(chan)]);
   hd := array_fill(0, ARRAY[cardinality(chan)]);
