@@ -429,10 +429,11 @@ def render_pick_many(*, starts: Iterable[str], active: Iterable[str],
     further behind. A channel's reservations standing in its row are passed over until its
     first pick here; from then on those still standing when re-read, and the tasks picked
     here. The channels picked are then locked and written once each. In any other form, or
-    where another transaction holds a picked channel's row, the picks are made by
-    ``pick_channel`` one at a time, as before. One decision costs a ranking (a probe of each
-    channel) and a write of the channel's row; here a call of n pick-ups costs one read of
-    each channel's first n tasks and one write of each channel picked."""
+    where another transaction holds a picked channel's row or changed its count or turn since
+    it was read, the picks are made by ``pick_channel`` one at a time, as before. One decision
+    costs a ranking (a probe of each channel) and a write of the channel's row; here a call of
+    n pick-ups costs one read of each channel's first n tasks and one write of each channel
+    picked."""
     flags = _blocks(_flags(_list(starts), _list(errors), _list(active)))
     stood = ("CASE WHEN c.reserved_until > clock_timestamp() THEN c.reserved"
              " ELSE '{}'::uuid[] END")
@@ -461,6 +462,8 @@ DECLARE
   -- The channels ranked: id, pick-ups, turn, their tasks' places [lo, hi), the head's place
   -- (0: none left), and whether this call has picked the channel yet.
   chan uuid[]; pk integer[]; tn bigint[]; lo integer[]; hi integer[];
+  -- Each channel's count and turn as read.
+  pk0 integer[]; tn0 bigint[];
   hd integer[]; once boolean[];
   -- Their first queued tasks, channel by channel in the ranking's order: id, priority, age,
   -- reserved in the row (standing), reserved still when re-read (live), picked here.
@@ -506,6 +509,8 @@ BEGIN
                                 LIMIT p_count + cardinality(v.stood)) t
             WHERE c.is_active AND c.id <> ALL (p_skip)) r;
   hi := lo[2:] || (cardinality(ct) + 1);
+  pk0 := pk;
+  tn0 := tn;
   cu := array_fill(false, ARRAY[cardinality(ct)]);
   once := array_fill(false, ARRAY[cardinality(chan)]);
   hd := array_fill(0, ARRAY[cardinality(chan)]);
@@ -544,10 +549,14 @@ BEGIN
   IF cardinality(pch) = 0 THEN
     RETURN;
   END IF;
-  -- The channels picked, locked, unless another transaction holds one's row: then one
-  -- decision at a time, each passing over a channel it finds held.
-  SELECT count(*) INTO locked FROM (SELECT 1 FROM channels k WHERE k.id = ANY (pch)
-                                    FOR NO KEY UPDATE SKIP LOCKED) l;
+  -- The channels picked, locked as they were read. Where another transaction holds one's
+  -- row, or changed its count or turn since (a claim that found nothing gives its count
+  -- back outside the turnstile): one decision at a time, as pick_channel makes them.
+  SELECT count(*) INTO locked
+    FROM (SELECT 1 FROM channels k JOIN unnest(chan, pk0, tn0) r (id, picks, turn)
+                                     ON r.id = k.id
+          WHERE k.id = ANY (pch) AND k.picks = r.picks AND k.turn IS NOT DISTINCT FROM r.turn
+          FOR NO KEY UPDATE OF k SKIP LOCKED) l;
   IF locked < cardinality(ARRAY(SELECT DISTINCT unnest(pch))) THEN
     {one_at_a_time}
   END IF;
