@@ -811,15 +811,6 @@ def _record(indent: str) -> str:
             f" 1):],\n{indent}blocked_until = {_blocked_until('u.starts || at')}")
 
 
-def _record_all(indent: str, added: str) -> str:
-    """``SET`` of the starts ``added`` (an array, all at ``at``) recorded in a bucket at once
-    (``u``, its quota ``q``), as ``_record`` records them one after the other: only the newest
-    ``max_starts`` kept, and when the bucket frees."""
-    starts = f"u.starts || {added}"
-    return (f"SET starts = ({starts})[greatest(cardinality({starts}) + 1 - q.max_starts, 1):],"
-            f"\n{indent}blocked_until = {_blocked_until(starts)}")
-
-
 def _buckets(stage: str) -> str:
     """The buckets of ``p_channel`` a start of ``stage`` counts against (``u``, with its quota
     ``q``)."""
@@ -891,12 +882,9 @@ def render_reserved(targets: Targets) -> str:
     made first if missing; the clock read after the locks stamps every start. Each pick records
     its start in all its buckets, or in none where one has no room or is paused
     (``quota_take``'s check and record), and the picks recorded are claimed together: so the
-    picks claimed are those ``claim_task`` would claim one by one. The records and the claims
-    are one statement: where no two picks share a bucket (per-channel quotas, picks of distinct
-    channels), each pick's own check; else the picks that fit are counted in their order, a
-    bucket's room read once (how many starts it takes before it is spent, as each record in
-    turn would recompute it), so that a pick fits exactly where its records one after the other
-    would (before revision 0015, one ``UPDATE`` per pick).
+    picks claimed are those ``claim_task`` would claim one by one. Where no two picks share a
+    bucket (per-channel quotas, picks of distinct channels), the records and the claims are
+    one statement; else the picks record one after the other, in their order.
 
     Each task is found by its id, in a lateral subquery that locks it: its status and hold are
     compared with ``IS NOT DISTINCT FROM`` (the same test for these values, which no index
@@ -936,8 +924,10 @@ DECLARE
   per_channel integer;
   shared integer;
   ks bigint[];
+  k bigint;
   locked integer;
   chans integer;
+  counted integer;
   at timestamptz;
 BEGIN
   SELECT count(*) FILTER (WHERE q.per_channel), count(*) FILTER (WHERE NOT q.per_channel)
@@ -983,42 +973,21 @@ BEGIN
     {_claim_together("granted", "at")};
     RETURN;
   END IF;
-  -- Picks sharing a bucket, in one statement: each pick in turn records its start in every
-  -- bucket it counts against, or in none. A bucket takes ``room`` more starts now (none if
-  -- spent or paused; after the first, one for each of its starts that left its window
-  -- beyond its limit's free places, as each record recomputes when it frees); a pick fits
-  -- where its channel's buckets have room for it among its channel's picks before it, and
-  -- the shared ones among every pick before it that fitted its own.
-  RETURN QUERY
-  WITH b AS (
-    SELECT u.channel_id AS ch, u.quota_id AS qid, q.per_channel AS own,
-           CASE WHEN u.blocked_until > at THEN 0
-                WHEN u.paused_until > at THEN 1
-                ELSE greatest(1, q.max_starts - cardinality(u.starts)
-                                 + (SELECT count(*) FROM unnest(u.starts) s
-                                    WHERE s + make_interval(secs => q.window_s) <= at)::integer)
-           END AS room
-      FROM quota_usage u JOIN quotas q ON q.id = u.quota_id
-      WHERE {quota} AND CASE WHEN q.per_channel THEN u.channel_id = ANY ({chs})
-                             ELSE u.channel_id = '{SHARED}' END),
-  mine AS (
-    SELECT x.k, x.ch, row_number() OVER (PARTITION BY x.ch ORDER BY x.k)
-                      <= coalesce((SELECT min(b.room) FROM b WHERE b.own AND b.ch = x.ch),
-                                  cardinality(ks)) AS fits
-      FROM {picks} WHERE x.k = ANY (ks)),
-  fit AS (
-    SELECT m.k, m.ch FROM (SELECT m.*, count(*) FILTER (WHERE m.fits) OVER (ORDER BY m.k) AS n
-                           FROM mine m) m
-      WHERE m.fits AND m.n <= coalesce((SELECT min(b.room) FROM b WHERE NOT b.own),
-                                       cardinality(ks))),
-  recorded AS (
+  -- Each pick in turn: its start recorded in every bucket it counts against, or in none.
+  FOR i IN 1 .. cardinality(ks) LOOP
+    k := ks[i];
     UPDATE quota_usage u
-      {_record_all("        ", "array_fill(at, ARRAY[w.r])")}
-      FROM (SELECT b.ch, b.qid, (SELECT count(*) FROM fit f
-                                 WHERE NOT b.own OR f.ch = b.ch)::integer AS r FROM b) w
-      JOIN quotas q ON q.id = w.qid
-      WHERE u.channel_id = w.ch AND u.quota_id = w.qid AND w.r > 0),
-  granted AS (SELECT x.* FROM {picks} WHERE x.k IN (SELECT f.k FROM fit f)),
+      {_record("        ")}
+      FROM quotas q WHERE q.id = u.quota_id AND {quota}
+        AND u.channel_id = {_bucket_of('q', 'p_channels[k]')}
+        AND NOT EXISTS ({_spent_at("st", "p_channels[k]")});
+    GET DIAGNOSTICS counted = ROW_COUNT;
+    IF counted = 0 THEN
+      ks[i] := NULL;
+    END IF;
+  END LOOP;
+  RETURN QUERY
+  WITH granted AS (SELECT x.* FROM {picks} WHERE x.k = ANY (ks)),
   {_claim_together("granted", "at")};
 END
 $$"""
