@@ -382,8 +382,8 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0015_picks_together": {
-        "postgresql upgrade": "43c088eb49765d6f",
-        "postgresql downgrade": "a41c0eee86cd486c",
+        "postgresql upgrade": "b34cdd0b795ce405",
+        "postgresql downgrade": "bd83673260c02e59",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },

@@ -236,7 +236,7 @@ async def test_claim_and_boundary_functions_are_never_jit_compiled(fresh: str) -
     # caller's own statements, a CALL's and the SELECT that calls a function, are cheap plans
     # that a JIT threshold of its default never reaches).
     inside = [p for p in plans if any(f"Query Text: {start}" in p for start in (
-        "WITH pk AS (SELECT c.id AS channel", RANKED_TOGETHER, "UPDATE tasks t SET",
+        "SELECT c.id AS channel", RANKED_TOGETHER, "UPDATE tasks t SET",
         "INSERT INTO task_events"))]
     assert len(inside) >= 3, [p.split("\n", 2)[:2] for p in plans]
     compiled = [p.split("\n", 2)[1] for p in inside if "JIT:" in p]

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from alembic import op
-from app.db.ddl import boundary_0009, boundary_0011, claim_task, claim_task_0010, pick_0011
+from app.db.ddl import boundary_0009, boundary_0011, claim_task, claim_task_0010
 
 revision: str = "0011"
 down_revision: str | None = "0010"
@@ -129,10 +129,10 @@ def _take(claim: ModuleType) -> str:
     return take
 
 
-def _functions(claim: ModuleType, stage: ModuleType, pick: ModuleType) -> list[str]:
-    """``pick_channel`` as ``pick`` renders it, ``claim_task`` and ``quota_take`` as ``claim``
-    does, ``pick_up`` as ``stage`` does."""
-    return [pick.render_pick(starts=STARTS, active=ACTIVE, errors=ERRORS, first=FIRST),
+def _functions(claim: ModuleType, stage: ModuleType) -> list[str]:
+    """``pick_channel``, ``claim_task`` and ``quota_take`` as ``claim`` renders them,
+    ``pick_up`` as ``stage`` does."""
+    return [claim.render_pick(starts=STARTS, active=ACTIVE, errors=ERRORS, first=FIRST),
             claim.render(TARGETS, starts=STARTS, active=ACTIVE, errors=ERRORS, first=FIRST),
             _take(claim), stage.render_pick_up()]
 
@@ -151,8 +151,8 @@ def _replace(statements: list[str]) -> None:
 
 
 def upgrade() -> None:
-    _replace(_functions(claim_task, boundary_0011, pick_0011))
+    _replace(_functions(claim_task, boundary_0011))
 
 
 def downgrade() -> None:
-    _replace(_functions(claim_task_0010, boundary_0009, claim_task_0010))
+    _replace(_functions(claim_task_0010, boundary_0009))

@@ -1,4 +1,4 @@
-"""Several pick-ups decided in one call (``pick_channels``), and a single one in one statement.
+"""Several pick-ups decided in one call: ``pick_channels``.
 
 Revision ID: 0015
 Revises: 0014
@@ -10,22 +10,18 @@ write of the channel's row per pick-up, all under the turnstile. ``pick_channels
 same decisions in one call: in the common form (no cap, no quota spent or paused, only queued
 work) it reads each channel's first tasks once, decides the pick-ups on them in memory as the
 ranking would one after the other, and writes each channel picked once; otherwise, or where
-another transaction holds a picked channel's row or changed its count or turn since the read,
-it calls ``pick_channel`` once per pick-up. ``pick_up`` calls it where four or more pick-ups
-are wanted (fewer are decided one at a time, as before). What is written is unchanged: the
+another transaction holds a picked channel's row, it calls ``pick_channel`` once per pick-up.
+``pick_up`` calls it where more than one pick-up is wanted. What is written is unchanged: the
 same picks, counts, turns and reservations.
 
-``pick_channel`` ranks and writes the chosen channel's row in one statement (the ranking a
-``WITH`` part) where it took two; the same decision and the same row written.
-
-Revision 0013's ``pick_up`` is frozen as ``pick_up_0013`` and revision 0011's ``pick_channel``
-as ``pick_0011``; a downgrade re-installs them and drops ``pick_channels``.
+Revision 0013's ``pick_up`` is frozen as ``pick_up_0013``; a downgrade re-installs it and drops
+``pick_channels``.
 """
 
 from collections.abc import Sequence
 
 from alembic import op
-from app.db.ddl import boundary, claim_task, pick_0011, pick_up_0013
+from app.db.ddl import boundary, claim_task, pick_up_0013
 
 revision: str = "0015"
 down_revision: str | None = "0014"
@@ -44,7 +40,6 @@ STARTS = {
 ACTIVE = ("claimed", "generating_assets", "generating_composites", "generating_video",
           "generating_audio", "generating_sfx", "assembling", "uploading")
 ERRORS = ("asset_error", "video_error", "audio_error", "upload_error")
-FIRST = "assets"
 
 PICK_MANY_DROP = f"DROP FUNCTION IF EXISTS {claim_task.PICK_MANY}(timestamptz, integer, uuid[])"
 
@@ -55,16 +50,9 @@ def _pick_up(pick_up: str) -> None:
     op.execute(pick_up.replace("CREATE PROCEDURE", "CREATE OR REPLACE PROCEDURE", 1))
 
 
-def _function(function: str) -> None:
-    """Re-create a function (its signature is unchanged)."""
-    assert function.startswith("CREATE FUNCTION")
-    op.execute(function.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
-
-
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    _function(claim_task.render_pick(starts=STARTS, active=ACTIVE, errors=ERRORS, first=FIRST))
     op.execute(claim_task.render_pick_many(starts=STARTS, active=ACTIVE, errors=ERRORS))
     _pick_up(boundary.render_pick_up())
 
@@ -74,4 +62,3 @@ def downgrade() -> None:
         return
     _pick_up(pick_up_0013.render_pick_up())
     op.execute(PICK_MANY_DROP)
-    _function(pick_0011.render_pick(starts=STARTS, active=ACTIVE, errors=ERRORS, first=FIRST))

@@ -263,7 +263,7 @@ FORMS = tuple((capped, blocked, others) for capped in (True, False)
 
 
 def _ranking(starts: str, errors: str, active: str, first: str, *, capped: bool,
-             blocked: bool, others: bool, into: str = "cand") -> str:
+             blocked: bool, others: bool) -> str:
     """The pick-up's ranking: channels with claimable work by the priority of their best task,
     then fewest pick-ups, then least recently picked, then the task's age. A channel at its
     cap (in this snapshot) offers only a stage handed back. ``top`` is the most pick-ups of a
@@ -293,9 +293,9 @@ def _ranking(starts: str, errors: str, active: str, first: str, *, capped: bool,
     head = _head("c.id", other, first=first, spent="sp.stages" if blocked else "",
                  queued=gate, reserved=reserved)
     joins = "".join(f"{join}\n        " for join in laterals)
-    into_clause = f"\n          INTO {into}" if into else ""
     return f"""SELECT c.id AS channel, best.id AS task,
-               max(c.picks) OVER (PARTITION BY best.priority) AS top{into_clause}
+               max(c.picks) OVER (PARTITION BY best.priority) AS top
+          INTO cand
         FROM channels c
         {joins}CROSS JOIN LATERAL ({head}) best
         WHERE c.is_active AND c.id <> ALL (held)
@@ -339,49 +339,39 @@ def _one_status(status: str, targets: Targets) -> str:
 
 def render_pick(*, starts: Iterable[str], active: Iterable[str], errors: Iterable[str],
                 first: str) -> str:
-    """``pick_channel``, from frozen lifecycle data (``first``: the first stage's name).
-
-    The ranking and the write of the chosen channel's row are one statement (the ranking a
-    ``WITH`` part, since revision 0015; two statements before): the pick-up counted and
-    numbered, its task reserved beside the reservations still standing, unless another
-    transaction holds the channel's row (a capped channel's claim counting, a caller's open
-    transaction, a claim giving its count back), in which case the next best is ranked, so no
-    decision waits."""
+    """``pick_channel``, from frozen lifecycle data (``first``: the first stage's name)."""
     start_list, error_list, active_list = _list(starts), _list(errors), _list(active)
-    write = f"""UPDATE channels c SET picks = greatest(c.picks + 1, pk.top - 1),
-          turn = nextval('{EVENT_IDS}'),
-          (reserved, reserved_at) = (SELECT l.ids || pk.task, l.ats || clock_timestamp()
-                                     FROM {_live("c")} l (ids, ats)),
-          reserved_until = clock_timestamp() + interval '{RESERVE_S} seconds'
-        FROM pk
-        WHERE c.id = (SELECT k.id FROM channels k WHERE k.id = pk.channel
-                      FOR NO KEY UPDATE SKIP LOCKED)
-        RETURNING c.turn"""
     forms: list[str] = []
     for capped, blocked, others in FORMS:
         flags = [f"{'' if capped else 'NOT '}capped",
                  f"cardinality(blk_ch) {'>' if blocked else '='} 0",
                  f"{'' if others else 'NOT '}others"]
         ranking = _ranking(start_list, error_list, active_list, first, capped=capped,
-                           blocked=blocked, others=others, into="").rstrip(";")
+                           blocked=blocked, others=others)
         forms.append(f"{'IF' if not forms else 'ELSIF'} {' AND '.join(flags)} THEN\n"
-                     f"      WITH pk AS ({ranking}),\n"
-                     f"      up AS ({write})\n"
-                     "      SELECT pk.channel, pk.task, (SELECT up.turn FROM up) AS turn\n"
-                     "        INTO cand FROM pk;")
+                     f"      {ranking}")
     chain = "\n      ".join(forms)
     count = f"""{_blocks(_flags(start_list, error_list, active_list))}
     LOOP
       {chain}
       END IF;
       EXIT WHEN NOT FOUND;
-      IF cand.turn IS NOT NULL THEN
+      -- The channel's row, unless a claim of it holds the row (a capped channel counting,
+      -- a caller's open transaction): then the next best, so no decision waits. The pick-up
+      -- counted and numbered, its task reserved beside the reservations still standing.
+      UPDATE channels c SET picks = greatest(c.picks + 1, cand.top - 1),
+          turn = nextval('{EVENT_IDS}'),
+          (reserved, reserved_at) = (SELECT l.ids || cand.task, l.ats || clock_timestamp()
+                                     FROM {_live("c")} l (ids, ats)),
+          reserved_until = clock_timestamp() + interval '{RESERVE_S} seconds'
+        WHERE c.id = (SELECT k.id FROM channels k WHERE k.id = cand.channel
+                      FOR NO KEY UPDATE SKIP LOCKED)
+        RETURNING c.turn INTO ticket;
+      IF FOUND THEN
         channel := cand.channel;
         task := cand.task;
-        ticket := cand.turn;
         EXIT;
       END IF;
-      -- Its row held by another transaction: the next best.
       held := held || cand.channel;
     END LOOP;"""
     return f"""CREATE FUNCTION {PICK}(
