@@ -382,7 +382,7 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0015_picks_together": {
-        "postgresql upgrade": "b34cdd0b795ce405",
+        "postgresql upgrade": "259b06712cf06411",
         "postgresql downgrade": "bd83673260c02e59",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",

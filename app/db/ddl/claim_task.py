@@ -437,18 +437,11 @@ def render_pick_many(*, starts: Iterable[str], active: Iterable[str],
     flags = _blocks(_flags(_list(starts), _list(errors), _list(active)))
     stood = ("CASE WHEN c.reserved_until > clock_timestamp() THEN c.reserved"
              " ELSE '{}'::uuid[] END")
-    one_at_a_time = f"""FOR n IN 1 .. p_count LOOP
-      SELECT p.channel, p.ticket, p.task INTO picked FROM {PICK}(p_now, true, p_skip) p;
-      EXIT WHEN NOT FOUND;
-      channel := picked.channel; ticket := picked.ticket; task := picked.task;
-      RETURN NEXT;
-    END LOOP;
-    RETURN;"""
     # The head of channel ``w``: its first task from ``i`` on that is not passed over.
     head = """WHILE i < hi[w] AND CASE WHEN once[w] THEN cl[i] OR cu[i] ELSE cs[i] END LOOP
-      i := i + 1;
-    END LOOP;
-    hd[w] := CASE WHEN i < hi[w] THEN i ELSE 0 END;"""
+        i := i + 1;
+      END LOOP;
+      hd[w] := CASE WHEN i < hi[w] THEN i ELSE 0 END;"""
     return f"""CREATE FUNCTION {PICK_MANY}(
   p_now timestamptz, p_count integer, p_skip uuid[] DEFAULT '{{}}')
 RETURNS TABLE (channel uuid, ticket bigint, task uuid)
@@ -479,99 +472,107 @@ BEGIN
   -- Alone in its transaction, as pick_channel's p_commit: the lock lasts through the commit.
   PERFORM set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock({TURNSTILE});
   {flags}
-  IF capped OR cardinality(blk_ch) > 0 OR others THEN
-    {one_at_a_time}
-  END IF;
-  -- Each channel's first queued tasks, in the ranking's order within the channel, the
-  -- channels in order of id; and each channel's count, turn and first task's place.
-  SELECT coalesce(array_agg(r.ch ORDER BY r.o) FILTER (WHERE r.k = 1), '{{}}'),
-         coalesce(array_agg(r.picks ORDER BY r.o) FILTER (WHERE r.k = 1), '{{}}'),
-         coalesce(array_agg(r.turn ORDER BY r.o) FILTER (WHERE r.k = 1), '{{}}'),
-         coalesce(array_agg(r.o ORDER BY r.o) FILTER (WHERE r.k = 1), '{{}}'),
-         coalesce(array_agg(r.task ORDER BY r.o), '{{}}'),
-         coalesce(array_agg(r.priority ORDER BY r.o), '{{}}'),
-         coalesce(array_agg(r.created_at ORDER BY r.o), '{{}}'),
-         coalesce(array_agg(r.stood ORDER BY r.o), '{{}}'),
-         coalesce(array_agg(r.live ORDER BY r.o), '{{}}')
-    INTO chan, pk, tn, lo, ct, cp, ca, cs, cl
-    FROM (SELECT c.id AS ch, c.picks, c.turn, t.id AS task, t.priority, t.created_at,
-                 t.id = ANY (v.stood) AS stood, t.id = ANY (v.live) AS live,
-                 row_number() OVER (ORDER BY c.id, t.priority, t.created_at, t.id) AS o,
-                 row_number() OVER (PARTITION BY c.id
-                                    ORDER BY t.priority, t.created_at, t.id) AS k
-            FROM channels c
-            CROSS JOIN LATERAL (SELECT {stood} AS stood, l.ids AS live
-                                FROM {_live("c")} l (ids, ats)) v
-            CROSS JOIN LATERAL (SELECT t.id, t.priority, t.created_at FROM tasks t
-                                WHERE t.channel_id = c.id AND t.hold_since IS NULL
-                                  AND t.status = 'queued'
-                                ORDER BY t.priority, t.created_at, t.id
-                                LIMIT p_count + cardinality(v.stood)) t
-            WHERE c.is_active AND c.id <> ALL (p_skip)) r;
-  hi := lo[2:] || (cardinality(ct) + 1);
-  pk0 := pk;
-  tn0 := tn;
-  cu := array_fill(false, ARRAY[cardinality(ct)]);
-  once := array_fill(false, ARRAY[cardinality(chan)]);
-  hd := array_fill(0, ARRAY[cardinality(chan)]);
-  FOR j IN 1 .. cardinality(chan) LOOP
-    w := j;
-    i := lo[w];
-    {head}
-  END LOOP;
-  FOR n IN 1 .. p_count LOOP
-    -- The ranking's choice among the channels with a head.
-    w := 0;
+  -- In the common form, the decisions made together; otherwise (or where a picked channel's
+  -- row is held or changed since it was read), one at a time below.
+  <<together>>
+  BEGIN
+    EXIT together WHEN capped OR cardinality(blk_ch) > 0 OR others;
+    -- Each channel's first queued tasks, in the ranking's order within the channel, the
+    -- channels in order of id; and each channel's count, turn and first task's place.
+    SELECT coalesce(array_agg(r.ch ORDER BY r.o) FILTER (WHERE r.k = 1), '{{}}'),
+           coalesce(array_agg(r.picks ORDER BY r.o) FILTER (WHERE r.k = 1), '{{}}'),
+           coalesce(array_agg(r.turn ORDER BY r.o) FILTER (WHERE r.k = 1), '{{}}'),
+           coalesce(array_agg(r.o ORDER BY r.o) FILTER (WHERE r.k = 1), '{{}}'),
+           coalesce(array_agg(r.task ORDER BY r.o), '{{}}'),
+           coalesce(array_agg(r.priority ORDER BY r.o), '{{}}'),
+           coalesce(array_agg(r.created_at ORDER BY r.o), '{{}}'),
+           coalesce(array_agg(r.stood ORDER BY r.o), '{{}}'),
+           coalesce(array_agg(r.live ORDER BY r.o), '{{}}')
+      INTO chan, pk, tn, lo, ct, cp, ca, cs, cl
+      FROM (SELECT c.id AS ch, c.picks, c.turn, t.id AS task, t.priority, t.created_at,
+                   t.id = ANY (v.stood) AS stood, t.id = ANY (v.live) AS live,
+                   row_number() OVER (ORDER BY c.id, t.priority, t.created_at, t.id) AS o,
+                   row_number() OVER (PARTITION BY c.id
+                                      ORDER BY t.priority, t.created_at, t.id) AS k
+              FROM channels c
+              CROSS JOIN LATERAL (SELECT {stood} AS stood, l.ids AS live
+                                  FROM {_live("c")} l (ids, ats)) v
+              CROSS JOIN LATERAL (SELECT t.id, t.priority, t.created_at FROM tasks t
+                                  WHERE t.channel_id = c.id AND t.hold_since IS NULL
+                                    AND t.status = 'queued'
+                                  ORDER BY t.priority, t.created_at, t.id
+                                  LIMIT p_count + cardinality(v.stood)) t
+              WHERE c.is_active AND c.id <> ALL (p_skip)) r;
+    hi := lo[2:] || (cardinality(ct) + 1);
+    pk0 := pk;
+    tn0 := tn;
+    cu := array_fill(false, ARRAY[cardinality(ct)]);
+    once := array_fill(false, ARRAY[cardinality(chan)]);
+    hd := array_fill(0, ARRAY[cardinality(chan)]);
     FOR j IN 1 .. cardinality(chan) LOOP
-      CONTINUE WHEN hd[j] = 0;
-      IF w = 0 OR (cp[hd[j]], pk[j], tn[j] IS NOT NULL, coalesce(tn[j], 0), ca[hd[j]], chan[j])
-                  < (cp[hd[w]], pk[w], tn[w] IS NOT NULL, coalesce(tn[w], 0), ca[hd[w]], chan[w])
-      THEN
-        w := j;
-      END IF;
+      w := j;
+      i := lo[w];
+      {head}
     END LOOP;
-    EXIT WHEN w = 0;
-    top := 0;
-    FOR j IN 1 .. cardinality(chan) LOOP
-      IF hd[j] <> 0 AND cp[hd[j]] = cp[hd[w]] AND pk[j] > top THEN
-        top := pk[j];
-      END IF;
+    FOR n IN 1 .. p_count LOOP
+      -- The ranking's choice among the channels with a head.
+      w := 0;
+      FOR j IN 1 .. cardinality(chan) LOOP
+        CONTINUE WHEN hd[j] = 0;
+        IF w = 0 OR (cp[hd[j]], pk[j], tn[j] IS NOT NULL, coalesce(tn[j], 0), ca[hd[j]], chan[j])
+                    < (cp[hd[w]], pk[w], tn[w] IS NOT NULL, coalesce(tn[w], 0), ca[hd[w]], chan[w])
+        THEN
+          w := j;
+        END IF;
+      END LOOP;
+      EXIT WHEN w = 0;
+      top := 0;
+      FOR j IN 1 .. cardinality(chan) LOOP
+        IF hd[j] <> 0 AND cp[hd[j]] = cp[hd[w]] AND pk[j] > top THEN
+          top := pk[j];
+        END IF;
+      END LOOP;
+      pk[w] := greatest(pk[w] + 1, top - 1);
+      tn[w] := nextval('{EVENT_IDS}');
+      pch := pch || chan[w]; ptk := ptk || tn[w]; pts := pts || ct[hd[w]];
+      cu[hd[w]] := true;
+      -- The channel's next head: after its first pick, its reservations as re-read.
+      i := CASE WHEN once[w] THEN hd[w] ELSE lo[w] END;
+      once[w] := true;
+      {head}
     END LOOP;
-    pk[w] := greatest(pk[w] + 1, top - 1);
-    tn[w] := nextval('{EVENT_IDS}');
-    pch := pch || chan[w]; ptk := ptk || tn[w]; pts := pts || ct[hd[w]];
-    cu[hd[w]] := true;
-    -- The channel's next head: after its first pick, its reservations as re-read.
-    i := CASE WHEN once[w] THEN hd[w] ELSE lo[w] END;
-    once[w] := true;
-    {head}
-  END LOOP;
-  IF cardinality(pch) = 0 THEN
+    IF cardinality(pch) = 0 THEN
+      RETURN;
+    END IF;
+    -- The channels picked, locked as they were read. Where another transaction holds one's
+    -- row, or changed its count or turn since (a claim that found nothing gives its count
+    -- back outside the turnstile): one decision at a time, as pick_channel makes them.
+    SELECT count(*) INTO locked
+      FROM (SELECT 1 FROM channels k JOIN unnest(chan, pk0, tn0) r (id, picks, turn)
+                                       ON r.id = k.id
+            WHERE k.id = ANY (pch) AND k.picks = r.picks AND k.turn IS NOT DISTINCT FROM r.turn
+            FOR NO KEY UPDATE OF k SKIP LOCKED) l;
+    EXIT together WHEN locked < cardinality(ARRAY(SELECT DISTINCT unnest(pch)));
+    UPDATE channels c SET picks = v.picks, turn = v.turn,
+        (reserved, reserved_at) = (SELECT l.ids || v.tasks,
+                                          l.ats || array_fill(clock_timestamp(),
+                                                              ARRAY[cardinality(v.tasks)])
+                                   FROM {_live("c")} l (ids, ats)),
+        reserved_until = clock_timestamp() + interval '{RESERVE_S} seconds'
+      FROM (SELECT p.ch, max(p.tk) AS turn, array_agg(p.task ORDER BY p.o) AS tasks,
+                   (SELECT q.pk FROM unnest(chan, pk) q (ch, pk) WHERE q.ch = p.ch) AS picks
+              FROM unnest(pch, ptk, pts) WITH ORDINALITY p (ch, tk, task, o) GROUP BY p.ch) v
+      WHERE c.id = v.ch;
+    RETURN QUERY SELECT p.ch, p.tk, p.task
+      FROM unnest(pch, ptk, pts) WITH ORDINALITY p (ch, tk, task, o) ORDER BY p.o;
     RETURN;
-  END IF;
-  -- The channels picked, locked as they were read. Where another transaction holds one's
-  -- row, or changed its count or turn since (a claim that found nothing gives its count
-  -- back outside the turnstile): one decision at a time, as pick_channel makes them.
-  SELECT count(*) INTO locked
-    FROM (SELECT 1 FROM channels k JOIN unnest(chan, pk0, tn0) r (id, picks, turn)
-                                     ON r.id = k.id
-          WHERE k.id = ANY (pch) AND k.picks = r.picks AND k.turn IS NOT DISTINCT FROM r.turn
-          FOR NO KEY UPDATE OF k SKIP LOCKED) l;
-  IF locked < cardinality(ARRAY(SELECT DISTINCT unnest(pch))) THEN
-    {one_at_a_time}
-  END IF;
-  UPDATE channels c SET picks = v.picks, turn = v.turn,
-      (reserved, reserved_at) = (SELECT l.ids || v.tasks,
-                                        l.ats || array_fill(clock_timestamp(),
-                                                            ARRAY[cardinality(v.tasks)])
-                                 FROM {_live("c")} l (ids, ats)),
-      reserved_until = clock_timestamp() + interval '{RESERVE_S} seconds'
-    FROM (SELECT p.ch, max(p.tk) AS turn, array_agg(p.task ORDER BY p.o) AS tasks,
-                 (SELECT q.pk FROM unnest(chan, pk) q (ch, pk) WHERE q.ch = p.ch) AS picks
-            FROM unnest(pch, ptk, pts) WITH ORDINALITY p (ch, tk, task, o) GROUP BY p.ch) v
-    WHERE c.id = v.ch;
-  RETURN QUERY SELECT p.ch, p.tk, p.task
-    FROM unnest(pch, ptk, pts) WITH ORDINALITY p (ch, tk, task, o) ORDER BY p.o;
+  END;
+  FOR n IN 1 .. p_count LOOP
+    SELECT p.channel, p.ticket, p.task INTO picked FROM {PICK}(p_now, true, p_skip) p;
+    EXIT WHEN NOT FOUND;
+    channel := picked.channel; ticket := picked.ticket; task := picked.task;
+    RETURN NEXT;
+  END LOOP;
 END
 $$"""
 
