@@ -70,7 +70,7 @@ def test_frozen_claim_data_matches_lifecycle(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["0012_set_boundaries", "0013_quota_set_claims",
-                                  "0014_plans_by_key"])
+                                  "0014_plans_by_key", "0016_compact_quota_record"])
 def test_frozen_claim_targets_match_moves(name: str) -> None:
     """Revisions that render a claim from the targets alone freeze the rule of ``app.moves``."""
     assert {(TaskStatus(s), f, start): TaskStatus(t)
@@ -386,6 +386,12 @@ GOLDEN = {
         "postgresql downgrade": "bd83673260c02e59",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
+    },
+    "0016_compact_quota_record": {
+        "postgresql upgrade": "f0cff05d0840c564",
+        "postgresql downgrade": "c2e50418d5aa423c",
+        "sqlite upgrade": "75a858d763ede43b",
+        "sqlite downgrade": "e0f9228de7e174fb",
     },
 }
 

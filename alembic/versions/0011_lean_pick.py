@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from alembic import op
-from app.db.ddl import boundary_0009, boundary_0011, claim_task, claim_task_0010
+from app.db.ddl import boundary_0009, boundary_0011, claim_task, claim_task_0010, quota_0013
 
 revision: str = "0011"
 down_revision: str | None = "0010"
@@ -122,19 +122,19 @@ TARGETS = {
 }
 
 
-def _take(claim: ModuleType) -> str:
-    """``quota_take`` as ``claim`` renders it (the third of its quota functions)."""
-    take = str(claim.render_quotas(TARGETS, STAGE_OF)[2])
+def _take(quotas: ModuleType) -> str:
+    """``quota_take`` as ``quotas`` renders it (the third of its quota functions)."""
+    take = str(quotas.render_quotas(TARGETS, STAGE_OF)[2])
     assert f"FUNCTION {claim_task.QUOTA_TAKE}(" in take
     return take
 
 
-def _functions(claim: ModuleType, stage: ModuleType) -> list[str]:
-    """``pick_channel``, ``claim_task`` and ``quota_take`` as ``claim`` renders them,
-    ``pick_up`` as ``stage`` does."""
+def _functions(claim: ModuleType, stage: ModuleType, quotas: ModuleType) -> list[str]:
+    """``pick_channel`` and ``claim_task`` as ``claim`` renders them, ``quota_take`` as
+    ``quotas`` does, ``pick_up`` as ``stage`` does."""
     return [claim.render_pick(starts=STARTS, active=ACTIVE, errors=ERRORS, first=FIRST),
             claim.render(TARGETS, starts=STARTS, active=ACTIVE, errors=ERRORS, first=FIRST),
-            _take(claim), stage.render_pick_up()]
+            _take(quotas), stage.render_pick_up()]
 
 
 def _replace(statements: list[str]) -> None:
@@ -151,8 +151,8 @@ def _replace(statements: list[str]) -> None:
 
 
 def upgrade() -> None:
-    _replace(_functions(claim_task, boundary_0011))
+    _replace(_functions(claim_task, boundary_0011, quota_0013))
 
 
 def downgrade() -> None:
-    _replace(_functions(claim_task_0010, boundary_0009))
+    _replace(_functions(claim_task_0010, boundary_0009, claim_task_0010))

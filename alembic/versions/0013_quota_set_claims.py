@@ -43,6 +43,7 @@ from app.db.ddl import (
     claim_task_0010,
     pick_up_0012,
     pick_up_0013,
+    quota_0013,
     reserved_0013,
 )
 
@@ -155,7 +156,7 @@ def _storage(options: tuple[str, ...]) -> None:
 
 def upgrade() -> None:
     _storage(USAGE_STORAGE)
-    _blocks(claim_task.render_quotas(TARGETS, STAGE_OF)[1])
+    _blocks(quota_0013.render_quotas(TARGETS, STAGE_OF)[1])
     _pick_up([reserved_0013.render_reserved(TARGETS), pick_up_0013.render_pick_up()])
 
 

@@ -30,7 +30,7 @@ Revision 0012's ``stage_boundaries`` is frozen as ``batch_0012`` and revision 00
 from collections.abc import Sequence
 
 from alembic import op
-from app.db.ddl import batch_0012, boundary, claim_task, reserved_0013
+from app.db.ddl import batch_0012, boundary, claim_task, reserved_0013, reserved_0014
 
 revision: str = "0014"
 down_revision: str | None = "0013"
@@ -244,7 +244,7 @@ def _replace(statements: list[str]) -> None:
 def upgrade() -> None:
     _replace([boundary.render_batch(FINISH, STEPS, CLAIM_WRITES, starts=STARTS, active=ACTIVE,
                                     next_stage=NEXT_STAGE),
-              claim_task.render_reserved(TARGETS)])
+              reserved_0014.render_reserved(TARGETS)])
 
 
 def downgrade() -> None:

@@ -95,6 +95,7 @@ Timestamp = sa.DateTime(timezone=True)
 #: Arrays on PostgreSQL; SQLite (no claims there) keeps them as JSON text.
 UuidArray = ARRAY(sa.Uuid).with_variant(sa.JSON(), "sqlite")
 TimestampArray = ARRAY(Timestamp).with_variant(sa.JSON(), "sqlite")
+IntegerArray = ARRAY(sa.Integer).with_variant(sa.JSON(), "sqlite")
 Json = sa.JSON().with_variant(JSONB(), "postgresql")
 #: Identity BIGINT on PostgreSQL; SQLite needs INTEGER for its rowid alias (AUTOINCREMENT below).
 EventId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -292,10 +293,12 @@ class Quota(Base):
 
 
 class QuotaUsage(Base):
-    """One bucket of a quota (a channel's, or the shared one: ``claim_task.SHARED``): its newest
-    starts (at most the quota's limit, oldest first), a pause a provider asked for
-    (``RateLimited``), and when the bucket frees if it is spent or paused now (``blocked_until``,
-    written with every start: what claims and ``stats`` read)."""
+    """One bucket of a quota (a channel's, or the shared one: ``claim_task.SHARED``): the starts
+    of its window that can still matter (``starts``, oldest first; past the first
+    ``claim_task.EXACT_STARTS``, each the newest of ``counts`` starts of one slice of the window:
+    ``claim_task.render_merge``), a pause a provider asked for (``RateLimited``), and when the
+    bucket frees if it is spent or paused now (``blocked_until``, written with every start: what
+    claims and ``stats`` read)."""
 
     __tablename__ = "quota_usage"
 
@@ -306,5 +309,8 @@ class QuotaUsage(Base):
     stage: Mapped[str] = mapped_column(sa.String(32), nullable=False)
     starts: Mapped[list[datetime]] = mapped_column(
         TimestampArray, nullable=False, server_default="{}", default=list)
+    #: How many starts each entry of ``starts`` stands for; empty: one each.
+    counts: Mapped[list[int]] = mapped_column(
+        IntegerArray, nullable=False, server_default="{}", default=list)
     paused_until: Mapped[datetime | None] = mapped_column(Timestamp)
     blocked_until: Mapped[datetime | None] = mapped_column(Timestamp, index=True)

@@ -135,7 +135,8 @@ async def buckets(session: AsyncSession) -> tuple[datetime, list[Bucket]]:
     found = []
     for quota, usage in rows:
         since = now - timedelta(seconds=quota.window_s)
-        used = sum(1 for start in usage.starts if start > since)
+        counts = usage.counts or [1] * len(usage.starts)
+        used = sum(n for start, n in zip(usage.starts, counts, strict=True) if start > since)
         paused = usage.paused_until if usage.paused_until and usage.paused_until > now else None
         slot = usage.blocked_until if usage.blocked_until and usage.blocked_until > now else None
         channel = None if usage.channel_id == SHARED_KEY else usage.channel_id
@@ -183,15 +184,20 @@ async def pause(session: AsyncSession, *, channel_id: uuid.UUID, stage: str,
 
 
 
-#: Drop the starts that left their window, and pauses and blocks that have passed, from the
-#: buckets no claim holds now (a held bucket is cleaned by its own claim's write).
+#: Drop the starts that left their window (an entry of several with its newest), and pauses
+#: and blocks that have passed, from the buckets no claim holds now (a held bucket is cleaned by
+#: its own claim's write).
 CLEAN = sa.text("""
 UPDATE quota_usage u
-   SET starts = ARRAY(SELECT s FROM unnest(u.starts) s
-                      WHERE s > clock_timestamp() - make_interval(secs => q.window_s) ORDER BY s),
-       paused_until = CASE WHEN u.paused_until > clock_timestamp() THEN u.paused_until END,
-       blocked_until = CASE WHEN u.blocked_until > clock_timestamp() THEN u.blocked_until END
+   SET starts = ARRAY(SELECT e.s FROM unnest(u.starts) WITH ORDINALITY e (s, i)
+                      WHERE e.s > n.since ORDER BY e.i),
+       counts = ARRAY(SELECT e.c FROM unnest(u.starts, u.counts) WITH ORDINALITY e (s, c, i)
+                      WHERE e.c IS NOT NULL AND e.s > n.since ORDER BY e.i),
+       paused_until = CASE WHEN u.paused_until > n.now THEN u.paused_until END,
+       blocked_until = CASE WHEN u.blocked_until > n.now THEN u.blocked_until END
   FROM quotas q
+ CROSS JOIN LATERAL (SELECT c.now, c.now - make_interval(secs => q.window_s) AS since
+                       FROM (SELECT clock_timestamp() AS now) c) n
  WHERE q.id = u.quota_id AND (u.channel_id, u.quota_id) IN (
        SELECT v.channel_id, v.quota_id FROM quota_usage v JOIN quotas w ON w.id = v.quota_id
         WHERE v.starts[1] <= clock_timestamp() - make_interval(secs => w.window_s)

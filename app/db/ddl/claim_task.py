@@ -62,13 +62,15 @@ quota is spent or paused (``quota_blocks``, read from the buckets' rows once per
 claim takes the next claimable task in fair order and a spent quota stalls nothing else. The
 decision itself is serialised like the channel cap, never taken from a snapshot: ``quota_take``
 locks the buckets the stage counts against (``quota_usage``, in a fixed order), checks when each
-frees (a bucket keeps its newest ``max_starts`` starts and ``blocked_until``, the oldest of them
-plus the window) and records this start, stamped with the clock after the locks; the claim's
-events carry the same stamp, so the history replays every window exactly. A claim that finds
-the quota spent after all takes nothing (a pick-up gives its turn back and picks again without
-that channel). Every claim into an active state counts as a start of its stage, a stage taken
-over included (it calls its provider again). A stage handed back with a time (``retry_at``: a
-provider's rate limit) is not claimed before it.
+frees (``blocked_until``) and records this start, stamped with the clock after the locks; the
+claim's events carry the same stamp, so the history replays every window. A bucket's record is
+``quota_merge``'s: every start of its window up to ``EXACT_STARTS`` of them (exact), past that
+the starts of one slice of the window together (never more starts let in than the limit; a slot
+frees at most a slice late), so a record stays a few hundred bytes whatever the limit. A claim
+that finds the quota spent after all takes nothing (a pick-up gives its turn back and picks again
+without that channel). Every claim into an active state counts as a start of its stage, a
+stage taken over included (it calls its provider again). A stage handed back with a time
+(``retry_at``: a provider's rate limit) is not claimed before it.
 
 A task on hold (``tasks.hold_since`` set by an operator) is never claimed, whatever its state:
 every probe leaves it out, and so do both claim indexes, so a thousand held rows cost a claim
@@ -127,6 +129,13 @@ QUOTA_REFRESH = "quota_refresh"
 QUOTA_TAKE = "quota_take"
 #: Pauses a stage's quotas: ``quota_pause(channel, stage, seconds)``.
 QUOTA_PAUSE = "quota_pause"
+#: A bucket's record with one start more (or none: kept to what matters), and when it frees:
+#: ``quota_merge(starts, counts, at, max_starts, window_s)``.
+QUOTA_MERGE = "quota_merge"
+#: A bucket keeps this many starts each on its own (a quota of at most this many is exact) …
+EXACT_STARTS = 64
+#: … and past them, the starts of one slice of the window (this many slices) as one entry.
+SLICES = 64
 #: The bucket key of a shared quota (``quota_usage.channel_id``).
 SHARED = "00000000-0000-0000-0000-000000000000"
 #: A quota on every stage.
@@ -806,10 +815,11 @@ def _spent_at(stage: str, channel: str) -> str:
 
 
 def _record(indent: str) -> str:
-    """``SET`` of a start at ``at`` recorded in a bucket (``u``, its quota ``q``): only the
-    newest ``max_starts`` kept, and when the bucket frees."""
-    return ("SET starts = (u.starts || at)[greatest(cardinality(u.starts) + 2 - q.max_starts,"
-            f" 1):],\n{indent}blocked_until = {_blocked_until('u.starts || at')}")
+    """``SET`` of a start at ``at`` recorded in a bucket (``u``, its quota ``q``), as
+    ``quota_merge`` keeps it, and when the bucket frees."""
+    return ("SET (starts, counts, blocked_until) = (SELECT m.starts, m.counts,"
+            f" greatest(u.paused_until, m.frees)\n{indent}  FROM {QUOTA_MERGE}(u.starts, u.counts,"
+            " at, q.max_starts, q.window_s) m)")
 
 
 def _buckets(stage: str) -> str:
@@ -827,15 +837,6 @@ def _lock(stage: str) -> str:
             " ON CONFLICT DO NOTHING;\n"
             f"  PERFORM 1 FROM {_buckets(stage)} ORDER BY u.channel_id, u.quota_id"
             " FOR UPDATE OF u;")
-
-
-def _blocked_until(starts: str) -> str:
-    """When a bucket whose newest starts are ``starts`` frees: the ``max_starts``-th newest start
-    plus the window (null: not spent), or its pause if later. A bucket keeps only its newest
-    ``max_starts`` starts, so checking one is one comparison."""
-    return (f"greatest(u.paused_until, CASE WHEN cardinality({starts}) >= q.max_starts"
-            f" THEN ({starts})[cardinality({starts}) - q.max_starts + 1]"
-            " + make_interval(secs => q.window_s) END)")
 
 
 def _claim_together(picks: str, stamp: str) -> str:
@@ -1013,7 +1014,7 @@ BEGIN
   {_lock("p_stage")}
   GET DIAGNOSTICS locked = ROW_COUNT;
   at := clock_timestamp();
-  -- This start recorded (only the newest max_starts kept), and when each bucket frees;
+  -- This start recorded (as quota_merge keeps a record), and when each bucket frees;
   -- nothing written when one of them is spent or paused.
   UPDATE quota_usage u
     {_record("        ")}
@@ -1066,10 +1067,91 @@ END
 $$"""
     refresh = f"""CREATE FUNCTION {QUOTA_REFRESH}(p_quota integer) RETURNS void
 LANGUAGE sql AS $$
-  UPDATE quota_usage u SET blocked_until = {_blocked_until("u.starts")}
+  UPDATE quota_usage u
+    SET (starts, counts, blocked_until) = (SELECT m.starts, m.counts,
+                                                  greatest(u.paused_until, m.frees)
+      FROM {QUOTA_MERGE}(u.starts, u.counts, NULL, q.max_starts, q.window_s) m)
     FROM quotas q WHERE q.id = u.quota_id AND q.id = p_quota
 $$"""
     return [render_task_stage(targets, stage_of), blocks, take, pause, refresh]
+
+
+def render_merge() -> str:
+    """``quota_merge``: a bucket's record (``starts``, oldest first, and their ``counts``), with
+    a start at ``p_at`` added (NULL: none), kept to what can still matter; and when the bucket
+    frees (NULL: it has room).
+
+    Each entry of ``starts`` is the newest start of ``counts`` starts (no counts: one each). A
+    bucket keeps its first ``EXACT_STARTS`` entries one start each, so a quota of at most that
+    many starts is counted exactly; past them a start joins the newest entry when both fall in
+    the same slice of the window (``SLICES`` of it), else opens an entry. An entry leaves the
+    window with its newest start, so its older starts count a little longer than they should,
+    never shorter: no window lets in more starts than the limit, and a spent bucket frees at
+    most one slice late. Entries whose window passed go, and so do the oldest ones while the
+    newer ones hold the limit on their own; the record stays at most ``EXACT_STARTS`` +
+    ``SLICES`` + 1 entries whatever the limit (a record of every start rewrote up to the limit's
+    worth of timestamps with each start), and a longer one is brought to that at its next
+    start."""
+    return f"""CREATE FUNCTION {QUOTA_MERGE}(
+  p_starts timestamptz[], p_counts integer[], p_at timestamptz, p_max integer, p_window_s integer,
+  OUT starts timestamptz[], OUT counts integer[], OUT frees timestamptz)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  n integer;
+  first integer := 1;
+  total bigint;
+  slice double precision := p_window_s::double precision / {SLICES};
+BEGIN
+  IF cardinality(p_counts) = 0 AND p_max <= {EXACT_STARTS} THEN
+    -- Every start on its own: the newest p_max, the oldest of them leaving the window first.
+    starts := CASE WHEN p_at IS NULL THEN p_starts ELSE p_starts || p_at END;
+    starts := starts[greatest(cardinality(starts) + 1 - p_max, 1):];
+    counts := '{{}}';
+    IF cardinality(starts) >= p_max THEN
+      frees := starts[1] + make_interval(secs => p_window_s);
+    END IF;
+    RETURN;
+  END IF;
+  starts := p_starts;
+  counts := CASE WHEN cardinality(p_counts) = 0 THEN array_fill(1, ARRAY[cardinality(p_starts)])
+                 ELSE p_counts END;
+  n := cardinality(starts);
+  IF p_at IS NOT NULL THEN
+    -- The entries whose newest start left the window go.
+    WHILE first <= n AND starts[first] <= p_at - make_interval(secs => p_window_s) LOOP
+      first := first + 1;
+    END LOOP;
+    starts := starts[first:n]; counts := counts[first:n]; n := n - first + 1;
+    IF n > {EXACT_STARTS + SLICES + 1} THEN
+      -- A record kept otherwise (every start its own, as before revision 0016): past the
+      -- first entries, one entry per slice.
+      SELECT starts[1:{EXACT_STARTS}] || array_agg(g.s ORDER BY g.s),
+             counts[1:{EXACT_STARTS}] || array_agg(g.c ORDER BY g.s)
+        INTO starts, counts
+        FROM (SELECT max(e.s) AS s, sum(e.c)::integer AS c
+                FROM unnest(starts[{EXACT_STARTS + 1}:n], counts[{EXACT_STARTS + 1}:n]) e (s, c)
+               GROUP BY floor(extract(epoch FROM e.s) / slice)) g;
+      n := cardinality(starts);
+    END IF;
+    IF n >= {EXACT_STARTS} AND floor(extract(epoch FROM starts[n]) / slice)
+                               = floor(extract(epoch FROM p_at) / slice) THEN
+      starts[n] := p_at; counts[n] := counts[n] + 1;
+    ELSE
+      starts := starts || p_at; counts := counts || 1; n := n + 1;
+    END IF;
+  END IF;
+  -- The oldest entries go while the newer ones hold the limit on their own.
+  total := coalesce((SELECT sum(c) FROM unnest(counts) c), 0);
+  first := 1;
+  WHILE first < n AND total - counts[first] >= p_max LOOP
+    total := total - counts[first]; first := first + 1;
+  END LOOP;
+  starts := starts[first:n]; counts := counts[first:n];
+  IF total >= p_max THEN
+    frees := starts[1] + make_interval(secs => p_window_s);
+  END IF;
+END
+$$"""
 
 
 def render_task_stage(targets: Targets, stage_of: Mapping[str, str]) -> str:
@@ -1096,4 +1178,6 @@ def drop() -> list[str]:
             f"DROP FUNCTION IF EXISTS {QUOTA_PAUSE}(uuid, text, double precision)",
             f"DROP FUNCTION IF EXISTS {QUOTA_BLOCKS}()",
             f"DROP FUNCTION IF EXISTS {QUOTA_REFRESH}(integer)",
+            f"DROP FUNCTION IF EXISTS {QUOTA_MERGE}(timestamptz[], integer[], timestamptz, integer,"
+            " integer)",
             f"DROP FUNCTION IF EXISTS {TASK_STAGE}(taskstatus, text)"]

@@ -14,9 +14,9 @@ from app.db.ddl.claim_task import (
     Targets,
     _bucket_of,
     _one_status,
-    _record,
     _spent_at,
 )
+from app.db.ddl.quota_0013 import _record
 
 
 def _claim_together(picks: str, stamp: str) -> str:
