@@ -30,7 +30,7 @@ Revision 0012's ``stage_boundaries`` is frozen as ``batch_0012`` and revision 00
 from collections.abc import Sequence
 
 from alembic import op
-from app.db.ddl import batch_0012, boundary, claim_task, reserved_0013, reserved_0014
+from app.db.ddl import batch_0012, boundary, reserved_0013, reserved_0014
 
 revision: str = "0014"
 down_revision: str | None = "0013"
