@@ -453,3 +453,23 @@ async def test_downgrade_0006_leaves_no_stage_stranded(empty_pg: str) -> None:
                                     " ORDER BY last_claimed_at")
     assert order == [("UC-b",), ("UC-a",)]
     await migrate.upgrade(empty_pg)
+
+
+async def test_downgrade_0016_writes_every_start_back(empty_pg: str) -> None:
+    """A merged entry goes back as as many starts at its time (the newest ``max_starts`` kept),
+    so the old functions, which count one start per entry, let no more in."""
+    await migrate.upgrade(empty_pg)
+    await _commit(empty_pg,
+                  "INSERT INTO quotas (stage, per_channel, max_starts, window_s)"
+                  " VALUES ('video', false, 5, 3600)",
+                  "INSERT INTO quota_usage (channel_id, quota_id, stage, starts, counts)"
+                  " SELECT '00000000-0000-0000-0000-000000000000', id, 'video',"
+                  " ARRAY['2026-01-01 10:00+00', '2026-01-01 10:01+00', '2026-01-01 10:02+00']"
+                  "::timestamptz[], '{2,3,4}' FROM quotas")
+    await migrate.downgrade(empty_pg, "0015")
+    rows = await _commit(empty_pg, "SELECT array_to_string(ARRAY(SELECT to_char(s AT TIME ZONE"
+                                   " 'UTC', 'MI') FROM unnest(starts) s), ',') FROM quota_usage")
+    assert rows == [("01,02,02,02,02",)]
+    await migrate.upgrade(empty_pg)
+    rows = await _commit(empty_pg, "SELECT cardinality(starts), counts FROM quota_usage")
+    assert rows == [(5, [])]
