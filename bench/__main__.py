@@ -53,6 +53,9 @@ def parse(argv: list[str] | None = None) -> Options | web.WebOptions | throughpu
                         help="spread the claimers over this many processes (1)")
     parser.add_argument("--quotas", action="store_true",
                         help="claim with quotas configured (none spent; see bench/run.py)")
+    parser.add_argument("--quota-backlog", type=int, default=0, metavar="N",
+                        help="with --quotas: N starts already in each channel's bucket of the"
+                             " quota every claim counts against, each on its own (0)")
     parser.add_argument("--no-workers", dest="workers", action="store_false",
                         help="skip pickup, rescue and pipeline (worker processes)")
     parser.add_argument("--web", action="store_true",
@@ -91,9 +94,11 @@ def parse(argv: list[str] | None = None) -> Options | web.WebOptions | throughpu
     if args.quick:
         return Options(datasets, args.claimers, args.claims or 300, args.rounds or 2,
                        args.channels, args.procs, args.workers, pickup_tasks=15, sweep_tasks=8,
-                       rescue_trials=2, pipeline_tasks=100, quotas=args.quotas)
+                       rescue_trials=2, pipeline_tasks=100, quotas=args.quotas,
+                       quota_backlog=args.quota_backlog)
     return Options(datasets, args.claimers, args.claims or 1000, args.rounds or 3,
-                   args.channels, args.procs, args.workers, quotas=args.quotas)
+                   args.channels, args.procs, args.workers, quotas=args.quotas,
+                   quota_backlog=args.quota_backlog)
 
 
 async def main(options: Options | web.WebOptions | throughput.ThroughputOptions) -> int:

@@ -36,7 +36,9 @@ def _header(report: Report) -> str:
             f"{o.rounds} round(s) of {o.claims} claims per cell for ours and the baseline"
             f" (alternating which goes first, pooled), 1 for the service paths;"
             f" {o.channels} channels without a capacity limit, claimers as asyncio tasks in"
-            f" {o.procs} process(es)")
+            f" {o.procs} process(es)"
+            + (f"; quotas configured ({o.quota_backlog:,} starts already in each channel's"
+               " bucket of the first)" if o.quotas else ""))
 
 
 def _cell(report: Report, dataset: Dataset, n: int, kind: str) -> Cell | None:

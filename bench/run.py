@@ -52,12 +52,24 @@ class Options:
     pipeline_workers: tuple[int, ...] = (1, 2, 4)
     #: Claim with quotas configured (``QUOTAS``), none of them spent.
     quotas: bool = False
+    #: Starts already in each channel's bucket of ``QUOTAS``' first quota, each on its own (as
+    #: a bucket kept them before revision 0016): what a large limit's record costs a claim.
+    quota_backlog: int = 0
 
 
 #: The quotas of ``--quotas``: one every claim here counts against (the first stage, per
 #: channel), and two it does not (the ranking still reads every channel's buckets).
 QUOTAS = (("assets", True, 1_000_000, 3600), ("upload", True, 6, 86_400),
           ("video", False, 30, 3600))
+
+
+#: ``--quota-backlog``: that many starts, one millisecond apart up to now, in every channel's
+#: bucket of one quota.
+BACKLOG = """
+INSERT INTO quota_usage (channel_id, quota_id, stage, starts)
+SELECT c.id, q.id, q.stage, ARRAY(SELECT clock_timestamp() - interval '1 millisecond' * g
+                                  FROM generate_series($2::integer, 1, -1) g)
+  FROM channels c CROSS JOIN quotas q WHERE q.stage = $1 AND q.per_channel AND $2 > 0"""
 
 
 @dataclass
@@ -111,6 +123,7 @@ async def _claims(report: Report, dataset: Dataset, url: str) -> None:
         if options.quotas:
             await conn.executemany("INSERT INTO quotas (stage, per_channel, max_starts, window_s)"
                                    " VALUES ($1, $2, $3, $4)", QUOTAS)
+            await conn.execute(BACKLOG, QUOTAS[0][0], options.quota_backlog)
         await conn.execute(claimers.BASELINE_INDEX)
         await data.vacuum(conn)
         await data.checkpoint(conn)
