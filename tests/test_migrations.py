@@ -388,7 +388,7 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0016_compact_quota_record": {
-        "postgresql upgrade": "69ff2352598ef051",
+        "postgresql upgrade": "88801d1a4eb39b51",
         "postgresql downgrade": "c2e50418d5aa423c",
         "sqlite upgrade": "75a858d763ede43b",
         "sqlite downgrade": "e0f9228de7e174fb",

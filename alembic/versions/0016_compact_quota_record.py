@@ -6,7 +6,8 @@ Create Date: 2026-12-06
 
 A bucket kept every start of its window, up to the quota's limit, and every start rewrote the
 whole array: with a limit of a million starts an hour, each claim of the stage wrote megabytes,
-and a claim that took 0.6 ms took 7.5 ms once 100,000 starts stood in the window. A bucket now
+and a lone claimer's claim (p50) took 7.5 ms instead of 1.7 ms once 100,000 starts stood in the
+window. A bucket now
 keeps its first ``EXACT_STARTS`` entries one start each (so quotas up to that many starts are
 counted exactly, as before) and past them the starts of one slice of the window as one entry
 (``quota_usage.counts``: how many starts each entry stands for; empty: one each). An entry

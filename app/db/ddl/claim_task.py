@@ -814,12 +814,12 @@ def _spent_at(stage: str, channel: str) -> str:
             f" {_bucket_of('w', channel)} AND v.blocked_until > at")
 
 
-def _record(indent: str) -> str:
-    """``SET`` of a start at ``at`` recorded in a bucket (``u``, its quota ``q``), as
-    ``quota_merge`` keeps it, and when the bucket frees."""
+def _record(indent: str, at: str = "at") -> str:
+    """``SET`` of a start at ``at`` (NULL: none) recorded in a bucket (``u``, its quota ``q``),
+    as ``quota_merge`` keeps it, and when the bucket frees."""
     return ("SET (starts, counts, blocked_until) = (SELECT m.starts, m.counts,"
             f" greatest(u.paused_until, m.frees)\n{indent}  FROM {QUOTA_MERGE}(u.starts, u.counts,"
-            " at, q.max_starts, q.window_s) m)")
+            f" {at}, q.max_starts, q.window_s) m)")
 
 
 def _buckets(stage: str) -> str:
@@ -1068,9 +1068,7 @@ $$"""
     refresh = f"""CREATE FUNCTION {QUOTA_REFRESH}(p_quota integer) RETURNS void
 LANGUAGE sql AS $$
   UPDATE quota_usage u
-    SET (starts, counts, blocked_until) = (SELECT m.starts, m.counts,
-                                                  greatest(u.paused_until, m.frees)
-      FROM {QUOTA_MERGE}(u.starts, u.counts, NULL, q.max_starts, q.window_s) m)
+    {_record("    ", "NULL")}
     FROM quotas q WHERE q.id = u.quota_id AND q.id = p_quota
 $$"""
     return [render_task_stage(targets, stage_of), blocks, take, pause, refresh]

@@ -1,5 +1,5 @@
 """Revision 0013's quota functions, frozen: a bucket kept every start of its window, up to the
-quota's limit (what revisions 0008, 0011 and 0013 install, and a downgrade to them re-installs).
+quota's limit (what revisions 0011 and 0013 install, and a downgrade to them re-installs).
 The live ones are ``claim_task.render_quotas`` and its ``_record``.
 """
 
