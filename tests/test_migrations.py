@@ -70,7 +70,8 @@ def test_frozen_claim_data_matches_lifecycle(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["0012_set_boundaries", "0013_quota_set_claims",
-                                  "0014_plans_by_key", "0016_compact_quota_record"])
+                                  "0014_plans_by_key", "0016_compact_quota_record",
+                                  "0017_one_bucket_claims"])
 def test_frozen_claim_targets_match_moves(name: str) -> None:
     """Revisions that render a claim from the targets alone freeze the rule of ``app.moves``."""
     assert {(TaskStatus(s), f, start): TaskStatus(t)
@@ -392,6 +393,12 @@ GOLDEN = {
         "postgresql downgrade": "c2e50418d5aa423c",
         "sqlite upgrade": "75a858d763ede43b",
         "sqlite downgrade": "e0f9228de7e174fb",
+    },
+    "0017_one_bucket_claims": {
+        "postgresql upgrade": "1b8635e65f1d6c75",
+        "postgresql downgrade": "a7c34a17ae132087",
+        "sqlite upgrade": "e3b0c44298fc1c14",
+        "sqlite downgrade": "e3b0c44298fc1c14",
     },
 }
 

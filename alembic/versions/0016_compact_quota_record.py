@@ -15,9 +15,10 @@ leaves the window with its newest start, so no window lets in more starts than t
 spent bucket frees at most one slice (a ``SLICES``-th of the window) late.
 
 ``quota_take``, ``quota_refresh`` and ``claim_reserved`` record through the new function;
-revision 0013's quota functions are frozen as ``quota_0013`` and revision 0014's
-``claim_reserved`` as ``reserved_0014``. A downgrade writes each entry back as as many starts
-(at its time, the latest of them: still never more let in), keeping the newest ``max_starts``.
+revision 0013's quota functions are frozen as ``quota_0013``, revision 0014's
+``claim_reserved`` as ``reserved_0014`` and this one's as ``reserved_0016``. A downgrade
+writes each entry back as as many starts (at its time, the latest of them: still never more
+let in), keeping the newest ``max_starts``.
 """
 
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
-from app.db.ddl import claim_task, quota_0013, reserved_0014
+from app.db.ddl import claim_task, quota_0013, reserved_0014, reserved_0016
 
 revision: str = "0016"
 down_revision: str | None = "0015"
@@ -130,7 +131,7 @@ def upgrade() -> None:
         return
     op.execute(claim_task.render_merge())
     quotas = claim_task.render_quotas(TARGETS, STAGE_OF)
-    _quota_functions(quotas[2], quotas[4], claim_task.render_reserved(TARGETS))
+    _quota_functions(quotas[2], quotas[4], reserved_0016.render_reserved(TARGETS))
 
 
 def downgrade() -> None:

@@ -888,6 +888,15 @@ def render_reserved(targets: Targets) -> str:
     bucket (per-channel quotas, picks of distinct channels), the records and the claims are
     one statement; else the picks record one after the other, in their order.
 
+    Where one quota counts the stage and no two picks share its bucket (the common case), the
+    buckets are not locked beforehand: a pick has one bucket, so there is no order to keep and
+    nothing to record in all or none. The ``UPDATE`` that records the start locks the bucket
+    and reads its room (``blocked_until``) on the version it locks: a bucket written since the
+    statement began is read again, newest version, before anything is written (the check
+    ``quota_take`` makes under its lock). The start is stamped with the clock read there, after
+    any wait, so a bucket's starts stay in order; the task's claim carries the same stamp. One
+    statement instead of two: about 0.1 ms of a lone claimer's pick-up.
+
     Each task is found by its id, in a lateral subquery that locks it: its status and hold are
     compared with ``IS NOT DISTINCT FROM`` (the same test for these values, which no index
     serves) and ``OFFSET 0`` keeps its channel's conditions out of it (checked on the row
@@ -925,6 +934,7 @@ DECLARE
   st text := {TASK_STAGE}(target, NULL);
   per_channel integer;
   shared integer;
+  buckets integer;
   ks bigint[];
   k bigint;
   locked integer;
@@ -932,12 +942,39 @@ DECLARE
   counted integer;
   at timestamptz;
 BEGIN
-  SELECT count(*) FILTER (WHERE q.per_channel), count(*) FILTER (WHERE NOT q.per_channel)
-    INTO per_channel, shared FROM quotas q WHERE {quota};
+  SELECT count(*) FILTER (WHERE q.per_channel), count(*) FILTER (WHERE NOT q.per_channel),
+         coalesce(sum((SELECT count(*) FROM quota_usage u WHERE u.quota_id = q.id
+                         AND u.channel_id = ANY (CASE WHEN q.per_channel THEN p_channels
+                                                      ELSE ARRAY['{SHARED}'::uuid] END))), 0)
+    INTO per_channel, shared, buckets FROM quotas q WHERE {quota};
   IF per_channel + shared = 0 THEN
     RETURN QUERY
     WITH free AS ({free}),
     {_claim_together("free", "clock_timestamp()")};
+    RETURN;
+  END IF;
+  IF per_channel + shared = 1 AND (cardinality(p_channels) = 1 OR shared = 0
+      AND cardinality(p_channels) = cardinality(ARRAY(SELECT DISTINCT unnest(p_channels)))) THEN
+    -- One bucket for each pick, no two picks sharing one: each pick's task locked, then its
+    -- bucket, whose room is read on the version the UPDATE locks (a bucket written meanwhile
+    -- is read again), its start recorded there, and the picks recorded claimed: one statement.
+    IF buckets < cardinality(p_channels) THEN
+      INSERT INTO quota_usage (channel_id, quota_id, stage)
+        SELECT {_bucket_of('q', 'x.ch')}, q.id, q.stage
+          FROM quotas q CROSS JOIN unnest(p_channels) x (ch) WHERE {quota}
+        ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN QUERY
+    WITH free AS MATERIALIZED ({free}),
+    recorded AS (
+      UPDATE quota_usage u
+        {_record("          ", "clock_timestamp()")}
+        FROM free f JOIN quotas q ON {quota}
+        WHERE q.id = u.quota_id AND u.channel_id = {_bucket_of('q', 'f.ch')}
+          AND (u.blocked_until IS NULL OR u.blocked_until <= clock_timestamp())
+        RETURNING f.k, u.starts[cardinality(u.starts)] AS started),
+    granted AS (SELECT x.*, r.started FROM {picks} JOIN recorded r ON r.k = x.k),
+    {_claim_together("granted", "x.started")};
     RETURN;
   END IF;
   -- Starts of this stage count against quotas: the tasks locked (skipping any another
