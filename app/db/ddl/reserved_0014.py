@@ -1,10 +1,14 @@
 """Revision 0014's claim of reserved tasks together, frozen (what ``0014_plans_by_key`` installs
-and a downgrade to it re-installs), recording starts as revision 0013's quota functions do. The
-live one is ``claim_task.render_reserved``.
+and a downgrade to it re-installs), recording starts as revision 0013's quota functions do; and
+revision 0016's, the same claim recording through ``quota_merge`` (``reserved_0016``). The live
+one is ``claim_task.render_reserved``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from app.db.ddl import quota_0013
 from app.db.ddl.claim_task import (
     EVERY_STAGE,
     RESERVED,
@@ -17,10 +21,12 @@ from app.db.ddl.claim_task import (
     _one_status,
     _spent_at,
 )
-from app.db.ddl.quota_0013 import _record
+
+#: How a start at ``at`` is recorded in a bucket: ``record(indent)`` renders the ``SET``.
+Record = Callable[[str], str]
 
 
-def render_reserved(targets: Targets) -> str:
+def render_reserved(targets: Targets, record: Record = quota_0013._record) -> str:
     """``claim_reserved``: ``claim_task`` of several picks at once, for the common case: the task
     each pick reserved still queued and not on hold, its channel active and without a cap. A
     task another transaction holds locked is skipped, not waited for. The target is the same
@@ -115,7 +121,7 @@ BEGIN
     RETURN QUERY
     WITH recorded AS (
       UPDATE quota_usage u
-        {_record("          ")}
+        {record("          ")}
         FROM {picks} JOIN quotas q ON {quota}
         WHERE x.k = ANY (ks) AND q.id = u.quota_id AND u.channel_id = x.ch
           AND NOT EXISTS ({_spent_at("st", "x.ch")})
@@ -128,7 +134,7 @@ BEGIN
   FOR i IN 1 .. cardinality(ks) LOOP
     k := ks[i];
     UPDATE quota_usage u
-      {_record("        ")}
+      {record("        ")}
       FROM quotas q WHERE q.id = u.quota_id AND {quota}
         AND u.channel_id = {_bucket_of('q', 'p_channels[k]')}
         AND NOT EXISTS ({_spent_at("st", "p_channels[k]")});
