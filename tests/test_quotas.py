@@ -122,15 +122,15 @@ async def test_first_stage_quotas_hold_when_pick_ups_claim_together(
 
 async def test_a_lone_first_stage_quota_holds_when_its_bucket_is_locked_by_the_record(
         db: tuple[str, Sessions], workers: Workers) -> None:
-    """One quota on the first stage (a bucket per pick): ``claim_reserved`` locks each bucket
-    by the ``UPDATE`` that records the start, reading its room on the version it locks. With
-    four workers of four claim loops each racing for three channels' buckets, no window holds
-    more than the limit: each channel's two starts a window apart."""
+    """One quota on the first stage and one claim loop a worker, so every pick-up makes one
+    pick: ``claim_reserved`` locks its bucket by the ``UPDATE`` that records the start, reading
+    its room on the version it locks. With four workers racing for three channels' buckets, no
+    window holds more than the limit: each channel's two starts a window apart."""
     _, sessions = db
     await seed(sessions, [None, None, None], 2, spaced=True)
     await _set(sessions, "assets", 1, per_channel=True)
     for _ in range(4):
-        workers.start(WORKER_CONCURRENCY="4")
+        workers.start(WORKER_CONCURRENCY="1")
     await wait_published(sessions, 6, timeout_s=90)
 
     starts = await _starts(sessions, TaskStatus.generating_assets)

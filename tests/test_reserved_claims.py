@@ -136,15 +136,18 @@ def _result(row: asyncpg.Record) -> tuple[Any, ...]:
             row["topic"], row["artifacts"])
 
 
+@pytest.mark.parametrize("count", [1, 3], ids=["one pick", "three picks"])
 @pytest.mark.parametrize("start", [True, False], ids=["start", "claim only"])
 @pytest.mark.parametrize("name", list(CONDITIONS))
 async def test_a_reserved_claim_is_claim_task_or_nothing(
-        conn: asyncpg.Connection, url: str, name: str, start: bool) -> None:
+        conn: asyncpg.Connection, url: str, name: str, start: bool, count: int) -> None:
+    """One pick (whose bucket, where one quota counts it, is locked by the statement that
+    records its start) and three (whose buckets are locked first, in one order)."""
     cond = CONDITIONS[name]
     holder = await asyncpg.connect(**connect_kwargs(url))
     try:
-        together = [await _pick(conn, cond) for _ in range(3)]
-        alone = [await _pick(conn, cond) for _ in range(3)]
+        together = [await _pick(conn, cond) for _ in range(count)]
+        alone = [await _pick(conn, cond) for _ in range(count)]
         await _quota(conn, cond, [channel for channel, _, _ in together + alone])
         before = [await _state(conn, task) for _, _, task in together]
         if cond.locked:
@@ -167,7 +170,7 @@ async def test_a_reserved_claim_is_claim_task_or_nothing(
     finally:
         await holder.close()
         await conn.execute("DELETE FROM quotas")
-    assert [r["n"] for r in rows] == [1, 2, 3]
+    assert [r["n"] for r in rows] == list(range(1, count + 1))
     await _assert_twins(conn, together, alone, rows, singles)
     if cond.quota and cond.quota[0] != "upload":
         await _assert_stamped(conn, cond.quota[1], together, alone, starts)

@@ -1,17 +1,17 @@
-"""A quota that one bucket counts: the start recorded in the statement that claims.
+"""A lone pick that one quota counts: its start recorded in the statement that claims it.
 
 Revision ID: 0017
 Revises: 0016
 Create Date: 2026-12-06
 
-Where a claim's stage counts against one quota only, and no two picks share its bucket (the
-common case: a per-channel quota, or one pick of a shared one), ``claim_reserved`` no longer
-locks the buckets in a statement of their own before recording. Each pick's task is locked,
-then its bucket by the ``UPDATE`` that records the start: its room is read on the version that
-``UPDATE`` locks (a bucket written meanwhile is read again, newest version), so no window lets
-in more starts than before, and the record and the claims are one statement. Buckets not yet
-made are made first, as before. Picks with several buckets each, or sharing one, go as in
-revision 0016, whose ``claim_reserved`` is frozen as ``reserved_0016``.
+Where a pick-up makes one pick (a lone claimer's every pick-up) and one quota counts its stage,
+``claim_reserved`` no longer locks the bucket in a statement of its own before recording. The
+task is locked, then the bucket by the ``UPDATE`` that records the start: its room is read on
+the version that ``UPDATE`` locks (a bucket written meanwhile is read again, newest version),
+so no window lets in more starts than before, and the record and the claim are one statement.
+A bucket not yet made is made first, as before. Several picks, or several buckets, go as in
+revision 0016 (their buckets locked in one order first, so that no two calls wait for each
+other), whose ``claim_reserved`` is frozen as ``reserved_0016``.
 """
 
 from collections.abc import Sequence
