@@ -395,7 +395,7 @@ GOLDEN = {
         "sqlite downgrade": "e0f9228de7e174fb",
     },
     "0017_one_bucket_claims": {
-        "postgresql upgrade": "b7f0cfaaec7eb6ad",
+        "postgresql upgrade": "57ad6b02bc7da252",
         "postgresql downgrade": "a7c34a17ae132087",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",

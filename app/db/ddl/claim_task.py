@@ -923,6 +923,12 @@ def render_reserved(targets: Targets) -> str:
                 f" AND CASE WHEN q.per_channel THEN u.channel_id IN ({channels})"
                 f" ELSE u.channel_id = '{SHARED}' AND EXISTS ({channels}) END"
                 " ORDER BY u.channel_id, u.quota_id FOR UPDATE OF u")
+    def make(channels: str) -> str:
+        """Make the buckets of ``channels`` (an array of channel ids) that are missing."""
+        return ("INSERT INTO quota_usage (channel_id, quota_id, stage)"
+                f" SELECT DISTINCT {_bucket_of('q', 'x.ch')}, q.id, q.stage"
+                f" FROM quotas q CROSS JOIN unnest({channels}) x (ch) WHERE {quota}"
+                " ON CONFLICT DO NOTHING;")
     return f"""CREATE FUNCTION {RESERVED}(
   p_worker text, p_lease_s double precision, p_now timestamptz, p_start boolean,
   p_channels uuid[], p_tickets bigint[], p_tasks uuid[])
@@ -962,10 +968,7 @@ BEGIN
     -- lock their buckets in one order first, below: locked in one statement, two calls could
     -- each wait for a bucket the other holds.)
     IF buckets = 0 THEN
-      INSERT INTO quota_usage (channel_id, quota_id, stage)
-        SELECT {_bucket_of('q', 'x.ch')}, q.id, q.stage
-          FROM quotas q CROSS JOIN unnest(p_channels) x (ch) WHERE {quota}
-        ON CONFLICT DO NOTHING;
+      {make("p_channels")}
     END IF;
     RETURN QUERY
     WITH free AS MATERIALIZED ({free}),
@@ -992,10 +995,7 @@ BEGIN
   END IF;
   IF locked < shared + per_channel * chans THEN
     -- A bucket made at its first start.
-    INSERT INTO quota_usage (channel_id, quota_id, stage)
-      SELECT DISTINCT {_bucket_of('q', 'x.ch')}, q.id, q.stage
-        FROM quotas q CROSS JOIN unnest({chs}) x (ch) WHERE {quota}
-      ON CONFLICT DO NOTHING;
+    {make(chs)}
     PERFORM 1 FROM ({lock(f"SELECT unnest({chs})")}) l;
   END IF;
   -- The clock read after the locks stamps every start.
