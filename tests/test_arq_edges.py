@@ -1,6 +1,7 @@
 """arq's sharp edges, each shown harmless with real worker processes: a dropped or duplicated
-wake-up, a queue head held in progress (``queue_read_limit``), and a Redis restart (arq's
-Worker dies of it, python-arq/arq#498). The SIGKILLed job that arq re-runs only after its
+wake-up, a queue head held in progress (``queue_read_limit``), a process whose job slots are
+all held (its sweep still runs), and a Redis restart (arq's Worker dies of it,
+python-arq/arq#498). The SIGKILLed job that arq re-runs only after its
 largest job timeout is in ``test_workers.py``."""
 
 from __future__ import annotations
@@ -16,13 +17,17 @@ from arq.constants import in_progress_key_prefix, result_key_prefix
 
 from app.execution import wakeups
 from app.lifecycle import STAGE_BY_ACTIVE, TaskStatus
+from app.services import claims, transitions
 from tests import workerprocs
 from tests.workerprocs import (
     ARQ_WORKER,
+    PIPELINE_WORKER,
     OwnServer,
     Sessions,
     Workers,
+    count,
     events,
+    eventually,
     seed,
     wait_published,
 )
@@ -91,6 +96,33 @@ async def test_free_workers_are_not_starved_by_a_queue_head_held_in_progress(
     await wait_published(sessions, 12, timeout_s=90)
     claimers = {e.actor for e in await events(sessions) if e.to_status is TaskStatus.claimed}
     assert claimers == ids                                 # every worker took its share
+
+
+@pytest.mark.parametrize("argv", [PIPELINE_WORKER, ARQ_WORKER], ids=["pipeline", "arq-cli"])
+async def test_a_busy_worker_still_sweeps(
+    db: tuple[str, Sessions], workers: Workers, redis_url: str, queue: str,
+    argv: tuple[str, ...],
+) -> None:
+    """A worker whose every slot is busy, with more wake-ups than it can run, still sweeps
+    every ``SWEEP_INTERVAL_SECONDS``: the task of a worker that died is reaped within seconds
+    of its lease's end, not once the backlog is done. (arq runs a cron job only in a free job
+    slot, and wake-ups waiting for a claim slot hold them all.)"""
+    _, sessions = db
+    [orphan] = await seed(sessions, [None], per_channel=1, title="Orphan")
+    async with sessions() as session, session.begin():
+        dead = await claims.claim_next(session, worker_id="worker-dead", lease_s=4,
+                                       now=transitions.utcnow())
+    assert dead is not None and dead.task_id == orphan
+    backlog = await seed(sessions, [None, None], per_channel=15)     # about 25 s of stages
+    worker = workers.start(argv, WORKER_CONCURRENCY="2", SIMULATED_STAGE_SECONDS="0.2")
+    await worker.started()
+    await wakeups.wake_url(redis_url, 8, queue_name=queue)
+
+    async def reaped() -> bool:
+        return any(e.actor.startswith("reaper:") for e in await events(sessions, orphan))
+
+    await eventually(reaped, timeout_s=15, what="the dead worker's task reaped")
+    assert await count(sessions, TaskStatus.published) < len(backlog), "the backlog ran out"
 
 
 # --- Redis restarted -------------------------------------------------------------------------

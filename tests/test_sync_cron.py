@@ -1,4 +1,4 @@
-"""The Notion sync as an arq cron job: registered only when enabled, one round at a time."""
+"""The Notion sync in the workers: registered only when enabled, one round at a time."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from app.execution import wakeups
 from app.notion import cron as notion_cron
 from tests import factories
 from tests.notion_fake import FakeNotion, rich_text, status, title
+from workers.jobs import periodic_jobs
 from workers.settings import worker_options
 
 
@@ -33,18 +34,17 @@ def settings_for(notion: FakeNotion, ds: str, queue: str, **extra: object) -> Se
                     notion_rate_per_s=500.0, queue_name=queue, **extra)
 
 
-def test_cron_job_is_registered_only_when_enabled(settings: Settings) -> None:
-    def names(enabled: bool, *, burst: bool = False) -> list[str]:
-        options = worker_options(settings.model_copy(update={"notion_sync_in_worker": enabled}),
-                                 burst=burst)
-        return [job.name for job in options.get("cron_jobs", [])]
+def test_sync_job_is_registered_only_when_enabled(settings: Settings) -> None:
+    def names(enabled: bool) -> list[str]:
+        return [job.name for job in periodic_jobs(
+            settings.model_copy(update={"notion_sync_in_worker": enabled}))]
 
-    assert names(False) == ["cron:sweep"]
-    assert names(True) == ["cron:sweep", "cron:sync_notion"]
-    assert names(True, burst=True) == []
-    [job] = [j for j in worker_options(settings.model_copy(
-        update={"notion_sync_in_worker": True}))["cron_jobs"] if j.name == "cron:sync_notion"]
-    assert job.unique and job.second == {0, 30}  # every 30 s by default
+    assert names(False) == ["sweep"]
+    assert names(True) == ["sweep", "sync_notion"]
+    [job] = [j for j in periodic_jobs(settings.model_copy(
+        update={"notion_sync_in_worker": True})) if j.name == "sync_notion"]
+    assert job.every_s == 30 and job.at_start    # every 30 s by default, and at start
+    assert "cron_jobs" not in worker_options(settings)     # no arq job slot taken
 
 
 async def test_one_round_at_a_time_and_workers_are_woken(

@@ -18,7 +18,7 @@ from typing import Any
 from arq.connections import ArqRedis
 
 from app import logs, servers
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.db import (
     describe,
     is_unavailable,
@@ -28,7 +28,8 @@ from app.db import (
     require_postgresql,
     session_scope,
 )
-from app.execution import registry, wakeups
+from app.execution import periodic, registry, wakeups
+from app.execution.periodic import Periodic
 from app.execution.runner import Runner
 from app.execution.slots import Slots
 from app.handlers import load_registry
@@ -39,9 +40,13 @@ from workers import signals
 
 log = logging.getLogger("workers")
 Ctx = dict[str, Any]
+#: Upper bound of one sweep.
+SWEEP_TIMEOUT_S = 60
 
 
-async def startup(ctx: Ctx) -> None:
+async def startup(ctx: Ctx, *, timers: bool = True) -> None:
+    """The process's connections, runner and claim slots; its registry heartbeat; and, unless
+    ``timers`` is off (a burst), the timers of its periodic jobs (``periodic``)."""
     settings = get_settings()
     # Under the Procfile's arq CLI too: LOG_LEVEL and LOG_FORMAT, and the workers' INFO lines.
     logs.configure(level=settings.log_level, fmt=settings.log_format, default=logging.INFO)
@@ -59,8 +64,25 @@ async def startup(ctx: Ctx) -> None:
     await stack.enter_async_context(registry.heartbeat(
         ctx["redis"], settings.queue_name, ctx["runner"].worker_id,
         concurrency=settings.worker_concurrency, every_s=settings.worker_heartbeat_s))
+    if timers:
+        stack.push_async_callback(periodic.start(ctx, ctx["redis"], settings.queue_name,
+                                                 periodic_jobs(settings)).aclose)
     endpoint.serve(settings.metrics_port)
     log.info("worker %s started", ctx["runner"].worker_id)
+
+
+def periodic_jobs(settings: Settings) -> list[Periodic]:
+    """The periodic jobs of a worker process: the sweep, and the Notion sync where
+    ``NOTION_SYNC_IN_WORKER`` is set; each also runs when the process starts. On timers of
+    their own, not as arq cron jobs: a busy worker holds every arq job slot
+    (``app.execution.periodic``)."""
+    jobs = [Periodic("sweep", settings.sweep_interval_s, sweep, timeout_s=SWEEP_TIMEOUT_S,
+                     at_start=True)]
+    if settings.notion_sync_in_worker:
+        # One worker per tick; one round at a time (a Redis lock in the job).
+        jobs.append(Periodic("sync_notion", settings.notion_sync_interval_s, sync_notion,
+                             timeout_s=notion_cron.ROUND_TIMEOUT_S, at_start=True))
+    return jobs
 
 
 async def shutdown(ctx: Ctx) -> None:

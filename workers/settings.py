@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from functools import partial
 from typing import Any, NoReturn
 
-from arq import cron
 from arq.worker import func
 from pydantic import ValidationError
 
@@ -22,21 +22,23 @@ from app import embedded, logs, servers
 from app.config import Settings, get_settings
 from app.embedded import EmbeddedError
 from app.execution import wakeups
-from app.notion import cron as notion_cron
 from app.schemas import field_errors
 from workers import jobs
 
+#: arq job slots of a process (``max_jobs``): the wake-up whose claim loops fill its free claim
+#: slots (``WORKER_CONCURRENCY`` of them, ``app.execution.slots``), and one more waiting for a
+#: claim slot to free. With both held the process reads nothing from Redis, so further
+#: wake-ups wait there for a process with room, and no poll walks a queue of wake-ups held in
+#: progress elsewhere (each costs arq four Redis round trips, every poll of every process with
+#: a free job slot). The periodic jobs do not take job slots (``app.execution.periodic``).
+WAKE_UPS_HELD = 2
 
-def _sweep_seconds(interval_s: float) -> set[int]:
-    step = max(1, round(interval_s))
-    return set(range(0, 60, step))
 
-
-async def startup(ctx: jobs.Ctx) -> None:
+async def startup(ctx: jobs.Ctx, *, timers: bool = True) -> None:
     """The embedded default's database is brought to the latest migration first, as admin
     commands do (a configured one is the release step's); then the worker's own start-up."""
     await servers.database_url(get_settings(), migrated=True)
-    await jobs.startup(ctx)
+    await jobs.startup(ctx, timers=timers)
 
 
 def worker_options(settings: Settings, *, redis_url: str | None = None,
@@ -47,14 +49,16 @@ def worker_options(settings: Settings, *, redis_url: str | None = None,
     if redis_url is None:
         socket = embedded.default_data_dir() / "redis" / "redis.sock"
         redis_url = settings.redis_url or f"unix://{socket}"
-    options: dict[str, Any] = {
+    return {
         "functions": [func(jobs.work, name=wakeups.WORK_JOB, timeout=settings.job_timeout_s,
                            max_tries=3)],
         "queue_name": settings.queue_name,
         "redis_settings": wakeups.redis_settings(redis_url),
-        "on_startup": startup,
+        # A burst ends when nothing is left to claim: no timers (a burst worker is woken by
+        # ``pipeline worker --burst`` itself, see ``workers.supervisor``).
+        "on_startup": partial(startup, timers=False) if burst else startup,
         "on_shutdown": jobs.shutdown,
-        "max_jobs": settings.worker_concurrency,
+        "max_jobs": WAKE_UPS_HELD,
         "poll_delay": 0.05,
         "queue_read_limit": max(1000, settings.worker_concurrency * 10),
         "keep_result": 0,
@@ -62,17 +66,6 @@ def worker_options(settings: Settings, *, redis_url: str | None = None,
         "health_check_interval": 30,
         "burst": burst,
     }
-    if not burst:
-        # Cron jobs keep a burst worker alive, so a burst worker sweeps once at start instead.
-        options["cron_jobs"] = [cron(jobs.sweep, second=_sweep_seconds(settings.sweep_interval_s),
-                                     run_at_startup=True, timeout=60)]
-        if settings.notion_sync_in_worker:
-            # One worker per tick (arq's cron job ids are unique per run time), one round at
-            # a time (a Redis lock in the job).
-            options["cron_jobs"].append(cron(
-                jobs.sync_notion, second=_sweep_seconds(settings.notion_sync_interval_s),
-                run_at_startup=True, timeout=notion_cron.ROUND_TIMEOUT_S))
-    return options
 
 
 def __getattr__(name: str) -> dict[str, Any]:
