@@ -1,9 +1,9 @@
-"""The Notion sync as an arq cron job (``NOTION_SYNC_IN_WORKER=true``).
+"""The Notion sync in the workers (``NOTION_SYNC_IN_WORKER=true``).
 
-arq gives each cron tick a job id made of the job's name and the tick's time
-(``arq.worker.Worker.run_cron``), so of all workers enqueueing the same tick only one runs it.
-A round longer than the interval would still overlap the next tick on another worker, so a
-Redis lock (``SET NX`` with an expiry, released by its owner) keeps rounds one at a time.
+A round runs on the workers' periodic timers (``app.execution.periodic``), which let one
+worker run each tick. A round longer than the interval would still overlap the next tick on
+another worker, so a Redis lock (``SET NX`` with an expiry, released by its owner) keeps rounds
+one at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from app.notion import client
 from app.notion.sync import sync_once
 
 LOCK_KEY = "pipeline:notion-sync:lock"
-#: Upper bound of one round in a worker (the cron job's timeout and the lock's expiry).
+#: Upper bound of one round in a worker (its timeout and the lock's expiry).
 ROUND_TIMEOUT_S = 600
 
 log = logging.getLogger("app.notion")
