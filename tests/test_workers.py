@@ -155,6 +155,25 @@ async def test_one_wake_up_fills_every_slot_and_runs_tasks_back_to_back(
     assert 1 <= sum(1 for n in ran if n) <= 4, worker.text()[-3000:]
 
 
+async def test_a_wake_up_fills_a_free_slot_while_the_other_loops_run_long_stages(
+    db: tuple[str, Sessions], workers: Workers, redis_url: str, queue: str,
+) -> None:
+    """Tasks queued one at a time, each with its wake-up, while the loops already running are in
+    long stages: each is claimed at once into a free slot (the worker keeps taking wake-ups while
+    it has a free claim slot), not when a running loop next claims."""
+    _, sessions = db
+    worker = workers.start(SIMULATED_STAGE_SECONDS="60", WORKER_CONCURRENCY="4")
+    await worker.started()
+    for n in range(3):
+        [task_id] = await seed(sessions, [None], per_channel=1, title=f"Long {n}")
+        await wakeups.wake_url(redis_url, 1, queue_name=queue)
+
+        async def in_stage(task_id: uuid.UUID = task_id) -> bool:
+            return (await status_of(sessions, task_id))[0] is TaskStatus.generating_assets
+
+        await eventually(in_stage, timeout_s=10, what=f"task {n + 1} of 3 in its first stage")
+
+
 async def test_burst_worker_drains_what_is_runnable_then_exits(
     db: tuple[str, Sessions], workers: Workers,
 ) -> None:

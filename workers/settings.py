@@ -25,14 +25,6 @@ from app.execution import wakeups
 from app.schemas import field_errors
 from workers import jobs
 
-#: arq job slots of a process (``max_jobs``): the wake-up whose claim loops fill its free claim
-#: slots (``WORKER_CONCURRENCY`` of them, ``app.execution.slots``), and one more waiting for a
-#: claim slot to free. With both held the process reads nothing from Redis, so further
-#: wake-ups wait there for a process with room, and no poll walks a queue of wake-ups held in
-#: progress elsewhere (each costs arq four Redis round trips, every poll of every process with
-#: a free job slot). The periodic jobs do not take job slots (``app.execution.periodic``).
-WAKE_UPS_HELD = 2
-
 
 async def startup(ctx: jobs.Ctx, *, timers: bool = True) -> None:
     """The embedded default's database is brought to the latest migration first, as admin
@@ -58,7 +50,7 @@ def worker_options(settings: Settings, *, redis_url: str | None = None,
         # ``pipeline worker --burst`` itself, see ``workers.supervisor``).
         "on_startup": partial(startup, timers=False) if burst else startup,
         "on_shutdown": jobs.shutdown,
-        "max_jobs": WAKE_UPS_HELD,
+        "max_jobs": settings.worker_concurrency,
         "poll_delay": 0.05,
         "queue_read_limit": max(1000, settings.worker_concurrency * 10),
         "keep_result": 0,

@@ -27,7 +27,7 @@ from app.execution import wakeups
 from app.lifecycle import GATES
 from app.services import stats, transitions
 from workers import signals
-from workers.settings import WAKE_UPS_HELD, worker_options
+from workers.settings import worker_options
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +101,10 @@ async def _run_once(options: dict[str, Any], stop: asyncio.Event, *, redis_url: 
     """Run one arq Worker until it ends; return the Redis error that ended it, or None when
     it was stopped (or a burst is done). Any other error propagates."""
     if options["burst"]:
-        # A burst has no periodic sweep to wake it: its own wake-ups (one fills every claim
-        # slot while work is claimable), then it drains what is runnable.
+        # No periodic sweep in burst mode: wake enough jobs to drain what is runnable.
         try:
-            await wakeups.wake_url(redis_url, WAKE_UPS_HELD, queue_name=settings.queue_name)
+            await wakeups.wake_url(redis_url, settings.worker_concurrency,
+                                   queue_name=settings.queue_name)
         except wakeups.REDIS_GONE as exc:
             return exc
     worker = Worker(**options)

@@ -1,10 +1,11 @@
 """A worker process's periodic jobs (the sweep, the in-worker Notion sync), run on timers of
 their own beside arq rather than as arq cron jobs.
 
-arq starts a cron job as it starts any job: in a free job slot. A busy worker holds every slot
-(its claim loops' wake-up, and one more waiting for a claim slot, which is what stops it taking
-wake-ups meant for workers with room), so a cron job would wait for the backlog to end: no
-lease reaped, no lost wake-up made up, no Notion round, for as long as the work lasts.
+arq starts a cron job as it starts any job: in a free job slot. A busy worker soon holds every
+slot (its claim loops' wake-up, and further wake-ups waiting for a claim slot, which is what
+stops it taking wake-ups meant for workers with room), so a cron job would wait for the backlog
+to end: no lease reaped, no lost wake-up made up, no Notion round, for as long as the work
+lasts.
 
 Here each job runs in every worker process at the same wall-clock ticks (the multiples of its
 interval, as a cron schedule), and one process runs each tick: the first to set the tick's key

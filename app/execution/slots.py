@@ -8,9 +8,8 @@ work may be waiting), so idle slots fill within milliseconds rather than at arq'
 with every slot busy it wakes another process through Redis, unless a wake-up already waits
 there (asked at most every ``SURPLUS_EVERY_S``: a busy process does not pay Redis round trips
 per task). A wake-up that finds every slot busy waits for one to free (or for the worker to stop)
-rather than being dropped: while it waits it holds the second of the process's two arq job
-slots (``workers.settings.WAKE_UPS_HELD``), so a busy process takes no more wake-ups from Redis
-and leaves them to processes with room. Redis thus
+rather than being dropped: while it waits it holds one of arq's job slots, so a busy process
+soon stops taking wake-ups from Redis and leaves them to processes with room. Redis thus
 carries wake-ups for surplus work only, not one job per task.
 
 The loops a job starts belong to it: the job ends when the last of them does, so arq's grace
