@@ -46,7 +46,10 @@ class Periodic:
 
 
 def next_tick(now: float, every_s: float) -> float:
-    """The first multiple of ``every_s`` (epoch seconds) after ``now``: every process agrees."""
+    """The first multiple of ``every_s`` (epoch seconds) after ``now``: every process agrees
+    while their clocks keep within the tick key's life (two intervals) of each other; past
+    that a tick may run twice, which the sweep and the sync (its own lock) take in their
+    stride."""
     return (math.floor(now / every_s) + 1) * every_s
 
 
