@@ -74,7 +74,7 @@ async def startup(ctx: Ctx, *, timers: bool = True) -> None:
 def periodic_jobs(settings: Settings) -> list[Periodic]:
     """The periodic jobs of a worker process: the sweep, and the Notion sync where
     ``NOTION_SYNC_IN_WORKER`` is set; each also runs when the process starts. On timers of
-    their own, not as arq cron jobs: a busy worker holds every arq job slot
+    their own, not as arq cron jobs: a busy worker soon holds every arq job slot
     (``app.execution.periodic``)."""
     jobs = [Periodic("sweep", settings.sweep_interval_s, sweep, timeout_s=SWEEP_TIMEOUT_S,
                      at_start=True)]
