@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -53,7 +53,7 @@ def next_tick(now: float, every_s: float) -> float:
     return (math.floor(now / every_s) + 1) * every_s
 
 
-def tick_key(queue: str, name: str, tick: float) -> str:
+def _tick_key(queue: str, name: str, tick: float) -> str:
     return f"{queue}:tick:{name}:{round(tick * 1000)}"
 
 
@@ -61,7 +61,7 @@ def tick_key(queue: str, name: str, tick: float) -> str:
 class Timers:
     """The running timers of one process's periodic jobs; ``aclose`` stops them."""
 
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]]
 
     async def aclose(self) -> None:
         for task in self.tasks:
@@ -84,7 +84,7 @@ async def _timer(ctx: dict[str, Any], redis: Redis, queue: str, job: Periodic) -
         tick = next_tick(time.time(), job.every_s)
         await asyncio.sleep(max(0.0, tick - time.time()))
         try:
-            mine = await redis.set(tick_key(queue, job.name, tick), b"1", nx=True,
+            mine = await redis.set(_tick_key(queue, job.name, tick), b"1", nx=True,
                                    px=max(1000, round(2000 * job.every_s)))
         except wakeups.REDIS_GONE as exc:
             log.warning("%s: tick skipped, Redis unreachable (%s)", job.name, describe(exc))
