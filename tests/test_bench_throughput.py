@@ -3,13 +3,21 @@ installed) and a tuned arq drain as many jobs, and the table renders (no timings
 
 from __future__ import annotations
 
-from bench import throughput
+import asyncpg  # type: ignore[import-untyped]  # ships no type information
+
+from app.db import connect_kwargs
+from bench import cpu, throughput
 
 
 async def test_throughput_bench_toy_run_produces_the_table(pg_server_url: str,
                                                            redis_url: str) -> None:
     options = throughput.ThroughputOptions(tasks=20, workers=(1, 2), slots=(10, 100))
     report = await throughput.run(options, pg_server_url, redis_url)
+    conn = await asyncpg.connect(**connect_kwargs(pg_server_url))
+    try:
+        here = cpu.postmaster_of(int(await conn.fetchval("SELECT pg_backend_pid()"))) is not None
+    finally:
+        await conn.close()
 
     ours = report.of("ours")
     assert [(m.slots, m.procs) for m in ours] == [(10, 1), (10, 2), (100, 1), (100, 2)]
@@ -20,14 +28,20 @@ async def test_throughput_bench_toy_run_produces_the_table(pg_server_url: str,
         # Redis counters moved.
         assert m.counters.commits is not None and m.counters.commits >= 20
         assert m.counters.redis_commands is not None and m.counters.redis_commands > 0
+        # Each stage writes its task's row and at least one event; the queueing is left out.
+        assert m.counters.rows_written is not None and m.counters.rows_written >= 2 * m.items
+        assert m.counters.client_cpu_s is not None and m.counters.client_cpu_s > 0
+        assert (m.counters.server_cpu_s is not None and m.counters.server_cpu_s > 0) == here
     pgq = report.of("pgqueuer")
     if throughput.pgqueuer_installed():
         assert [m.procs for m in pgq] == [1, 2]
         assert all(m.seconds and m.items == 140 for m in pgq)
+        assert all(m.counters.client_cpu_s and m.counters.rows_written for m in pgq)
     else:
         assert [m.note for m in pgq] == [throughput.NOT_INSTALLED]
     arq = report.find("arq", 1)
     assert arq is not None and arq.seconds and arq.items == 140
+    assert arq.counters.client_cpu_s is not None and arq.counters.client_cpu_s > 0
 
     text = throughput.render(report)
     assert "20 tasks x 7 stages = 140 stage executions" in text
@@ -35,3 +49,4 @@ async def test_throughput_bench_toy_run_produces_the_table(pg_server_url: str,
     assert "ours (10 slots): stage executions/s rise from 1 to 2 processes" in text
     assert "first milestone: ours (100 slots) ≥ 0.5x PGQueuer" in text
     assert "≤ 1 commits per stage execution" in text
+    assert "rows written" in text and "client CPU µs" in text and "server CPU µs" in text
