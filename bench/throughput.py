@@ -835,7 +835,8 @@ counters: statements = pg_stat_statements calls (top-level statements, BEGIN and
 CPU (user + system, from /proc): client = the worker processes from the queueing to the last
   publish (ours), each consumer from its go to its end (PGQueuer), the benchmark's process
   while its Worker drains (arq); server = the whole PostgreSQL server over the run, its
-  backends, WAL writer and checkpointer included (n/a when it runs on another machine).
+  backends, WAL writer and checkpointer included (n/a when it runs on another machine; ours:
+  the queueing INSERT too, a few µs per stage execution).
   Their sum over the cores the machine has bounds the rate."""
 
 
