@@ -39,7 +39,7 @@ from app.db.models import Task
 from app.execution.runner import Runner
 from app.lifecycle import TaskStatus
 from app.services import claims, transitions
-from bench import data
+from bench import cpu, data
 
 LEASE_S = 30.0
 #: ``ours``: a worker's claim; ``service``: the service layer; ``baseline``: see above.
@@ -77,6 +77,9 @@ class Cell:
     claims: int = 0
     seconds: float = 0.0
     cpu_s: float = 0.0
+    #: The database server's CPU seconds over the cell (``bench.cpu``; None when the server
+    #: runs on another machine, or the claimers on several processes).
+    server_cpu_s: float | None = None
     #: Claims that found nothing (every channel with work locked by other claimers): retried.
     misses: int = 0
     latencies_ms: list[float] = field(default_factory=list)
@@ -91,8 +94,10 @@ class Cell:
         time summed, latencies together."""
         if earlier is None:
             return self
+        server = (None if self.server_cpu_s is None or earlier.server_cpu_s is None
+                  else self.server_cpu_s + earlier.server_cpu_s)
         return Cell(self.kind, self.claimers, earlier.claims + self.claims,
-                    earlier.seconds + self.seconds, earlier.cpu_s + self.cpu_s,
+                    earlier.seconds + self.seconds, earlier.cpu_s + self.cpu_s, server,
                     earlier.misses + self.misses, earlier.latencies_ms + self.latencies_ms,
                     earlier.rounds + 1)
 
@@ -103,6 +108,13 @@ class Cell:
     def client_cpu(self) -> float:
         """Client CPU time over wall time (1.0 = one core busy)."""
         return self.cpu_s / self.seconds if self.seconds else 0.0
+
+    @property
+    def server_us_per_claim(self) -> float | None:
+        """The server's CPU time per claim (and start), in microseconds."""
+        if self.server_cpu_s is None or not self.claims:
+            return None
+        return self.server_cpu_s * 1e6 / self.claims
 
 
 def percentile(values: Sequence[float], q: int) -> float:
@@ -246,20 +258,35 @@ async def _measure(url: str, kind: str, claimers: int, claims_total: int,
     cell = Cell(kind, claimers)
     quotas = [claims_total // claimers + (i < claims_total % claimers) for i in range(claimers)]
     latencies: list[list[float]] = [[] for _ in loops]
+    # Several processes measure overlapping windows: the server's time only with one.
+    postmaster = await _postmaster(url) if barrier is None else None
     try:
         await asyncio.gather(*(loop(WARMUP, []) for loop in loops))
         if barrier is not None:                   # every process warmed up: start together
             await asyncio.get_running_loop().run_in_executor(None, barrier.wait)
-        cpu, began = time.process_time(), time.perf_counter()
+        server = None if postmaster is None else cpu.server_s(postmaster)
+        used, began = time.process_time(), time.perf_counter()
         counts = await asyncio.gather(*(loop(q, mine) for loop, q, mine in
                                         zip(loops, quotas, latencies, strict=True)))
         cell.seconds = time.perf_counter() - began
-        cell.cpu_s = time.process_time() - cpu
+        cell.cpu_s = time.process_time() - used
+        if server is not None and postmaster is not None:
+            after = cpu.server_s(postmaster)
+            cell.server_cpu_s = None if after is None else after - server
     finally:
         await close()
     cell.latencies_ms = [x for mine in latencies for x in mine]
     cell.claims, cell.misses = sum(c[0] for c in counts), sum(c[1] for c in counts)
     return cell
+
+
+async def _postmaster(url: str) -> int | None:
+    """The server's postmaster when it runs on this machine (``bench.cpu``)."""
+    conn = await data.connect(url)
+    try:
+        return cpu.postmaster_of(int(await conn.fetchval("SELECT pg_backend_pid()")))
+    finally:
+        await conn.close()
 
 
 def _child(url: str, kind: str, claimers: int, claims_total: int, barrier: Barrier,

@@ -48,7 +48,8 @@ def _cell(report: Report, dataset: Dataset, n: int, kind: str) -> Cell | None:
 def _claims_table(report: Report) -> str:
     headers = ["queue", "claimers", "ours/s", "baseline/s", "ours÷base", "ours p50", "ours p99",
                "base p50", "base p99", "service/s", "batch10/s", "svc÷base", "svc p99",
-               "ours CPU", "base CPU", "misses", "index used (ours / baseline)"]
+               "ours CPU", "base CPU", "ours srv µs", "base srv µs", "misses",
+               "index used (ours / baseline)"]
     rows: list[list[object]] = []
     for dataset in report.options.datasets:
         for i, n in enumerate(report.options.claimers):
@@ -61,9 +62,15 @@ def _claims_table(report: Report) -> str:
                          ours.percentile(99), base.percentile(50), base.percentile(99),
                          round(svc.rate), round(batch.rate) if batch else None,
                          _ratio(svc, base), svc.percentile(99), f"{ours.client_cpu:.0%}",
-                         f"{base.client_cpu:.0%}", ours.misses + svc.misses + base.misses,
+                         f"{base.client_cpu:.0%}", _micros(ours), _micros(base),
+                         ours.misses + svc.misses + base.misses,
                          _indexes(report, dataset) if i == 0 else ""])
     return tables.render(headers, rows)
+
+
+def _micros(cell: Cell) -> str:
+    us = cell.server_us_per_claim
+    return "n/a" if us is None else f"{us:.0f}"
 
 
 def _ratio(a: Cell, b: Cell) -> float:
@@ -189,6 +196,8 @@ service: the same moves through the service layer on AsyncSession, as admin scri
 Every path: two transitions per task, ending in generating_assets; claims/s = tasks
   claimed and started per second; p50/p99 = the claim call in ms, commit included (ours: the
   claim and the start); CPU = the client process's CPU time over wall time (100% = one core);
+  srv µs = the database server's CPU time (all its processes, from /proc) per claim and start,
+  n/a when it runs on another machine or the claimers on several processes;
   misses = claims that came back empty while work remained (retried, not
   counted). Every cell starts from the same queue depth, VACUUM ANALYZEd; each claimer first
   makes {claimers.WARMUP} claims off the clock (a new connection's first calls load catalogs,

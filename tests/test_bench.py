@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from bench import claimers, report
+import asyncpg  # type: ignore[import-untyped]  # ships no type information
+
+from app.db import connect_kwargs
+from bench import claimers, cpu, report
 from bench.run import Dataset, Options, run
 
 
@@ -10,6 +13,11 @@ async def test_bench_toy_run_produces_the_table(pg_server_url: str) -> None:
     dataset = Dataset(200)
     options = Options((dataset,), claimers=(1, 2), claims=40, rounds=2, workers=False)
     result = await run(options, pg_server_url, redis_url="unused")
+    conn = await asyncpg.connect(**connect_kwargs(pg_server_url))
+    try:
+        here = cpu.postmaster_of(int(await conn.fetchval("SELECT pg_backend_pid()"))) is not None
+    finally:
+        await conn.close()
 
     kinds = (*claimers.KINDS, claimers.BATCH_KIND)
     assert set(result.cells) == {(dataset, n, kind) for n in (1, 2) for kind in kinds}
@@ -18,8 +26,13 @@ async def test_bench_toy_run_produces_the_table(pg_server_url: str) -> None:
         assert (cell.rounds, cell.claims) == (rounds, 40 * rounds)
         if kind != claimers.BATCH_KIND:      # one latency per claim transaction
             assert len(cell.latencies_ms) == 40 * rounds
+        # The server's CPU per claim where the server runs here (read in clock ticks of
+        # 10 ms: a toy cell may read none; tests/test_bench_cpu.py checks that it grows).
+        us = cell.server_us_per_claim
+        assert (us is not None) == here and (us is None or us >= 0)
     assert result.plans[(dataset, "ours")].uses_claim_index
     assert "ix_tasks_runnable" in result.plans[(dataset, "ours")].indexes
     text = report.render(result)
     assert "200 queued" in text and "ix_tasks_queued" in text and "PostgreSQL" in text
     assert "claim uses ix_tasks_queued at every size" in text
+    assert "ours srv µs" in text and "base srv µs" in text

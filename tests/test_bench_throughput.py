@@ -30,17 +30,21 @@ async def test_throughput_bench_toy_run_produces_the_table(pg_server_url: str,
         assert m.counters.redis_commands is not None and m.counters.redis_commands > 0
         # Each stage writes its task's row and at least one event; the queueing is left out.
         assert m.counters.rows_written is not None and m.counters.rows_written >= 2 * m.items
-        assert m.counters.client_cpu_s is not None and m.counters.client_cpu_s > 0
-        assert (m.counters.server_cpu_s is not None and m.counters.server_cpu_s > 0) == here
+        # CPU from /proc, in clock ticks of 10 ms: a toy run may read none for a side
+        # (tests/test_bench_cpu.py checks that the readings grow).
+        assert m.counters.client_cpu_s is not None and m.counters.client_cpu_s >= 0
+        assert (m.counters.server_cpu_s is not None) == here
+        assert m.counters.server_cpu_s is None or m.counters.server_cpu_s >= 0
     pgq = report.of("pgqueuer")
     if throughput.pgqueuer_installed():
         assert [m.procs for m in pgq] == [1, 2]
         assert all(m.seconds and m.items == 140 for m in pgq)
-        assert all(m.counters.client_cpu_s and m.counters.rows_written for m in pgq)
+        assert all(m.counters.client_cpu_s is not None and m.counters.rows_written for m in pgq)
     else:
         assert [m.note for m in pgq] == [throughput.NOT_INSTALLED]
     arq = report.find("arq", 1)
     assert arq is not None and arq.seconds and arq.items == 140
+    # process_time, not clock ticks: a drain of 140 jobs always reads some.
     assert arq.counters.client_cpu_s is not None and arq.counters.client_cpu_s > 0
 
     text = throughput.render(report)
