@@ -270,9 +270,9 @@ async def _measure(url: str, kind: str, claimers: int, claims_total: int,
                                         zip(loops, quotas, latencies, strict=True)))
         cell.seconds = time.perf_counter() - began
         cell.cpu_s = time.process_time() - used
-        if server is not None and postmaster is not None:
-            after = cpu.server_s(postmaster)
-            cell.server_cpu_s = None if after is None else after - server
+        after = None if postmaster is None else cpu.server_s(postmaster)
+        if server is not None and after is not None:
+            cell.server_cpu_s = after - server
     finally:
         await close()
     cell.latencies_ms = [x for mine in latencies for x in mine]
@@ -284,7 +284,7 @@ async def _postmaster(url: str) -> int | None:
     """The server's postmaster when it runs on this machine (``bench.cpu``)."""
     conn = await data.connect(url)
     try:
-        return cpu.postmaster_of(int(await conn.fetchval("SELECT pg_backend_pid()")))
+        return await cpu.postmaster(conn)
     finally:
         await conn.close()
 

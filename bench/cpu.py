@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]  # ships no type information
+
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 #: Indexes into ``/proc/PID/stat`` after the command name: ppid, utime, stime, cutime, cstime.
 _PPID, _UTIME, _STIME, _CUTIME, _CSTIME = 1, 11, 12, 13, 14
@@ -42,6 +44,11 @@ def postmaster_of(backend: int) -> int | None:
         return None
     fields = _stat(backend)
     return None if fields is None else int(fields[_PPID])
+
+
+async def postmaster(conn: asyncpg.Connection) -> int | None:
+    """The postmaster of the server ``conn`` talks to, when that server runs here."""
+    return postmaster_of(int(await conn.fetchval("SELECT pg_backend_pid()")))
 
 
 def server_s(postmaster: int) -> float | None:

@@ -209,8 +209,7 @@ class Probe:
                     await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
                 finally:
                     await conn.close()
-            postmaster = cpu.postmaster_of(int(await admin.fetchval("SELECT pg_backend_pid()")))
-            yield cls(admin, url, loaded, redis, postmaster)
+            yield cls(admin, url, loaded, redis, await cpu.postmaster(admin))
         finally:
             await redis.aclose()
             await admin.close()

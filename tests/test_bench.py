@@ -15,7 +15,7 @@ async def test_bench_toy_run_produces_the_table(pg_server_url: str) -> None:
     result = await run(options, pg_server_url, redis_url="unused")
     conn = await asyncpg.connect(**connect_kwargs(pg_server_url))
     try:
-        here = cpu.postmaster_of(int(await conn.fetchval("SELECT pg_backend_pid()"))) is not None
+        here = await cpu.postmaster(conn) is not None
     finally:
         await conn.close()
 

@@ -33,7 +33,7 @@ def test_a_process_that_is_not_postgresql_has_no_postmaster() -> None:
 async def test_the_server_s_cpu_time_counts_a_backend_that_has_ended(pg_url: str) -> None:
     conn = await asyncpg.connect(**connect_kwargs(pg_url))
     try:
-        postmaster = cpu.postmaster_of(int(await conn.fetchval("SELECT pg_backend_pid()")))
+        postmaster = await cpu.postmaster(conn)
     finally:
         await conn.close()
     # The test servers (the embedded one, or the machine's in CI) run here.

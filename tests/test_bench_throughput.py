@@ -15,7 +15,7 @@ async def test_throughput_bench_toy_run_produces_the_table(pg_server_url: str,
     report = await throughput.run(options, pg_server_url, redis_url)
     conn = await asyncpg.connect(**connect_kwargs(pg_server_url))
     try:
-        here = cpu.postmaster_of(int(await conn.fetchval("SELECT pg_backend_pid()"))) is not None
+        here = await cpu.postmaster(conn) is not None
     finally:
         await conn.close()
 
