@@ -230,7 +230,7 @@ class Probe:
         if self.statements:
             conn = await data.connect(self.url)
             try:
-                rows = await conn.fetch(
+                found = await conn.fetch(
                     f"SELECT {MARK} queryid, query, calls FROM pg_stat_statements"
                     " WHERE dbid = (SELECT oid FROM pg_database"
                     "               WHERE datname = current_database())"
@@ -238,7 +238,7 @@ class Probe:
             finally:
                 await conn.close()
             self.own += before
-            statements = {r["queryid"]: (r["query"], r["calls"]) for r in rows
+            statements = {r["queryid"]: (r["query"], r["calls"]) for r in found
                           if MARK not in r["query"]}
         server = None if self.postmaster is None else cpu.server_s(self.postmaster)
         return _Snapshot(int(commits), int(rows), None if wal is None else int(wal), statements,

@@ -54,3 +54,20 @@ async def test_throughput_bench_toy_run_produces_the_table(pg_server_url: str,
     assert "first milestone: ours (100 slots) ≥ 0.5x PGQueuer" in text
     assert "≤ 1 commits per stage execution" in text
     assert "rows written" in text and "client CPU µs" in text and "server CPU µs" in text
+
+
+async def test_throughput_bench_counts_statements_on_its_private_server(
+        redis_url: str) -> None:
+    """``python -m bench --throughput`` without ``DATABASE_URL``: a private server with
+    pg_stat_statements loaded, so statements per unit are counted too."""
+    options = throughput.ThroughputOptions(tasks=5, workers=(1,), slots=(10,), pgq_procs=(1,))
+    async with throughput.private_server() as url:
+        report = await throughput.run(options, url, redis_url)
+    assert report.statements_loaded
+    [ours] = report.of("ours")
+    assert ours.published == 5
+    assert ours.counters.statements is not None and ours.counters.statements >= 5
+    if throughput.pgqueuer_installed():
+        [pgq] = report.of("pgqueuer")
+        assert pgq.counters.statements is not None and pgq.counters.statements > 0
+    assert "pg_stat_statements loaded" in throughput.render(report)
