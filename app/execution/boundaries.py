@@ -25,8 +25,10 @@ from app.execution.hotpath import Boundary, Ending
 
 #: Writes under way at once; further boundaries wait and go together in the next one.
 IN_FLIGHT = 2
-#: Boundaries in one write, at most.
-MOST = 32
+#: Boundaries in one write, at most: as many as a process runs at once (up to this many). A
+#: write's fixed cost (about 0.3 ms of the server's time) is shared by its whole batch; with
+#: four processes of 100 slots, a cap of 32 cost about 15% more of the server's CPU per stage.
+MOST = 256
 
 
 @dataclass(frozen=True)
