@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from arq.connections import ArqRedis, create_pool
-from arq.constants import in_progress_key_prefix, result_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 
 from app.execution import wakeups
 from app.lifecycle import STAGE_BY_ACTIVE, TaskStatus
@@ -167,3 +167,20 @@ async def test_redis_restarts_survived_by_pipeline_worker(
     assert len(pipeline.worker_ids()) >= 2              # a new Worker, same process
     pipeline.proc.terminate()
     assert await pipeline.exited(timeout_s=30) == 0
+
+
+async def test_wake_ups_are_the_jobs_enqueue_job_writes(arq_pool: ArqRedis, queue: str) -> None:
+    """``wakeups.wake`` writes its jobs in one transaction, without ``enqueue_job``: each is
+    still the ``work`` job arq reads, queued now, its record kept as long as arq keeps one."""
+    assert await wakeups.wake(arq_pool, 0, queue_name=queue) == 0
+    before = int(time.time() * 1000)
+    assert await wakeups.wake(arq_pool, 3, queue_name=queue) == 3
+    queued = await arq_pool.queued_jobs(queue_name=queue)
+    assert len(queued) == 3 and len({job.job_id for job in queued}) == 3
+    for job in queued:
+        assert job.job_id is not None and job.job_id.startswith("wake:")
+        assert job.function == wakeups.WORK_JOB and job.args == () and job.kwargs == {}
+        assert job.score is not None and before <= job.score <= int(time.time() * 1000)
+        ttl = await arq_pool.pttl(job_key_prefix + job.job_id)
+        assert arq_pool.expires_extra_ms - 60_000 < ttl <= arq_pool.expires_extra_ms
+    assert await wakeups.pending(arq_pool, queue_name=queue) == 3

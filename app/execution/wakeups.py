@@ -11,7 +11,8 @@ import time
 import uuid
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import in_progress_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.jobs import serialize_job
 from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -41,13 +42,24 @@ def redis_settings(url: str) -> RedisSettings:
 
 
 async def wake(redis: ArqRedis, count: int, *, queue_name: str) -> int:
-    """Enqueue ``count`` wake-ups; returns how many were enqueued."""
-    enqueued = 0
-    for _ in range(count):
-        job = await redis.enqueue_job(WORK_JOB, _job_id=f"wake:{uuid.uuid4().hex}",
-                                      _queue_name=queue_name)
-        enqueued += job is not None
-    return enqueued
+    """Enqueue ``count`` wake-ups, all in one round trip and one transaction; returns how
+    many were enqueued.
+
+    Each is the job ``ArqRedis.enqueue_job`` writes (its record, then its queue entry), without
+    that method's check for a job id already in use: these ids are new. One by one, 400
+    wake-ups took 0.2 s, and the workers' polls meanwhile read every one already taken again
+    (four commands apiece), so that waking many workers cost thousands of Redis commands."""
+    if count <= 0:
+        return 0
+    now_ms = int(time.time() * 1000)
+    job = serialize_job(WORK_JOB, (), {}, None, now_ms, serializer=redis.job_serializer)
+    ids = [f"wake:{uuid.uuid4().hex}" for _ in range(count)]
+    async with redis.pipeline(transaction=True) as pipe:
+        for job_id in ids:
+            pipe.psetex(job_key_prefix + job_id, redis.expires_extra_ms, job)
+        pipe.zadd(queue_name, dict.fromkeys(ids, now_ms))
+        await pipe.execute()
+    return count
 
 
 async def pending(redis: ArqRedis, *, queue_name: str, limit: int = 1000) -> int:
