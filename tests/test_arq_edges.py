@@ -184,3 +184,10 @@ async def test_wake_ups_are_the_jobs_enqueue_job_writes(arq_pool: ArqRedis, queu
         ttl = await arq_pool.pttl(job_key_prefix + job.job_id)
         assert arq_pool.expires_extra_ms - 60_000 < ttl <= arq_pool.expires_extra_ms
     assert await wakeups.pending(arq_pool, queue_name=queue) == 3
+
+
+def test_wake_ups_wanted_for_runnable_tasks() -> None:
+    """One wake-up per runnable task, at most ``PER_SLOT`` per slot of a worker process."""
+    assert [wakeups.wanted(n, 10) for n in (-1, 0, 1, 39, 40, 41, 4000)] == \
+        [0, 0, 1, 39, 40, 40, 40]
+    assert wakeups.wanted(4000, 100) == 100 * wakeups.PER_SLOT

@@ -75,6 +75,28 @@ async def test_one_round_at_a_time_and_workers_are_woken(
     await redis.delete(queue)
 
 
+async def test_a_round_wakes_no_more_workers_than_the_rule_allows(
+        notion: FakeNotion, redis: ArqRedis, pg_sessions: async_sessionmaker[AsyncSession],
+        unique: str) -> None:
+    """Six tasks queued by one round, one slot per worker process: ``wakeups.wanted`` allows
+    four wake-ups (``PER_SLOT``), as for an enqueue from the command line."""
+    async with session_scope(pg_sessions) as session:
+        channel = await factories.make_channel(session)
+    ds = notion.add_data_source(str(uuid.uuid4()))
+    for n in range(6):
+        notion.add_page(ds, {"Title": title(f"Video {n}"),
+                             "Channel": rich_text(channel.channel_id),
+                             "Status": status("Queued")})
+    queue = f"test:cron:{unique}"
+    settings = settings_for(notion, ds, queue, worker_concurrency=1)
+
+    counts = await notion_cron.sync_round(settings, pg_sessions, redis)
+
+    assert counts is not None and counts["queued"] == 6
+    assert await redis.zcard(queue) == wakeups.wanted(6, 1) == wakeups.PER_SLOT == 4
+    await redis.delete(queue)
+
+
 async def test_an_outage_is_logged_and_the_lock_released(
         notion: FakeNotion, redis: ArqRedis, pg_sessions: async_sessionmaker[AsyncSession],
         unique: str, caplog: pytest.LogCaptureFixture) -> None:

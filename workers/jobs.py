@@ -140,7 +140,7 @@ async def sweep(ctx: Ctx) -> dict[str, int]:
     instruments.reaped(reaped)
     redis: ArqRedis = ctx["redis"]
     waiting = await wakeups.pending(redis, queue_name=s.queue_name)
-    wanted = min(runnable, s.worker_concurrency * 4) - waiting
+    wanted = wakeups.wanted(runnable, s.worker_concurrency) - waiting
     woken = await wakeups.wake(redis, wanted, queue_name=s.queue_name) if wanted > 0 else 0
     if reaped or moved or woken:
         log.info("sweep: reaped %d, moved %d, runnable %d, woke %d", len(reaped), moved,

@@ -66,7 +66,7 @@ class Context:
         try:
             redis = await create_pool(redis_settings)
             try:
-                await wakeups.wake(redis, min(count, self.settings.worker_concurrency * 4),
+                await wakeups.wake(redis, wakeups.wanted(count, self.settings.worker_concurrency),
                                    queue_name=self.settings.queue_name)
             finally:
                 await redis.aclose()

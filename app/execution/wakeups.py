@@ -18,6 +18,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 WORK_JOB = "work"
+#: Wake-ups for newly runnable tasks, at most, per slot of a worker process
+#: (``WORKER_CONCURRENCY``): a wake-up fills every free slot of the process that takes it, so
+#: more would only wait in Redis; the sweep tops up what is missing.
+PER_SLOT = 4
 #: Errors of a Redis that went away (restart, failover, network). redis-py raises WatchError
 #: for a connection lost inside a WATCH block and ReadOnlyError while a failover demotes the
 #: server it talks to.
@@ -39,6 +43,13 @@ def redis_settings(url: str) -> RedisSettings:
     settings.retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)
     settings.retry_on_error = [redis_errors.ConnectionError, redis_errors.TimeoutError, OSError]
     return settings
+
+
+def wanted(runnable: int, worker_concurrency: int) -> int:
+    """How many wake-ups ``runnable`` tasks made runnable call for: one each, at most
+    ``PER_SLOT`` per slot of a worker process. The commands, the HTTP API, the Notion sync and
+    the sweep ask here (the demo, which starts its own few workers, wakes one per task)."""
+    return max(0, min(runnable, worker_concurrency * PER_SLOT))
 
 
 async def wake(redis: ArqRedis, count: int, *, queue_name: str) -> int:

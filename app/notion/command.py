@@ -87,7 +87,8 @@ def _waker(settings: Settings) -> Wake:
     async def wake(count: int) -> None:
         try:
             async with asyncio.timeout(WAKE_TIMEOUT_S):
-                await wakeups.wake_url(servers.redis_url(settings), count,
+                await wakeups.wake_url(servers.redis_url(settings),
+                                       wakeups.wanted(count, settings.worker_concurrency),
                                        queue_name=settings.queue_name)
         except Exception as exc:  # whatever Redis did: the workers' sweep covers it
             log.warning("notion sync: could not wake the workers (%s); their sweep will find "

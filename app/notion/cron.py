@@ -45,7 +45,8 @@ async def sync_round(settings: Settings, sessions: async_sessionmaker[AsyncSessi
         async with client.connect(settings) as notion:
             summary = await sync_once(
                 sessions, notion, settings,
-                wake=lambda n: _wake(redis, n, queue_name=settings.queue_name))
+                wake=lambda n: _wake(redis, wakeups.wanted(n, settings.worker_concurrency),
+                                     queue_name=settings.queue_name))
         return summary.counts()
     except NotionUnavailable as exc:
         log.warning("notion sync: %s; next round at the next tick", exc)
