@@ -815,8 +815,8 @@ def _cost_checks(report: ThroughputReport) -> list[Check]:
 FOOTNOTES = """\
 ours: K `python -m app worker --burst` processes running S stages at once each
   (WORKER_CONCURRENCY: 10, the default, and 100, as many jobs as a PGQueuer consumer dequeues
-  at a time and the tuned arq runs at once), woken with min(N, S K) wake-ups as the sync wakes
-  them; every task runs all seven stages (assets,
+  at a time and the tuned arq runs at once), woken with min(N, S K) wake-ups (one per slot;
+  the sync would send up to 4 S); every task runs all seven stages (assets,
   composites, video, audio, sfx, assembly, upload; 0 s each, gates approved automatically).
   Time: from the queueing commit to the last published_at. One scratch database per process
   count; the workers are up (all K in the live-worker registry) before the tasks are queued.
