@@ -57,9 +57,8 @@ async def wake(redis: ArqRedis, count: int, *, queue_name: str) -> int:
     many were enqueued.
 
     Each is the job ``ArqRedis.enqueue_job`` writes (its record, then its queue entry), without
-    that method's check for a job id already in use: these ids are new. One by one, 400
-    wake-ups took 0.2 s, and the workers' polls meanwhile read every one already taken again
-    (four commands apiece), so that waking many workers cost thousands of Redis commands."""
+    that method's check for a job id already in use: these ids are new. One by one, with two
+    round trips each, 400 wake-ups took 0.2 s; together, 6 ms."""
     if count <= 0:
         return 0
     now_ms = int(time.time() * 1000)
