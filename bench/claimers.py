@@ -39,7 +39,8 @@ from app.db.models import Task
 from app.execution.runner import Runner
 from app.lifecycle import TaskStatus
 from app.services import claims, transitions
-from bench import cpu, data
+from bench import cpu, data, flushes
+from bench.flushes import Flushes
 
 LEASE_S = 30.0
 #: ``ours``: a worker's claim; ``service``: the service layer; ``baseline``: see above.
@@ -84,6 +85,9 @@ class Cell:
     misses: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     rounds: int = 1
+    #: The server's WAL flushes over the cell (``bench.flushes``; None where it does not count
+    #: them, or the claimers run on several processes).
+    flushes: Flushes | None = None
 
     @property
     def rate(self) -> float:
@@ -96,10 +100,12 @@ class Cell:
             return self
         server = (None if self.server_cpu_s is None or earlier.server_cpu_s is None
                   else self.server_cpu_s + earlier.server_cpu_s)
+        flushed = (None if self.flushes is None or earlier.flushes is None
+                   else self.flushes + earlier.flushes)
         return Cell(self.kind, self.claimers, earlier.claims + self.claims,
                     earlier.seconds + self.seconds, earlier.cpu_s + self.cpu_s, server,
                     earlier.misses + self.misses, earlier.latencies_ms + self.latencies_ms,
-                    earlier.rounds + 1)
+                    earlier.rounds + 1, flushed)
 
     def percentile(self, q: int) -> float:
         return percentile(self.latencies_ms, q)
@@ -115,6 +121,15 @@ class Cell:
         if self.server_cpu_s is None or not self.claims:
             return None
         return self.server_cpu_s * 1e6 / self.claims
+
+    @property
+    def flushes_per_claim(self) -> tuple[float, float | None] | None:
+        """The server's WAL flushes per claim (and start), and their milliseconds (None: not
+        timed)."""
+        if self.flushes is None or not self.claims:
+            return None
+        ms = self.flushes.ms
+        return self.flushes.count / self.claims, None if ms is None else ms / self.claims
 
 
 def percentile(values: Sequence[float], q: int) -> float:
@@ -133,6 +148,9 @@ Loop = Callable[[int, list[float]], Awaitable[tuple[int, int]]]
 WARMUP = 10
 #: A claimer gives up after this many empty claims (a queue that ran dry).
 MAX_MISSES = 10_000
+#: How long the claimers' backends may take to end after their connections closed, before
+#: the cell's flushes are left unread.
+ENDED_S = 5.0
 
 
 async def _ours(url: str, claimers: int) -> tuple[list[Loop], Callable[[], Awaitable[None]]]:
@@ -247,6 +265,9 @@ async def _baseline(url: str,
 
 async def _measure(url: str, kind: str, claimers: int, claims_total: int,
                    barrier: Barrier | None = None) -> Cell:
+    # Several processes measure overlapping windows: the server's time and flushes only with
+    # one. The backends open before the claimers' are not theirs.
+    others = await _backends(url) if barrier is None else None
     if kind == BATCH_KIND:
         loops, close = await _service(url, claimers, BATCH)
     elif kind == "service":
@@ -258,26 +279,61 @@ async def _measure(url: str, kind: str, claimers: int, claims_total: int,
     cell = Cell(kind, claimers)
     quotas = [claims_total // claimers + (i < claims_total % claimers) for i in range(claimers)]
     latencies: list[list[float]] = [[] for _ in loops]
-    # Several processes measure overlapping windows: the server's time only with one.
     postmaster = await _postmaster(url) if barrier is None else None
+    flushed = None
     try:
         await asyncio.gather(*(loop(WARMUP, []) for loop in loops))
         if barrier is not None:                   # every process warmed up: start together
             await asyncio.get_running_loop().run_in_executor(None, barrier.wait)
+        else:      # the warm-up's own, reported by live backends within a second, may count
+            flushed = await _flushes(url)
         server = None if postmaster is None else cpu.server_s(postmaster)
         used, began = time.process_time(), time.perf_counter()
         counts = await asyncio.gather(*(loop(q, mine) for loop, q, mine in
                                         zip(loops, quotas, latencies, strict=True)))
         cell.seconds = time.perf_counter() - began
         cell.cpu_s = time.process_time() - used
-        after = None if postmaster is None else cpu.server_s(postmaster)
-        if server is not None and after is not None:
-            cell.server_cpu_s = after - server
+        ended = None if postmaster is None else cpu.server_s(postmaster)
+        if server is not None and ended is not None:
+            cell.server_cpu_s = ended - server
     finally:
         await close()
+    if flushed is not None and others is not None and await _ended(url, others):
+        final = await _flushes(url)            # the claimers' backends reported as they ended
+        cell.flushes = None if final is None else final - flushed
     cell.latencies_ms = [x for mine in latencies for x in mine]
     cell.claims, cell.misses = sum(c[0] for c in counts), sum(c[1] for c in counts)
     return cell
+
+
+async def _backends(url: str) -> set[int]:
+    """The backends connected to the database, other than this look-up's."""
+    conn = await data.connect(url)
+    try:
+        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname ="
+                                " current_database() AND pid <> pg_backend_pid()")
+        return {int(row[0]) for row in rows}
+    finally:
+        await conn.close()
+
+
+async def _ended(url: str, others: set[int]) -> bool:
+    """Whether every backend opened since ``others`` was read has ended, within
+    ``ENDED_S`` (a closed connection's backend exits on its own time; no event tells)."""
+    deadline = time.monotonic() + ENDED_S
+    while await _backends(url) - others:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+async def _flushes(url: str) -> Flushes | None:
+    conn = await data.connect(url)
+    try:
+        return await flushes.read(conn)
+    finally:
+        await conn.close()
 
 
 async def _postmaster(url: str) -> int | None:

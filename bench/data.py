@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from app import servers
 from app.config import Settings
 from app.db import connect_kwargs, migrate
+from bench import flushes
 
 #: Channels in the throughput runs, none with a capacity limit.
 CHANNELS = 10
@@ -48,6 +49,9 @@ async def scratch_database(server_url: str) -> AsyncIterator[str]:
     admin = await connect(server_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
+        # Its sessions time their WAL flushes (bench.flushes); a superuser's setting.
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await admin.execute(f'ALTER DATABASE "{name}" SET {flushes.TIMING} = on')
     finally:
         await admin.close()
     url = make_url(server_url).set(database=name).render_as_string(hide_password=False)

@@ -48,7 +48,8 @@ def _cell(report: Report, dataset: Dataset, n: int, kind: str) -> Cell | None:
 def _claims_table(report: Report) -> str:
     headers = ["queue", "claimers", "ours/s", "baseline/s", "ours÷base", "ours p50", "ours p99",
                "base p50", "base p99", "service/s", "batch10/s", "svc÷base", "svc p99",
-               "ours CPU", "base CPU", "ours srv µs", "base srv µs", "misses",
+               "ours CPU", "base CPU", "ours srv µs", "base srv µs", "ours flush",
+               "base flush", "misses",
                "index used (ours / baseline)"]
     rows: list[list[object]] = []
     for dataset in report.options.datasets:
@@ -63,7 +64,7 @@ def _claims_table(report: Report) -> str:
                          round(svc.rate), round(batch.rate) if batch else None,
                          _ratio(svc, base), svc.percentile(99), f"{ours.client_cpu:.0%}",
                          f"{base.client_cpu:.0%}", _micros(ours), _micros(base),
-                         ours.misses + svc.misses + base.misses,
+                         _flushes(ours), _flushes(base), ours.misses + svc.misses + base.misses,
                          _indexes(report, dataset) if i == 0 else ""])
     return tables.render(headers, rows)
 
@@ -71,6 +72,14 @@ def _claims_table(report: Report) -> str:
 def _micros(cell: Cell) -> str:
     us = cell.server_us_per_claim
     return "n/a" if us is None else f"{us:.0f}"
+
+
+def _flushes(cell: Cell) -> str:
+    per = cell.flushes_per_claim
+    if per is None:
+        return "n/a"
+    count, ms = per
+    return f"{count:.2f}" if ms is None else f"{count:.2f} / {ms * 1000:.0f} µs"
 
 
 def _ratio(a: Cell, b: Cell) -> float:
@@ -198,6 +207,10 @@ Every path: two transitions per task, ending in generating_assets; claims/s = ta
   claim and the start); CPU = the client process's CPU time over wall time (100% = one core);
   srv µs = the database server's CPU time (all its processes, from /proc) per claim and start,
   n/a when it runs on another machine or the claimers on several processes;
+  flush = the server's WAL flushes per claim and start (pg_stat_wal, or pg_stat_io from
+  PostgreSQL 18), and the time they took where the server times them (track_wal_io_timing):
+  a synchronous commit waits for its flush, so the disk's flush time weighs on each path by
+  its commits (the baseline two, ours one), n/a with the claimers on several processes;
   misses = claims that came back empty while work remained (retried, not
   counted). Every cell starts from the same queue depth, VACUUM ANALYZEd; each claimer first
   makes {claimers.WARMUP} claims off the clock (a new connection's first calls load catalogs,

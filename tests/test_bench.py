@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg  # type: ignore[import-untyped]  # ships no type information
 
 from app.db import connect_kwargs
-from bench import claimers, cpu, report
+from bench import claimers, cpu, flushes, report
 from bench.run import Dataset, Options, run
 
 
@@ -30,9 +30,30 @@ async def test_bench_toy_run_produces_the_table(pg_server_url: str) -> None:
         # 10 ms: a toy cell may read none; tests/test_bench_cpu.py checks that it grows).
         us = cell.server_us_per_claim
         assert (us is not None) == here and (us is None or us >= 0)
+        # Each commits synchronously: its flushes counted and timed (a superuser's servers).
+        if kind in claimers.PAIR:
+            per = cell.flushes_per_claim
+            assert per is not None and per[0] > 0 and per[1] is not None and per[1] >= 0
     assert result.plans[(dataset, "ours")].uses_claim_index
     assert "ix_tasks_runnable" in result.plans[(dataset, "ours")].indexes
     text = report.render(result)
     assert "200 queued" in text and "ix_tasks_queued" in text and "PostgreSQL" in text
     assert "claim uses ix_tasks_queued at every size" in text
     assert "ours srv µs" in text and "base srv µs" in text
+    assert "ours flush" in text and "base flush" in text
+
+
+async def test_flushes_count_a_synchronous_commit(pg_url: str) -> None:
+    conn = await asyncpg.connect(**connect_kwargs(pg_url))
+    try:
+        before = await flushes.read(conn)
+        await conn.execute("SET synchronous_commit = on")
+        await conn.execute("CREATE TABLE flushed (n integer)")
+        for n in range(5):           # each commit waits for its flush (the WAL writer's own,
+            await conn.execute("INSERT INTO flushed VALUES ($1)", n)   # counted apart, may lag)
+        await conn.execute("SELECT pg_stat_force_next_flush()")    # reported as it goes idle
+        after = await flushes.read(conn)
+    finally:
+        await conn.close()
+    assert before is not None and after is not None      # the test servers: PostgreSQL ≥ 14
+    assert (after - before).count >= 3
