@@ -49,8 +49,10 @@ async def scratch_database(server_url: str) -> AsyncIterator[str]:
     admin = await connect(server_url)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        # Its sessions time their WAL flushes (bench.flushes); a superuser's setting.
-        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+        # Its sessions time their WAL flushes (bench.flushes): a superuser's setting, and
+        # PostgreSQL 14's.
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError,
+                                 asyncpg.UndefinedObjectError):
             await admin.execute(f'ALTER DATABASE "{name}" SET {flushes.TIMING} = on')
     finally:
         await admin.close()
