@@ -29,8 +29,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
-from typing import Any
+from typing import Any, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]  # ships no type information
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
@@ -41,6 +42,8 @@ from app.lifecycle import TaskStatus
 from app.services import claims, transitions
 from bench import cpu, data, flushes
 from bench.flushes import Flushes
+
+T = TypeVar("T")
 
 LEASE_S = 30.0
 #: ``ours``: a worker's claim; ``service``: the service layer; ``baseline``: see above.
@@ -306,43 +309,46 @@ async def _measure(url: str, kind: str, claimers: int, claims_total: int,
     return cell
 
 
-async def _backends(url: str) -> set[int]:
-    """The backends connected to the database, other than this look-up's."""
+async def _ask(url: str, read: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """``read`` on a short connection of its own (outside the timed part)."""
     conn = await data.connect(url)
     try:
-        rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname ="
-                                " current_database() AND pid <> pg_backend_pid()")
-        return {int(row[0]) for row in rows}
+        return await read(conn)
     finally:
         await conn.close()
+
+
+async def _backends(url: str) -> set[int]:
+    """The backends connected to the database, other than the look-up's own."""
+    return await _ask(url, _pids)
+
+
+async def _pids(conn: asyncpg.Connection) -> set[int]:
+    rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                            " AND pid <> pg_backend_pid()")
+    return {int(row[0]) for row in rows}
 
 
 async def _ended(url: str, others: set[int]) -> bool:
-    """Whether every backend opened since ``others`` was read has ended, within
-    ``ENDED_S`` (a closed connection's backend exits on its own time; no event tells)."""
-    deadline = time.monotonic() + ENDED_S
-    while await _backends(url) - others:
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
+    """Whether every backend opened since ``others`` was read has ended, within ``ENDED_S`` (a
+    closed connection's backend exits on its own time; no event tells)."""
+    async def wait(conn: asyncpg.Connection) -> bool:
+        deadline = time.monotonic() + ENDED_S
+        while await _pids(conn) - others:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+    return await _ask(url, wait)
 
 
 async def _flushes(url: str) -> Flushes | None:
-    conn = await data.connect(url)
-    try:
-        return await flushes.read(conn)
-    finally:
-        await conn.close()
+    return await _ask(url, flushes.read)
 
 
 async def _postmaster(url: str) -> int | None:
     """The server's postmaster when it runs on this machine (``bench.cpu``)."""
-    conn = await data.connect(url)
-    try:
-        return await cpu.postmaster(conn)
-    finally:
-        await conn.close()
+    return await _ask(url, cpu.postmaster)
 
 
 def _child(url: str, kind: str, claimers: int, claims_total: int, barrier: Barrier,
