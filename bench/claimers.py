@@ -319,13 +319,14 @@ async def _ask(url: str, read: Callable[[asyncpg.Connection], Awaitable[T]]) -> 
 
 
 async def _backends(url: str) -> set[int]:
-    """The backends connected to the database, other than the look-up's own."""
+    """The clients' backends on the database, other than the look-up's own (an autovacuum
+    worker, which may run for long, is not waited for)."""
     return await _ask(url, _pids)
 
 
 async def _pids(conn: asyncpg.Connection) -> set[int]:
     rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                            " AND pid <> pg_backend_pid()")
+                            " AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
     return {int(row[0]) for row in rows}
 
 
