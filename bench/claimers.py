@@ -270,7 +270,7 @@ async def _measure(url: str, kind: str, claimers: int, claims_total: int,
                    barrier: Barrier | None = None) -> Cell:
     # Several processes measure overlapping windows: the server's time and flushes only with
     # one. The backends open before the claimers' are not theirs.
-    others = await _backends(url) if barrier is None else None
+    postmaster, others = await _ask(url, _server) if barrier is None else (None, None)
     if kind == BATCH_KIND:
         loops, close = await _service(url, claimers, BATCH)
     elif kind == "service":
@@ -282,14 +282,13 @@ async def _measure(url: str, kind: str, claimers: int, claims_total: int,
     cell = Cell(kind, claimers)
     quotas = [claims_total // claimers + (i < claims_total % claimers) for i in range(claimers)]
     latencies: list[list[float]] = [[] for _ in loops]
-    postmaster = await _postmaster(url) if barrier is None else None
     flushed = None
     try:
         await asyncio.gather(*(loop(WARMUP, []) for loop in loops))
         if barrier is not None:                   # every process warmed up: start together
             await asyncio.get_running_loop().run_in_executor(None, barrier.wait)
         else:      # the warm-up's own, reported by live backends within a second, may count
-            flushed = await _flushes(url)
+            flushed = await _ask(url, flushes.read)
         server = None if postmaster is None else cpu.server_s(postmaster)
         used, began = time.process_time(), time.perf_counter()
         counts = await asyncio.gather(*(loop(q, mine) for loop, q, mine in
@@ -301,8 +300,8 @@ async def _measure(url: str, kind: str, claimers: int, claims_total: int,
             cell.server_cpu_s = ended - server
     finally:
         await close()
-    if flushed is not None and others is not None and await _ended(url, others):
-        final = await _flushes(url)            # the claimers' backends reported as they ended
+    if flushed is not None and others is not None:
+        final = await _ask(url, lambda conn: _flushes_once_ended(conn, others))
         cell.flushes = None if final is None else final - flushed
     cell.latencies_ms = [x for mine in latencies for x in mine]
     cell.claims, cell.misses = sum(c[0] for c in counts), sum(c[1] for c in counts)
@@ -318,38 +317,30 @@ async def _ask(url: str, read: Callable[[asyncpg.Connection], Awaitable[T]]) -> 
         await conn.close()
 
 
-async def _backends(url: str) -> set[int]:
-    """The clients' backends on the database, other than the look-up's own (an autovacuum
-    worker, which may run for long, is not waited for)."""
-    return await _ask(url, _pids)
+async def _server(conn: asyncpg.Connection) -> tuple[int | None, set[int]]:
+    """The server's postmaster when it runs on this machine (``bench.cpu``), and the clients'
+    backends on the database other than this look-up's."""
+    return await cpu.postmaster(conn), await _pids(conn)
 
 
 async def _pids(conn: asyncpg.Connection) -> set[int]:
+    """The clients' backends on the database, other than ``conn``'s (an autovacuum worker,
+    which may run for long, is not waited for)."""
     rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
                             " AND backend_type = 'client backend' AND pid <> pg_backend_pid()")
     return {int(row[0]) for row in rows}
 
 
-async def _ended(url: str, others: set[int]) -> bool:
-    """Whether every backend opened since ``others`` was read has ended, within ``ENDED_S`` (a
-    closed connection's backend exits on its own time; no event tells)."""
-    async def wait(conn: asyncpg.Connection) -> bool:
-        deadline = time.monotonic() + ENDED_S
-        while await _pids(conn) - others:
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True
-    return await _ask(url, wait)
-
-
-async def _flushes(url: str) -> Flushes | None:
-    return await _ask(url, flushes.read)
-
-
-async def _postmaster(url: str) -> int | None:
-    """The server's postmaster when it runs on this machine (``bench.cpu``)."""
-    return await _ask(url, cpu.postmaster)
+async def _flushes_once_ended(conn: asyncpg.Connection, others: set[int]) -> Flushes | None:
+    """The server's flushes once every backend opened since ``others`` was read has ended (a
+    backend reports its counts as it exits; a closed connection's backend exits on its own
+    time, and no event tells); None when some still run after ``ENDED_S``."""
+    deadline = time.monotonic() + ENDED_S
+    while await _pids(conn) - others:
+        if time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(0.01)
+    return await flushes.read(conn)
 
 
 def _child(url: str, kind: str, claimers: int, claims_total: int, barrier: Barrier,
