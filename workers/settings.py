@@ -50,7 +50,7 @@ def worker_options(settings: Settings, *, redis_url: str | None = None,
         # ``pipeline worker --burst`` itself, see ``workers.supervisor``).
         "on_startup": partial(startup, timers=False) if burst else startup,
         "on_shutdown": jobs.shutdown,
-        "max_jobs": settings.worker_concurrency,
+        "max_jobs": wakeups.JOBS_PER_PROCESS,
         "poll_delay": 0.05,
         "queue_read_limit": max(1000, settings.worker_concurrency * 10),
         "keep_result": 0,
