@@ -29,6 +29,7 @@ from tests.workerprocs import (
     events,
     eventually,
     seed,
+    status_of,
     wait_published,
 )
 
@@ -98,36 +99,25 @@ async def test_free_workers_are_not_starved_by_a_queue_head_held_in_progress(
     assert claimers == ids                                 # every worker took its share
 
 
-async def test_a_busy_worker_holds_two_wake_ups_and_leaves_the_rest_to_other_processes(
+async def test_free_slots_take_a_trickle_of_tasks_while_long_stages_run(
     db: tuple[str, Sessions], workers: Workers, arq_pool: ArqRedis, queue: str,
 ) -> None:
-    """A wake-up is not a task: one fills every free slot of its process. So a process holds
-    at most ``JOBS_PER_PROCESS`` of them (the one whose loops run, one waiting for a slot),
-    however many slots it has, and the others stay queued for processes with room (taken, a
-    wake-up that can only wait would also make every poll of a process with fewer jobs check
-    it again)."""
+    """Tasks arriving one at a time, each with its wake-up, each start at once in a free slot
+    while the stages of the ones before still run: a job whose loops are down to a long stage
+    still holds its arq job slot, so a process must be able to hold as many jobs as it has
+    slots (a cap of two jobs, which saved a busy process its surplus wake-ups, left the third
+    task waiting for a stage to end)."""
     _, sessions = db
-    await seed(sessions, [None, None], per_channel=6)
-    first = workers.start(WORKER_CONCURRENCY="5", SIMULATED_STAGE_SECONDS="0.5")
-    first_id = await first.started()
-    assert await wakeups.wake(arq_pool, 12, queue_name=queue) == 12
+    worker = workers.start(WORKER_CONCURRENCY="4", SIMULATED_STAGE_SECONDS="120")
+    await worker.started()
+    for n in range(3):
+        [task_id] = await seed(sessions, [None], per_channel=1, title=f"Trickle {n}")
+        assert await wakeups.wake(arq_pool, 1, queue_name=queue) == 1
 
-    async def stage_done() -> bool:      # by then the process has polled Redis several times
-        return any(e.actor == first_id and e.to_status is TaskStatus.assets_ready
-                   for e in await events(sessions))
+        async def started(task_id: uuid.UUID = task_id) -> bool:
+            return (await status_of(sessions, task_id))[0] is TaskStatus.generating_assets
 
-    await eventually(stage_done, timeout_s=30, what="a stage of the first worker done")
-    entries = [job_id.decode() for job_id in await arq_pool.zrange(queue, 0, -1)]
-    held = [job_id for job_id in entries
-            if await arq_pool.exists(in_progress_key_prefix + job_id)]
-    assert len(held) == wakeups.JOBS_PER_PROCESS        # (the worker may have added its own)
-    assert await wakeups.pending(arq_pool, queue_name=queue) == len(entries) - len(held) >= 10
-
-    second = workers.start(WORKER_CONCURRENCY="5", SIMULATED_STAGE_SECONDS="0.5")
-    second_id = await second.started()
-    await wait_published(sessions, 12, timeout_s=60)
-    claimers = {e.actor for e in await events(sessions) if e.to_status is TaskStatus.claimed}
-    assert claimers == {first_id, second_id}    # a queued wake-up brought the second in
+        await eventually(started, timeout_s=20, what=f"task {n} started in a free slot")
 
 
 @pytest.mark.parametrize("argv", [PIPELINE_WORKER, ARQ_WORKER], ids=["pipeline", "arq-cli"])

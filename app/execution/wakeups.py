@@ -22,14 +22,6 @@ WORK_JOB = "work"
 #: (``WORKER_CONCURRENCY``): a wake-up fills every free slot of the process that takes it, so
 #: more would only wait in Redis; the sweep tops up what is missing.
 PER_SLOT = 4
-#: arq jobs (wake-ups) one worker process holds at once (arq's ``max_jobs``): the one whose claim
-#: loops fill the process's slots, and one waiting for a slot to free (it carries on when the
-#: first job's loops stop at its time budget). A wake-up is not a task, so more would only wait
-#: for the same slots; and while a process holds fewer than arq's ``max_jobs``, each of its
-#: polls checks every queued wake-up that another process holds in progress (three Redis round
-#: trips each): with one job per slot, four busy processes of 100 slots spent a fifth of their
-#: CPU on those checks. Wake-ups a process does not take wait in Redis for a process with room.
-JOBS_PER_PROCESS = 2
 #: Errors of a Redis that went away (restart, failover, network). redis-py raises WatchError
 #: for a connection lost inside a WATCH block and ReadOnlyError while a failover demotes the
 #: server it talks to.
