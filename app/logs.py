@@ -41,6 +41,8 @@ def configure(*, level: str | None, fmt: str, default: int) -> None:
     # A worker logs a line per stage; no format here shows the thread or the process, so no
     # record looks them up (a tenth of what a line costs).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    # Nor the caller's file and line (the stack walk logging documents turning off this way).
+    logging._srcfile = None
     if level is None or level != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)   # no chatter on every start
     # arq's CLI gives its logger a handler of its own: through ours alone, its lines show once.
