@@ -1,6 +1,8 @@
 """arq's sharp edges, each shown harmless with real worker processes: a dropped or duplicated
-wake-up, a queue head held in progress (``queue_read_limit``), a process whose job slots are
-all held (its sweep still runs), and a Redis restart (arq's Worker dies of it,
+wake-up, a queue head held in progress (``queue_read_limit``), how many wake-ups a process
+takes (one more than it holds while a slot is free: a trickle of tasks starts at once beside
+long stages, and a busy process leaves the rest to others), a process whose job slots are all
+held (its sweep still runs), and a Redis restart (arq's Worker dies of it,
 python-arq/arq#498). The SIGKILLed job that arq re-runs only after its
 largest job timeout is in ``test_workers.py``."""
 
@@ -118,6 +120,38 @@ async def test_free_slots_take_a_trickle_of_tasks_while_long_stages_run(
             return (await status_of(sessions, task_id))[0] is TaskStatus.generating_assets
 
         await eventually(started, timeout_s=20, what=f"task {n} started in a free slot")
+
+
+@pytest.mark.parametrize("argv", [PIPELINE_WORKER, ARQ_WORKER], ids=["pipeline", "arq-cli"])
+async def test_a_busy_worker_leaves_further_wake_ups_to_other_processes(
+    db: tuple[str, Sessions], workers: Workers, arq_pool: ArqRedis, queue: str,
+    argv: tuple[str, ...],
+) -> None:
+    """A wake-up fills every free slot of the process that takes it, so a process whose slots
+    are all busy takes no further one (``Slots._admit`` steers arq's ``max_jobs``): they stay
+    queued for a process with room, and the busy one's polls stop checking them."""
+    _, sessions = db
+    await seed(sessions, [None, None], per_channel=6)
+    first = workers.start(argv, WORKER_CONCURRENCY="5", SIMULATED_STAGE_SECONDS="0.5")
+    first_id = await first.started()
+    assert await wakeups.wake(arq_pool, 12, queue_name=queue) == 12
+
+    async def stage_done() -> bool:      # by then the process has polled Redis several times
+        return any(e.actor == first_id and e.to_status is TaskStatus.assets_ready
+                   for e in await events(sessions))
+
+    await eventually(stage_done, timeout_s=30, what="a stage of the first worker done")
+    entries = [job_id.decode() for job_id in await arq_pool.zrange(queue, 0, -1)]
+    held = [job_id for job_id in entries
+            if await arq_pool.exists(in_progress_key_prefix + job_id)]
+    assert 1 <= len(held) <= 2, f"{len(held)} wake-ups held by a process of five busy slots"
+    assert await wakeups.pending(arq_pool, queue_name=queue) == len(entries) - len(held) >= 10
+
+    second = workers.start(argv, WORKER_CONCURRENCY="5", SIMULATED_STAGE_SECONDS="0.5")
+    second_id = await second.started()
+    await wait_published(sessions, 12, timeout_s=60)
+    claimers = {e.actor for e in await events(sessions) if e.to_status is TaskStatus.claimed}
+    assert claimers == {first_id, second_id}    # a queued wake-up brought the second in
 
 
 @pytest.mark.parametrize("argv", [PIPELINE_WORKER, ARQ_WORKER], ids=["pipeline", "arq-cli"])

@@ -60,6 +60,8 @@ async def startup(ctx: Ctx, *, timers: bool = True) -> None:
     ctx["slots"] = Slots(runner, settings.worker_concurrency, _surplus(ctx, settings.queue_name),
                          job_budget_s=settings.job_timeout_s / 2)
     signals.install_over_arq(ctx, grace_s=settings.shutdown_grace_s)
+    if "worker" in ctx:                     # how many wake-ups arq takes follows the slots
+        ctx["slots"].admit_through(ctx["worker"])
     ctx["registry"] = stack = contextlib.AsyncExitStack()
     await stack.enter_async_context(registry.heartbeat(
         ctx["redis"], settings.queue_name, ctx["runner"].worker_id,

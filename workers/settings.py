@@ -50,10 +50,8 @@ def worker_options(settings: Settings, *, redis_url: str | None = None,
         # ``pipeline worker --burst`` itself, see ``workers.supervisor``).
         "on_startup": partial(startup, timers=False) if burst else startup,
         "on_shutdown": jobs.shutdown,
-        # One job per slot: a job holds its arq slot while any loop it started runs a stage,
-        # so fewer would leave free slots unable to take a wake-up (fewer jobs spare a busy
-        # process the wake-ups it cannot use, but a trickle of tasks would wait for a stage to
-        # end; tests/test_arq_edges.py).
+        # At most one job per slot; below that, the process's slots steer it as they fill and
+        # free (``Slots._admit``): one more job than it holds while a slot is free.
         "max_jobs": settings.worker_concurrency,
         "poll_delay": 0.05,
         "queue_read_limit": max(1000, settings.worker_concurrency * 10),

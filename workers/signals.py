@@ -54,14 +54,15 @@ async def _say_stopping(runner: Any, signum: signal.Signals, grace_s: float) -> 
 
 def install_over_arq(ctx: dict[str, Any], *, grace_s: float) -> None:
     """From a Worker's ``on_startup``: the arq CLI (the Procfile's worker) has installed arq's
-    own handlers, bound to its Worker; put ours in front of them. ``pipeline worker`` has
-    installed ours already, and then nothing changes."""
+    own handlers, bound to its Worker; put ours in front of them, and keep the Worker in
+    ``ctx["worker"]``. ``pipeline worker`` has done both already, and then nothing changes."""
     loop = asyncio.get_running_loop()
     handlers = getattr(loop, "_signal_handlers", {})     # asyncio keeps them there
     handle = handlers.get(signal.SIGTERM)
     callback = getattr(getattr(handle, "_callback", None), "func", None)
     worker = getattr(callback, "__self__", None)
     if isinstance(worker, Worker) and worker.ctx is ctx:
+        ctx["worker"] = worker
         install(worker, grace_s=grace_s)
 
 

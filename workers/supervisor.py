@@ -108,6 +108,7 @@ async def _run_once(options: dict[str, Any], stop: asyncio.Event, *, redis_url: 
         except wakeups.REDIS_GONE as exc:
             return exc
     worker = Worker(**options)
+    worker.ctx["worker"] = worker
     signals.install(worker, grace_s=options["job_completion_wait"])
     worker.on_stop = lambda _signum: stop.set()
     worker.main_task = main = asyncio.create_task(worker.main())

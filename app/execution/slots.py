@@ -7,9 +7,12 @@ finds nothing. A loop whose claim found a task starts another loop in a free slo
 work may be waiting), so idle slots fill within milliseconds rather than at arq's next poll;
 with every slot busy it wakes another process through Redis, unless a wake-up already waits
 there (asked at most every ``SURPLUS_EVERY_S``: a busy process does not pay Redis round trips
-per task). A wake-up that finds every slot busy waits for one to free (or for the worker to stop)
-rather than being dropped: while it waits it holds one of arq's job slots, so a busy process
-soon stops taking wake-ups from Redis and leaves them to processes with room. Redis thus
+per task). Since one wake-up fills every free slot, a process takes one more wake-up from
+Redis than it holds while a slot is free and none while every slot is busy (``Slots._admit``
+sets arq's ``max_jobs``): further wake-ups stay in Redis for processes with room, and a busy
+process's polls no longer take each one through arq's start and end (about 22 Redis commands).
+A wake-up that finds every slot busy all the same (taken just before the last slot filled)
+waits for one to free (or for the worker to stop) rather than being dropped. Redis thus
 carries wake-ups for surplus work only, not one job per task.
 
 The loops a job starts belong to it: the job ends when the last of them does, so arq's grace
@@ -25,6 +28,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from app import db
 from app.execution.runner import Runner
@@ -35,6 +39,14 @@ log = logging.getLogger(__name__)
 SURPLUS_EVERY_S = 0.1
 #: Asks for one more wake-up in Redis (for another process), unless one already waits there.
 Surplus = Callable[[], Awaitable[None]]
+
+
+class Admits(Protocol):
+    """What ``Slots`` steers of arq's ``Worker``: how many jobs it may hold (read at each poll
+    and before each job it starts), and how many it holds."""
+
+    max_jobs: int
+    job_counter: int
 
 
 @dataclass
@@ -51,6 +63,31 @@ class Slots:
     _freed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     #: When the last wake-up for another process was asked for (event loop time).
     _surplus_at: float = field(default=float("-inf"), init=False)
+    #: arq's Worker, once known (``admit_through``).
+    _worker: Admits | None = field(default=None, init=False)
+    #: The last claim of a loop found nothing (and none has found a task since).
+    _drained: bool = field(default=False, init=False)
+
+    def admit_through(self, worker: Admits) -> None:
+        """Steer how many wake-ups ``worker`` takes from Redis (``_admit``)."""
+        self._worker = worker
+        self._admit()
+
+    def _admit(self) -> None:
+        """One wake-up more than the process holds while a slot is free, none while every
+        slot is busy: a wake-up fills every free slot (its loops start one another), so a
+        busy process leaves the rest in Redis for processes with room, and its polls stop
+        checking them. A job holds its arq slot while any stage it started runs, so the cap
+        follows the jobs held: free slots always take one more. Once a claim found nothing and
+        no loop runs, queued wake-ups are taken all at once (each then ends at once)."""
+        worker = self._worker
+        if worker is None:
+            return
+        if self._drained and not self.busy:
+            worker.max_jobs = self.size
+        else:
+            free = 1 if self.busy < self.size else 0
+            worker.max_jobs = max(1, min(self.size, worker.job_counter + free))
 
     async def work(self) -> int:
         """Run claim loops from this job until none finds more work; how many tasks they ran."""
@@ -79,6 +116,7 @@ class Slots:
         if self.busy >= self.size:
             return False
         self.busy += 1
+        self._admit()
         job.group.create_task(self._claiming(job))
         return True
 
@@ -90,6 +128,7 @@ class Slots:
                     await self.surplus()                # a fresh job carries on
                     return
                 lease = await self.runner.next_lease()
+                self._drained = lease is None
                 if lease is None:
                     return
                 try:
@@ -109,6 +148,7 @@ class Slots:
                 log.exception("work: claim loop ended by an error")
         finally:
             self.busy -= 1
+            self._admit()
             freed, self._freed = self._freed, asyncio.Event()
             freed.set()
 
