@@ -3,8 +3,9 @@
 An arq ``work`` job is a wake-up, not a task. It starts a claim loop when the process has a
 free slot (``WORKER_CONCURRENCY`` of them). A loop claims the next task in fair order, runs it
 as far as it goes (stage after stage, one write per boundary), then claims again, until a claim
-finds nothing. A loop whose claim found a task starts another loop in a free slot at once (more
-work may be waiting), so idle slots fill within milliseconds rather than at arq's next poll;
+finds nothing. A loop whose claim found a task starts two more loops in free slots at once (more
+work may be waiting; the loops asking together share a pick-up, and their number doubles each
+round), so idle slots fill within a few pick-ups rather than at arq's next poll;
 with every slot busy it wakes another process through Redis, unless a wake-up already waits
 there (asked at most every ``SURPLUS_EVERY_S``: a busy process does not pay Redis round trips
 per task). Since one wake-up fills every free slot, a process takes one more wake-up from
@@ -136,6 +137,7 @@ class Slots:
                             loop.time() >= self._surplus_at + SURPLUS_EVERY_S:
                         self._surplus_at = loop.time()
                         await self.surplus()
+                    self._start(job)          # two: the loops asking double each round
                 except BaseException:
                     self.runner.dropped(lease)
                     raise
