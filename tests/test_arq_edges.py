@@ -30,6 +30,7 @@ from tests.workerprocs import (
     count,
     events,
     eventually,
+    jobs_in_progress,
     seed,
     status_of,
     wait_published,
@@ -142,11 +143,10 @@ async def test_a_busy_worker_leaves_further_wake_ups_to_other_processes(
                    for e in await events(sessions))
 
     await eventually(stage_done, timeout_s=30, what="a stage of the first worker done")
-    entries = [job_id.decode() for job_id in await arq_pool.zrange(queue, 0, -1)]
-    held = [job_id for job_id in entries
-            if await arq_pool.exists(in_progress_key_prefix + job_id)]
+    entries = await arq_pool.zcard(queue)
+    held = await jobs_in_progress(arq_pool, queue)
     assert 1 <= len(held) <= 10, f"{len(held)} wake-ups held by a process of 20 busy slots"
-    assert await wakeups.pending(arq_pool, queue_name=queue) == len(entries) - len(held) >= 20
+    assert await wakeups.pending(arq_pool, queue_name=queue) == entries - len(held) >= 20
 
     second = workers.start(argv, WORKER_CONCURRENCY="20", SIMULATED_STAGE_SECONDS="0.5")
     second_id = await second.started()

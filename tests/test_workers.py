@@ -27,6 +27,7 @@ from tests.workerprocs import (
     count,
     events,
     eventually,
+    jobs_in_progress,
     seed,
     status_of,
     wait_published,
@@ -97,7 +98,7 @@ async def test_sigkill_mid_stage_recovered_by_the_lease_long_before_arq_would(
     async def the_stage_s_job_alone() -> set[str] | None:
         # The sweep the worker runs as it starts may wake it once more: that job claims
         # nothing and ends.
-        running = await _jobs_in_progress(redis, queue)
+        running = await jobs_in_progress(redis, queue)
         return running if len(running) == 1 else None
 
     killed_jobs = await eventually(the_stage_s_job_alone, timeout_s=10,
@@ -109,7 +110,7 @@ async def test_sigkill_mid_stage_recovered_by_the_lease_long_before_arq_would(
     await wait_published(sessions, 1, timeout_s=90)
     assert time.monotonic() - killed_at < 60
 
-    assert await _jobs_in_progress(redis, queue) >= killed_jobs   # arq: still "running"
+    assert await jobs_in_progress(redis, queue) >= killed_jobs   # arq: still "running"
     assert await redis.ttl(in_progress_key_prefix + killed_jobs.pop()) > 500
     history = await events(sessions, task_id)
     path = [(e.from_status, e.to_status) for e in history]
@@ -204,11 +205,3 @@ async def test_burst_worker_says_what_it_leaves_behind(
     assert await burst.exited(timeout_s=120) == 0
     [line] = burst.lines("burst done; left behind: 1 retrying later (next in ")
     assert "0 out of attempts" in line and "0 runnable" in line
-
-
-async def _jobs_in_progress(redis: aioredis.Redis, queue: str) -> set[str]:
-    """Ids of the queue's wake-ups that arq holds as running (their in-progress key is set)."""
-    ids = [job_id.decode() for job_id in await redis.zrange(queue, 0, -1)
-           if job_id.startswith(b"wake:")]
-    flags = [await redis.exists(in_progress_key_prefix + job_id) for job_id in ids]
-    return {job_id for job_id, flag in zip(ids, flags, strict=True) if flag}

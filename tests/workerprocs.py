@@ -247,6 +247,14 @@ async def drop_queue(redis_url: str, queue: str) -> None:
 # --- the database side ----------------------------------------------------------------------
 
 
+async def jobs_in_progress(redis: aioredis.Redis, queue: str) -> set[str]:
+    """Ids of the queue's wake-ups that arq holds as running (their in-progress key is set)."""
+    ids = [job_id.decode() for job_id in await redis.zrange(queue, 0, -1)
+           if job_id.startswith(b"wake:")]
+    flags = [await redis.exists(in_progress_key_prefix + job_id) for job_id in ids]
+    return {job_id for job_id, flag in zip(ids, flags, strict=True) if flag}
+
+
 async def seed(sessions: Sessions, limits: Sequence[int | None], per_channel: int, *,
                title: str = "Video", spaced: bool = False,
                priority: PriorityLevel | None = None) -> list[uuid.UUID]:

@@ -133,11 +133,11 @@ class Slots:
                 if lease is None:
                     return
                 try:
-                    if not self._start(job) and \
-                            loop.time() >= self._surplus_at + SURPLUS_EVERY_S:
+                    if self._start(job):
+                        self._start(job)      # two: the loops asking double each round
+                    elif loop.time() >= self._surplus_at + SURPLUS_EVERY_S:
                         self._surplus_at = loop.time()
                         await self.surplus()
-                    self._start(job)          # two: the loops asking double each round
                 except BaseException:
                     self.runner.dropped(lease)
                     raise
