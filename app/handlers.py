@@ -33,6 +33,8 @@ class StageInput:
     story_direction: str | None
     #: 1 for the stage's first run on this task, counting every retry and requeue.
     attempt: int
+    #: The earlier stages' outputs by stage name: read-only, decoded when first read
+    #: (``dict(...)`` for a copy to change or serialise).
     artifacts: Mapping[str, Any]
 
 

@@ -177,6 +177,25 @@ async def test_finish_merges_artefacts_and_ends_the_claim(pg_sessions: Sessions,
     assert row.artifacts == {"earlier": {"k": 1}, "assets": {"files": 3}}
 
 
+def test_a_stages_input_is_decoded_when_first_read_and_loses_nothing() -> None:
+    """The claim's JSON text is kept as read and decoded at the first look (a handler that
+    reads nothing pays nothing); integers beyond 64 bits and nesting come back as stored."""
+    text = '{"assets": {"files": 3, "size": 123456789012345678901234567890}, "video": null}'
+    given = hotpath.Artefacts(text)
+    assert given._value is None
+    assert len(given) == 2 and given._value is not None
+    assert given == {"assets": {"files": 3, "size": 123456789012345678901234567890},
+                     "video": None}
+    assert given["assets"]["size"] == 123456789012345678901234567890
+    assert list(given) == ["assets", "video"] and "video" in given and "audio" not in given
+    assert given.get("audio") is None and dict(given)["video"] is None
+    with pytest.raises(KeyError):
+        given["audio"]
+    with pytest.raises(TypeError):
+        given["audio"] = {}  # type: ignore[index]  # read-only, as the type says
+    assert repr(hotpath.Artefacts("{}")) == "Artefacts({})"
+
+
 async def test_finishing_the_upload_publishes(pg_sessions: Sessions,
                                               pg_pool: HotPool) -> None:
     task = await _fresh(pg_sessions, S.approved)
