@@ -37,11 +37,17 @@ class Batcher(Generic[Item, Result]):
         """Send ``item`` (alone, or with the calls that queue with it); its result."""
         if self.most == 1 and not self._senders and self.in_flight > 0:
             return await self._send_alone(item)
+        return await self.put(item)
+
+    def put(self, item: Item) -> asyncio.Future[Result]:
+        """Queue ``item`` to be sent with the calls that queue with it; the future of its
+        result. The send goes on whatever becomes of the caller: one cancelled while it waits
+        (behind ``asyncio.shield``) can still read what the call did."""
         done: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, done))
         if len(self._senders) < self.in_flight:
             self._senders.add(asyncio.create_task(self._drain()))
-        return await done
+        return done
 
     async def _send_alone(self, item: Item) -> Result:
         """A batcher of one call per send with nothing under way: the caller sends its call

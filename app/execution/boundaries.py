@@ -14,6 +14,7 @@ one boundary at a time, so one task's trouble never costs the others their outco
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from app import db, moves
@@ -54,6 +55,11 @@ class Boundaries:
     async def write(self, ending: Ending, *, carry: bool) -> Boundary:
         """Record ``ending`` (and carry its task on when ``carry``); where the task rests."""
         return await self._batcher.submit((ending, carry))
+
+    def send(self, ending: Ending, *, carry: bool) -> asyncio.Future[Boundary]:
+        """``write``, as the future of where the task rests: the write goes on whatever becomes
+        of the caller (``Batcher.put``)."""
+        return self._batcher.put((ending, carry))
 
     async def _write(self, batch: list[tuple[Ending, bool]]
                      ) -> list[Boundary | BaseException]:

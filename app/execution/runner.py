@@ -30,7 +30,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
@@ -67,6 +67,14 @@ async def _to_the_end(write: Coroutine[Any, Any, T]) -> T:
     except asyncio.CancelledError:
         await asyncio.wait([inner])
         raise
+
+def _lease_claim(lease: Lease | None) -> Claim | None:
+    return None if lease is None else lease.claim
+
+
+def _carried(done: hotpath.Boundary) -> Claim | None:
+    """The claim of the next stage a boundary carried its task into, if any."""
+    return None if done.taken is None else done.taken.claim
 
 #: Pick-up calls of one process under way at once (the turnstile decides one at a time anyway).
 PICK_UPS_IN_FLIGHT = 1
@@ -157,7 +165,7 @@ class Runner:
         before the handler starts still names it."""
         claim = taken.claim
         lease_s = self.settings.lease_for(claim.status)
-        if lease_s == self.settings.lease_s:
+        if not self._renewed_first(claim):
             return self._holding(Lease(claim, started + lease_s, taken.given))
         started = asyncio.get_running_loop().time()   # a stage with its own lease length
         async with self.pool.acquire() as conn:
@@ -166,6 +174,11 @@ class Runner:
             return None
         return self._holding(Lease(claim, started + lease_s, taken.given,
                                    on_hold=renewal is Renewal.on_hold))
+
+    def _renewed_first(self, claim: Claim) -> bool:
+        """The claim's stage has a lease length of its own: ``_leased`` renews it to that
+        length first (a round trip); otherwise it returns at once."""
+        return self.settings.lease_for(claim.status) != self.settings.lease_s
 
     def _holding(self, lease: Lease) -> Lease:
         stage = STAGE_BY_ACTIVE.get(lease.claim.status)
@@ -183,7 +196,7 @@ class Runner:
         turns are decided together, under one hold of the turnstile."""
         if self.stopping.is_set():
             return None
-        return await self._claim_to_the_end(self.pick_ups.submit(None))
+        return await self._kept(self.pick_ups.submit(None), _lease_claim)
 
     async def _pick_up(self, wanted: list[None]) -> list[Lease | BaseException | None]:
         started = asyncio.get_running_loop().time()
@@ -266,26 +279,37 @@ class Runner:
             return None
         finally:
             self.running.pop(claim.task_id, None)
-        return await self._claim_to_the_end(self._advance(lease, artefacts, began))
+        return await self._advance(lease, artefacts, began)
 
     async def _advance(self, lease: Lease, artefacts: dict[str, Any],
                        began: float) -> Lease | None:
         """The stage's success, the automatic moves after it and, unless the worker is
         stopping, the claim of the task's next stage: one write, shared with the boundaries of
         other stages of this process that end meanwhile (``app.execution.boundaries``). The
-        next lease's local expiry counts from before the write was first sent."""
+        next lease's local expiry counts from before the write was first sent.
+
+        Every wait here runs to its end even if this job is cancelled meanwhile (``_kept``):
+        the batch's write (its future, which the batch settles whatever becomes of this job),
+        then, only if that first try failed, the retries of ``_record``, and the renewal of a
+        stage with a lease length of its own. A stage carried on that way is handed back."""
         claim = lease.claim
         stage = STAGE_BY_ACTIVE[claim.status]
         sent = asyncio.get_running_loop().time()
-        done = await self._record(lease, lambda: self.boundaries.write(
-            Ending(claim, artefacts), carry=not self.stopping.is_set()))
+        ending, carry = Ending(claim, artefacts), not self.stopping.is_set()
+        try:
+            done = await self._kept(self.boundaries.send(ending, carry=carry), _carried)
+        except Exception as exc:
+            done = await self._kept(self._record(
+                lease, lambda: self.boundaries.write(ending, carry=carry), failed=exc), _carried)
         instruments.stage_ended(stage.name, instruments.SUCCESS, time.monotonic() - began)
         log.info("%s: task %s %s → %s %.1f s", self.worker_id, claim.task_id, stage.name,
                  stage.done.value if done.rest is stage.done else
                  f"{stage.done.value} → {done.rest.value}", time.monotonic() - began)
         if done.taken is None:
             return None
-        return await self._leased(done.taken, sent)
+        if not self._renewed_first(done.taken.claim):
+            return await self._leased(done.taken, sent)   # no wait in it
+        return await self._kept(self._leased(done.taken, sent), _lease_claim)
 
     async def _failed(self, lease: Lease, message: str) -> TaskStatus:
         s = self.settings
@@ -362,8 +386,10 @@ class Runner:
                 return await write(conn)
         return on_conn
 
-    async def _record(self, lease: Lease, write: Callable[[], Awaitable[T]]) -> T:
-        """Write a move of the claimed task, one statement.
+    async def _record(self, lease: Lease, write: Callable[[], Awaitable[T]], *,
+                      failed: Exception | None = None) -> T:
+        """Write a move of the claimed task, one statement (``failed``: a first try of it
+        already failed so).
 
         The write is fenced by the claim token, so trying it again is safe: it lands once or
         is refused. While the database is unavailable it is retried until the lease may expire
@@ -372,103 +398,121 @@ class Runner:
         """
         loop = asyncio.get_running_loop()
         while True:
-            try:
-                return await write()
-            except StaleClaim:
-                raise
-            except InvalidTransition as exc:
-                if exc.current is lease.claim.status or exc.current is None:
-                    raise                     # an illegal move: a bug, not a lost claim
-                raise StaleClaim(exc.task_id, exc.current, exc.target, reason=(
-                    f"write refused: the task is {exc.current.value} now, the claim is no"
-                    " longer held")) from exc
-            except Exception as exc:
-                if not db.is_unavailable(exc) or loop.time() + RETRY_PAUSE_S >= lease.expires:
-                    raise
-                log.warning("%s: task %s: database unavailable (%s); retrying",
-                            self.worker_id, lease.claim.task_id, db.describe(exc))
+            if failed is None:
+                try:
+                    return await write()
+                except Exception as exc:
+                    failed = exc
+            if isinstance(failed, InvalidTransition) and not isinstance(failed, StaleClaim) \
+                    and failed.current is not lease.claim.status and failed.current is not None:
+                raise StaleClaim(failed.task_id, failed.current, failed.target, reason=(
+                    f"write refused: the task is {failed.current.value} now, the claim is no"
+                    " longer held")) from failed
+            if not db.is_unavailable(failed) or loop.time() + RETRY_PAUSE_S >= lease.expires:
+                raise failed                  # refused, or an illegal move: a bug
+            log.warning("%s: task %s: database unavailable (%s); retrying",
+                        self.worker_id, lease.claim.task_id, db.describe(failed))
+            failed = None
             await asyncio.sleep(RETRY_PAUSE_S)
 
-    async def _claim_to_the_end(
-            self, claiming: Coroutine[Any, Any, Lease | None]) -> Lease | None:
+    async def _kept(self, claiming: Awaitable[T], claimed: Callable[[T], Claim | None]) -> T:
         """A claim (or a stage boundary that may claim) that runs to its end even if this job
         is cancelled meanwhile (cut off, it may still have committed); a stage claimed that way
-        is handed back at once."""
+        (``claimed`` of its result) is handed back at once. A future (a batch's call) is
+        awaited as it is; a coroutine runs in a task of its own."""
         inner = asyncio.ensure_future(claiming)
         try:
             return await asyncio.shield(inner)
         except asyncio.CancelledError:
             await asyncio.wait([inner])
             if not inner.cancelled() and inner.exception() is None:
-                lease = inner.result()
-                if lease is not None:
-                    await self._hand_back(lease.claim, "claimed as the worker stopped")
+                claim = claimed(inner.result())
+                if claim is not None:
+                    await self._hand_back(claim, "claimed as the worker stopped")
             raise
 
     async def _renew(self, claim: Claim, lease_s: float) -> Renewal:
         async with self.pool.acquire() as conn:
             return await hotpath.renew(conn, claim, lease_s=lease_s, now=self.now())
 
-    @contextlib.asynccontextmanager
-    async def _heartbeat(self, lease: Lease) -> AsyncIterator[None]:
-        """Renew the lease every third of it while the stage runs. Cancel the stage when the
-        claim is lost (renewal refused) or when the lease cannot be renewed a third of a lease
-        before it may expire: its outcome could not be written, and the reaper must not hand
-        the stage to another worker while this one still runs it."""
+    def _heartbeat(self, lease: Lease) -> _Heartbeat:
+        """Renew the lease every third of it while the stage runs (``async with``). Cancel the
+        stage when the claim is lost (renewal refused) or when the lease cannot be renewed a
+        third of a lease before it may expire: its outcome could not be written, and the
+        reaper must not hand the stage to another worker while this one still runs it."""
+        return _Heartbeat(self, lease)
+
+    async def _beat(self, lease: Lease, stage_task: asyncio.Task[Any]) -> None:
+        """The heartbeat's renewals, from its first (a third of a lease in)."""
+        loop = asyncio.get_running_loop()
+        claim = lease.claim
+        lease_s = self.settings.lease_for(claim.status)
+        every_s = lease_s / 3
+        while True:
+            started = loop.time()
+            # Renew while a third of the lease is left; past that (the process was paused or
+            # its loop blocked) one short try, which may still find the claim held.
+            safe_s = max(lease.expires - every_s - started, min(every_s, 1.0))
+            try:
+                async with asyncio.timeout(safe_s):
+                    renewal = await self._renew(claim, lease_s)
+            except Exception as exc:
+                if loop.time() < lease.expires - every_s:
+                    log.warning("%s: task %s: lease not renewed (%s); retrying",
+                                self.worker_id, claim.task_id, db.describe(exc))
+                    await asyncio.sleep(every_s)
+                    continue
+                lease.lost = LeaseNotRenewed(
+                    f"task {claim.task_id}: lease could not be renewed before it may expire"
+                    f" ({db.describe(exc)}); stage stopped, outcome discarded")
+            else:
+                if renewal is Renewal.kept:
+                    lease.expires = started + lease_s
+                    await asyncio.sleep(every_s)
+                    continue
+                if renewal is Renewal.on_hold:
+                    lease.expires = started + lease_s
+                    lease.on_hold = True
+                    log.info("%s: task %s was put on hold; stopping the stage",
+                             self.worker_id, claim.task_id)
+                    stage_task.cancel()
+                    return
+                lease.lost = StaleClaim(claim.task_id, claim.status, claim.status, reason=(
+                    "lease renewal refused: the claim is no longer held; write refused,"
+                    " stage stopped, outcome discarded"))
+            log.warning("%s: lost the lease of %s; stopping the stage", self.worker_id,
+                        claim.task_id)
+            stage_task.cancel()
+            return
+
+
+class _Heartbeat:
+    """``Runner._heartbeat``'s context. The first renewal is a third of a lease away: a timer
+    until then, not a task (a stage that ends sooner, as short ones do, costs no task to start
+    and cancel). A class rather than ``contextlib.asynccontextmanager``, whose generator cost
+    a short stage a few microseconds more."""
+
+    __slots__ = ("_beater", "_lease", "_runner", "_timer")
+
+    def __init__(self, runner: Runner, lease: Lease) -> None:
+        self._runner = runner
+        self._lease = lease
+        self._timer: asyncio.TimerHandle | None = None
+        self._beater: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
         stage_task = asyncio.current_task()
         assert stage_task is not None
-        loop = asyncio.get_running_loop()
-        lease_s = self.settings.lease_for(lease.claim.status)
-        every_s = lease_s / 3
+        every_s = self._runner.settings.lease_for(self._lease.claim.status) / 3
+        self._timer = asyncio.get_running_loop().call_later(every_s, self._start, stage_task)
 
-        async def beat() -> None:
-            claim = lease.claim
-            while True:
-                started = loop.time()
-                # Renew while a third of the lease is left; past that (the process was paused
-                # or its loop blocked) one short try, which may still find the claim held.
-                safe_s = max(lease.expires - every_s - started, min(every_s, 1.0))
-                try:
-                    async with asyncio.timeout(safe_s):
-                        renewal = await self._renew(claim, lease_s)
-                except Exception as exc:
-                    if loop.time() < lease.expires - every_s:
-                        log.warning("%s: task %s: lease not renewed (%s); retrying",
-                                    self.worker_id, claim.task_id, db.describe(exc))
-                        await asyncio.sleep(every_s)
-                        continue
-                    lease.lost = LeaseNotRenewed(
-                        f"task {claim.task_id}: lease could not be renewed before it may expire"
-                        f" ({db.describe(exc)}); stage stopped, outcome discarded")
-                else:
-                    if renewal is Renewal.kept:
-                        lease.expires = started + lease_s
-                        await asyncio.sleep(every_s)
-                        continue
-                    if renewal is Renewal.on_hold:
-                        lease.expires = started + lease_s
-                        lease.on_hold = True
-                        log.info("%s: task %s was put on hold; stopping the stage",
-                                 self.worker_id, claim.task_id)
-                        stage_task.cancel()
-                        return
-                    lease.lost = StaleClaim(claim.task_id, claim.status, claim.status, reason=(
-                        "lease renewal refused: the claim is no longer held; write refused,"
-                        " stage stopped, outcome discarded"))
-                log.warning("%s: lost the lease of %s; stopping the stage", self.worker_id,
-                            claim.task_id)
-                stage_task.cancel()
-                return
+    def _start(self, stage_task: asyncio.Task[Any]) -> None:
+        self._beater = asyncio.create_task(self._runner._beat(self._lease, stage_task))
 
-        # The first renewal is a third of a lease away: a timer until then, not a task (a stage
-        # that ends sooner, as short ones do, then costs no task to start and cancel).
-        beaters: list[asyncio.Task[None]] = []
-        timer = loop.call_later(every_s, lambda: beaters.append(asyncio.create_task(beat())))
-        try:
-            yield
-        finally:
-            timer.cancel()
-            for beater in beaters:
-                beater.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beater
+    async def __aexit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._beater is not None:
+            self._beater.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beater
