@@ -10,6 +10,7 @@ log one line and return: leases and the next sweep make up for whatever was not 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -70,7 +71,8 @@ async def startup(ctx: Ctx, *, timers: bool = True) -> None:
         stack.push_async_callback(periodic.start(ctx, ctx["redis"], settings.queue_name,
                                                  periodic_jobs(settings)).aclose)
     endpoint.serve(settings.metrics_port)
-    log.info("worker %s started", ctx["runner"].worker_id)
+    log.info("worker %s started (event loop: %s)", ctx["runner"].worker_id,
+             type(asyncio.get_running_loop()).__module__.partition(".")[0])
 
 
 def periodic_jobs(settings: Settings) -> list[Periodic]:
