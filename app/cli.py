@@ -290,13 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    default=logging.INFO if args.command in ("worker", "sync-notion", "serve")
                    else logging.WARNING)
     try:
-        if args.command == "worker":
-            from workers import eventloop
-
-            with asyncio.Runner(loop_factory=eventloop.factory(settings)) as runner:
-                code = runner.run(command(args))
-        else:
-            code = asyncio.run(command(args))
+        code = asyncio.run(command(args))
         sys.stdout.flush()              # a closed pipe shows here, not at interpreter exit
         return code
     except BrokenPipeError:             # `pipeline list | head`: the reader has what it wants

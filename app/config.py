@@ -82,9 +82,6 @@ class Settings(BaseSettings):
     #: silent for three of these drops out.
     worker_heartbeat_s: float = Field(5.0, gt=0, alias="WORKER_HEARTBEAT_SECONDS")
     queue_name: str = "pipeline:queue"
-    #: A worker's event loop: ``uvloop`` (libuv's, less CPU per stage) or ``asyncio``
-    #: (the standard library's).
-    worker_event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     shutdown_grace_s: int = Field(25, ge=0, alias="SHUTDOWN_GRACE_SECONDS")
     job_timeout_s: int = Field(6 * 3600, ge=1, alias="JOB_TIMEOUT_SECONDS")
 

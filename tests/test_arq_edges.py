@@ -8,7 +8,6 @@ largest job timeout is in ``test_workers.py``."""
 
 from __future__ import annotations
 
-import signal
 import time
 import uuid
 from collections import Counter
@@ -154,27 +153,6 @@ async def test_a_busy_worker_leaves_further_wake_ups_to_other_processes(
     await wait_published(sessions, 30, timeout_s=90)
     claimers = {e.actor for e in await events(sessions) if e.to_status is TaskStatus.claimed}
     assert claimers == {first_id, second_id}    # a queued wake-up brought the second in
-
-
-@pytest.mark.parametrize("argv", [PIPELINE_WORKER, ARQ_WORKER], ids=["pipeline", "arq-cli"])
-@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
-async def test_a_worker_runs_on_the_event_loop_asked_for(
-    db: tuple[str, Sessions], workers: Workers, arq_pool: ArqRedis, queue: str,
-    argv: tuple[str, ...], loop: str,
-) -> None:
-    """``WORKER_EVENT_LOOP`` under both launch paths: the start line names the loop, tasks run
-    on it, and the signals are ours (the first SIGTERM says what the worker waits for; under
-    the arq CLI they are found through arq's Worker on either loop)."""
-    _, sessions = db
-    await seed(sessions, [None], per_channel=3)
-    worker = workers.start(argv, WORKER_EVENT_LOOP=loop)
-    line = await worker.wait_for_line("worker worker-", "started")
-    assert line.endswith(f"started (event loop: {loop})"), line
-    assert await wakeups.wake(arq_pool, 1, queue_name=queue) == 1
-    await wait_published(sessions, 3, timeout_s=60)
-    worker.proc.send_signal(signal.SIGTERM)
-    await worker.wait_for_line("SIGTERM: stopping; no stage is running")
-    assert await worker.exited(timeout_s=30) == 0
 
 
 @pytest.mark.parametrize("argv", [PIPELINE_WORKER, ARQ_WORKER], ids=["pipeline", "arq-cli"])

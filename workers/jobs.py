@@ -10,7 +10,6 @@ log one line and return: leases and the next sweep make up for whatever was not 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -71,8 +70,7 @@ async def startup(ctx: Ctx, *, timers: bool = True) -> None:
         stack.push_async_callback(periodic.start(ctx, ctx["redis"], settings.queue_name,
                                                  periodic_jobs(settings)).aclose)
     endpoint.serve(settings.metrics_port)
-    log.info("worker %s started (event loop: %s)", ctx["runner"].worker_id,
-             type(asyncio.get_running_loop()).__module__.partition(".")[0])
+    log.info("worker %s started", ctx["runner"].worker_id)
 
 
 def periodic_jobs(settings: Settings) -> list[Periodic]:

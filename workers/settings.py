@@ -10,7 +10,6 @@ exits; when they cannot be started it says why in one line and exits with status
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from functools import partial
@@ -24,7 +23,7 @@ from app.config import Settings, get_settings
 from app.embedded import EmbeddedError
 from app.execution import wakeups
 from app.schemas import field_errors
-from workers import eventloop, jobs
+from workers import jobs
 
 
 async def startup(ctx: jobs.Ctx, *, timers: bool = True) -> None:
@@ -83,9 +82,7 @@ def _arq_cli_options() -> dict[str, Any]:
     logs.defer_to_arq_cli()
     try:
         redis_url = servers.start_for_worker(settings)
-        # arq's CLI builds its Worker next, on the thread's current loop.
-        asyncio.set_event_loop(eventloop.factory(settings)())
-    except (EmbeddedError, eventloop.LoopUnavailable) as exc:
+    except EmbeddedError as exc:
         _exit(str(exc))
     return worker_options(settings, redis_url=redis_url)
 

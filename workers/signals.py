@@ -56,23 +56,14 @@ def install_over_arq(ctx: dict[str, Any], *, grace_s: float) -> None:
     """From a Worker's ``on_startup``: the arq CLI (the Procfile's worker) has installed arq's
     own handlers, bound to its Worker; put ours in front of them, and keep the Worker in
     ``ctx["worker"]``. ``pipeline worker`` has done both already, and then nothing changes."""
-    if "worker" in ctx:
-        return
-    worker = _starting_worker(ctx)
-    if worker is not None:
+    loop = asyncio.get_running_loop()
+    handlers = getattr(loop, "_signal_handlers", {})     # asyncio keeps them there
+    handle = handlers.get(signal.SIGTERM)
+    callback = getattr(getattr(handle, "_callback", None), "func", None)
+    worker = getattr(callback, "__self__", None)
+    if isinstance(worker, Worker) and worker.ctx is ctx:
         ctx["worker"] = worker
         install(worker, grace_s=grace_s)
-
-
-def _starting_worker(ctx: dict[str, Any]) -> Worker | None:
-    """The arq Worker whose start-up hook runs now (its ``ctx``). arq's CLI keeps it nowhere
-    but as ``self`` of ``Worker.main``, the coroutine of the task that awaits the hook; read
-    there, it is found on any event loop (asyncio's keeps signal handlers where they could be
-    read, uvloop's does not)."""
-    task = asyncio.current_task()
-    frame = getattr(task.get_coro(), "cr_frame", None) if task is not None else None
-    worker = frame.f_locals.get("self") if frame is not None else None
-    return worker if isinstance(worker, Worker) and worker.ctx is ctx else None
 
 
 def stop_claiming(worker: Worker) -> Any:
