@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +26,13 @@ from app.db import make_engine, make_pool, make_sessionmaker, migrate
 from app.db.hotpool import HotPool
 from tests import dbtools
 from tests.notion_fake import FakeNotion
+
+# A suite started in the background by a non-interactive shell (`make test &`, a CI step run
+# with `nohup`) inherits SIGINT ignored, and every command it starts would too: Python leaves
+# an ignored SIGINT ignored. The tests that interrupt commands with SIGINT need it delivered;
+# a handler here is reset to the default in each process the suite starts.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
