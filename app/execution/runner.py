@@ -68,13 +68,16 @@ async def _to_the_end(write: Coroutine[Any, Any, T]) -> T:
         await asyncio.wait([inner])
         raise
 
+
 def _lease_claim(lease: Lease | None) -> Claim | None:
+    """The claim of a lease, if any (what ``Runner._kept`` hands back)."""
     return None if lease is None else lease.claim
 
 
 def _carried(done: hotpath.Boundary) -> Claim | None:
     """The claim of the next stage a boundary carried its task into, if any."""
     return None if done.taken is None else done.taken.claim
+
 
 #: Pick-up calls of one process under way at once (the turnstile decides one at a time anyway).
 PICK_UPS_IN_FLIGHT = 1
