@@ -52,13 +52,9 @@ class Boundaries:
     def __post_init__(self) -> None:
         self._batcher = Batcher(self._write, in_flight=IN_FLIGHT, most=MOST)
 
-    async def write(self, ending: Ending, *, carry: bool) -> Boundary:
-        """Record ``ending`` (and carry its task on when ``carry``); where the task rests."""
-        return await self._batcher.submit((ending, carry))
-
     def send(self, ending: Ending, *, carry: bool) -> asyncio.Future[Boundary]:
-        """``write``, as the future of where the task rests: the write goes on whatever becomes
-        of the caller (``Batcher.put``)."""
+        """Record ``ending`` (and carry its task on when ``carry``): the future of where the
+        task rests. The write goes on whatever becomes of the caller (``Batcher.put``)."""
         return self._batcher.put((ending, carry))
 
     async def _write(self, batch: list[tuple[Ending, bool]]

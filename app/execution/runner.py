@@ -167,9 +167,9 @@ class Runner:
         stage counts as running from here on (``running``), so that a stop signal arriving
         before the handler starts still names it."""
         claim = taken.claim
-        lease_s = self.settings.lease_for(claim.status)
         if not self._renewed_first(claim):
-            return self._holding(Lease(claim, started + lease_s, taken.given))
+            return self._holding(Lease(claim, started + self.settings.lease_s, taken.given))
+        lease_s = self.settings.lease_for(claim.status)
         started = asyncio.get_running_loop().time()   # a stage with its own lease length
         async with self.pool.acquire() as conn:
             renewal = await hotpath.renew(conn, claim, lease_s=lease_s, now=self.now())
@@ -303,7 +303,7 @@ class Runner:
             done = await self._kept(self.boundaries.send(ending, carry=carry), _carried)
         except Exception as exc:
             done = await self._kept(self._record(
-                lease, lambda: self.boundaries.write(ending, carry=carry), failed=exc), _carried)
+                lease, lambda: self.boundaries.send(ending, carry=carry), failed=exc), _carried)
         instruments.stage_ended(stage.name, instruments.SUCCESS, time.monotonic() - began)
         log.info("%s: task %s %s → %s %.1f s", self.worker_id, claim.task_id, stage.name,
                  stage.done.value if done.rest is stage.done else
