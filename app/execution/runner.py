@@ -30,7 +30,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NoReturn, TypeVar
@@ -57,10 +57,11 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-async def _to_the_end(write: Coroutine[Any, Any, T]) -> T:
+async def _to_the_end(write: Awaitable[T]) -> T:
     """Run a write of the outcome to its end even if this job is cancelled meanwhile: cut
     off mid-statement, it might or might not land, and a stage's result would be lost. The
-    cancellation is raised once the write is done."""
+    cancellation is raised once the write is done. A future (a batch's call) is awaited as it
+    is; a coroutine runs in a task of its own."""
     inner = asyncio.ensure_future(write)
     try:
         return await asyncio.shield(inner)
@@ -421,13 +422,11 @@ class Runner:
     async def _kept(self, claiming: Awaitable[T], claimed: Callable[[T], Claim | None]) -> T:
         """A claim (or a stage boundary that may claim) that runs to its end even if this job
         is cancelled meanwhile (cut off, it may still have committed); a stage claimed that way
-        (``claimed`` of its result) is handed back at once. A future (a batch's call) is
-        awaited as it is; a coroutine runs in a task of its own."""
+        (``claimed`` of its result) is handed back at once (``_to_the_end``)."""
         inner = asyncio.ensure_future(claiming)
         try:
-            return await asyncio.shield(inner)
+            return await _to_the_end(inner)
         except asyncio.CancelledError:
-            await asyncio.wait([inner])
             if not inner.cancelled() and inner.exception() is None:
                 claim = claimed(inner.result())
                 if claim is not None:
