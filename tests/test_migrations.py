@@ -71,7 +71,8 @@ def test_frozen_claim_data_matches_lifecycle(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["0012_set_boundaries", "0013_quota_set_claims",
                                   "0014_plans_by_key", "0016_compact_quota_record",
-                                  "0017_one_bucket_claims"])
+                                  "0017_one_bucket_claims",
+                                  "0018_shared_bucket_claims"])
 def test_frozen_claim_targets_match_moves(name: str) -> None:
     """Revisions that render a claim from the targets alone freeze the rule of ``app.moves``."""
     assert {(TaskStatus(s), f, start): TaskStatus(t)
@@ -397,6 +398,12 @@ GOLDEN = {
     "0017_one_bucket_claims": {
         "postgresql upgrade": "57ad6b02bc7da252",
         "postgresql downgrade": "a7c34a17ae132087",
+        "sqlite upgrade": "e3b0c44298fc1c14",
+        "sqlite downgrade": "e3b0c44298fc1c14",
+    },
+    "0018_shared_bucket_claims": {
+        "postgresql upgrade": "b0d5428351a11daf",
+        "postgresql downgrade": "c69717711d63eeb5",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },

@@ -17,7 +17,7 @@ other), whose ``claim_reserved`` is frozen as ``reserved_0016``.
 from collections.abc import Sequence
 
 from alembic import op
-from app.db.ddl import claim_task, reserved_0016
+from app.db.ddl import reserved_0016, reserved_0017
 
 revision: str = "0017"
 down_revision: str | None = "0016"
@@ -89,7 +89,7 @@ def _reserved(statement: str) -> None:
 
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        _reserved(claim_task.render_reserved(TARGETS))
+        _reserved(reserved_0017.render_reserved(TARGETS))
 
 
 def downgrade() -> None:

@@ -132,6 +132,9 @@ QUOTA_PAUSE = "quota_pause"
 #: A bucket's record with one start more (or none: kept to what matters), and when it frees:
 #: ``quota_merge(starts, counts, at, max_starts, window_s)``.
 QUOTA_MERGE = "quota_merge"
+#: Up to n starts at one time recorded in a bucket while it has room, as ``quota_merge`` records
+#: each: ``quota_admit(starts, counts, blocked_until, paused_until, at, max_starts, window_s, n)``.
+QUOTA_ADMIT = "quota_admit"
 #: A bucket keeps this many starts each on its own (a quota of at most this many is exact) …
 EXACT_STARTS = 64
 #: … and past them, the starts of one slice of the window (this many slices) as one entry.
@@ -886,7 +889,8 @@ def render_reserved(targets: Targets) -> str:
     (``quota_take``'s check and record), and the picks recorded are claimed together: so the
     picks claimed are those ``claim_task`` would claim one by one. Where no two picks share a
     bucket (per-channel quotas, picks of distinct channels), the records and the claims are
-    one statement; else the picks record one after the other, in their order.
+    one statement; else, where several quotas count the stage, the picks record one after the
+    other, in their order (where one does, below).
 
     Where one quota counts the stage of a lone pick (a lone claimer's every pick-up), its
     bucket is not locked beforehand: one bucket, so there is no order to keep and nothing to
@@ -898,6 +902,15 @@ def render_reserved(targets: Targets) -> str:
     clock read there, after any wait, so a bucket's starts stay in order; the task's claim
     carries the same stamp. One statement instead of two: 0.05 to 0.1 ms of a lone claimer's
     pick-up.
+
+    Where one quota counts the stage of several picks (a shared quota, or picks of one
+    channel), each pick counts against one bucket and the picks of a bucket are recorded in one
+    write of it: the tasks are locked, then the buckets in ``quota_take``'s order, read as they
+    were locked (a bucket written since the statement began is read newest version); the clock
+    read after the locks stamps every start, and ``quota_admit`` records as many of a bucket's
+    picks as it has room for, in their order, each as ``quota_merge`` records one. Locks,
+    records and claims are one statement (before, a statement to lock the buckets and one
+    ``UPDATE`` per pick where picks shared a bucket).
 
     Each task is found by its id, in a lateral subquery that locks it: its status and hold are
     compared with ``IS NOT DISTINCT FROM`` (the same test for these values, which no index
@@ -942,7 +955,7 @@ DECLARE
   st text := {TASK_STAGE}(target, NULL);
   per_channel integer;
   shared integer;
-  buckets integer;
+  missing integer;
   ks bigint[];
   k bigint;
   locked integer;
@@ -951,10 +964,11 @@ DECLARE
   at timestamptz;
 BEGIN
   SELECT count(*) FILTER (WHERE q.per_channel), count(*) FILTER (WHERE NOT q.per_channel),
-         count(*) FILTER (WHERE cardinality(p_channels) = 1 AND EXISTS (
-           SELECT 1 FROM quota_usage u
-            WHERE u.quota_id = q.id AND u.channel_id = {_bucket_of('q', 'p_channels[1]')}))
-    INTO per_channel, shared, buckets FROM quotas q WHERE {quota};
+         count(*) FILTER (WHERE EXISTS (
+           SELECT 1 FROM unnest(p_channels) x (ch) WHERE NOT EXISTS (
+             SELECT 1 FROM quota_usage u
+              WHERE u.quota_id = q.id AND u.channel_id = {_bucket_of('q', 'x.ch')})))
+    INTO per_channel, shared, missing FROM quotas q WHERE {quota};
   IF per_channel + shared = 0 THEN
     RETURN QUERY
     WITH free AS ({free}),
@@ -967,7 +981,7 @@ BEGIN
     -- start recorded there, and the pick claimed if recorded: one statement. (Several picks
     -- lock their buckets in one order first, below: locked in one statement, two calls could
     -- each wait for a bucket the other holds.)
-    IF buckets = 0 THEN
+    IF missing > 0 THEN
       {make("p_channels")}
     END IF;
     RETURN QUERY
@@ -981,6 +995,41 @@ BEGIN
         RETURNING f.k, u.starts[cardinality(u.starts)] AS started),
     granted AS (SELECT x.*, r.started FROM {picks} JOIN recorded r ON r.k = x.k),
     {_claim_together("granted", "x.started")};
+    RETURN;
+  END IF;
+  IF per_channel + shared = 1 THEN
+    -- Several picks, each counting against one bucket (its channel's, or the shared one):
+    -- their tasks locked, then their buckets in quota_take's order, read as locked; the clock
+    -- read after the locks stamps every start; each bucket records as many of its picks' starts
+    -- as it has room for, in their order (quota_admit), in one write; those picks are claimed.
+    IF missing > 0 THEN
+      {make("p_channels")}
+    END IF;
+    RETURN QUERY
+    WITH free AS MATERIALIZED ({free}),
+    wanted AS MATERIALIZED (
+      SELECT {_bucket_of('q', 'f.ch')} AS bucket, q.id AS quota, q.max_starts, q.window_s,
+             array_agg(f.k ORDER BY f.k) AS ks
+        FROM free f JOIN quotas q ON {quota} GROUP BY 1, 2),
+    locked AS MATERIALIZED (
+      SELECT u.channel_id, u.quota_id, u.starts, u.counts, u.blocked_until, u.paused_until,
+             w.max_starts, w.window_s, w.ks
+        FROM wanted w JOIN quota_usage u ON u.channel_id = w.bucket AND u.quota_id = w.quota
+        ORDER BY u.channel_id, u.quota_id FOR UPDATE OF u),
+    clock AS MATERIALIZED (SELECT clock_timestamp() AS at FROM (SELECT count(*) FROM locked) l),
+    admitted AS MATERIALIZED (
+      SELECT l.channel_id, l.quota_id, l.ks, a.* FROM locked l CROSS JOIN clock c
+      CROSS JOIN LATERAL {QUOTA_ADMIT}(l.starts, l.counts, l.blocked_until, l.paused_until, c.at,
+                                       l.max_starts, l.window_s, cardinality(l.ks)) a),
+    recorded AS (
+      UPDATE quota_usage u
+        SET (starts, counts, blocked_until) = (a.starts, a.counts, a.blocked_until)
+        FROM admitted a
+        WHERE a.admitted > 0 AND u.channel_id = a.channel_id AND u.quota_id = a.quota_id),
+    granted AS (
+      SELECT x.*, c.at FROM {picks} CROSS JOIN clock c
+       WHERE x.k IN (SELECT unnest(a.ks[1:a.admitted]) FROM admitted a)),
+    {_claim_together("granted", "x.at")};
     RETURN;
   END IF;
   -- Starts of this stage count against quotas: the tasks locked (skipping any another
@@ -1188,6 +1237,31 @@ BEGIN
   IF total >= p_max THEN
     frees := starts[1] + make_interval(secs => p_window_s);
   END IF;
+END
+$$"""
+
+
+def render_admit() -> str:
+    """``quota_admit``: up to ``p_n`` starts at ``p_at`` recorded in a bucket (its record,
+    when it frees as stored, and its pause), one after the other while it has room, each as
+    ``quota_merge`` records one: the record, when the bucket frees, and how many were recorded.
+    Picks that share a bucket are so recorded in one write of it, as one write each would."""
+    return f"""CREATE FUNCTION {QUOTA_ADMIT}(
+  p_starts timestamptz[], p_counts integer[], p_blocked timestamptz, p_paused timestamptz,
+  p_at timestamptz, p_max integer, p_window_s integer, p_n integer,
+  OUT starts timestamptz[], OUT counts integer[], OUT blocked_until timestamptz,
+  OUT admitted integer)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  frees timestamptz;
+BEGIN
+  starts := p_starts; counts := p_counts; blocked_until := p_blocked; admitted := 0;
+  WHILE admitted < p_n AND (blocked_until IS NULL OR blocked_until <= p_at) LOOP
+    SELECT m.starts, m.counts, m.frees INTO starts, counts, frees
+      FROM {QUOTA_MERGE}(starts, counts, p_at, p_max, p_window_s) m;
+    blocked_until := greatest(p_paused, frees);
+    admitted := admitted + 1;
+  END LOOP;
 END
 $$"""
 
