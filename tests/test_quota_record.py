@@ -1,6 +1,7 @@
 """A quota bucket's record (``quota_merge``): exact up to ``EXACT_STARTS`` starts, never letting
 more starts into a window than the limit past that, freeing at most one slice late, and small
-whatever the limit; and what the claims and the cleaning make of it."""
+whatever the limit; several starts recorded together (``quota_admit``) as one by one; and what
+the claims and the cleaning make of it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from app.db.ddl.claim_task import EXACT_STARTS, QUOTA_MERGE, SLICES
+from app.db.ddl.claim_task import EXACT_STARTS, QUOTA_ADMIT, QUOTA_MERGE, SLICES
 from app.db.models import QuotaUsage, Task
 from app.services import claims, quotas
 from tests.workerprocs import Sessions, db, seed
@@ -24,6 +25,9 @@ BASE = datetime(2026, 1, 1, tzinfo=UTC)
 MERGE = sa.text(f"SELECT m.starts, m.counts, m.frees FROM {QUOTA_MERGE}("
                 "CAST(:starts AS timestamptz[]), CAST(:counts AS integer[]), :at, :max, :window)"
                 " m")
+ADMIT = sa.text(f"SELECT a.starts, a.counts, a.blocked_until, a.admitted FROM {QUOTA_ADMIT}("
+                "CAST(:starts AS timestamptz[]), CAST(:counts AS integer[]), :blocked, :paused,"
+                " :at, :max, :window, :n) a")
 
 
 def _in(starts: list[datetime], since: datetime, until: datetime) -> int:
@@ -162,3 +166,42 @@ async def test_lowering_a_limit_below_a_merged_record_frees_it_conservatively(
         # (20 minutes ago) leaves the window.
         assert (bucket.starts, bucket.counts) == (times[1:], [300, 300])
         assert bucket.blocked_until == times[1] + timedelta(hours=1)
+
+
+@pytest.mark.parametrize("seed_", range(8))
+async def test_starts_admitted_together_are_those_merged_one_by_one(
+        db: tuple[str, Sessions], seed_: int) -> None:
+    """``quota_admit`` (the picks of one bucket recorded in one write) records and refuses
+    exactly what ``quota_merge`` does start by start, a start let in while the bucket does not
+    block it, whatever the limit, the record so far, a pause and the number of starts."""
+    _, sessions = db
+    rng = random.Random(seed_)
+    async with sessions() as session:
+        for _ in range(20):
+            limit = rng.choice([1, 2, 3, 6, EXACT_STARTS, EXACT_STARTS + 2, 200])
+            starts: list[datetime] = []
+            counts: list[int] = []
+            blocked: datetime | None = None
+            at = BASE
+            for _ in range(rng.randint(0, 3 * min(limit, 70))):      # a record to start from
+                at += timedelta(seconds=rng.random() * 2 * WINDOW_S / limit)
+                if blocked is None or blocked <= at:
+                    row = (await session.execute(MERGE, {
+                        "starts": starts, "counts": counts, "at": at, "max": limit,
+                        "window": WINDOW_S})).one()
+                    starts, counts, blocked = list(row.starts), list(row.counts), row.frees
+            at += timedelta(seconds=rng.choice([0.0, 0.5, WINDOW_S / 2, WINDOW_S]))
+            paused = rng.choice([None, None, at - SLICE, at + SLICE])
+            blocked = max((b for b in (blocked, paused) if b is not None), default=None)
+            n = rng.randint(1, 5)
+            one = (starts, counts, blocked, 0)
+            while one[3] < n and (one[2] is None or one[2] <= at):
+                row = (await session.execute(MERGE, {
+                    "starts": one[0], "counts": one[1], "at": at, "max": limit,
+                    "window": WINDOW_S})).one()
+                frees = max((b for b in (paused, row.frees) if b is not None), default=None)
+                one = (list(row.starts), list(row.counts), frees, one[3] + 1)
+            row = (await session.execute(ADMIT, {
+                "starts": starts, "counts": counts, "blocked": blocked, "paused": paused,
+                "at": at, "max": limit, "window": WINDOW_S, "n": n})).one()
+            assert (list(row.starts), list(row.counts), row.blocked_until, row.admitted) == one
