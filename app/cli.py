@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -38,9 +39,13 @@ AdminCommand = Callable[[Context, argparse.Namespace], Coroutine[Any, Any, int]]
 TASK_HELP = "a task id, a unique prefix of it (8+ hex digits) or the task's Notion page id"
 
 
-def admin(command: AdminCommand) -> Command:
-    """Run ``command`` with the database context open."""
+def admin(command: AdminCommand,
+          first: Callable[[argparse.Namespace], None] | None = None) -> Command:
+    """Run ``command`` with the database context open; ``first`` checks its arguments before
+    (a bad value is named as such, not hidden behind the database's state)."""
     async def run(args: argparse.Namespace) -> int:
+        if first is not None:
+            first(args)
         async with open_context(get_settings(), as_json=args.json) as ctx:
             return await command(ctx, args)
     return run
@@ -124,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     qset.add_argument("stage", metavar="STAGE", help=f"{stages}")
     qset.add_argument("rate", metavar="LIMIT/WINDOW",
                       help="starts per window: 6/24h, 30/1h, 100/10m, 2/30s, 500/7d")
+    # A LIMIT/WINDOW such as -1/1h is a value (refused by name), not an unknown option.
+    qset._negative_number_matcher = re.compile(r"^-\d")
     qremove = quota_sub.add_parser("remove", parents=[data], help="remove a quota")
     qremove.add_argument("stage", metavar="STAGE", help=f"{stages}")
     for one in (qset, qremove):
@@ -132,8 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="counted for each channel on its own")
         scope.add_argument("--shared", dest="per_channel", action="store_false",
                            help="counted across every channel (one provider account)")
-    qset.set_defaults(run=admin(quotas.set_))
-    qremove.set_defaults(run=admin(quotas.remove))
+    qset.set_defaults(run=admin(quotas.set_, quotas.check))
+    qremove.set_defaults(run=admin(quotas.remove, quotas.check))
     qlist = quota_sub.add_parser("list", parents=[data],
                                  help="quotas, with the starts in their window now")
     qlist.set_defaults(run=admin(quotas.list_))

@@ -12,6 +12,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from app import moves
 from app.config import Settings
@@ -185,11 +186,20 @@ def test_quota_commands(db: tuple[str, Sessions]) -> None:
             (("set", "uploads", "6/24h", "--shared"), "stage 'uploads': expected one of"),
             (("set", "upload", "6/day", "--shared"), "'6/day': expected LIMIT/WINDOW"),
             (("set", "upload", "0/1h", "--shared"), "'0/1h': the limit and the window"),
+            (("set", "upload", "-1/1h", "--shared"), "'-1/1h': expected LIMIT/WINDOW"),
             (("remove", "video", "--shared"), "no shared quota on video")):
         bad = _pipeline("quota", *args, env=env)
         assert bad.returncode == 2 and bad.stderr.startswith(f"pipeline: {message}"), bad.stderr
     assert _pipeline("quota", "remove", "upload", "--per-channel", env=env).returncode == 0
     assert _pipeline("quota", "list", env=env).stdout.strip() == "no quotas"
+    # A bad value is named before the database is looked at (here, one that does not exist).
+    gone = env | {"DATABASE_URL": str(make_url(db[0]).set(database="no_such_database"))}
+    for args, message in (
+            (("set", "uplod", "5/1h", "--shared"), "stage 'uplod': expected one of"),
+            (("set", "upload", "5/1w", "--shared"), "'5/1w': expected LIMIT/WINDOW"),
+            (("remove", "uplod", "--shared"), "stage 'uplod': expected one of")):
+        bad = _pipeline("quota", *args, env=gone)
+        assert bad.returncode == 2 and bad.stderr.startswith(f"pipeline: {message}"), bad.stderr
 
 
 async def test_work_waiting_for_a_quota_is_blocked_not_runnable(db: tuple[str, Sessions]) -> None:

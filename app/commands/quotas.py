@@ -26,6 +26,14 @@ def _at(value: datetime | None) -> str | None:
     return None if value is None else f"{value.astimezone():%Y-%m-%d %H:%M:%S}"
 
 
+def check(args: argparse.Namespace) -> None:
+    """The STAGE (and LIMIT/WINDOW) of ``quota set`` or ``remove``, checked before the database
+    is opened: ``BadQuota`` names a bad one."""
+    quotas.stage_name(args.stage)
+    if getattr(args, "rate", None) is not None:
+        quotas.rate(args.rate)
+
+
 async def set_(ctx: Context, args: argparse.Namespace) -> int:
     stage = quotas.stage_name(args.stage)
     limit, window_s = quotas.rate(args.rate)
