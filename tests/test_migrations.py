@@ -402,8 +402,8 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0018_shared_bucket_claims": {
-        "postgresql upgrade": "b0d5428351a11daf",
-        "postgresql downgrade": "c69717711d63eeb5",
+        "postgresql upgrade": "4c4c63f5f1a9ea7e",
+        "postgresql downgrade": "65985b13fd3e36a5",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from app.db.ddl import merge_0016
 from app.db.ddl.claim_task import EXACT_STARTS, QUOTA_ADMIT, QUOTA_MERGE, SLICES
 from app.db.models import QuotaUsage, Task
 from app.services import claims, quotas
@@ -205,3 +206,30 @@ async def test_starts_admitted_together_are_those_merged_one_by_one(
                 "starts": starts, "counts": counts, "blocked": blocked, "paused": paused,
                 "at": at, "max": limit, "window": WINDOW_S, "n": n})).one()
             assert (list(row.starts), list(row.counts), row.blocked_until, row.admitted) == one
+
+
+async def test_the_record_is_revision_0016s(db: tuple[str, Sessions]) -> None:
+    """``quota_merge`` keeps the record revision 0016's did (``merge_0016``, installed here
+    beside it), start after start, through entries leaving the window, long records brought
+    down and limits below the record."""
+    _, sessions = db
+    old = merge_0016.render_merge().replace(f"FUNCTION {QUOTA_MERGE}(", "FUNCTION merge_0016(", 1)
+    rng = random.Random(16)
+    async with sessions() as session:
+        await session.execute(sa.text(old))
+        for _ in range(30):
+            limit = rng.choice([1, 5, EXACT_STARTS, EXACT_STARTS + 1, 150, 1_000_000])
+            # Empty, or a long record of every start on its own (as kept before revision 0016).
+            record: tuple[list[datetime], list[int]] = ([], []) if rng.random() < 0.7 else (
+                [BASE - timedelta(seconds=0.1 * k) for k in range(rng.randint(130, 300), 0, -1)],
+                [])
+            at = BASE
+            for _ in range(rng.randint(1, 150)):
+                at += timedelta(seconds=rng.choice([0.0, 0.01, 0.5, 3.0, WINDOW_S / 2]))
+                given = {"starts": record[0], "counts": record[1], "max": limit,
+                         "window": WINDOW_S, "at": None if rng.random() < 0.05 else at}
+                new = (await session.execute(MERGE, given)).one()
+                was = (await session.execute(sa.text(
+                    str(MERGE).replace(QUOTA_MERGE, "merge_0016")), given)).one()
+                assert tuple(new) == tuple(was), given
+                record = (list(new.starts), list(new.counts))

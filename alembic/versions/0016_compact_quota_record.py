@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
-from app.db.ddl import claim_task, quota_0013, reserved_0014, reserved_0016
+from app.db.ddl import claim_task, merge_0016, quota_0013, reserved_0014, reserved_0016
 
 revision: str = "0016"
 down_revision: str | None = "0015"
@@ -129,7 +129,7 @@ def upgrade() -> None:
                   sa.Column("counts", COUNTS, nullable=False, server_default="{}"))
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute(claim_task.render_merge())
+    op.execute(merge_0016.render_merge())
     quotas = claim_task.render_quotas(TARGETS, STAGE_OF)
     _quota_functions(quotas[2], quotas[4], reserved_0016.render_reserved(TARGETS))
 

@@ -1,4 +1,5 @@
-"""Picks that share a quota bucket recorded in one write of it: ``quota_admit``.
+"""Picks that share a quota bucket recorded in one write of it (``quota_admit``), and a
+cheaper ``quota_merge``.
 
 Revision ID: 0018
 Revises: 0017
@@ -11,14 +12,18 @@ bucket. Now the locks, the records and the claims are one statement: the tasks l
 the buckets in ``quota_take``'s order (read as locked), and ``quota_admit`` records as many of
 a bucket's picks as it has room for, in their order, each as ``quota_merge`` records one, in
 one write of the bucket. The picks claimed and the buckets' records are those of before
-(``tests/test_reserved_claims.py`` holds them equal to ``claim_task`` one by one). Revision
-0017's ``claim_reserved`` is frozen as ``reserved_0017``.
+(``tests/test_reserved_claims.py`` holds them equal to ``claim_task`` one by one).
+
+``quota_merge``, which every counted start calls, sums a record's counts in a loop rather than
+with a query and copies its arrays only when an entry leaves: 10 µs a call instead of 18, the
+same record. Revision 0017's ``claim_reserved`` is frozen as ``reserved_0017``, revision 0016's
+``quota_merge`` as ``merge_0016``.
 """
 
 from collections.abc import Sequence
 
 from alembic import op
-from app.db.ddl import claim_task, reserved_0017
+from app.db.ddl import claim_task, merge_0016, reserved_0017
 
 revision: str = "0018"
 down_revision: str | None = "0017"
@@ -82,20 +87,22 @@ TARGETS = {
 }
 
 
-def _reserved(statement: str) -> None:
-    """Re-create ``claim_reserved`` (its signature is unchanged)."""
+def _replace(statement: str) -> None:
+    """Re-create a function whose signature is unchanged (``claim_reserved``, ``quota_merge``)."""
     assert statement.startswith("CREATE FUNCTION")
     op.execute(statement.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
 
 
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
+        _replace(claim_task.render_merge())
         op.execute(claim_task.render_admit())
-        _reserved(claim_task.render_reserved(TARGETS))
+        _replace(claim_task.render_reserved(TARGETS))
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        _reserved(reserved_0017.render_reserved(TARGETS))
+        _replace(reserved_0017.render_reserved(TARGETS))
+        _replace(merge_0016.render_merge())
         op.execute(f"DROP FUNCTION IF EXISTS {claim_task.QUOTA_ADMIT}(timestamptz[], integer[],"
                    " timestamptz, timestamptz, timestamptz, integer, integer, integer)")
