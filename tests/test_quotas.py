@@ -121,6 +121,24 @@ async def test_first_stage_quotas_hold_when_pick_ups_claim_together(
     assert _most_in_a_window([at for _, at in starts]) == 2, starts
 
 
+async def test_a_shared_first_stage_quota_holds_when_picks_record_together(
+        db: tuple[str, Sessions], workers: Workers) -> None:
+    """One shared quota on the first stage, four workers of four claim loops each: the picks
+    of a pick-up count against the one bucket, which records as many of them as it has room
+    for in one write (``quota_admit``), the buckets locked as read. No window holds more than
+    the limit, and every task gets through."""
+    _, sessions = db
+    await seed(sessions, [None, None, None], 3, spaced=True)
+    await _set(sessions, "assets", 2, per_channel=False)
+    for _ in range(4):
+        workers.start(WORKER_CONCURRENCY="4")
+    await wait_published(sessions, 9, timeout_s=90)
+
+    starts = await _starts(sessions, TaskStatus.generating_assets)
+    assert len(starts) == 9 and len(_by_channel(starts)) == 3
+    assert _most_in_a_window([at for _, at in starts]) == 2, starts
+
+
 async def test_a_lone_first_stage_quota_holds_when_its_bucket_is_locked_by_the_record(
         db: tuple[str, Sessions], workers: Workers) -> None:
     """One quota on the first stage and one claim loop a worker, so every pick-up makes one
