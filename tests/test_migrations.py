@@ -402,7 +402,7 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0018_shared_bucket_claims": {
-        "postgresql upgrade": "4c4c63f5f1a9ea7e",
+        "postgresql upgrade": "d008e0df2546daf4",
         "postgresql downgrade": "65985b13fd3e36a5",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",

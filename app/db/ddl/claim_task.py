@@ -975,15 +975,16 @@ BEGIN
     {_claim_together("free", "clock_timestamp()")};
     RETURN;
   END IF;
+  IF per_channel + shared = 1 AND missing > 0 THEN
+    -- A bucket made at its first start (one quota: each pick's one bucket).
+    {make("p_channels")}
+  END IF;
   IF per_channel + shared = 1 AND cardinality(p_channels) = 1 THEN
     -- A lone pick counting against one bucket: its task locked, then its bucket, whose room
     -- is read on the version the UPDATE locks (a bucket written meanwhile is read again), its
     -- start recorded there, and the pick claimed if recorded: one statement. (Several picks
     -- lock their buckets in one order first, below: locked in one statement, two calls could
     -- each wait for a bucket the other holds.)
-    IF missing > 0 THEN
-      {make("p_channels")}
-    END IF;
     RETURN QUERY
     WITH free AS MATERIALIZED ({free}),
     recorded AS (
@@ -1002,9 +1003,6 @@ BEGIN
     -- their tasks locked, then their buckets in quota_take's order, read as locked; the clock
     -- read after the locks stamps every start; each bucket records as many of its picks' starts
     -- as it has room for, in their order (quota_admit), in one write; those picks are claimed.
-    IF missing > 0 THEN
-      {make("p_channels")}
-    END IF;
     RETURN QUERY
     WITH free AS MATERIALIZED ({free}),
     wanted AS MATERIALIZED (

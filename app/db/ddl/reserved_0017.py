@@ -22,39 +22,8 @@ from app.db.ddl.claim_task import (
 
 
 def render_reserved(targets: Targets) -> str:
-    """``claim_reserved``: ``claim_task`` of several picks at once, for the common case: the task
-    each pick reserved still queued and not on hold, its channel active and without a cap. A
-    task another transaction holds locked is skipped, not waited for. The target is the same
-    rule's, from the frozen ``targets``. A pick it does not claim returns no row, and the caller
-    gives it to ``claim_task``, which decides as ever (``tests/test_reserved_claims.py`` holds
-    the two equal). Claimed one by one, each cost a function call and five statements.
-
-    Where quotas count the stage these claims start, the tasks are locked first (skipping any
-    another transaction holds), then every bucket of their channels in ``quota_take``'s order,
-    made first if missing; the clock read after the locks stamps every start. Each pick records
-    its start in all its buckets, or in none where one has no room or is paused
-    (``quota_take``'s check and record), and the picks recorded are claimed together: so the
-    picks claimed are those ``claim_task`` would claim one by one. Where no two picks share a
-    bucket (per-channel quotas, picks of distinct channels), the records and the claims are
-    one statement; else the picks record one after the other, in their order.
-
-    Where one quota counts the stage of a lone pick (a lone claimer's every pick-up), its
-    bucket is not locked beforehand: one bucket, so there is no order to keep and nothing to
-    record in all or none (two buckets locked by one statement could be locked in either
-    order, and two calls could each wait for the other's). The ``UPDATE`` that records the
-    start locks the bucket and reads its room (``blocked_until``) on the version it locks: a
-    bucket written since the statement began is read again, newest version, before anything is
-    written (the check ``quota_take`` makes under its lock). The start is stamped with the
-    clock read there, after any wait, so a bucket's starts stay in order; the task's claim
-    carries the same stamp. One statement instead of two: 0.05 to 0.1 ms of a lone claimer's
-    pick-up.
-
-    Each task is found by its id, in a lateral subquery that locks it: its status and hold are
-    compared with ``IS NOT DISTINCT FROM`` (the same test for these values, which no index
-    serves) and ``OFFSET 0`` keeps its channel's conditions out of it (checked on the row
-    locked). No other index can serve that look-up, so a plan made while ``tasks`` was tiny
-    still probes the primary key once the queue fills, rather than reading every queued task;
-    and a task no longer queued is not locked."""
+    """``claim_reserved`` as revision 0017 installs it: the module's docstring says how it
+    differs from the live one (``claim_task.render_reserved``)."""
     target = _one_status("queued", targets)
     picks = "unnest(p_channels, p_tickets, p_tasks) WITH ORDINALITY x (ch, tk, want, k)"
     free = (f"SELECT x.* FROM {picks} CROSS JOIN LATERAL ("
