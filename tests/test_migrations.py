@@ -407,6 +407,12 @@ GOLDEN = {
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
+    "0019_durable_pick_ups": {
+        "postgresql upgrade": "8103117122bbbb21",
+        "postgresql downgrade": "a651739f891b80a3",
+        "sqlite upgrade": "e3b0c44298fc1c14",
+        "sqlite downgrade": "e3b0c44298fc1c14",
+    },
 }
 
 

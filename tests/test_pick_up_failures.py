@@ -141,3 +141,38 @@ async def test_a_pick_up_cut_off_between_its_pick_and_its_claim_leaves_its_task_
         for c in (doomed, holder, conn):
             if not c.is_closed():
                 await c.close()
+
+
+async def test_claims_committed_apart_are_on_disk_when_the_call_returns(url: str) -> None:
+    """With quotas in place, claims of one pick-up commit one by one, asynchronously, and the
+    call's last commit makes them durable. Here the last claim writes nothing (its task is
+    locked elsewhere), and nothing is left to pick afterwards: the claim made must still be on
+    disk when the call returns (a commit that writes no WAL of its own is not flushed, even
+    with a transaction id)."""
+    conn, holder = await _connect(url), await _connect(url)
+    try:
+        await conn.execute("ALTER FUNCTION claim_task SET lock_timeout = '1ms'")
+        # A quota on a later stage: it counts none of these claims, but its presence makes
+        # the claims of one pick-up commit apart.
+        await conn.execute("INSERT INTO quotas (stage, per_channel, max_starts, window_s)"
+                           " VALUES ('upload', true, 6, 86400)")
+        locked = await _channel(conn, "UC-locked", ["high"])       # picked first
+        free = await _channel(conn, "UC-free", ["normal"])
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM tasks WHERE channel_id = $1 FOR UPDATE", locked)
+
+        taken = await hotpath.take_many(conn, 2, worker_id=WORKER, lease_s=30.0,
+                                        now=datetime.now(UTC))
+        # Read at once, before the WAL writer's next round flushes what is pending.
+        unflushed = await conn.fetchval(
+            "SELECT pg_current_wal_insert_lsn() - pg_current_wal_flush_lsn()")
+
+        assert [await conn.fetchval("SELECT channel_id FROM tasks WHERE id = $1",
+                                    one.claim.task_id) for one in taken] == [free]
+        assert unflushed == 0, f"{unflushed} bytes of WAL, the claim's commit among them," \
+                               " not yet on disk when the pick-up returned"
+        await held.rollback()
+    finally:
+        await holder.close()
+        await conn.close()

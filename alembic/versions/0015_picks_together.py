@@ -15,13 +15,13 @@ another transaction holds a picked channel's row, it calls ``pick_channel`` once
 same picks, counts, turns and reservations.
 
 Revision 0013's ``pick_up`` is frozen as ``pick_up_0013``; a downgrade re-installs it and drops
-``pick_channels``.
+``pick_channels``. This revision's is frozen as ``pick_up_0015``.
 """
 
 from collections.abc import Sequence
 
 from alembic import op
-from app.db.ddl import boundary, claim_task, pick_up_0013
+from app.db.ddl import claim_task, pick_up_0013, pick_up_0015
 
 revision: str = "0015"
 down_revision: str | None = "0014"
@@ -54,7 +54,7 @@ def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     op.execute(claim_task.render_pick_many(starts=STARTS, active=ACTIVE, errors=ERRORS))
-    _pick_up(boundary.render_pick_up())
+    _pick_up(pick_up_0015.render_pick_up())
 
 
 def downgrade() -> None:

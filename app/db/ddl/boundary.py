@@ -403,7 +403,9 @@ def render_pick_up() -> str:
     Claims that may wait for a lock (a capped channel's row, a quota bucket) commit apart, so
     that no claim holds a lock while it waits for another; the others, which lock only the
     tasks reserved for them, share one commit. Only the last commit waits for the disk: the
-    call returns nothing before it, and it makes every earlier one durable with it. A pick-up
+    call returns nothing before it, and it makes every earlier one durable with it (where
+    claims committed apart, it writes a WAL record of its own, a logical message, so that it
+    is flushed even when the last claim wrote nothing). A pick-up
     whose claim finds nothing gives its turn back, and the procedure picks again without that
     channel; one whose claim fails on a lock is not made (its turn stays counted, as when a
     claim fails after its pick) and the claims made beside it are kept."""
@@ -508,9 +510,10 @@ BEGIN
       END IF;
     END LOOP;
     IF alone THEN
-      -- A transaction id, so that this commit is written and flushed even when the last
-      -- claim wrote nothing (the claims committed before it are then flushed with it).
-      PERFORM pg_current_xact_id();
+      -- A record of its own, so that this commit waits for the disk even when the last claim
+      -- wrote nothing (the claims committed before it are then flushed with it). A
+      -- transaction id alone does not: a commit that wrote no other WAL is not flushed.
+      PERFORM pg_logical_emit_message(true, '{PICK_UP}', '');
     END IF;
     COMMIT;
     EXIT WHEN NOT missed OR cardinality(task_ids) >= p_count;
