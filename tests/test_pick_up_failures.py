@@ -5,24 +5,31 @@ that channel. Real PostgreSQL; the claim's lock wait is shortened for the test's
 
 A pick-up whose server connection dies between its two commits (the pick made, the claim not):
 the task it reserved waits, queued and unclaimed, passed over by the channel's later pick-ups
-until the reservation lapses (``RESERVE_S``), and is then taken."""
+until the reservation lapses (``RESERVE_S``), and is then taken.
+
+A pick-up whose claims committed apart returns them on disk, even when its last commit wrote no
+claim: the WAL is flushed when it returns, and a server killed at once still has the claim."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
+import psutil
 import pytest
 
-from app.db import connect_kwargs
+from app import embedded
+from app.db import connect_kwargs, migrate
 from app.db.ddl.claim_task import RESERVE_S
 from app.execution import hotpath
-from tests import dbtools
+from tests import dbtools, workerprocs
 
 WORKER = "pick-up-failures"
+own_postgres = workerprocs.own_postgres
 
 
 @pytest.fixture
@@ -143,36 +150,69 @@ async def test_a_pick_up_cut_off_between_its_pick_and_its_claim_leaves_its_task_
                 await c.close()
 
 
+
+async def _claim_beside_a_lost_one(url: str) -> tuple[asyncpg.Connection, asyncpg.Connection,
+                                                      list[hotpath.Taken], uuid.UUID]:
+    """A pick-up of two whose claims commit apart (a quota exists), the first picked claim
+    lost on a lock, the other made, and nothing left to pick afterwards: the call's last
+    commit writes no claim. Returns the connection, the one holding the lock (in its
+    transaction), what was taken and the channel it was taken from."""
+    conn, holder = await _connect(url), await _connect(url)
+    await conn.execute("ALTER FUNCTION claim_task SET lock_timeout = '1ms'")
+    # A quota on a later stage: it counts none of these claims, but its presence makes the
+    # claims of one pick-up commit apart.
+    await conn.execute("INSERT INTO quotas (stage, per_channel, max_starts, window_s)"
+                       " VALUES ('upload', true, 6, 86400)")
+    locked = await _channel(conn, "UC-locked", ["high"])       # picked first
+    free = await _channel(conn, "UC-free", ["normal"])
+    await holder.execute("BEGIN")
+    await holder.execute("SELECT 1 FROM tasks WHERE channel_id = $1 FOR UPDATE", locked)
+    taken = await hotpath.take_many(conn, 2, worker_id=WORKER, lease_s=30.0,
+                                    now=datetime.now(UTC))
+    return conn, holder, taken, free
+
+
 async def test_claims_committed_apart_are_on_disk_when_the_call_returns(url: str) -> None:
     """With quotas in place, claims of one pick-up commit one by one, asynchronously, and the
-    call's last commit makes them durable. Here the last claim writes nothing (its task is
-    locked elsewhere), and nothing is left to pick afterwards: the claim made must still be on
-    disk when the call returns (a commit that writes no WAL of its own is not flushed, even
-    with a transaction id)."""
-    conn, holder = await _connect(url), await _connect(url)
+    call's last commit makes them durable, even when it writes no claim of its own (a commit
+    that wrote no WAL is not flushed, whatever its transaction id)."""
+    conn, holder, taken, free = await _claim_beside_a_lost_one(url)
     try:
-        await conn.execute("ALTER FUNCTION claim_task SET lock_timeout = '1ms'")
-        # A quota on a later stage: it counts none of these claims, but its presence makes
-        # the claims of one pick-up commit apart.
-        await conn.execute("INSERT INTO quotas (stage, per_channel, max_starts, window_s)"
-                           " VALUES ('upload', true, 6, 86400)")
-        locked = await _channel(conn, "UC-locked", ["high"])       # picked first
-        free = await _channel(conn, "UC-free", ["normal"])
-        held = holder.transaction()
-        await held.start()
-        await holder.execute("SELECT 1 FROM tasks WHERE channel_id = $1 FOR UPDATE", locked)
-
-        taken = await hotpath.take_many(conn, 2, worker_id=WORKER, lease_s=30.0,
-                                        now=datetime.now(UTC))
         # Read at once, before the WAL writer's next round flushes what is pending.
         unflushed = await conn.fetchval(
             "SELECT pg_current_wal_insert_lsn() - pg_current_wal_flush_lsn()")
-
         assert [await conn.fetchval("SELECT channel_id FROM tasks WHERE id = $1",
                                     one.claim.task_id) for one in taken] == [free]
         assert unflushed == 0, f"{unflushed} bytes of WAL, the claim's commit among them," \
                                " not yet on disk when the pick-up returned"
-        await held.rollback()
     finally:
         await holder.close()
         await conn.close()
+
+
+async def test_a_claim_returned_survives_the_server_killed_at_once(
+        own_postgres: workerprocs.OwnServer) -> None:
+    """The same pick-up on a server of the test's own, every process of which is killed
+    (SIGKILL) as soon as the call returns: after crash recovery the task is still claimed,
+    under the token the worker was given."""
+    await migrate.upgrade(own_postgres.url)
+    conn, holder, taken, _ = await _claim_beside_a_lost_one(own_postgres.url)
+    postmaster = psutil.Process(embedded._postmaster_pid(own_postgres.directory / "pg"))
+    postmaster.suspend()                      # it starts no process while they are killed
+    server = [*postmaster.children(recursive=True), postmaster]
+    for proc in server:
+        proc.send_signal(signal.SIGKILL)
+    psutil.wait_procs(server, timeout=30)
+    for c in (conn, holder):
+        c.terminate()
+    own_postgres.start()
+
+    [one] = taken
+    after = await _connect(own_postgres.url)
+    try:
+        row = await after.fetchrow("SELECT status, claim_token FROM tasks WHERE id = $1",
+                                   one.claim.task_id)
+        assert (row["status"], row["claim_token"]) == ("generating_assets", one.claim.token), \
+            "the claim the pick-up returned was lost when the server was killed"
+    finally:
+        await after.close()
