@@ -172,31 +172,19 @@ async def _claim_beside_a_lost_one(url: str) -> tuple[asyncpg.Connection, asyncp
     return conn, holder, taken, free
 
 
-async def test_claims_committed_apart_are_on_disk_when_the_call_returns(url: str) -> None:
+async def test_claims_committed_apart_are_on_disk_when_the_call_returns(
+        own_postgres: workerprocs.OwnServer) -> None:
     """With quotas in place, claims of one pick-up commit one by one, asynchronously, and the
     call's last commit makes them durable, even when it writes no claim of its own (a commit
-    that wrote no WAL is not flushed, whatever its transaction id)."""
-    conn, holder, taken, free = await _claim_beside_a_lost_one(url)
-    try:
-        # Read at once, before the WAL writer's next round flushes what is pending.
-        unflushed = await conn.fetchval(
-            "SELECT pg_current_wal_insert_lsn() - pg_current_wal_flush_lsn()")
-        assert [await conn.fetchval("SELECT channel_id FROM tasks WHERE id = $1",
-                                    one.claim.task_id) for one in taken] == [free]
-        assert unflushed == 0, f"{unflushed} bytes of WAL, the claim's commit among them," \
-                               " not yet on disk when the pick-up returned"
-    finally:
-        await holder.close()
-        await conn.close()
-
-
-async def test_a_claim_returned_survives_the_server_killed_at_once(
-        own_postgres: workerprocs.OwnServer) -> None:
-    """The same pick-up on a server of the test's own, every process of which is killed
-    (SIGKILL) as soon as the call returns: after crash recovery the task is still claimed,
-    under the token the worker was given."""
+    that wrote no WAL is not flushed, whatever its transaction id). On a server of the test's
+    own (no other session writes WAL meanwhile): the WAL is flushed when the call returns,
+    and with every process of the server killed (SIGKILL) at once, the task is still claimed
+    after crash recovery, under the token the worker was given."""
     await migrate.upgrade(own_postgres.url)
-    conn, holder, taken, _ = await _claim_beside_a_lost_one(own_postgres.url)
+    conn, holder, taken, free = await _claim_beside_a_lost_one(own_postgres.url)
+    # Read at once, before the WAL writer's next round flushes what is pending.
+    unflushed = await conn.fetchval(
+        "SELECT pg_current_wal_insert_lsn() - pg_current_wal_flush_lsn()")
     postmaster = psutil.Process(embedded._postmaster_pid(own_postgres.directory / "pg"))
     postmaster.suspend()                      # it starts no process while they are killed
     server = [*postmaster.children(recursive=True), postmaster]
@@ -210,9 +198,13 @@ async def test_a_claim_returned_survives_the_server_killed_at_once(
     [one] = taken
     after = await _connect(own_postgres.url)
     try:
-        row = await after.fetchrow("SELECT status, claim_token FROM tasks WHERE id = $1",
-                                   one.claim.task_id)
+        row = await after.fetchrow("SELECT channel_id, status, claim_token FROM tasks"
+                                   " WHERE id = $1", one.claim.task_id)
+        assert row["channel_id"] == free
         assert (row["status"], row["claim_token"]) == ("generating_assets", one.claim.token), \
-            "the claim the pick-up returned was lost when the server was killed"
+            f"the claim the pick-up returned was lost when the server was killed ({unflushed}" \
+            " bytes of WAL not yet on disk when the call returned)"
+        assert unflushed == 0, f"{unflushed} bytes of WAL, the claim's commit among them," \
+                               " not yet on disk when the pick-up returned"
     finally:
         await after.close()
