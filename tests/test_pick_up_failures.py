@@ -13,16 +13,13 @@ claim: the WAL is flushed when it returns, and a server killed at once still has
 from __future__ import annotations
 
 import asyncio
-import signal
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
-import psutil
 import pytest
 
-from app import embedded
 from app.db import connect_kwargs, migrate
 from app.db.ddl.claim_task import RESERVE_S
 from app.execution import hotpath
@@ -150,14 +147,17 @@ async def test_a_pick_up_cut_off_between_its_pick_and_its_claim_leaves_its_task_
                 await c.close()
 
 
-
-async def _claim_beside_a_lost_one(url: str) -> tuple[asyncpg.Connection, asyncpg.Connection,
-                                                      list[hotpath.Taken], uuid.UUID]:
-    """A pick-up of two whose claims commit apart (a quota exists), the first picked claim
-    lost on a lock, the other made, and nothing left to pick afterwards: the call's last
-    commit writes no claim. Returns the connection, the one holding the lock (in its
-    transaction), what was taken and the channel it was taken from."""
-    conn, holder = await _connect(url), await _connect(url)
+async def test_claims_committed_apart_are_on_disk_when_the_call_returns(
+        own_postgres: workerprocs.OwnServer) -> None:
+    """With quotas in place, claims of one pick-up commit one by one, asynchronously, and the
+    call's last commit makes them durable, even when it writes no claim of its own (a commit
+    that wrote no WAL is not flushed, whatever its transaction id). Here the first picked
+    claim is lost on a lock and nothing is left to pick afterwards. On a server of the test's
+    own (no other session writes WAL meanwhile): the WAL is flushed when the call returns,
+    and with the server crashed at once, the task is still claimed after recovery, under the
+    token the worker was given."""
+    await migrate.upgrade(own_postgres.url)
+    conn, holder = await _connect(own_postgres.url), await _connect(own_postgres.url)
     await conn.execute("ALTER FUNCTION claim_task SET lock_timeout = '1ms'")
     # A quota on a later stage: it counts none of these claims, but its presence makes the
     # claims of one pick-up commit apart.
@@ -167,35 +167,16 @@ async def _claim_beside_a_lost_one(url: str) -> tuple[asyncpg.Connection, asyncp
     free = await _channel(conn, "UC-free", ["normal"])
     await holder.execute("BEGIN")
     await holder.execute("SELECT 1 FROM tasks WHERE channel_id = $1 FOR UPDATE", locked)
-    taken = await hotpath.take_many(conn, 2, worker_id=WORKER, lease_s=30.0,
+    [one] = await hotpath.take_many(conn, 2, worker_id=WORKER, lease_s=30.0,
                                     now=datetime.now(UTC))
-    return conn, holder, taken, free
-
-
-async def test_claims_committed_apart_are_on_disk_when_the_call_returns(
-        own_postgres: workerprocs.OwnServer) -> None:
-    """With quotas in place, claims of one pick-up commit one by one, asynchronously, and the
-    call's last commit makes them durable, even when it writes no claim of its own (a commit
-    that wrote no WAL is not flushed, whatever its transaction id). On a server of the test's
-    own (no other session writes WAL meanwhile): the WAL is flushed when the call returns,
-    and with every process of the server killed (SIGKILL) at once, the task is still claimed
-    after crash recovery, under the token the worker was given."""
-    await migrate.upgrade(own_postgres.url)
-    conn, holder, taken, free = await _claim_beside_a_lost_one(own_postgres.url)
     # Read at once, before the WAL writer's next round flushes what is pending.
     unflushed = await conn.fetchval(
         "SELECT pg_current_wal_insert_lsn() - pg_current_wal_flush_lsn()")
-    postmaster = psutil.Process(embedded._postmaster_pid(own_postgres.directory / "pg"))
-    postmaster.suspend()                      # it starts no process while they are killed
-    server = [*postmaster.children(recursive=True), postmaster]
-    for proc in server:
-        proc.send_signal(signal.SIGKILL)
-    psutil.wait_procs(server, timeout=30)
+    own_postgres.crash()
     for c in (conn, holder):
         c.terminate()
     own_postgres.start()
 
-    [one] = taken
     after = await _connect(own_postgres.url)
     try:
         row = await after.fetchrow("SELECT channel_id, status, claim_token FROM tasks"

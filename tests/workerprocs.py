@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import psutil
 import pytest
 import redis.asyncio as aioredis
 import sqlalchemy as sa
@@ -95,6 +96,19 @@ class OwnServer:
 
     def stop(self) -> None:
         self._stop(self.directory)
+
+    def crash(self) -> None:
+        """Kill every process of this PostgreSQL at once (SIGKILL), as a crash of the machine's
+        server would: its shared buffers, WAL not yet written included, are lost. The postmaster
+        is stopped first, so that it starts no process while they are killed."""
+        pid = embedded._postmaster_pid(self.directory / "pg")
+        assert pid is not None, f"no PostgreSQL runs in {self.directory}"
+        postmaster = psutil.Process(pid)
+        postmaster.suspend()
+        server = [*postmaster.children(recursive=True), postmaster]
+        for proc in server:
+            proc.send_signal(signal.SIGKILL)
+        psutil.wait_procs(server, timeout=30)
 
     def remove(self) -> None:
         try:
