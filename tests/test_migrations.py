@@ -413,6 +413,12 @@ GOLDEN = {
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
+    "0020_queue_order": {
+        "postgresql upgrade": "3db8ab0a86788780",
+        "postgresql downgrade": "ac2ae58b6f97e297",
+        "sqlite upgrade": "e3b0c44298fc1c14",
+        "sqlite downgrade": "e3b0c44298fc1c14",
+    },
 }
 
 

@@ -193,6 +193,52 @@ async def test_plans_made_on_an_empty_table_take_each_task_by_its_key_once_the_q
     assert carried < MOST_BUFFERS, f"eight carries read {carried} buffers"
 
 
+@pytest.mark.parametrize("cap", [None, 50], ids=["uncapped", "capped"])
+async def test_plans_made_while_nothing_was_queued_read_each_channels_first_tasks_only(
+        fresh: str, cap: int | None) -> None:
+    """Statistics taken while nothing was queued (a quiet hour: every task published) say a
+    channel has no queued task, so every way of finding its first ones looks equally cheap:
+    reading them in order from ``ix_tasks_queued``, or reading every queued task of every
+    channel from ``ix_tasks_status`` and sorting them. A burst of work too small for
+    autovacuum to analyze again (or a server without it) then made every pick-up read the
+    whole queue once per channel. The claims read the queue in the claim indexes' order
+    whatever the statistics: a pick-up alone, several together, and claims one by one (a
+    capped channel)."""
+    admin = await asyncpg.connect(**connect_kwargs(fresh))
+    worker = await asyncpg.connect(**connect_kwargs(fresh))
+    try:
+        await admin.execute("ALTER TABLE tasks SET (autovacuum_enabled = off)")
+        channels = [r["id"] for r in await admin.fetch(
+            "INSERT INTO channels (channel_id, channel_name, max_concurrent)"
+            " SELECT 'UC-quiet-' || g, 'Quiet ' || g, $2 FROM generate_series(1, $1) g"
+            " RETURNING id", CHANNELS, cap)]
+        await admin.execute(
+            "INSERT INTO tasks (channel_id, notion_page_id, title, status, published_at)"
+            " SELECT ($1::uuid[])[1 + g % $2], md5('done' || g), 'Done ' || g, 'published',"
+            " now() FROM generate_series(1, $3) g", channels, CHANNELS, HISTORY)
+        await admin.execute("ANALYZE tasks")
+        await admin.execute(
+            "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
+            " SELECT ($1::uuid[])[1 + g % $2], md5('burst' || g), 'Burst ' || g, 'queued'"
+            " FROM generate_series(1, $3) g", channels, CHANNELS, 2 * HISTORY)
+        # The worker's connection plans the statements (its first calls), then claims.
+        assert len(await _pick_up(worker, 1) + await _pick_up(worker, 8)) == 9
+
+        alone = await _buffers(worker, lambda: _pick_up(worker, 1),
+                               parts=("SELECT p.channel", "SELECT c.*", "SELECT r.*"))
+        together = await _buffers(
+            worker, lambda: _pick_up(worker, 8),
+            parts=("SELECT coalesce(array_agg(p.channel", "SELECT c.*", "SELECT r.*"))
+        taken = await worker.fetchval("SELECT count(*) FROM tasks WHERE claimed_by = $1",
+                                      WORKER)
+    finally:
+        await worker.close()
+        await admin.close()
+    assert taken == 18
+    assert alone < MOST_BUFFERS, f"a pick-up read {alone} buffers"
+    assert together < MOST_BUFFERS, f"eight pick-ups at once read {together} buffers"
+
+
 async def test_claim_and_boundary_functions_are_never_jit_compiled(fresh: str) -> None:
     """A kept plan over the JIT's cost threshold is compiled again at every execution (20 ms
     per pick-up). The functions turn the JIT off themselves, so a session with the JIT on (a
