@@ -203,7 +203,7 @@ async def test_plans_made_while_nothing_was_queued_read_each_channels_first_task
     autovacuum to analyze again (or a server without it) then made every pick-up read the
     whole queue once per channel. The claims read the queue in the claim indexes' order
     whatever the statistics: a pick-up alone, several together, and claims one by one (a
-    capped channel)."""
+    capped channel); the carries of those tasks into their next stage too."""
     admin = await asyncpg.connect(**connect_kwargs(fresh))
     worker = await asyncpg.connect(**connect_kwargs(fresh))
     try:
@@ -226,9 +226,16 @@ async def test_plans_made_while_nothing_was_queued_read_each_channels_first_task
 
         alone = await _buffers(worker, lambda: _pick_up(worker, 1),
                                parts=("SELECT p.channel", "SELECT c.*", "SELECT r.*"))
+        held: list[Claim] = []
+
+        async def pick_eight() -> None:
+            held.extend(await _pick_up(worker, 8))
+
         together = await _buffers(
-            worker, lambda: _pick_up(worker, 8),
+            worker, pick_eight,
             parts=("SELECT coalesce(array_agg(p.channel", "SELECT c.*", "SELECT r.*"))
+        carried = await _buffers(worker, lambda: _carry(worker, held),
+                                 parts=(statements.BOUNDARIES[:30],))
         taken = await worker.fetchval("SELECT count(*) FROM tasks WHERE claimed_by = $1",
                                       WORKER)
     finally:
@@ -237,6 +244,7 @@ async def test_plans_made_while_nothing_was_queued_read_each_channels_first_task
     assert taken == 18
     assert alone < MOST_BUFFERS, f"a pick-up read {alone} buffers"
     assert together < MOST_BUFFERS, f"eight pick-ups at once read {together} buffers"
+    assert carried < MOST_BUFFERS, f"eight carries read {carried} buffers"
 
 
 async def test_claim_and_boundary_functions_are_never_jit_compiled(fresh: str) -> None:
