@@ -414,8 +414,8 @@ GOLDEN = {
         "sqlite downgrade": "e3b0c44298fc1c14",
     },
     "0020_queue_order": {
-        "postgresql upgrade": "3db8ab0a86788780",
-        "postgresql downgrade": "ac2ae58b6f97e297",
+        "postgresql upgrade": "443b29c9d1c5d81a",
+        "postgresql downgrade": "7245ba62cba179cc",
         "sqlite upgrade": "e3b0c44298fc1c14",
         "sqlite downgrade": "e3b0c44298fc1c14",
     },

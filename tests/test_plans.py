@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 
 from app.db import connect_kwargs, statements
-from app.db.ddl import boundary
+from app.db.ddl import boundary, claim_task
 from app.execution import hotpath
 from app.moves import Claim
 from tests import dbtools
@@ -202,8 +202,8 @@ async def test_plans_made_while_nothing_was_queued_read_each_channels_first_task
     channel from ``ix_tasks_status`` and sorting them. A burst of work too small for
     autovacuum to analyze again (or a server without it) then made every pick-up read the
     whole queue once per channel. The claims read the queue in the claim indexes' order
-    whatever the statistics: a pick-up alone, several together, and claims one by one (a
-    capped channel); the carries of those tasks into their next stage too."""
+    whatever the statistics: a pick-up alone, several together, and the ranking of capped
+    channels (one pick at a time); the carries of those tasks into their next stage too."""
     admin = await asyncpg.connect(**connect_kwargs(fresh))
     worker = await asyncpg.connect(**connect_kwargs(fresh))
     try:
@@ -220,7 +220,7 @@ async def test_plans_made_while_nothing_was_queued_read_each_channels_first_task
         await admin.execute(
             "INSERT INTO tasks (channel_id, notion_page_id, title, status)"
             " SELECT ($1::uuid[])[1 + g % $2], md5('burst' || g), 'Burst ' || g, 'queued'"
-            " FROM generate_series(1, $3) g", channels, CHANNELS, 2 * HISTORY)
+            " FROM generate_series(1, $3) g", channels, CHANNELS, 3 * HISTORY)
         # The worker's connection plans the statements (its first calls), then claims.
         assert len(await _pick_up(worker, 1) + await _pick_up(worker, 8)) == 9
 
@@ -245,6 +245,28 @@ async def test_plans_made_while_nothing_was_queued_read_each_channels_first_task
     assert alone < MOST_BUFFERS, f"a pick-up read {alone} buffers"
     assert together < MOST_BUFFERS, f"eight pick-ups at once read {together} buffers"
     assert carried < MOST_BUFFERS, f"eight carries read {carried} buffers"
+
+
+async def test_the_queue_readers_plan_without_a_sort_and_their_callees_with(fresh: str) -> None:
+    """The functions that read a channel's first tasks run with ``claim_task.QUEUE_ORDER``
+    (a re-created function loses its ``SET`` clauses, and the test above would then pass only
+    while the statistics happen to favour the claim index); a function's setting holds in the
+    functions it calls, so ``claim_task``, which calls ``quota_take``, runs without it."""
+    conn = await asyncpg.connect(**connect_kwargs(fresh))
+    try:
+        settings = dict(await conn.fetch(
+            "SELECT p.proname, coalesce(p.proconfig, '{}') FROM pg_proc p"
+            " WHERE p.proname = ANY ($1::text[])",
+            ["pick_channel", "pick_channels", "claim_task", "quota_take"]))
+    finally:
+        await conn.close()
+    name, value = claim_task.QUEUE_ORDER
+    assert [r.split("(")[0] for r in claim_task.QUEUE_READERS] == ["pick_channel",
+                                                                    "pick_channels"]
+    for reader in ("pick_channel", "pick_channels"):
+        assert f"{name}={value}" in settings[reader], settings
+    for callee in ("claim_task", "quota_take"):
+        assert not any(s.startswith(f"{name}=") for s in settings[callee]), settings
 
 
 async def test_claim_and_boundary_functions_are_never_jit_compiled(fresh: str) -> None:

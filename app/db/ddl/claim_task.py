@@ -111,18 +111,22 @@ PLANS = "force_generic_plan"
 #: JIT off at start, but connections through PgBouncer cannot, so the functions do.
 SETTINGS = f"SET lock_timeout = '{LOCK_TIMEOUT}' SET plan_cache_mode = {PLANS} SET jit = off"
 #: The functions that read the queue a channel at a time, in the claim order (each channel's
-#: first tasks by priority, then age), with their argument types.
+#: first tasks by priority, then age), with their argument types. ``claim_task`` is not one of
+#: them here: its callers hand it the task a pick reserved, which it takes by key, and a
+#: setting of a function holds in the functions it calls (``quota_take``, whose lock of the
+#: buckets in key order must sort the few it locks rather than walk every bucket's key).
 QUEUE_READERS = (f"{PICK}(timestamptz, boolean, uuid[])",
-                 f"{PICK_MANY}(timestamptz, integer, uuid[])",
-                 f"{FUNCTION}(text, double precision, timestamptz, uuid, boolean, uuid, bigint)")
-#: What they run under besides ``SETTINGS``: no sort where an index gives the order, so a
-#: channel's first tasks always come from the claim indexes (``ix_tasks_queued``,
+                 f"{PICK_MANY}(timestamptz, integer, uuid[])")
+#: What they run under besides ``SETTINGS``: no sort wherever a plan without one exists, so
+#: a channel's first tasks always come from the claim indexes (``ix_tasks_queued``,
 #: ``ix_tasks_runnable``), read in order and no further than needed. Statistics taken while
 #: nothing was queued (every task published, a quiet hour) make any way of finding them look
 #: as cheap as any other: a kept plan then read every queued task of every channel from
-#: ``ix_tasks_status`` and sorted them, at every pick-up, until the next ``ANALYZE``
-#: (40,000 queued: 4,000 buffers a pick-up instead of 120). Sorts nothing can avoid (the
-#: ranking across channels) are still made.
+#: ``ix_tasks_status`` or ``ix_tasks_channel_id_status`` and sorted them, at every pick-up,
+#: until the next ``ANALYZE`` (60,000 queued: 6,000 buffers a pick-up instead of 120). Sorts
+#: nothing can avoid (the ranking across channels) are still made. A function re-created
+#: loses its ``SET`` clauses: a revision that re-creates one of these applies
+#: ``render_queue_order`` again.
 QUEUE_ORDER = ("enable_sort", "off")
 
 
