@@ -165,9 +165,15 @@ class ThroughputReport:
     def find(self, system: str, procs: int) -> Measured | None:
         return next((m for m in self.of(system) if m.procs == procs), None)
 
+    def shown(self) -> list[Measured]:
+        """The runs as the tables list them: ours by slots then processes, then PGQueuer's,
+        then arq's (they are run each process count's back to back)."""
+        systems = ("ours", "pgqueuer", "arq")
+        return sorted(self.runs, key=lambda m: (systems.index(m.system), m.slots or 0, m.procs))
+
     def of(self, system: str, slots: int | None = None) -> list[Measured]:
         """The runs of ``system`` (of ours, with ``slots`` stages per process when given)."""
-        return [m for m in self.runs
+        return [m for m in self.shown()
                 if m.system == system and (slots is None or m.slots == slots)]
 
 
@@ -611,17 +617,30 @@ async def run(options: ThroughputOptions, server_url: str, redis_url: str) -> Th
     report = ThroughputReport(options, server, loaded, datetime.now(UTC), os.cpu_count(),
                               f"{platform.machine()} {platform.system()} {platform.release()}")
     load_at_start = os.getloadavg()[0]
-    for slots in options.slots:
-        for n in options.workers:
-            data.progress(f"ours: {options.tasks:,} tasks x {STAGES} stages, {n} worker"
-                          f" process(es), {slots} slots each")
-            report.runs.append(await ours(server_url, redis_url, options.tasks, n, slots))
-    for n in options.pgq_counts:
+    # Each process count's runs back to back, ours then PGQueuer's: the machine's speed drifts
+    # over a run of minutes, and a ratio is fairest between runs made close together.
+    pgq_left = list(options.pgq_counts)
+    pgq_missing = False
+
+    async def pgq_run(n: int) -> None:
+        nonlocal pgq_missing
+        pgq_left.remove(n)
+        if pgq_missing:
+            return
         data.progress(f"PGQueuer: {options.job_count:,} jobs, {n} process(es)")
         report.runs.append(await pgqueuer(server_url, redis_url, options.job_count, n,
                                           options.batch))
-        if report.runs[-1].note:
-            break
+        pgq_missing = bool(report.runs[-1].note)
+
+    for n in options.workers:
+        for slots in options.slots:
+            data.progress(f"ours: {options.tasks:,} tasks x {STAGES} stages, {n} worker"
+                          f" process(es), {slots} slots each")
+            report.runs.append(await ours(server_url, redis_url, options.tasks, n, slots))
+        if n in pgq_left:
+            await pgq_run(n)
+    for n in list(pgq_left):
+        await pgq_run(n)
     data.progress(f"arq tuned: {options.job_count:,} jobs, 1 process")
     report.runs.append(await arq_tuned(redis_url, options.job_count,
                                        max_jobs=options.arq_max_jobs, poll_s=options.arq_poll_s))
@@ -678,7 +697,7 @@ def _rates_table(report: ThroughputReport) -> str:
     o = report.options
     arq = report.find("arq", 1)
     rows: list[list[object]] = []
-    for m in report.runs:
+    for m in report.shown():
         pgq = report.find("pgqueuer", m.procs)
         setting = {"ours": f"pipeline worker --burst, {m.slots} slots, 0 s stages",
                    "pgqueuer": f"QueueManager, batch {o.batch}, asyncpg, drain",
@@ -702,7 +721,7 @@ def _per(value: int | None, m: Measured, missing: str = "-") -> str:
 def _counters_table(report: ThroughputReport) -> str:
     missing = "n/a (pg_stat_statements not loaded)"
     rows: list[list[object]] = []
-    for m in report.runs:
+    for m in report.shown():
         if m.note or m.seconds is None:
             continue
         c = m.counters
@@ -823,7 +842,8 @@ ours: K `python -m app worker --burst` processes running S stages at once each
 PGQueuer: the jobs are enqueued first (Queries.enqueue with lists), then K consumer processes,
   each a QueueManager on one asyncpg connection (PGQueuer's AsyncpgDriver), run in drain mode
   with batch_size 100; time from the go to the last consumer's end. arq tuned: the jobs are
-  enqueued first, then one burst Worker in the benchmark's process drains them.
+  enqueued first, then one burst Worker in the benchmark's process drains them. Order: each
+  process count's runs back to back (ours, then PGQueuer's), then arq's.
 counters: statements = pg_stat_statements calls (top-level statements, BEGIN and COMMIT
   included) on the scratch database; commits and rows written (inserted, updated, deleted) =
   pg_stat_database of the scratch database; the benchmark's own are left out of all three.
