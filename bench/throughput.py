@@ -619,28 +619,18 @@ async def run(options: ThroughputOptions, server_url: str, redis_url: str) -> Th
     load_at_start = os.getloadavg()[0]
     # Each process count's runs back to back, ours then PGQueuer's: the machine's speed drifts
     # over a run of minutes, and a ratio is fairest between runs made close together.
-    pgq_left = list(options.pgq_counts)
     pgq_missing = False
-
-    async def pgq_run(n: int) -> None:
-        nonlocal pgq_missing
-        pgq_left.remove(n)
-        if pgq_missing:
-            return
-        data.progress(f"PGQueuer: {options.job_count:,} jobs, {n} process(es)")
-        report.runs.append(await pgqueuer(server_url, redis_url, options.job_count, n,
-                                          options.batch))
-        pgq_missing = bool(report.runs[-1].note)
-
-    for n in options.workers:
-        for slots in options.slots:
-            data.progress(f"ours: {options.tasks:,} tasks x {STAGES} stages, {n} worker"
-                          f" process(es), {slots} slots each")
-            report.runs.append(await ours(server_url, redis_url, options.tasks, n, slots))
-        if n in pgq_left:
-            await pgq_run(n)
-    for n in list(pgq_left):
-        await pgq_run(n)
+    for n in dict.fromkeys(options.workers + options.pgq_counts):
+        if n in options.workers:
+            for slots in options.slots:
+                data.progress(f"ours: {options.tasks:,} tasks x {STAGES} stages, {n} worker"
+                              f" process(es), {slots} slots each")
+                report.runs.append(await ours(server_url, redis_url, options.tasks, n, slots))
+        if n in options.pgq_counts and not pgq_missing:
+            data.progress(f"PGQueuer: {options.job_count:,} jobs, {n} process(es)")
+            report.runs.append(await pgqueuer(server_url, redis_url, options.job_count, n,
+                                              options.batch))
+            pgq_missing = bool(report.runs[-1].note)
     data.progress(f"arq tuned: {options.job_count:,} jobs, 1 process")
     report.runs.append(await arq_tuned(redis_url, options.job_count,
                                        max_jobs=options.arq_max_jobs, poll_s=options.arq_poll_s))

@@ -135,6 +135,8 @@ def render_queue_order(*, on: bool = True) -> list[str]:
     name, value = QUEUE_ORDER
     change = f"SET {name} = {value}" if on else f"RESET {name}"
     return [f"ALTER FUNCTION {reader} {change}" for reader in QUEUE_READERS]
+
+
 #: The partial index of runnable tasks other than queued ones (see ``runnable_predicate``).
 RUNNABLE_INDEX = "ix_tasks_runnable"
 RUNNABLE_COLUMNS = ("channel_id", "priority", "created_at", "id")
